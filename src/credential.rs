@@ -1,0 +1,449 @@
+//! Credentials, their secrets, and what a store reports about them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, InvalidInput, Result};
+
+/// The longest credential name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest secret accepted, in bytes.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// The longest `extra` text accepted, in bytes.
+pub const MAX_EXTRA_BYTES: usize = 1024 * 1024;
+
+/// A secret value: a password, an API key, a token.
+///
+/// `Debug` and `Display` print `***`; the value is read only through
+/// [`Secret::expose`], so a secret does not reach a log line by accident.
+///
+/// ```
+/// let secret = credpool::Secret::new("hunter2");
+/// assert_eq!(format!("{secret} {secret:?}"), "*** ***");
+/// assert_eq!(secret.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into().into_boxed_str())
+    }
+
+    /// The secret value itself. Call it only where the value is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+/// The store's id of a credential: stable for the credential's life, never reused
+/// by a store for another credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CredentialId(u64);
+
+impl CredentialId {
+    /// Wraps a raw id, e.g. one sent by another process.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A credential as a worker uses it: name, secret, optional extra text
+/// (a cookie, say) and capacity. Cheap to clone.
+///
+/// `Debug` shows neither the secret nor the extra text.
+#[derive(Clone)]
+pub struct Credential(Arc<CredentialData>);
+
+struct CredentialData {
+    id: CredentialId,
+    name: Arc<str>,
+    secret: Secret,
+    extra: Option<String>,
+    capacity: u32,
+}
+
+impl Credential {
+    /// Builds a credential as a store hands it out. Stores call this; users get
+    /// credentials from leases.
+    pub fn new(
+        id: CredentialId,
+        name: Arc<str>,
+        secret: Secret,
+        extra: Option<String>,
+        capacity: u32,
+    ) -> Self {
+        Self(Arc::new(CredentialData {
+            id,
+            name,
+            secret,
+            extra,
+            capacity,
+        }))
+    }
+
+    /// The store's id of this credential.
+    pub fn id(&self) -> CredentialId {
+        self.0.id
+    }
+
+    /// The credential's name, unique within its pool.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The name as a shared string (cheap to clone).
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.0.name
+    }
+
+    /// The secret: read it with [`Secret::expose`].
+    pub fn secret(&self) -> &Secret {
+        &self.0.secret
+    }
+
+    /// The optional extra text (a cookie, a session token, any opaque text).
+    pub fn extra(&self) -> Option<&str> {
+        self.0.extra.as_deref()
+    }
+
+    /// How many leases may hold this credential at once.
+    pub fn capacity(&self) -> u32 {
+        self.0.capacity
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &self.0.id)
+            .field("name", &self.0.name)
+            .field("secret", &self.0.secret)
+            .field("extra", &self.0.extra.as_ref().map(|_| "***"))
+            .field("capacity", &self.0.capacity)
+            .finish()
+    }
+}
+
+/// A credential to add to a pool.
+///
+/// ```
+/// use credpool::NewCredential;
+/// let account = NewCredential::new("alice", "hunter2").extra("session=abc").capacity(2);
+/// assert_eq!(account.name(), "alice");
+/// ```
+#[derive(Clone)]
+pub struct NewCredential {
+    pub(crate) name: String,
+    pub(crate) secret: Secret,
+    pub(crate) extra: Option<String>,
+    pub(crate) capacity: u32,
+}
+
+impl NewCredential {
+    /// A credential with capacity 1 and no extra text.
+    pub fn new(name: impl Into<String>, secret: impl Into<Secret>) -> Self {
+        Self {
+            name: name.into(),
+            secret: secret.into(),
+            extra: None,
+            capacity: 1,
+        }
+    }
+
+    /// Sets the extra text (a cookie, say).
+    pub fn extra(mut self, extra: impl Into<String>) -> Self {
+        self.extra = Some(extra.into());
+        self
+    }
+
+    /// Sets the extra text, or clears it with `None`.
+    pub fn maybe_extra(mut self, extra: Option<String>) -> Self {
+        self.extra = extra;
+        self
+    }
+
+    /// Sets how many leases may hold the credential at once (at least 1).
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The secret.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
+    /// The extra text.
+    pub fn extra_text(&self) -> Option<&str> {
+        self.extra.as_deref()
+    }
+
+    /// The capacity.
+    pub fn get_capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Checks every field; the error names the field and the reason.
+    pub fn validate(&self) -> Result<()> {
+        let with_name = |mut invalid: InvalidInput| -> Error {
+            if validate_name(&self.name).is_ok() {
+                invalid.name = Some(self.name.clone());
+            }
+            invalid.into()
+        };
+        validate_name(&self.name)?;
+        if self.capacity == 0 {
+            return Err(with_name(InvalidInput::new(
+                "capacity",
+                "must be at least 1",
+            )));
+        }
+        if self.secret.expose().len() > MAX_SECRET_BYTES {
+            return Err(with_name(InvalidInput::new(
+                "secret",
+                format!("longer than {MAX_SECRET_BYTES} bytes"),
+            )));
+        }
+        if let Some(extra) = &self.extra {
+            if extra.len() > MAX_EXTRA_BYTES {
+                return Err(with_name(InvalidInput::new(
+                    "extra",
+                    format!("longer than {MAX_EXTRA_BYTES} bytes"),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NewCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewCredential")
+            .field("name", &self.name)
+            .field("secret", &self.secret)
+            .field("extra", &self.extra.as_ref().map(|_| "***"))
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// Checks a credential name: 1 to 255 bytes of UTF-8, no control characters.
+///
+/// ```
+/// assert!(credpool::validate_name("alice@example.com").is_ok());
+/// assert!(credpool::validate_name("").is_err());
+/// assert!(credpool::validate_name("bad\nname").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "must not be empty".to_string()
+    } else if name.len() > MAX_NAME_BYTES {
+        format!(
+            "is {} bytes long; the limit is {MAX_NAME_BYTES}",
+            name.len()
+        )
+    } else if let Some(position) = name.chars().position(char::is_control) {
+        format!("contains a control character at character {position}")
+    } else {
+        return Ok(());
+    };
+    Err(InvalidInput::new("name", reason).into())
+}
+
+/// The state of a credential, as [`Pool::list`](crate::Pool::list) reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialState {
+    /// Can be handed out now (some capacity is free).
+    Available,
+    /// Every unit of capacity is leased.
+    Leased,
+    /// Rate limited: not handed out before `until`.
+    CoolingDown {
+        /// When it may be handed out again.
+        until: SystemTime,
+    },
+    /// Banned or invalid: not handed out until an operator enables it.
+    Disabled {
+        /// Why it was disabled.
+        reason: String,
+    },
+}
+
+impl CredentialState {
+    /// A short word for tables: `available`, `leased`, `cooling`, `disabled`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CredentialState::Available => "available",
+            CredentialState::Leased => "leased",
+            CredentialState::CoolingDown { .. } => "cooling",
+            CredentialState::Disabled { .. } => "disabled",
+        }
+    }
+}
+
+/// What a store knows about one credential, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialInfo {
+    /// The store's id.
+    pub id: CredentialId,
+    /// The name.
+    pub name: String,
+    /// How many leases may hold it at once.
+    pub capacity: u32,
+    /// How many leases hold it now.
+    pub holders: u32,
+    /// Its state.
+    pub state: CredentialState,
+    /// Whether it has extra text (the text itself is not shown).
+    pub has_extra: bool,
+    /// When it was last handed out.
+    pub last_used_at: Option<SystemTime>,
+    /// How many times it was handed out.
+    pub use_count: u64,
+    /// When it was added.
+    pub created_at: SystemTime,
+}
+
+impl CredentialInfo {
+    /// Builds the info from stored values; `now` decides whether a cool-down is over.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        id: CredentialId,
+        name: String,
+        capacity: u32,
+        holders: u32,
+        disabled_reason: Option<String>,
+        cooling_until: Option<SystemTime>,
+        now: SystemTime,
+        has_extra: bool,
+        last_used_at: Option<SystemTime>,
+        use_count: u64,
+        created_at: SystemTime,
+    ) -> Self {
+        let state = match (disabled_reason, cooling_until) {
+            (Some(reason), _) => CredentialState::Disabled { reason },
+            (None, Some(until)) if until > now => CredentialState::CoolingDown { until },
+            _ if holders >= capacity => CredentialState::Leased,
+            _ => CredentialState::Available,
+        };
+        Self {
+            id,
+            name,
+            capacity,
+            holders,
+            state,
+            has_extra,
+            last_used_at,
+            use_count,
+            created_at,
+        }
+    }
+}
+
+/// Counts of credentials by state, and the leases and waiters of the moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Credentials in the pool.
+    pub total: u64,
+    /// Credentials that can be handed out now.
+    pub available: u64,
+    /// Credentials whose every unit of capacity is leased.
+    pub leased: u64,
+    /// Credentials cooling down.
+    pub cooling_down: u64,
+    /// Credentials disabled.
+    pub disabled: u64,
+    /// Leases out now, across every process using the store.
+    pub leases: u64,
+    /// Tasks of this process waiting in `acquire`.
+    pub waiters: u64,
+}
+
+impl Stats {
+    /// Adds one credential's state to the counts.
+    pub fn count(&mut self, state: &CredentialState, holders: u32) {
+        self.total += 1;
+        self.leases += u64::from(holders);
+        match state {
+            CredentialState::Available => self.available += 1,
+            CredentialState::Leased => self.leased += 1,
+            CredentialState::CoolingDown { .. } => self.cooling_down += 1,
+            CredentialState::Disabled { .. } => self.disabled += 1,
+        }
+    }
+}
+
+/// Milliseconds since the UNIX epoch, the unit every store keeps time in.
+pub(crate) fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+/// A time as milliseconds since the UNIX epoch (negative before it).
+pub(crate) fn to_ms(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Milliseconds since the UNIX epoch as a time.
+pub(crate) fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}
+
+/// A duration in whole milliseconds, rounded up so that a short TTL or
+/// cool-down is never rounded to zero.
+pub(crate) fn duration_ms(duration: Duration) -> i64 {
+    let ms = duration.as_nanos().div_ceil(1_000_000);
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,211 @@
+//! The one error type of credpool.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::lease::LeaseId;
+
+/// Everything that can go wrong in credpool.
+///
+/// Messages name the thing that is wrong (credential name, path, field) and,
+/// where it helps, what to do about it. No message ever contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The pool has no enabled credential at all, so waiting would never end.
+    #[error(
+        "pool `{pool}` has no enabled credentials: add some (`credpool add`, `credpool import`) \
+         or enable a disabled one"
+    )]
+    NoCredentials {
+        /// The pool's name.
+        pool: String,
+    },
+
+    /// `acquire_timeout` (or a shutdown wait) gave up.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+        /// What the caller was waiting for.
+        what: &'static str,
+    },
+
+    /// The pool was closed with [`Pool::close`](crate::Pool::close).
+    #[error("the pool is closed: no new leases are handed out")]
+    Closed,
+
+    /// A lease that is no longer held was released or renewed.
+    ///
+    /// The lease expired and was taken over by another holder, was already
+    /// released, or was never granted by this store. Nothing was changed.
+    #[error(
+        "lease {lease_id} on credential {credential} is not held: it expired and was taken over, \
+         was already released, or was never granted; nothing was changed"
+    )]
+    LeaseLost {
+        /// The credential's name, or `#id` when the store does not know the id.
+        credential: String,
+        /// The stale or forged lease id.
+        lease_id: LeaseId,
+    },
+
+    /// No credential has this name.
+    #[error("no credential named {name:?} in pool `{pool}`")]
+    UnknownCredential {
+        /// The name asked for.
+        name: String,
+        /// The pool's name.
+        pool: String,
+    },
+
+    /// A credential with this name exists already.
+    #[error("a credential named {name:?} already exists in pool `{pool}`{}", entry_suffix(*.entry))]
+    DuplicateName {
+        /// The name that exists.
+        name: String,
+        /// The pool's name.
+        pool: String,
+        /// The position of the entry in a batch, when the name came from one.
+        entry: Option<usize>,
+    },
+
+    /// The credential has leases out and cannot be removed without force.
+    #[error(
+        "credential {name:?} is in use by {holders} lease(s): wait for it to be released, \
+         or remove it with force"
+    )]
+    InUse {
+        /// The credential's name.
+        name: String,
+        /// How many leases hold it.
+        holders: u32,
+    },
+
+    /// Input that credpool refuses, with the field and the reason.
+    #[error("{0}")]
+    InvalidInput(Box<InvalidInput>),
+
+    /// The store was written by a newer credpool.
+    #[error(
+        "{location}: store schema version {found} is newer than this build supports ({supported}); \
+         upgrade credpool to open it"
+    )]
+    StoreTooNew {
+        /// The file path or database that holds the store.
+        location: String,
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+
+    /// The file or database is not a credpool store; nothing was written to it.
+    #[error("{location}: not a credpool store ({reason}); nothing was written to it")]
+    NotAStore {
+        /// The file path or database.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The store cannot serve requests any more (its thread stopped or panicked).
+    #[error("the credential store is unavailable: {reason}")]
+    StoreUnavailable {
+        /// Why.
+        reason: String,
+    },
+
+    /// A file system error, with the path it concerns.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An error from SQLite.
+    #[cfg(feature = "sqlite")]
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+
+    /// An error from Postgres.
+    #[cfg(feature = "postgres")]
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+fn entry_suffix(entry: Option<usize>) -> String {
+    match entry {
+        Some(index) => format!(" (entry {index})"),
+        None => String::new(),
+    }
+}
+
+/// Details of [`Error::InvalidInput`]: which field of which entry is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidInput {
+    /// The field that is wrong: `name`, `capacity`, `secret`, `extra`, …
+    pub field: &'static str,
+    /// Why it is wrong.
+    pub reason: String,
+    /// The position of the entry in a batch (0-based), when it came from one.
+    pub entry: Option<usize>,
+    /// The credential's name, when it is known and printable.
+    pub name: Option<String>,
+}
+
+impl InvalidInput {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+            entry: None,
+            name: None,
+        }
+    }
+}
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}", self.field)?;
+        match (self.entry, &self.name) {
+            (Some(index), Some(name)) => write!(f, " in entry {index} ({name:?})")?,
+            (Some(index), None) => write!(f, " in entry {index}")?,
+            (None, Some(name)) => write!(f, " of credential {name:?}")?,
+            (None, None) => {}
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl From<InvalidInput> for Error {
+    fn from(value: InvalidInput) -> Self {
+        Error::InvalidInput(Box::new(value))
+    }
+}
+
+impl Error {
+    /// Attaches a batch position to an error about one entry of a batch.
+    pub(crate) fn at_entry(self, index: usize) -> Self {
+        match self {
+            Error::InvalidInput(mut invalid) => {
+                invalid.entry = Some(index);
+                Error::InvalidInput(invalid)
+            }
+            Error::DuplicateName { name, pool, .. } => Error::DuplicateName {
+                name,
+                pool,
+                entry: Some(index),
+            },
+            other => other,
+        }
+    }
+}
+
+/// The result type of credpool.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

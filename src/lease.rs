@@ -1,0 +1,255 @@
+//! The lease guard and the values that identify and end a lease.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::credential::{Credential, CredentialId};
+use crate::error::Result;
+use crate::pool::Pool;
+use crate::store::Store;
+
+/// A lease's fencing token: unique within its store, and larger for every
+/// later grant, so a stale holder can always be told from the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(u64);
+
+impl LeaseId {
+    /// Wraps a raw id, e.g. one sent by another process.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a lease ends: the holder's feedback about the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReleaseOutcome {
+    /// The credential worked; hand it out again.
+    Success,
+    /// Rate limited: do not hand it out again before this much time has passed.
+    CoolDown(Duration),
+    /// Banned or invalid: do not hand it out until an operator enables it.
+    Disable(String),
+}
+
+impl ReleaseOutcome {
+    /// A short word for logs and events: `success`, `cool-down`, `disable`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReleaseOutcome::Success => "success",
+            ReleaseOutcome::CoolDown(_) => "cool-down",
+            ReleaseOutcome::Disable(_) => "disable",
+        }
+    }
+}
+
+/// What a store granted: the credential and the lease's identity and times.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The credential leased.
+    pub credential: Credential,
+    /// The lease's fencing token.
+    pub lease_id: LeaseId,
+    /// When the store granted it.
+    pub acquired_at: SystemTime,
+    /// When it expires; `None` without a TTL.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Grant {
+    /// The token that names this lease to its store.
+    pub fn token(&self) -> LeaseToken {
+        LeaseToken::new(self.credential.id(), self.lease_id)
+    }
+}
+
+/// A lease named by value, without the guard: what a lease becomes with
+/// [`Lease::into_token`], or what another process sends to have a lease released.
+///
+/// A store refuses a token for a lease it does not hold (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    credential_id: CredentialId,
+    lease_id: LeaseId,
+}
+
+impl LeaseToken {
+    /// A token for the given credential and lease.
+    pub const fn new(credential_id: CredentialId, lease_id: LeaseId) -> Self {
+        Self {
+            credential_id,
+            lease_id,
+        }
+    }
+
+    /// The credential's id.
+    pub const fn credential_id(&self) -> CredentialId {
+        self.credential_id
+    }
+
+    /// The lease's id.
+    pub const fn lease_id(&self) -> LeaseId {
+        self.lease_id
+    }
+}
+
+/// Proof of use of one credential: an RAII guard.
+///
+/// Drop it, or call [`release`](Lease::release) or
+/// [`release_with`](Lease::release_with), and the credential goes back to
+/// the pool. A lease with a TTL that is neither released nor
+/// [renewed](Lease::renew) in time may be granted to someone else; its
+/// holder's later release or renewal then fails with
+/// [`Error::LeaseLost`](crate::Error::LeaseLost).
+#[must_use = "a lease returns its credential as soon as it is dropped; keep it while you use the credential"]
+pub struct Lease<S: Store> {
+    pool: Pool<S>,
+    grant: Grant,
+    done: bool,
+}
+
+impl<S: Store> Lease<S> {
+    pub(crate) fn new(pool: Pool<S>, grant: Grant) -> Self {
+        Self {
+            pool,
+            grant,
+            done: false,
+        }
+    }
+
+    /// The credential this lease holds.
+    pub fn credential(&self) -> &Credential {
+        &self.grant.credential
+    }
+
+    /// The lease's fencing token.
+    pub fn id(&self) -> LeaseId {
+        self.grant.lease_id
+    }
+
+    /// When the lease was granted.
+    pub fn acquired_at(&self) -> SystemTime {
+        self.grant.acquired_at
+    }
+
+    /// When the lease expires; `None` when the pool has no lease TTL.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.grant.expires_at
+    }
+
+    /// The token that names this lease (for logs, or to hand to another process).
+    pub fn token(&self) -> LeaseToken {
+        self.grant.token()
+    }
+
+    /// Returns the credential to the pool.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the lease expired
+    /// and was taken over; nothing is changed for the new holder.
+    ///
+    /// # Cancel safety
+    ///
+    /// The release is sent to the store when this future is first polled;
+    /// dropping the future after that does not undo it, and dropping it
+    /// before then releases the lease as a drop would.
+    pub async fn release(self) -> Result<()> {
+        self.release_with(ReleaseOutcome::Success).await
+    }
+
+    /// Returns the credential with feedback: cool it down or disable it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use std::time::Duration;
+    /// use credpool::{NewCredential, Pool, ReleaseOutcome};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2")).await?;
+    /// let lease = pool.acquire().await?;
+    /// // The API answered 429: rest this account for a minute.
+    /// lease.release_with(ReleaseOutcome::CoolDown(Duration::from_secs(60))).await?;
+    /// assert!(pool.try_acquire().await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`release`](Lease::release).
+    pub async fn release_with(mut self, outcome: ReleaseOutcome) -> Result<()> {
+        self.done = true;
+        self.pool.release_grant(&self.grant, outcome).await
+    }
+
+    /// Extends the lease by the pool's lease TTL, counted from now.
+    ///
+    /// Without a TTL this only checks that the lease is still held.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the lease was taken over.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may or may not have renewed the lease; the lease
+    /// itself stays valid either way until its old or new expiry.
+    pub async fn renew(&mut self) -> Result<()> {
+        let ttl = self.pool.lease_ttl();
+        self.renew_inner(ttl).await
+    }
+
+    /// Extends the lease by `ttl`, counted from now.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`renew`](Lease::renew).
+    pub async fn renew_for(&mut self, ttl: Duration) -> Result<()> {
+        self.renew_inner(Some(ttl)).await
+    }
+
+    async fn renew_inner(&mut self, ttl: Option<Duration>) -> Result<()> {
+        let expires_at = self.pool.renew_grant(&self.grant, ttl).await?;
+        self.grant.expires_at = expires_at;
+        Ok(())
+    }
+
+    /// Turns the guard into a plain token: dropping it no longer releases the
+    /// lease, which stays held until released with
+    /// [`Pool::release_token`](crate::Pool::release_token) or until it expires.
+    pub fn into_token(mut self) -> LeaseToken {
+        self.done = true;
+        self.pool.forget_grant();
+        self.grant.token()
+    }
+}
+
+impl<S: Store> Drop for Lease<S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.pool.release_dropped(&self.grant);
+        }
+    }
+}
+
+impl<S: Store> fmt::Debug for Lease<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.grant.lease_id)
+            .field("credential", &self.grant.credential)
+            .field("acquired_at", &self.grant.acquired_at)
+            .field("expires_at", &self.grant.expires_at)
+            .finish()
+    }
+}

@@ -1,0 +1,639 @@
+//! The pool: waiting, fairness, timeouts, close and events, once for every store.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::credential::{validate_name, CredentialInfo, NewCredential, Secret, Stats};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventSender, Events};
+use crate::lease::{Grant, Lease, LeaseToken, ReleaseOutcome};
+use crate::store::memory::MemoryStore;
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+use crate::wait::WaitQueue;
+
+/// How many events a slow subscriber may fall behind before it lags.
+const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// A pool of credentials handed to concurrent workers, each credential to at
+/// most `capacity` leases at once.
+///
+/// Cheap to clone: clones share the pool. Waiters in one process are served
+/// first come, first served; a new caller never overtakes a queued waiter.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), credpool::Error> {
+/// use credpool::{NewCredential, Pool};
+/// let pool = Pool::in_memory();
+/// pool.add_many([
+///     NewCredential::new("alice", "hunter2"),
+///     NewCredential::new("bob", "correct horse").extra("session=abc"),
+/// ]).await?;
+/// let lease = pool.acquire().await?;
+/// println!("working as {}", lease.credential().name());
+/// lease.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct Pool<S: Store = MemoryStore> {
+    shared: Arc<Shared<S>>,
+}
+
+struct Shared<S> {
+    store: S,
+    lease_ttl: Option<Duration>,
+    poll_interval: Option<Duration>,
+    closed: AtomicBool,
+    waiters: WaitQueue,
+    /// Leases this pool handed out that have not come back.
+    outstanding: AtomicUsize,
+    all_returned: Notify,
+    events: EventSender,
+}
+
+impl<S: Store> Clone for Pool<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Store + fmt::Debug> fmt::Debug for Pool<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("store", &self.shared.store)
+            .field("lease_ttl", &self.shared.lease_ttl)
+            .field("closed", &self.is_closed())
+            .field("waiters", &self.shared.waiters.len())
+            .field("leases_out", &self.leases_out())
+            .finish()
+    }
+}
+
+/// Builds a [`Pool`] with options.
+///
+/// ```
+/// use std::time::Duration;
+/// use credpool::{MemoryStore, Pool};
+/// let pool = Pool::builder(MemoryStore::new())
+///     .lease_ttl(Duration::from_secs(300))
+///     .build();
+/// assert_eq!(pool.lease_ttl(), Some(Duration::from_secs(300)));
+/// ```
+#[derive(Debug)]
+pub struct PoolBuilder<S> {
+    store: S,
+    lease_ttl: Option<Option<Duration>>,
+    poll_interval: Option<Duration>,
+    event_capacity: usize,
+}
+
+impl<S: Store> PoolBuilder<S> {
+    /// Leases expire this long after they are granted or renewed, and may
+    /// then be granted to someone else. The default is the store's.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(Some(ttl));
+        self
+    }
+
+    /// Leases never expire: a holder that hangs keeps its credential.
+    pub fn no_lease_ttl(mut self) -> Self {
+        self.lease_ttl = Some(None);
+        self
+    }
+
+    /// How often the first waiter asks a shared store for changes made by
+    /// other processes. The default is the store's; in-process stores ignore it.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = Some(interval);
+        self
+    }
+
+    /// How many events a subscriber may fall behind (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// Builds the pool.
+    pub fn build(self) -> Pool<S> {
+        let lease_ttl = self
+            .lease_ttl
+            .unwrap_or_else(|| self.store.default_lease_ttl());
+        let poll_interval = self
+            .store
+            .poll_interval()
+            .map(|default| self.poll_interval.unwrap_or(default));
+        Pool {
+            shared: Arc::new(Shared {
+                store: self.store,
+                lease_ttl,
+                poll_interval,
+                closed: AtomicBool::new(false),
+                waiters: WaitQueue::default(),
+                outstanding: AtomicUsize::new(0),
+                all_returned: Notify::new(),
+                events: EventSender::new(self.event_capacity),
+            }),
+        }
+    }
+}
+
+impl Pool<MemoryStore> {
+    /// An empty pool in this process's memory, with no lease TTL.
+    pub fn in_memory() -> Self {
+        Self::new(MemoryStore::new())
+    }
+}
+
+/// Why a waiter woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Signal,
+    Timer,
+}
+
+impl<S: Store> Pool<S> {
+    /// A pool over `store` with the store's defaults.
+    pub fn new(store: S) -> Self {
+        Self::builder(store).build()
+    }
+
+    /// A builder for a pool over `store`.
+    pub fn builder(store: S) -> PoolBuilder<S> {
+        PoolBuilder {
+            store,
+            lease_ttl: None,
+            poll_interval: None,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// The pool's name within its store.
+    pub fn name(&self) -> &str {
+        self.shared.store.pool_name()
+    }
+
+    /// The lease TTL, if leases expire.
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        self.shared.lease_ttl
+    }
+
+    /// Waits until a credential is free, then leases it.
+    ///
+    /// Waits for a release, for the earliest cool-down to end, or (for shared
+    /// stores) for a change made by another process.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoCredentials`] at once when the pool has no enabled
+    /// credential; [`Error::Closed`] when the pool is closed, also while waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future never leaks a credential. A lease the
+    /// store granted after the caller left is released at once, and a wake-up
+    /// the caller received is passed to the next waiter.
+    pub async fn acquire(&self) -> Result<Lease<S>> {
+        self.acquire_until(None).await
+    }
+
+    /// As [`acquire`](Pool::acquire), but fails with [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Lease<S>> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.acquire_until(deadline.map(|at| (at, timeout))).await
+    }
+
+    /// Leases a free credential without waiting; `Ok(None)` when none is free
+    /// or when other tasks are already waiting in line (it never jumps the queue).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn try_acquire(&self) -> Result<Option<Lease<S>>> {
+        self.check_open()?;
+        if !self.shared.waiters.is_empty() {
+            return Ok(None);
+        }
+        match self.attempt().await? {
+            GrantAttempt::Granted(grant) => Ok(Some(self.lease(grant, Duration::ZERO))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn acquire_until(&self, deadline: Option<(Instant, Duration)>) -> Result<Lease<S>> {
+        self.check_open()?;
+        let seen = self.shared.waiters.epoch();
+        let mut retry_at = None;
+        if self.shared.waiters.is_empty() {
+            match self.attempt().await? {
+                GrantAttempt::Granted(grant) => return Ok(self.lease(grant, Duration::ZERO)),
+                GrantAttempt::Busy { retry_at: at } => retry_at = at,
+            }
+        }
+        self.wait_in_line(seen, retry_at, deadline).await
+    }
+
+    async fn wait_in_line(
+        &self,
+        seen: u64,
+        retry_at: Option<SystemTime>,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<Lease<S>> {
+        let started = Instant::now();
+        let waiter = self.shared.waiters.join(seen);
+        if retry_at.is_some() {
+            waiter.busy(retry_at);
+        }
+        loop {
+            let (first, retry_at) = waiter.place();
+            let timer = if first { self.timer(retry_at) } else { None };
+            let wake = tokio::select! {
+                biased;
+                () = waiter.woken() => Wake::Signal,
+                () = sleep_until(timer) => Wake::Timer,
+                () = sleep_until(deadline.map(|(at, _)| at)) => {
+                    let waited = deadline.map_or(Duration::ZERO, |(_, timeout)| timeout);
+                    return Err(Error::Timeout { waited, what: "a free credential" });
+                }
+            };
+            self.check_open()?;
+            let freed_for_me = waiter.trying();
+            if wake == Wake::Signal && !freed_for_me {
+                // Promoted to first in line: only the timer changes.
+                continue;
+            }
+            match self.attempt().await? {
+                GrantAttempt::Granted(grant) => {
+                    waiter.served(wake == Wake::Timer);
+                    return Ok(self.lease(grant, started.elapsed()));
+                }
+                GrantAttempt::Busy { retry_at } => waiter.busy(retry_at),
+            }
+        }
+    }
+
+    /// When the first waiter should ask the store again by itself.
+    fn timer(&self, retry_at: Option<SystemTime>) -> Option<Instant> {
+        let now = Instant::now();
+        let change = retry_at.map(|at| {
+            now + at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        let poll = self.shared.poll_interval.map(|every| now + every);
+        match (change, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn attempt(&self) -> Result<GrantAttempt> {
+        let mut expired = Vec::new();
+        let attempt = self
+            .shared
+            .store
+            .grant(self.shared.lease_ttl, &mut expired)
+            .await;
+        self.report_expired(expired);
+        attempt
+    }
+
+    fn report_expired(&self, expired: Vec<ExpiredLease>) {
+        for ExpiredLease { name, lease_id } in expired {
+            tracing::info!(pool = self.name(), credential = %name, lease_id = %lease_id, "lease expired and was reclaimed");
+            if self.shared.events.wanted() {
+                self.shared.events.send(Event::Expired { name, lease_id });
+            }
+        }
+    }
+
+    fn lease(&self, grant: Grant, waited: Duration) -> Lease<S> {
+        self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(
+            pool = self.name(),
+            credential = grant.credential.name(),
+            lease_id = %grant.lease_id,
+            waited_us = waited.as_micros() as u64,
+            "acquired"
+        );
+        if self.shared.events.wanted() {
+            self.shared.events.send(Event::Acquired {
+                name: grant.credential.name_arc().clone(),
+                lease_id: grant.lease_id,
+                waited,
+            });
+        }
+        Lease::new(self.clone(), grant)
+    }
+
+    pub(crate) async fn release_grant(&self, grant: &Grant, outcome: ReleaseOutcome) -> Result<()> {
+        let for_event = self.shared.events.wanted().then(|| outcome.clone());
+        let label = outcome.label();
+        let released = self.shared.store.release(grant.token(), outcome).await;
+        self.lease_returned();
+        let name = released?;
+        self.shared.waiters.freed_one();
+        tracing::debug!(pool = self.name(), credential = %name, lease_id = %grant.lease_id, outcome = label, "released");
+        if let Some(outcome) = for_event {
+            self.send_release_events(name, grant.token(), outcome);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_dropped(&self, grant: &Grant) {
+        self.shared.store.release_detached(grant.token());
+        self.lease_returned();
+        self.shared.waiters.freed_one();
+        tracing::debug!(pool = self.name(), credential = grant.credential.name(), lease_id = %grant.lease_id, "released on drop");
+        if self.shared.events.wanted() {
+            let name = grant.credential.name_arc().clone();
+            self.send_release_events(name, grant.token(), ReleaseOutcome::Success);
+        }
+    }
+
+    pub(crate) async fn renew_grant(
+        &self,
+        grant: &Grant,
+        ttl: Option<Duration>,
+    ) -> Result<Option<SystemTime>> {
+        self.shared.store.renew(grant.token(), ttl).await
+    }
+
+    /// The pool no longer tracks this lease (it became a token).
+    pub(crate) fn forget_grant(&self) {
+        self.lease_returned();
+    }
+
+    fn lease_returned(&self) {
+        if self.shared.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.all_returned.notify_waiters();
+        }
+    }
+
+    fn send_release_events(&self, name: Arc<str>, token: LeaseToken, outcome: ReleaseOutcome) {
+        let events = &self.shared.events;
+        match &outcome {
+            ReleaseOutcome::CoolDown(pause) => events.send(Event::CooledDown {
+                name: name.clone(),
+                until: SystemTime::now() + *pause,
+            }),
+            ReleaseOutcome::Disable(reason) => events.send(Event::Disabled {
+                name: name.clone(),
+                reason: reason.clone(),
+            }),
+            _ => {}
+        }
+        events.send(Event::Released {
+            name,
+            lease_id: token.lease_id(),
+            outcome,
+        });
+    }
+
+    /// Releases a lease named by a token (see [`Lease::into_token`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the store does not hold that lease: it was
+    /// released, taken over after expiry, or never granted. Nothing changes.
+    ///
+    /// # Cancel safety
+    ///
+    /// The release is sent to the store when the future is first polled.
+    pub async fn release_token(&self, token: LeaseToken, outcome: ReleaseOutcome) -> Result<()> {
+        let for_event = self.shared.events.wanted().then(|| outcome.clone());
+        let name = self.shared.store.release(token, outcome).await?;
+        self.shared.waiters.freed_one();
+        if let Some(outcome) = for_event {
+            self.send_release_events(name, token, outcome);
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds one credential.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field, or [`Error::DuplicateName`].
+    pub async fn add(&self, credential: NewCredential) -> Result<()> {
+        self.add_many([credential]).await.map(|_| ())
+    }
+
+    /// Adds many credentials, all or nothing; returns how many were added.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] or [`Error::DuplicateName`] naming the first bad
+    /// entry by position and name; then nothing was added.
+    pub async fn add_many(
+        &self,
+        credentials: impl IntoIterator<Item = NewCredential>,
+    ) -> Result<usize> {
+        self.add_with(credentials.into_iter().collect(), OnDuplicate::Fail)
+            .await
+    }
+
+    /// Adds the credentials whose names are new and keeps the ones that exist;
+    /// returns how many were added. Still all or nothing on invalid input.
+    pub async fn add_many_skip_existing(
+        &self,
+        credentials: impl IntoIterator<Item = NewCredential>,
+    ) -> Result<usize> {
+        self.add_with(credentials.into_iter().collect(), OnDuplicate::Skip)
+            .await
+    }
+
+    async fn add_with(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        for (index, credential) in credentials.iter().enumerate() {
+            credential
+                .validate()
+                .map_err(|error| error.at_entry(index))?;
+        }
+        let names: Option<Vec<Arc<str>>> = self
+            .shared
+            .events
+            .wanted()
+            .then(|| credentials.iter().map(|c| Arc::from(c.name())).collect());
+        let added = self
+            .shared
+            .store
+            .add_many(credentials, on_duplicate)
+            .await?;
+        tracing::info!(pool = self.name(), added, "credentials added");
+        self.shared.waiters.wake_all();
+        for name in names.into_iter().flatten() {
+            self.shared.events.send(Event::Added { name });
+        }
+        Ok(added)
+    }
+
+    /// Removes a credential; refused with [`Error::InUse`] while it is leased.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        self.remove_with(name, false).await
+    }
+
+    /// Removes a credential even while it is leased; its holders' later
+    /// releases fail with [`Error::LeaseLost`].
+    pub async fn remove_forced(&self, name: &str) -> Result<()> {
+        self.remove_with(name, true).await
+    }
+
+    async fn remove_with(&self, name: &str, force: bool) -> Result<()> {
+        validate_name(name)?;
+        self.shared.store.remove(name, force).await?;
+        tracing::info!(
+            pool = self.name(),
+            credential = name,
+            force,
+            "credential removed"
+        );
+        // Waiters learn at once if that was the last enabled credential.
+        self.shared.waiters.wake_all();
+        if self.shared.events.wanted() {
+            self.shared
+                .events
+                .send(Event::Removed { name: name.into() });
+        }
+        Ok(())
+    }
+
+    /// Disables a credential: it is not handed out until enabled. Leases that
+    /// hold it stay valid.
+    pub async fn disable(&self, name: &str, reason: impl Into<String>) -> Result<()> {
+        validate_name(name)?;
+        let reason = reason.into();
+        self.shared
+            .store
+            .set_disabled(name, Some(reason.clone()))
+            .await?;
+        tracing::info!(pool = self.name(), credential = name, reason = %reason, "credential disabled");
+        self.shared.waiters.wake_all();
+        if self.shared.events.wanted() {
+            self.shared.events.send(Event::Disabled {
+                name: name.into(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Enables a disabled credential.
+    pub async fn enable(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        self.shared.store.set_disabled(name, None).await?;
+        tracing::info!(pool = self.name(), credential = name, "credential enabled");
+        self.shared.waiters.wake_all();
+        if self.shared.events.wanted() {
+            self.shared
+                .events
+                .send(Event::Enabled { name: name.into() });
+        }
+        Ok(())
+    }
+
+    /// Replaces a credential's secret; leases out keep the old one.
+    pub async fn update_secret(&self, name: &str, secret: impl Into<Secret>) -> Result<()> {
+        validate_name(name)?;
+        let secret = secret.into();
+        NewCredential::new(name, secret.clone()).validate()?;
+        self.shared.store.update_secret(name, secret).await
+    }
+
+    /// Every credential, without secrets.
+    pub async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        self.shared.store.list().await
+    }
+
+    /// Counts by state, and the tasks of this process waiting.
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut stats = self.shared.store.stats().await?;
+        stats.waiters = self.shared.waiters.len() as u64;
+        Ok(stats)
+    }
+
+    /// Subscribes to this pool's events.
+    pub fn subscribe(&self) -> Events {
+        self.shared.events.subscribe()
+    }
+
+    /// Closes the pool: new acquires fail with [`Error::Closed`], queued
+    /// waiters wake with it, and leases already out may still be released.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.waiters.wake_all();
+        tracing::info!(pool = self.name(), "pool closed");
+    }
+
+    /// Whether [`close`](Pool::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Leases this pool handed out that have not come back yet.
+    pub fn leases_out(&self) -> usize {
+        self.shared.outstanding.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every lease this pool handed out has come back, for
+    /// graceful shutdown: call [`close`](Pool::close) first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] after `timeout` with leases still out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_leases(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let returned = self.shared.all_returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if self.leases_out() == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                () = returned => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(Error::Timeout { waited: timeout, what: "every lease to come back" });
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever with `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,540 @@
+//! The in-memory store: zero set-up, one process, FIFO by time of return.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::credential::{
+    duration_ms, from_ms, now_ms, Credential, CredentialId, CredentialInfo, NewCredential, Secret,
+    Stats,
+};
+use crate::error::{Error, Result};
+use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+
+/// A store that keeps its pool in this process's memory.
+///
+/// Credentials are handed out first in, first out by the time they were
+/// returned (or added). Nothing survives the process.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), credpool::Error> {
+/// use credpool::{MemoryStore, NewCredential, Pool};
+/// let pool = Pool::new(MemoryStore::new());
+/// pool.add(NewCredential::new("alice", "hunter2")).await?;
+/// let lease = pool.acquire().await?;
+/// assert_eq!(lease.credential().name(), "alice");
+/// # Ok(()) }
+/// ```
+pub struct MemoryStore {
+    pool_name: String,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Indexed by credential id; a removed credential leaves `None`, so ids are never reused.
+    slots: Vec<Option<Slot>>,
+    by_name: HashMap<Arc<str>, usize>,
+    /// One entry per free unit of capacity, oldest return first. An entry is
+    /// valid while its generation matches the slot's; stale ones are skipped.
+    ready: VecDeque<(usize, u32)>,
+    cooling: BinaryHeap<Reverse<(i64, usize)>>,
+    expiring: BinaryHeap<Reverse<(i64, usize, LeaseId)>>,
+    next_lease: u64,
+    /// Credentials that exist and are enabled.
+    enabled: usize,
+    /// Sum of the capacities of the credentials that exist.
+    units: usize,
+}
+
+struct Slot {
+    credential: Credential,
+    holders: Vec<Holder>,
+    disabled: Option<String>,
+    cooling_until: Option<i64>,
+    generation: u32,
+    last_used_at: Option<i64>,
+    use_count: u64,
+    created_at: i64,
+}
+
+struct Holder {
+    lease_id: LeaseId,
+    expires_at: Option<i64>,
+}
+
+impl Slot {
+    fn free_units(&self) -> usize {
+        (self.credential.capacity() as usize).saturating_sub(self.holders.len())
+    }
+
+    fn can_hand_out(&self) -> bool {
+        self.disabled.is_none() && self.cooling_until.is_none()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store for the pool named `default`.
+    pub fn new() -> Self {
+        Self::with_pool_name("default")
+    }
+
+    /// An empty store for a pool with the given name (used in messages).
+    pub fn with_pool_name(name: impl Into<String>) -> Self {
+        Self {
+            pool_name: name.into(),
+            state: Mutex::new(State {
+                next_lease: 1,
+                ..State::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; if one ever did, the state
+        // is still consistent between operations, so go on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn unknown(&self, name: &str) -> Error {
+        Error::UnknownCredential {
+            name: name.to_string(),
+            pool: self.pool_name.clone(),
+        }
+    }
+
+    fn grant_now(
+        &self,
+        ttl: Option<Duration>,
+        expired: &mut Vec<ExpiredLease>,
+    ) -> Result<GrantAttempt> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, expired);
+        let State {
+            slots,
+            ready,
+            expiring,
+            next_lease,
+            ..
+        } = &mut *state;
+        while let Some((index, generation)) = ready.pop_front() {
+            let Some(slot) = slots[index].as_mut() else {
+                continue;
+            };
+            if slot.generation != generation || !slot.can_hand_out() || slot.free_units() == 0 {
+                continue;
+            }
+            let lease_id = LeaseId::new(*next_lease);
+            *next_lease += 1;
+            let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
+            slot.holders.push(Holder {
+                lease_id,
+                expires_at,
+            });
+            slot.last_used_at = Some(now);
+            slot.use_count += 1;
+            if let Some(at) = expires_at {
+                expiring.push(Reverse((at, index, lease_id)));
+            }
+            return Ok(GrantAttempt::Granted(Grant {
+                credential: slot.credential.clone(),
+                lease_id,
+                acquired_at: from_ms(now),
+                expires_at: expires_at.map(from_ms),
+            }));
+        }
+        if state.enabled == 0 {
+            return Err(Error::NoCredentials {
+                pool: self.pool_name.clone(),
+            });
+        }
+        let next_cool = state.cooling.peek().map(|Reverse((at, ..))| *at);
+        let next_expiry = state.expiring.peek().map(|Reverse((at, ..))| *at);
+        let retry_at = match (next_cool, next_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(GrantAttempt::Busy {
+            retry_at: retry_at.map(from_ms),
+        })
+    }
+
+    fn release_now(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        let index = slot_index(lease.credential_id());
+        let lost = || Error::LeaseLost {
+            credential: lease.credential_id().to_string(),
+            lease_id: lease.lease_id(),
+        };
+        let State {
+            slots,
+            ready,
+            cooling,
+            enabled,
+            ..
+        } = &mut *state;
+        let slot = slots
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .ok_or_else(lost)?;
+        let held = slot
+            .holders
+            .iter()
+            .position(|holder| holder.lease_id == lease.lease_id())
+            .ok_or_else(|| Error::LeaseLost {
+                credential: slot.credential.name().to_string(),
+                lease_id: lease.lease_id(),
+            })?;
+        slot.holders.swap_remove(held);
+        match outcome {
+            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => {
+                let until = now.saturating_add(duration_ms(pause));
+                if slot.cooling_until.is_none_or(|current| current < until) {
+                    slot.cooling_until = Some(until);
+                    slot.generation = slot.generation.wrapping_add(1);
+                    cooling.push(Reverse((until, index)));
+                }
+            }
+            ReleaseOutcome::Disable(reason) => {
+                if slot.disabled.is_none() {
+                    *enabled -= 1;
+                    slot.generation = slot.generation.wrapping_add(1);
+                }
+                slot.disabled = Some(reason);
+            }
+            _ => {
+                if slot.can_hand_out() {
+                    ready.push_back((index, slot.generation));
+                }
+            }
+        }
+        Ok(slot.credential.name_arc().clone())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("pool_name", &self.pool_name)
+            .field("credentials", &state.by_name.len())
+            .finish()
+    }
+}
+
+fn slot_index(id: CredentialId) -> usize {
+    usize::try_from(id.get()).unwrap_or(usize::MAX)
+}
+
+impl State {
+    /// Ends finished cool-downs and reclaims expired leases.
+    fn reclaim(&mut self, now: i64, expired: &mut Vec<ExpiredLease>) {
+        while let Some(&Reverse((until, index))) = self.cooling.peek() {
+            if until > now {
+                break;
+            }
+            self.cooling.pop();
+            let Some(slot) = self.slots[index].as_mut() else {
+                continue;
+            };
+            // A later, longer cool-down replaced this one.
+            if slot.cooling_until != Some(until) {
+                continue;
+            }
+            slot.cooling_until = None;
+            slot.generation = slot.generation.wrapping_add(1);
+            if slot.disabled.is_none() {
+                let generation = slot.generation;
+                for _ in 0..slot.free_units() {
+                    self.ready.push_back((index, generation));
+                }
+            }
+        }
+        while let Some(&Reverse((at, index, lease_id))) = self.expiring.peek() {
+            if at > now {
+                break;
+            }
+            self.expiring.pop();
+            let Some(slot) = self.slots[index].as_mut() else {
+                continue;
+            };
+            let Some(held) = slot.holders.iter().position(|holder| {
+                holder.lease_id == lease_id && holder.expires_at.is_some_and(|at| at <= now)
+            }) else {
+                continue;
+            };
+            slot.holders.swap_remove(held);
+            expired.push(ExpiredLease {
+                name: slot.credential.name_arc().clone(),
+                lease_id,
+            });
+            if slot.can_hand_out() {
+                self.ready.push_back((index, slot.generation));
+            }
+        }
+        if self.ready.len() > 2 * self.units + 1024 {
+            self.compact_ready();
+        }
+    }
+
+    /// Drops the stale entries of the ready queue, keeping the order of the rest.
+    fn compact_ready(&mut self) {
+        let slots = &self.slots;
+        self.ready.retain(|&(index, generation)| {
+            slots[index]
+                .as_ref()
+                .is_some_and(|slot| slot.generation == generation && slot.can_hand_out())
+        });
+    }
+
+    fn insert(&mut self, new: NewCredential, now: i64) {
+        let index = self.slots.len();
+        let name: Arc<str> = Arc::from(new.name);
+        let capacity = new.capacity;
+        let credential = Credential::new(
+            CredentialId::new(index as u64),
+            name.clone(),
+            new.secret,
+            new.extra,
+            capacity,
+        );
+        for _ in 0..capacity {
+            self.ready.push_back((index, 0));
+        }
+        self.units += capacity as usize;
+        self.enabled += 1;
+        self.by_name.insert(name, index);
+        self.slots.push(Some(Slot {
+            credential,
+            holders: Vec::new(),
+            disabled: None,
+            cooling_until: None,
+            generation: 0,
+            last_used_at: None,
+            use_count: 0,
+            created_at: now,
+        }));
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    fn info(&self, index: usize, slot: &Slot, now: i64) -> CredentialInfo {
+        CredentialInfo::from_parts(
+            CredentialId::new(index as u64),
+            slot.credential.name().to_string(),
+            slot.credential.capacity(),
+            slot.holders.len() as u32,
+            slot.disabled.clone(),
+            slot.cooling_until.map(from_ms),
+            from_ms(now),
+            slot.credential.extra().is_some(),
+            slot.last_used_at.map(from_ms),
+            slot.use_count,
+            from_ms(slot.created_at),
+        )
+    }
+}
+
+impl Store for MemoryStore {
+    fn pool_name(&self) -> &str {
+        &self.pool_name
+    }
+
+    async fn grant(
+        &self,
+        ttl: Option<Duration>,
+        expired: &mut Vec<ExpiredLease>,
+    ) -> Result<GrantAttempt> {
+        self.grant_now(ttl, expired)
+    }
+
+    fn release(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+    ) -> impl std::future::Future<Output = Result<Arc<str>>> + Send {
+        // Done before the future is returned, so dropping it cannot undo it.
+        std::future::ready(self.release_now(lease, outcome))
+    }
+
+    fn release_detached(&self, lease: LeaseToken) {
+        // A lease that was taken over or removed has nothing left to release.
+        let _ = self.release_now(lease, ReleaseOutcome::Success);
+    }
+
+    async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        let index = slot_index(lease.credential_id());
+        let holder = state
+            .slots
+            .get_mut(index)
+            .and_then(Option::as_mut)
+            .and_then(|slot| {
+                slot.holders
+                    .iter_mut()
+                    .find(|holder| holder.lease_id == lease.lease_id())
+            })
+            .ok_or_else(|| Error::LeaseLost {
+                credential: lease.credential_id().to_string(),
+                lease_id: lease.lease_id(),
+            })?;
+        let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
+        holder.expires_at = expires_at;
+        if let Some(at) = expires_at {
+            state.expiring.push(Reverse((at, index, lease.lease_id())));
+        }
+        Ok(expires_at.map(from_ms))
+    }
+
+    async fn add_many(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        let now = now_ms();
+        let mut state = self.lock();
+        if on_duplicate == OnDuplicate::Fail {
+            let mut seen = HashSet::with_capacity(credentials.len());
+            for (position, credential) in credentials.iter().enumerate() {
+                let name = credential.name.as_str();
+                if state.by_name.contains_key(name) || !seen.insert(name) {
+                    return Err(Error::DuplicateName {
+                        name: name.to_string(),
+                        pool: self.pool_name.clone(),
+                        entry: Some(position),
+                    });
+                }
+            }
+        }
+        let mut added = 0;
+        for new in credentials {
+            if !state.by_name.contains_key(new.name.as_str()) {
+                state.insert(new, now);
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let mut state = self.lock();
+        state.reclaim(now_ms(), &mut Vec::new());
+        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
+        let Some(slot) = state.slots[index].as_ref() else {
+            return Err(self.unknown(name));
+        };
+        if !slot.holders.is_empty() && !force {
+            return Err(Error::InUse {
+                name: name.to_string(),
+                holders: slot.holders.len() as u32,
+            });
+        }
+        let was_enabled = slot.disabled.is_none();
+        let capacity = slot.credential.capacity() as usize;
+        state.slots[index] = None;
+        state.by_name.remove(name);
+        state.units -= capacity;
+        if was_enabled {
+            state.enabled -= 1;
+        }
+        Ok(())
+    }
+
+    async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {
+        let mut state = self.lock();
+        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
+        let State {
+            slots,
+            ready,
+            enabled,
+            ..
+        } = &mut *state;
+        let Some(slot) = slots[index].as_mut() else {
+            return Err(self.unknown(name));
+        };
+        let was_enabled = slot.disabled.is_none();
+        slot.generation = slot.generation.wrapping_add(1);
+        match reason {
+            Some(reason) => {
+                if was_enabled {
+                    *enabled -= 1;
+                }
+                slot.disabled = Some(reason);
+            }
+            None => {
+                if !was_enabled {
+                    *enabled += 1;
+                }
+                slot.disabled = None;
+                if slot.cooling_until.is_none() {
+                    for _ in 0..slot.free_units() {
+                        ready.push_back((index, slot.generation));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
+        let mut state = self.lock();
+        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
+        let Some(slot) = state.slots[index].as_mut() else {
+            return Err(self.unknown(name));
+        };
+        let old = &slot.credential;
+        slot.credential = Credential::new(
+            old.id(),
+            old.name_arc().clone(),
+            secret,
+            old.extra().map(str::to_string),
+            old.capacity(),
+        );
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        Ok(state
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| Some(state.info(index, slot.as_ref()?, now)))
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        let mut stats = Stats::default();
+        for (index, slot) in state.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                let info = state.info(index, slot, now);
+                stats.count(&info.state, info.holders);
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,130 @@
+//! Stores: where the state of a pool lives, behind one small trait.
+//!
+//! A store does only the atomic state changes: grant, release, renew, the
+//! administration, and the counts. Waiting, fairness, timeouts, close and
+//! events live once, above the stores, in [`Pool`](crate::Pool).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::credential::{CredentialInfo, NewCredential, Secret, Stats};
+use crate::error::Result;
+use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
+
+pub mod memory;
+
+/// One attempt to grant a lease.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GrantAttempt {
+    /// A credential was free: here is its lease.
+    Granted(Grant),
+    /// Every enabled credential is leased or cooling down.
+    Busy {
+        /// The earliest time something changes by itself (a cool-down ends or
+        /// a lease expires), when the store knows one.
+        retry_at: Option<SystemTime>,
+    },
+}
+
+/// A lease that the store found expired and reclaimed.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    /// The credential's name.
+    pub name: Arc<str>,
+    /// The lease that expired.
+    pub lease_id: LeaseId,
+}
+
+/// What to do with a name that exists already when adding many credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Add nothing and fail with [`Error::DuplicateName`](crate::Error::DuplicateName).
+    Fail,
+    /// Keep the credential that exists and add the others.
+    Skip,
+}
+
+/// The state changes of a pool, each atomic.
+///
+/// A store is bound to one pool name. The futures it returns must be
+/// `Send`. Implementations must keep these promises, which the conformance
+/// suite in `tests/` checks:
+///
+/// - a credential is never held by more leases than its capacity;
+/// - lease ids are unique and increasing within the store;
+/// - release and renew are fenced: they change nothing unless the token names
+///   a lease the store still holds;
+/// - [`release`](Store::release) takes effect even if its future is dropped
+///   after the call returned it (send the request before returning the future).
+pub trait Store: Send + Sync + Sized + 'static {
+    /// The pool's name within the store.
+    fn pool_name(&self) -> &str;
+
+    /// The lease TTL a pool uses when none is configured.
+    fn default_lease_ttl(&self) -> Option<Duration> {
+        None
+    }
+
+    /// How often the first waiter asks the store again, to learn of changes
+    /// made by other processes. `None` for a store that lives in one process.
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Grants a lease on a free credential, if there is one. Reclaims expired
+    /// leases first; returns the ones it reclaimed through `expired`.
+    ///
+    /// Fails with [`Error::NoCredentials`](crate::Error::NoCredentials) when
+    /// the pool has no enabled credential.
+    fn grant(
+        &self,
+        ttl: Option<Duration>,
+        expired: &mut Vec<ExpiredLease>,
+    ) -> impl Future<Output = Result<GrantAttempt>> + Send;
+
+    /// Ends a lease with feedback; returns the credential's name.
+    fn release(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+    ) -> impl Future<Output = Result<Arc<str>>> + Send;
+
+    /// Ends a lease without waiting, from `Drop`: no runtime may be there.
+    fn release_detached(&self, lease: LeaseToken);
+
+    /// Extends a lease to now + `ttl` (no expiry with `None`); returns the new expiry.
+    fn renew(
+        &self,
+        lease: LeaseToken,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<Option<SystemTime>>> + Send;
+
+    /// Adds credentials, all or nothing; returns how many were added.
+    /// The credentials were validated by the caller.
+    fn add_many(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Removes a credential; refused while leased unless `force`.
+    fn remove(&self, name: &str, force: bool) -> impl Future<Output = Result<()>> + Send;
+
+    /// Disables a credential (`Some(reason)`) or enables it (`None`).
+    fn set_disabled(
+        &self,
+        name: &str,
+        reason: Option<String>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Replaces a credential's secret.
+    fn update_secret(&self, name: &str, secret: Secret) -> impl Future<Output = Result<()>> + Send;
+
+    /// Every credential, without secrets, in id order.
+    fn list(&self) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send;
+
+    /// Counts by state (`waiters` is left at 0: the pool fills it in).
+    fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
+}

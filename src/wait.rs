@@ -1,0 +1,209 @@
+//! The queue of tasks waiting for a credential: first come, first served.
+//!
+//! Every unit of capacity that is freed in this process wakes one waiter, the
+//! first one in line that is not awake already. A waiter that is cancelled
+//! while awake passes its wake-up on, so no release is ever lost. Only the
+//! first waiter in line sleeps with a timer (for cool-downs, expiries and
+//! changes made by other processes); when it is served or leaves, the next
+//! one takes over.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub(crate) struct WaitQueue {
+    list: Mutex<List>,
+    /// How many waiters are in line; read without the lock on the fast path.
+    len: AtomicUsize,
+    /// Bumped on every release, so a task that is about to queue can tell
+    /// whether something was freed since it last asked the store.
+    epoch: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct List {
+    next_ticket: u64,
+    entries: VecDeque<Entry>,
+    /// When the store last said something changes by itself (a cool-down
+    /// ends, a lease expires); the first waiter sets its timer by it.
+    retry_at: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    ticket: u64,
+    signal: Arc<Notify>,
+    /// Woken to ask the store (a unit was freed for it), not only to take
+    /// over the timer as the new first in line.
+    awake: bool,
+}
+
+impl List {
+    fn wake_first_asleep(&mut self) {
+        if let Some(entry) = self.entries.iter_mut().find(|entry| !entry.awake) {
+            entry.awake = true;
+            entry.signal.notify_one();
+        }
+    }
+
+    /// Tells the new first in line to set its timer.
+    fn promote_first(&mut self) {
+        if let Some(entry) = self.entries.front() {
+            entry.signal.notify_one();
+        }
+    }
+}
+
+impl WaitQueue {
+    fn lock(&self) -> MutexGuard<'_, List> {
+        self.list
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether anyone is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len.load(SeqCst) == 0
+    }
+
+    /// How many tasks are waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(SeqCst)
+    }
+
+    /// The release count; sample it before asking the store.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(SeqCst)
+    }
+
+    /// One unit of capacity was freed: wake the first waiter that is asleep.
+    pub(crate) fn freed_one(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+        if self.len.load(SeqCst) > 0 {
+            self.lock().wake_first_asleep();
+        }
+    }
+
+    /// Something changed for everyone (credentials added or enabled, pool closed).
+    pub(crate) fn wake_all(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+        if self.len.load(SeqCst) > 0 {
+            for entry in self.lock().entries.iter_mut() {
+                entry.awake = true;
+                entry.signal.notify_one();
+            }
+        }
+    }
+
+    /// Joins the end of the line. `seen_epoch` is the epoch sampled before the
+    /// caller last asked the store: if a release happened since, the new waiter
+    /// starts awake, so that release is not missed.
+    pub(crate) fn join(&self, seen_epoch: u64) -> Waiter<'_> {
+        let signal = Arc::new(Notify::new());
+        let mut list = self.lock();
+        let ticket = list.next_ticket;
+        list.next_ticket += 1;
+        self.len.fetch_add(1, SeqCst);
+        // Ask the store first if a release happened since the caller did, or if
+        // nobody is ahead (the line may have emptied since the caller looked).
+        let awake = self.epoch.load(SeqCst) != seen_epoch || list.entries.is_empty();
+        if awake {
+            signal.notify_one();
+        }
+        list.entries.push_back(Entry {
+            ticket,
+            signal: signal.clone(),
+            awake,
+        });
+        Waiter {
+            queue: self,
+            ticket,
+            signal,
+        }
+    }
+}
+
+/// A place in line. Dropping it leaves the line and hands any wake-up it
+/// holds to the next waiter.
+#[derive(Debug)]
+pub(crate) struct Waiter<'a> {
+    queue: &'a WaitQueue,
+    ticket: u64,
+    signal: Arc<Notify>,
+}
+
+impl Waiter<'_> {
+    /// Whether this waiter is first in line (and so keeps the timer), and
+    /// when the store last said something changes by itself.
+    pub(crate) fn place(&self) -> (bool, Option<SystemTime>) {
+        let list = self.queue.lock();
+        let first = list
+            .entries
+            .front()
+            .is_some_and(|entry| entry.ticket == self.ticket);
+        (first, list.retry_at)
+    }
+
+    /// Waits for a wake-up.
+    pub(crate) async fn woken(&self) {
+        self.signal.notified().await;
+    }
+
+    /// Called on waking, before asking the store: returns whether a unit was
+    /// freed for this waiter (rather than a promotion to first in line). From
+    /// here on, a release wakes this waiter again even if its attempt fails.
+    pub(crate) fn trying(&self) -> bool {
+        let mut list = self.queue.lock();
+        match list
+            .entries
+            .iter_mut()
+            .find(|entry| entry.ticket == self.ticket)
+        {
+            Some(entry) => std::mem::replace(&mut entry.awake, false),
+            None => false,
+        }
+    }
+
+    /// The store had nothing free; `retry_at` is when it expects a change.
+    pub(crate) fn busy(&self, retry_at: Option<SystemTime>) {
+        self.queue.lock().retry_at = retry_at;
+    }
+
+    /// Leaves the line after being served. `pass_on` wakes the next waiter too
+    /// (after a timer wake-up more than one unit may have been freed).
+    pub(crate) fn served(self, pass_on: bool) {
+        let mut list = self.leave();
+        if pass_on {
+            list.wake_first_asleep();
+        }
+    }
+
+    fn leave(&self) -> MutexGuard<'_, List> {
+        let mut list = self.queue.lock();
+        if let Some(position) = list
+            .entries
+            .iter()
+            .position(|entry| entry.ticket == self.ticket)
+        {
+            let entry = list.entries.remove(position);
+            self.queue.len.fetch_sub(1, SeqCst);
+            // A wake-up this waiter will not use goes on; so does the timer it kept.
+            if entry.is_some_and(|entry| entry.awake) {
+                list.wake_first_asleep();
+            } else if position == 0 {
+                list.promote_first();
+            }
+        }
+        list
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        drop(self.leave());
+    }
+}
