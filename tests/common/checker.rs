@@ -1,0 +1,147 @@
+//! A checker that proves from a log of holds that no credential was ever held
+//! by more leases than its capacity, and that lease ids never repeat.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+
+/// One hold: from just after the grant to just before the release, in a
+/// global order of events.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub credential: String,
+    pub lease_id: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct HoldLog {
+    clock: AtomicU64,
+    live: Mutex<HashMap<String, u32>>,
+    open: Mutex<HashMap<u64, (String, u64)>>,
+    holds: Mutex<Vec<Hold>>,
+    violations: Mutex<Vec<String>>,
+}
+
+impl HoldLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Call right after a lease was granted.
+    pub fn start(&self, credential: &str, capacity: u32, lease_id: u64) {
+        let at = self.clock.fetch_add(1, SeqCst);
+        {
+            let mut live = self.live.lock().unwrap();
+            let holders = live.entry(credential.to_string()).or_insert(0);
+            *holders += 1;
+            if *holders > capacity {
+                self.violations.lock().unwrap().push(format!(
+                    "credential {credential} held by {holders} leases at once (capacity {capacity}), lease {lease_id}"
+                ));
+            }
+        }
+        let previous = self
+            .open
+            .lock()
+            .unwrap()
+            .insert(lease_id, (credential.to_string(), at));
+        if previous.is_some() {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("lease id {lease_id} granted twice"));
+        }
+    }
+
+    /// Call right before the lease is released or dropped.
+    pub fn end(&self, lease_id: u64) {
+        let at = self.clock.fetch_add(1, SeqCst);
+        let Some((credential, start)) = self.open.lock().unwrap().remove(&lease_id) else {
+            self.violations
+                .lock()
+                .unwrap()
+                .push(format!("lease {lease_id} ended but never started"));
+            return;
+        };
+        if let Some(holders) = self.live.lock().unwrap().get_mut(&credential) {
+            *holders -= 1;
+        }
+        self.holds.lock().unwrap().push(Hold {
+            credential,
+            lease_id,
+            start,
+            end: at,
+        });
+    }
+
+    pub fn grants(&self) -> usize {
+        self.holds.lock().unwrap().len() + self.open.lock().unwrap().len()
+    }
+
+    /// The most leases that held `credential` at once, from the log.
+    pub fn peak(&self, credential: &str) -> u32 {
+        let holds = self.holds.lock().unwrap();
+        let mut points: Vec<(u64, i32)> = holds
+            .iter()
+            .filter(|hold| hold.credential == credential)
+            .flat_map(|hold| [(hold.start, 1), (hold.end, -1)])
+            .collect();
+        points.sort();
+        let (mut now, mut peak) = (0i32, 0i32);
+        for (_, step) in points {
+            now += step;
+            peak = peak.max(now);
+        }
+        peak as u32
+    }
+
+    /// Proves the log clean: every hold ended, no overlap beyond capacity,
+    /// unique lease ids. Returns every violation found.
+    pub fn check(&self, capacity: impl Fn(&str) -> u32) -> Result<(), Vec<String>> {
+        let mut violations = self.violations.lock().unwrap().clone();
+        for (lease_id, (credential, _)) in self.open.lock().unwrap().iter() {
+            violations.push(format!("lease {lease_id} on {credential} never ended"));
+        }
+        let holds = self.holds.lock().unwrap();
+        let mut ids = HashSet::new();
+        let mut by_credential: HashMap<&str, Vec<&Hold>> = HashMap::new();
+        for hold in holds.iter() {
+            if !ids.insert(hold.lease_id) {
+                violations.push(format!("lease id {} used twice", hold.lease_id));
+            }
+            by_credential
+                .entry(&hold.credential)
+                .or_default()
+                .push(hold);
+        }
+        for (credential, holds) in by_credential {
+            let limit = capacity(credential);
+            let mut points: Vec<(u64, i32, u64)> = holds
+                .iter()
+                .flat_map(|hold| {
+                    [
+                        (hold.start, 1, hold.lease_id),
+                        (hold.end, -1, hold.lease_id),
+                    ]
+                })
+                .collect();
+            points.sort();
+            let mut now = 0;
+            for (at, step, lease_id) in points {
+                now += step;
+                if now > limit as i32 {
+                    violations.push(format!(
+                        "credential {credential}: {now} holders at event {at} (lease {lease_id}), capacity {limit}"
+                    ));
+                }
+            }
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+}

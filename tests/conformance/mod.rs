@@ -1,0 +1,980 @@
+//! The behaviour every store must have, written once and run against each
+//! store by `conformance_suite!` in that store's test file.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credpool::{
+    CredentialState, Error, Event, LeaseId, LeaseToken, NewCredential, Pool, ReleaseOutcome, Store,
+};
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::common::checker::HoldLog;
+
+mod model;
+
+/// Makes fresh, empty pools of one kind of store.
+pub trait Factory: Sync {
+    type Store: Store;
+
+    /// An empty pool; leases expire after `ttl`, or never with `None`.
+    fn pool(&self, ttl: Option<Duration>) -> impl Future<Output = Pool<Self::Store>>;
+}
+
+/// Generates one `#[tokio::test]` per conformance test for a factory.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@tests $factory;
+            ten_try_acquires_on_one_credential_grant_exactly_one,
+            three_tasks_share_one_credential_by_waiting,
+            seven_tasks_over_three_credentials_never_overlap,
+            empty_pool_fails_at_once,
+            all_disabled_fails_at_once,
+            releasing_a_lease_never_granted_fails_and_changes_nothing,
+            waiters_are_served_in_arrival_order,
+            try_acquire_does_not_jump_the_queue,
+            cancelled_acquires_never_leak,
+            cancelled_waiter_passes_its_wake_up_on,
+            expired_lease_is_taken_over_and_stale_holder_is_fenced,
+            renewed_lease_is_not_taken_over,
+            cool_down_holds_back_then_hands_out,
+            disable_and_enable,
+            capacity_bounds_concurrent_holders,
+            close_wakes_waiters_and_lets_leases_return,
+            wait_for_leases_times_out_while_a_lease_is_out,
+            acquire_timeout_fails_after_the_timeout,
+            dropped_lease_returns_its_credential,
+            lease_ids_are_unique_and_increasing,
+            bad_input_is_refused_and_adds_nothing,
+            duplicate_names_are_refused,
+            add_many_skip_existing_merges,
+            remove_is_refused_while_leased_unless_forced,
+            unknown_names_are_reported,
+            update_secret_reaches_the_next_lease,
+            stats_count_by_state,
+            events_report_what_happens,
+            secrets_never_printed,
+            random_operations_match_the_model,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::conformance::$name(&$factory).await;
+            }
+        )*
+    };
+}
+
+/// Fails a test that hangs instead of hanging the suite.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: did not finish within {limit:?}"),
+    }
+}
+
+pub async fn pool_with<F: Factory>(
+    factory: &F,
+    ttl: Option<Duration>,
+    names: &[&str],
+) -> Pool<F::Store> {
+    let pool = factory.pool(ttl).await;
+    pool.add_many(
+        names
+            .iter()
+            .map(|name| NewCredential::new(*name, format!("secret-of-{name}"))),
+    )
+    .await
+    .expect("add credentials");
+    pool
+}
+
+async fn wait_for_waiters<S: Store>(pool: &Pool<S>, count: u64) {
+    within(Duration::from_secs(10), "waiters to queue", async {
+        while pool.stats().await.unwrap().waiters < count {
+            sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// aio-credentials-pool: 10 concurrent try_acquire on one credential, exactly one wins.
+pub async fn ten_try_acquires_on_one_credential_grant_exactly_one<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(10));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (pool, barrier) = (pool.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                pool.try_acquire().await.expect("try_acquire")
+            })
+        })
+        .collect();
+    let mut leases = Vec::new();
+    for task in tasks {
+        leases.push(task.await.unwrap());
+    }
+    let granted = leases.iter().filter(|lease| lease.is_some()).count();
+    assert_eq!(granted, 1, "exactly one of 10 try_acquire must win");
+    assert_eq!(leases.len() - granted, 9);
+}
+
+/// aio-credentials-pool: 3 tasks share one credential by waiting; all finish.
+pub async fn three_tasks_share_one_credential_by_waiting<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, done) = (pool.clone(), done.clone());
+            tokio::spawn(async move {
+                let lease = pool.acquire().await.expect("acquire");
+                sleep(Duration::from_millis(20)).await;
+                lease.release().await.expect("release");
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    within(
+        Duration::from_secs(10),
+        "3 tasks sharing one credential",
+        async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        },
+    )
+    .await;
+    assert_eq!(done.load(Ordering::SeqCst), 3);
+}
+
+/// Runs `tasks` workers for `rounds` each, logging every hold.
+async fn hammer<S: Store>(
+    pool: &Pool<S>,
+    log: &Arc<HoldLog>,
+    tasks: usize,
+    rounds: usize,
+    hold: Duration,
+) {
+    let workers: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (pool, log) = (pool.clone(), log.clone());
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let lease = pool.acquire().await.expect("acquire");
+                    let credential = lease.credential().clone();
+                    log.start(credential.name(), credential.capacity(), lease.id().get());
+                    if hold.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        sleep(hold).await;
+                    }
+                    log.end(lease.id().get());
+                    lease.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    within(Duration::from_secs(60), "workers", async {
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    })
+    .await;
+}
+
+/// aio-credentials-pool: 7 tasks over 3 credentials; no credential held twice.
+pub async fn seven_tasks_over_three_credentials_never_overlap<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b", "c"]).await;
+    let log = Arc::new(HoldLog::new());
+    hammer(&pool, &log, 7, 30, Duration::from_millis(1)).await;
+    log.check(|_| 1).expect("no credential held twice");
+    assert_eq!(log.grants(), 7 * 30);
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.available, stats.leases), (3, 0));
+    let uses: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
+    assert_eq!(uses, 7 * 30, "use counts add up to the grants");
+}
+
+/// aio-credentials-pool: an empty pool fails at once instead of waiting forever.
+pub async fn empty_pool_fails_at_once<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    let result = within(
+        Duration::from_secs(2),
+        "acquire on empty pool",
+        pool.acquire(),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(Error::NoCredentials { .. })),
+        "got {result:?}"
+    );
+    let result = pool.try_acquire().await;
+    assert!(matches!(result, Err(Error::NoCredentials { .. })));
+}
+
+pub async fn all_disabled_fails_at_once<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b"]).await;
+    pool.disable("a", "banned").await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.credential().name(), "b");
+    // A waiter for the last enabled credential learns at once when it is disabled.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| lease.id()) }
+    });
+    wait_for_waiters(&pool, 1).await;
+    lease
+        .release_with(ReleaseOutcome::Disable("banned too".into()))
+        .await
+        .unwrap();
+    let result = within(Duration::from_secs(5), "waiter on disabled pool", waiter)
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(Error::NoCredentials { .. })),
+        "got {result:?}"
+    );
+}
+
+/// aio-credentials-pool: releasing what the store never granted fails; nothing changes.
+pub async fn releasing_a_lease_never_granted_fails_and_changes_nothing<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b"]).await;
+    let held = pool.acquire().await.unwrap();
+    let before = pool.list().await.unwrap();
+    let forged = [
+        LeaseToken::new(held.credential().id(), LeaseId::new(held.id().get() + 1000)),
+        LeaseToken::new(held.credential().id(), LeaseId::new(0)),
+        LeaseToken::new(credpool::CredentialId::new(999_999), held.id()),
+    ];
+    for token in forged {
+        let result = pool.release_token(token, ReleaseOutcome::Success).await;
+        assert!(
+            matches!(result, Err(Error::LeaseLost { .. })),
+            "forged {token:?}: {result:?}"
+        );
+    }
+    assert_eq!(pool.list().await.unwrap(), before, "nothing changed");
+    let other = pool.try_acquire().await.unwrap().expect("b is free");
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "a is still held"
+    );
+    held.release().await.expect("the real holder releases");
+    other.release().await.unwrap();
+}
+
+/// 100 waiters queued in a known order are served in that order.
+pub async fn waiters_are_served_in_arrival_order<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let first = pool.acquire().await.unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for index in 0..100u64 {
+        let (task_pool, served) = (pool.clone(), served.clone());
+        tasks.push(tokio::spawn(async move {
+            let lease = task_pool.acquire().await.expect("acquire");
+            served.lock().unwrap().push(index);
+            lease.release().await.expect("release");
+        }));
+        wait_for_waiters(&pool, index + 1).await;
+    }
+    first.release().await.unwrap();
+    within(Duration::from_secs(30), "100 waiters", async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    let served = served.lock().unwrap().clone();
+    assert_eq!(
+        served,
+        (0..100).collect::<Vec<_>>(),
+        "served in arrival order"
+    );
+}
+
+/// A newcomer's try_acquire never takes a credential a queued waiter is owed.
+pub async fn try_acquire_does_not_jump_the_queue<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    for _ in 0..20 {
+        let held = pool.acquire().await.unwrap();
+        let waiter_served = Arc::new(AtomicBool::new(false));
+        let waiter = tokio::spawn({
+            let (pool, served) = (pool.clone(), waiter_served.clone());
+            async move {
+                let lease = pool.acquire().await.expect("waiter acquires");
+                served.store(true, Ordering::SeqCst);
+                sleep(Duration::from_millis(5)).await;
+                lease.release().await.unwrap();
+            }
+        });
+        wait_for_waiters(&pool, 1).await;
+        let jumper = tokio::spawn({
+            let (pool, served) = (pool.clone(), waiter_served.clone());
+            async move {
+                while !served.load(Ordering::SeqCst) {
+                    if let Some(lease) = pool.try_acquire().await.unwrap() {
+                        assert!(
+                            served.load(Ordering::SeqCst),
+                            "try_acquire took the credential before the queued waiter"
+                        );
+                        drop(lease);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        held.release().await.unwrap();
+        within(Duration::from_secs(10), "waiter and jumper", async {
+            waiter.await.unwrap();
+            jumper.await.unwrap();
+        })
+        .await;
+    }
+}
+
+/// Thousands of acquire futures dropped at random points leak nothing.
+pub async fn cancelled_acquires_never_leak<F: Factory>(factory: &F) {
+    let names = ["a", "b", "c", "d"];
+    let pool = pool_with(factory, None, &names).await;
+    let log = Arc::new(HoldLog::new());
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..64u64)
+        .map(|seed| {
+            let (pool, log, cancelled) = (pool.clone(), log.clone(), cancelled.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed);
+                for _ in 0..60 {
+                    let patience = Duration::from_micros(rng.u64(0..3000));
+                    let attempt = if rng.bool() {
+                        timeout(patience, pool.acquire()).await.ok()
+                    } else {
+                        tokio::select! {
+                            lease = pool.acquire() => Some(lease),
+                            () = sleep(patience) => None,
+                        }
+                    };
+                    let Some(lease) = attempt else {
+                        cancelled.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    };
+                    let lease = lease.expect("acquire");
+                    log.start(lease.credential().name(), 1, lease.id().get());
+                    tokio::time::sleep(Duration::from_micros(rng.u64(0..500))).await;
+                    log.end(lease.id().get());
+                    match rng.u8(0..3) {
+                        0 => drop(lease),
+                        1 => lease.release().await.unwrap(),
+                        // Cancel the release itself at a random point.
+                        _ => {
+                            let _ = timeout(Duration::from_micros(rng.u64(0..50)), lease.release())
+                                .await;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    within(Duration::from_secs(60), "cancelling workers", async {
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    })
+    .await;
+    log.check(|_| 1).expect("no credential held twice");
+    assert!(
+        cancelled.load(Ordering::SeqCst) > 100,
+        "the test must really cancel acquires (cancelled {})",
+        cancelled.load(Ordering::SeqCst)
+    );
+    within(Duration::from_secs(5), "leases to come back", async {
+        loop {
+            let stats = pool.stats().await.unwrap();
+            if stats.leases == 0 {
+                return stats;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.available, stats.waiters), (4, 0), "{stats:?}");
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        all.push(
+            pool.try_acquire()
+                .await
+                .unwrap()
+                .expect("every credential is free"),
+        );
+    }
+    assert!(pool.try_acquire().await.unwrap().is_none());
+}
+
+/// A waiter woken for a release and then dropped before it runs hands the
+/// release to the next waiter in line.
+pub async fn cancelled_waiter_passes_its_wake_up_on<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let mut first = Box::pin(pool.acquire());
+    tokio::select! {
+        biased;
+        _ = &mut first => panic!("nothing is free"),
+        () = std::future::ready(()) => {}
+    }
+    wait_for_waiters(&pool, 1).await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| lease.id()) }
+    });
+    wait_for_waiters(&pool, 2).await;
+    held.release().await.unwrap();
+    drop(first);
+    within(
+        Duration::from_secs(5),
+        "second waiter after first was cancelled",
+        second,
+    )
+    .await
+    .unwrap()
+    .expect("second waiter is served");
+}
+
+/// A lease past its TTL goes to another; the stale holder is fenced out.
+pub async fn expired_lease_is_taken_over_and_stale_holder_is_fenced<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, Some(Duration::from_millis(150)), &["only"]).await;
+    let mut stale = pool.acquire().await.unwrap();
+    assert!(stale.expires_at().is_some());
+    let started = Instant::now();
+    let current = within(
+        Duration::from_secs(5),
+        "take-over after expiry",
+        pool.acquire_timeout(Duration::from_secs(4)),
+    )
+    .await
+    .expect("granted after the TTL");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "not before the TTL"
+    );
+    assert!(current.id() > stale.id(), "fencing token increases");
+    assert!(matches!(stale.renew().await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(
+        stale.release().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "the new holder still holds it"
+    );
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(stats.leases, 1);
+    current.release().await.expect("new holder releases");
+}
+
+pub async fn renewed_lease_is_not_taken_over<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, Some(Duration::from_millis(200)), &["only"]).await;
+    let mut lease = pool.acquire().await.unwrap();
+    let first_expiry = lease.expires_at().unwrap();
+    for _ in 0..8 {
+        sleep(Duration::from_millis(60)).await;
+        lease.renew().await.expect("renew");
+        assert!(pool.try_acquire().await.unwrap().is_none());
+    }
+    assert!(lease.expires_at().unwrap() > first_expiry);
+    lease.release().await.expect("release after renewals");
+}
+
+pub async fn cool_down_holds_back_then_hands_out<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .release_with(ReleaseOutcome::CoolDown(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(pool.try_acquire().await.unwrap().is_none());
+    let info = &pool.list().await.unwrap()[0];
+    assert!(
+        matches!(info.state, CredentialState::CoolingDown { .. }),
+        "{info:?}"
+    );
+    assert_eq!(pool.stats().await.unwrap().cooling_down, 1);
+    let lease = within(Duration::from_secs(5), "cool-down end", pool.acquire())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "handed out after {:?}, before the cool-down ended",
+        started.elapsed()
+    );
+    lease.release().await.unwrap();
+}
+
+pub async fn disable_and_enable<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b"]).await;
+    let lease = pool.acquire().await.unwrap();
+    let banned = lease.credential().name().to_string();
+    lease
+        .release_with(ReleaseOutcome::Disable("banned by the site".into()))
+        .await
+        .unwrap();
+    let info = pool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|info| info.name == banned)
+        .unwrap();
+    assert_eq!(
+        info.state,
+        CredentialState::Disabled {
+            reason: "banned by the site".into()
+        }
+    );
+    for _ in 0..3 {
+        let lease = pool.acquire().await.unwrap();
+        assert_ne!(lease.credential().name(), banned);
+    }
+    let other = if banned == "a" { "b" } else { "a" };
+    pool.disable(other, "operator").await.unwrap();
+    assert!(matches!(
+        pool.acquire().await,
+        Err(Error::NoCredentials { .. })
+    ));
+    assert_eq!(pool.stats().await.unwrap().disabled, 2);
+    pool.enable(&banned).await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.credential().name(), banned);
+    // A waiter wakes when a credential is enabled.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            pool.acquire()
+                .await
+                .map(|l| l.credential().name().to_string())
+        }
+    });
+    wait_for_waiters(&pool, 1).await;
+    pool.enable(other).await.unwrap();
+    let name = within(Duration::from_secs(5), "enable wakes", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(name, other);
+    drop(lease);
+}
+
+pub async fn capacity_bounds_concurrent_holders<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    pool.add(NewCredential::new("shared", "s").capacity(3))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.try_acquire().await.unwrap().expect("capacity 3"));
+    }
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "a 4th is refused"
+    );
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.leases), (1, 3));
+    held.clear();
+    let log = Arc::new(HoldLog::new());
+    hammer(&pool, &log, 12, 20, Duration::from_millis(1)).await;
+    log.check(|_| 3).expect("never more holders than capacity");
+    assert!(
+        log.peak("shared") >= 2,
+        "capacity is used, not reduced to 1"
+    );
+}
+
+pub async fn close_wakes_waiters_and_lets_leases_return<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire().await.map(|lease| lease.id()) })
+        })
+        .collect();
+    wait_for_waiters(&pool, 5).await;
+    pool.close();
+    assert!(pool.is_closed());
+    for waiter in waiters {
+        let result = within(Duration::from_secs(5), "waiter wakes on close", waiter)
+            .await
+            .unwrap();
+        assert!(matches!(result, Err(Error::Closed)), "got {result:?}");
+    }
+    assert!(matches!(pool.acquire().await, Err(Error::Closed)));
+    assert!(matches!(pool.try_acquire().await, Err(Error::Closed)));
+    assert_eq!(pool.leases_out(), 1);
+    let shutdown = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.wait_for_leases(Duration::from_secs(5)).await }
+    });
+    sleep(Duration::from_millis(20)).await;
+    assert!(!shutdown.is_finished(), "waits while a lease is out");
+    held.release()
+        .await
+        .expect("a lease out may still be released");
+    within(Duration::from_secs(5), "wait_for_leases", shutdown)
+        .await
+        .unwrap()
+        .expect("every lease came back");
+    assert_eq!(pool.stats().await.unwrap().leases, 0);
+}
+
+pub async fn wait_for_leases_times_out_while_a_lease_is_out<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let result = pool.wait_for_leases(Duration::from_millis(50)).await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    drop(held);
+    pool.wait_for_leases(Duration::from_millis(500))
+        .await
+        .expect("dropped lease came back");
+}
+
+pub async fn acquire_timeout_fails_after_the_timeout<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let started = Instant::now();
+    let result = pool.acquire_timeout(Duration::from_millis(100)).await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(
+        pool.stats().await.unwrap().waiters,
+        0,
+        "the waiter left the line"
+    );
+    drop(held);
+    let lease = pool
+        .acquire_timeout(Duration::from_millis(500))
+        .await
+        .expect("free now");
+    lease.release().await.unwrap();
+}
+
+pub async fn dropped_lease_returns_its_credential<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let lease = pool.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(|lease| lease.id()) }
+    });
+    wait_for_waiters(&pool, 1).await;
+    drop(lease);
+    within(Duration::from_secs(5), "drop wakes the waiter", waiter)
+        .await
+        .unwrap()
+        .expect("acquire after drop");
+    within(Duration::from_secs(5), "lease count", async {
+        while pool.stats().await.unwrap().leases != 0 {
+            sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+}
+
+pub async fn lease_ids_are_unique_and_increasing<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b", "c"]).await;
+    let mut last = 0;
+    for _ in 0..20 {
+        let lease = pool.acquire().await.unwrap();
+        assert!(lease.id().get() > last, "lease ids increase");
+        last = lease.id().get();
+    }
+    let log = Arc::new(HoldLog::new());
+    hammer(&pool, &log, 8, 20, Duration::ZERO).await;
+    log.check(|_| 1).expect("unique lease ids");
+}
+
+pub async fn bad_input_is_refused_and_adds_nothing<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    let long = "x".repeat(256);
+    let cases = [
+        (NewCredential::new("", "s"), "name"),
+        (NewCredential::new("bad\u{7}name", "s"), "name"),
+        (NewCredential::new("new\nline", "s"), "name"),
+        (NewCredential::new(long.as_str(), "s"), "name"),
+        (NewCredential::new("zero", "s").capacity(0), "capacity"),
+        (
+            NewCredential::new("huge", "s".repeat(credpool::MAX_SECRET_BYTES + 1)),
+            "secret",
+        ),
+    ];
+    for (credential, field) in cases {
+        match pool.add(credential).await {
+            Err(Error::InvalidInput(invalid)) => assert_eq!(invalid.field, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+    assert!(pool.list().await.unwrap().is_empty());
+    assert!(
+        credpool::validate_name(&"é".repeat(127)).is_ok(),
+        "254 bytes is fine"
+    );
+    let batch = vec![
+        NewCredential::new("good1", "s"),
+        NewCredential::new("good2", "s"),
+        NewCredential::new("bad\tname", "s"),
+        NewCredential::new("good3", "s"),
+    ];
+    match pool.add_many(batch).await {
+        Err(Error::InvalidInput(invalid)) => {
+            assert_eq!((invalid.field, invalid.entry), ("name", Some(2)));
+            assert!(invalid.to_string().contains("entry 2"), "{invalid}");
+        }
+        other => panic!("expected invalid entry 2, got {other:?}"),
+    }
+    assert!(pool.list().await.unwrap().is_empty(), "nothing added");
+    // A name exactly 255 bytes long is accepted.
+    pool.add(NewCredential::new("y".repeat(255), "s"))
+        .await
+        .unwrap();
+}
+
+pub async fn duplicate_names_are_refused<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["alice"]).await;
+    let result = pool.add(NewCredential::new("alice", "other")).await;
+    assert!(matches!(result, Err(Error::DuplicateName { ref name, .. }) if name == "alice"));
+    let batch = [
+        NewCredential::new("bob", "s"),
+        NewCredential::new("carol", "s"),
+        NewCredential::new("bob", "s"),
+    ];
+    let result = pool.add_many(batch).await;
+    assert!(
+        matches!(result, Err(Error::DuplicateName { ref name, entry: Some(2), .. }) if name == "bob"),
+        "{result:?}"
+    );
+    let batch = [
+        NewCredential::new("dave", "s"),
+        NewCredential::new("alice", "s"),
+    ];
+    assert!(matches!(
+        pool.add_many(batch).await,
+        Err(Error::DuplicateName { .. })
+    ));
+    let names: Vec<_> = pool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["alice"], "a batch with a duplicate adds nothing");
+}
+
+pub async fn add_many_skip_existing_merges<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["alice"]).await;
+    let added = pool
+        .add_many_skip_existing([
+            NewCredential::new("alice", "new"),
+            NewCredential::new("bob", "s"),
+            NewCredential::new("bob", "again"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(added, 1);
+    let names: Vec<_> = pool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let lease = pool.acquire().await.unwrap();
+    if lease.credential().name() == "alice" {
+        assert_eq!(
+            lease.credential().secret().expose(),
+            "secret-of-alice",
+            "kept"
+        );
+    }
+}
+
+pub async fn remove_is_refused_while_leased_unless_forced<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a"]).await;
+    let lease = pool.acquire().await.unwrap();
+    assert!(matches!(
+        pool.remove("a").await,
+        Err(Error::InUse { holders: 1, .. })
+    ));
+    assert_eq!(pool.list().await.unwrap().len(), 1);
+    pool.remove_forced("a").await.unwrap();
+    assert!(pool.list().await.unwrap().is_empty());
+    assert!(matches!(
+        lease.release().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    pool.add(NewCredential::new("a", "again")).await.unwrap();
+    pool.remove("a").await.unwrap();
+    assert!(matches!(
+        pool.acquire().await,
+        Err(Error::NoCredentials { .. })
+    ));
+}
+
+pub async fn unknown_names_are_reported<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a"]).await;
+    for result in [
+        pool.remove("ghost").await,
+        pool.disable("ghost", "x").await,
+        pool.enable("ghost").await,
+        pool.update_secret("ghost", "s").await,
+    ] {
+        match result {
+            Err(error @ Error::UnknownCredential { .. }) => {
+                assert!(error.to_string().contains("ghost"), "{error}")
+            }
+            other => panic!("expected unknown credential, got {other:?}"),
+        }
+    }
+}
+
+pub async fn update_secret_reaches_the_next_lease<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a"]).await;
+    let lease = pool.acquire().await.unwrap();
+    pool.update_secret("a", "rotated").await.unwrap();
+    assert_eq!(lease.credential().secret().expose(), "secret-of-a");
+    lease.release().await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.credential().secret().expose(), "rotated");
+}
+
+pub async fn stats_count_by_state<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b", "c", "d"]).await;
+    let _held = pool.acquire().await.unwrap();
+    pool.acquire()
+        .await
+        .unwrap()
+        .release_with(ReleaseOutcome::CoolDown(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    pool.acquire()
+        .await
+        .unwrap()
+        .release_with(ReleaseOutcome::Disable("x".into()))
+        .await
+        .unwrap();
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(
+        (
+            stats.total,
+            stats.available,
+            stats.leased,
+            stats.cooling_down,
+            stats.disabled,
+            stats.leases
+        ),
+        (4, 1, 1, 1, 1, 1),
+        "{stats:?}"
+    );
+    let list = pool.list().await.unwrap();
+    let uses: u64 = list.iter().map(|c| c.use_count).sum();
+    assert_eq!(uses, 3);
+    assert!(list
+        .iter()
+        .filter(|c| c.use_count > 0)
+        .all(|c| c.last_used_at.is_some()));
+}
+
+pub async fn events_report_what_happens<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    let mut events = pool.subscribe();
+    pool.add(NewCredential::new("a", "s")).await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    let id = lease.id();
+    lease
+        .release_with(ReleaseOutcome::CoolDown(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    pool.disable("a", "banned").await.unwrap();
+    pool.enable("a").await.unwrap();
+    pool.remove("a").await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_recv() {
+        seen.push(event);
+    }
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|event| match event {
+            Event::Added { .. } => "added",
+            Event::Acquired { .. } => "acquired",
+            Event::CooledDown { .. } => "cooled",
+            Event::Released { .. } => "released",
+            Event::Disabled { .. } => "disabled",
+            Event::Enabled { .. } => "enabled",
+            Event::Removed { .. } => "removed",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["added", "acquired", "cooled", "released", "disabled", "enabled", "removed"]
+    );
+    assert!(matches!(&seen[1], Event::Acquired { lease_id, .. } if *lease_id == id));
+}
+
+pub async fn secrets_never_printed<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    let secret = "TOP-SECRET-VALUE-42";
+    let cookie = "COOKIE-VALUE-42";
+    let mut events = pool.subscribe();
+    pool.add(NewCredential::new("alice", secret).extra(cookie))
+        .await
+        .unwrap();
+    let lease = pool.acquire().await.unwrap();
+    let mut printed = vec![
+        format!("{lease:?}"),
+        format!("{:?}", lease.credential()),
+        format!("{}", lease.credential().secret()),
+        format!("{:?}", lease.credential().secret()),
+        format!("{:?}", NewCredential::new("alice", secret).extra(cookie)),
+        format!("{:?}", pool.list().await.unwrap()),
+        format!("{:?}", pool.stats().await.unwrap()),
+    ];
+    let duplicate = pool
+        .add(NewCredential::new("alice", secret))
+        .await
+        .unwrap_err();
+    printed.push(format!("{duplicate} {duplicate:?}"));
+    let invalid = pool
+        .add(NewCredential::new("bob", secret).capacity(0))
+        .await
+        .unwrap_err();
+    printed.push(format!("{invalid} {invalid:?}"));
+    let token = lease.token();
+    lease
+        .release_with(ReleaseOutcome::Disable("banned".into()))
+        .await
+        .unwrap();
+    let lost = pool
+        .release_token(token, ReleaseOutcome::Success)
+        .await
+        .unwrap_err();
+    printed.push(format!("{lost} {lost:?}"));
+    while let Some(event) = events.try_recv() {
+        printed.push(format!("{event:?}"));
+    }
+    for text in printed {
+        assert!(!text.contains(secret), "secret printed: {text}");
+        assert!(!text.contains(cookie), "cookie printed: {text}");
+    }
+}
+
+pub async fn random_operations_match_the_model<F: Factory>(factory: &F) {
+    model::run(factory).await;
+}
