@@ -52,6 +52,8 @@ struct Shared<S> {
     /// Leases this pool handed out that have not come back.
     outstanding: AtomicUsize,
     all_returned: Notify,
+    /// Tasks in `wait_for_leases`; releases notify only when there are some.
+    shutdown_watchers: AtomicUsize,
     events: EventSender,
 }
 
@@ -138,6 +140,7 @@ impl<S: Store> PoolBuilder<S> {
                 waiters: WaitQueue::default(),
                 outstanding: AtomicUsize::new(0),
                 all_returned: Notify::new(),
+                shutdown_watchers: AtomicUsize::new(0),
                 events: EventSender::new(self.event_capacity),
             }),
         }
@@ -245,7 +248,9 @@ impl<S: Store> Pool<S> {
                 GrantAttempt::Busy { retry_at: at } => retry_at = at,
             }
         }
-        self.wait_in_line(seen, retry_at, deadline).await
+        // Boxed: the waiting state machine is large, and the fast path should
+        // not pay for moving it around.
+        Box::pin(self.wait_in_line(seen, retry_at, deadline)).await
     }
 
     async fn wait_in_line(
@@ -256,11 +261,13 @@ impl<S: Store> Pool<S> {
     ) -> Result<Lease<S>> {
         let started = Instant::now();
         let waiter = self.shared.waiters.join(seen);
-        if retry_at.is_some() {
-            waiter.busy(retry_at);
-        }
+        let mut place = if retry_at.is_some() {
+            waiter.busy(retry_at)
+        } else {
+            waiter.place()
+        };
         loop {
-            let (first, retry_at) = waiter.place();
+            let (first, retry_at) = place;
             let timer = if first { self.timer(retry_at) } else { None };
             let wake = tokio::select! {
                 biased;
@@ -275,6 +282,7 @@ impl<S: Store> Pool<S> {
             let freed_for_me = waiter.trying();
             if wake == Wake::Signal && !freed_for_me {
                 // Promoted to first in line: only the timer changes.
+                place = waiter.place();
                 continue;
             }
             match self.attempt().await? {
@@ -282,13 +290,16 @@ impl<S: Store> Pool<S> {
                     waiter.served(wake == Wake::Timer);
                     return Ok(self.lease(grant, started.elapsed()));
                 }
-                GrantAttempt::Busy { retry_at } => waiter.busy(retry_at),
+                GrantAttempt::Busy { retry_at } => place = waiter.busy(retry_at),
             }
         }
     }
 
     /// When the first waiter should ask the store again by itself.
     fn timer(&self, retry_at: Option<SystemTime>) -> Option<Instant> {
+        if retry_at.is_none() && self.shared.poll_interval.is_none() {
+            return None;
+        }
         let now = Instant::now();
         let change = retry_at.map(|at| {
             now + at
@@ -380,7 +391,9 @@ impl<S: Store> Pool<S> {
     }
 
     fn lease_returned(&self) {
-        if self.shared.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.shared.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.shared.shutdown_watchers.load(Ordering::SeqCst) > 0
+        {
             self.shared.all_returned.notify_waiters();
         }
     }
@@ -613,6 +626,7 @@ impl<S: Store> Pool<S> {
     /// Cancel safe.
     pub async fn wait_for_leases(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let _watching = Watching::new(&self.shared.shutdown_watchers);
         loop {
             let returned = self.shared.all_returned.notified();
             tokio::pin!(returned);
@@ -627,6 +641,22 @@ impl<S: Store> Pool<S> {
                 }
             }
         }
+    }
+}
+
+/// Counts a task in `wait_for_leases` for as long as it waits.
+struct Watching<'a>(&'a AtomicUsize);
+
+impl<'a> Watching<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -43,6 +43,21 @@ struct Entry {
 }
 
 impl List {
+    /// Where a ticket stands; entries are in ticket order.
+    fn position(&self, ticket: u64) -> Option<usize> {
+        self.entries
+            .binary_search_by_key(&ticket, |entry| entry.ticket)
+            .ok()
+    }
+
+    fn place(&self, ticket: u64) -> (bool, Option<SystemTime>) {
+        let first = self
+            .entries
+            .front()
+            .is_some_and(|entry| entry.ticket == ticket);
+        (first, self.retry_at)
+    }
+
     fn wake_first_asleep(&mut self) {
         if let Some(entry) = self.entries.iter_mut().find(|entry| !entry.awake) {
             entry.awake = true;
@@ -140,12 +155,7 @@ impl Waiter<'_> {
     /// Whether this waiter is first in line (and so keeps the timer), and
     /// when the store last said something changes by itself.
     pub(crate) fn place(&self) -> (bool, Option<SystemTime>) {
-        let list = self.queue.lock();
-        let first = list
-            .entries
-            .front()
-            .is_some_and(|entry| entry.ticket == self.ticket);
-        (first, list.retry_at)
+        self.queue.lock().place(self.ticket)
     }
 
     /// Waits for a wake-up.
@@ -158,19 +168,18 @@ impl Waiter<'_> {
     /// here on, a release wakes this waiter again even if its attempt fails.
     pub(crate) fn trying(&self) -> bool {
         let mut list = self.queue.lock();
-        match list
-            .entries
-            .iter_mut()
-            .find(|entry| entry.ticket == self.ticket)
-        {
-            Some(entry) => std::mem::replace(&mut entry.awake, false),
+        match list.position(self.ticket) {
+            Some(position) => std::mem::replace(&mut list.entries[position].awake, false),
             None => false,
         }
     }
 
     /// The store had nothing free; `retry_at` is when it expects a change.
-    pub(crate) fn busy(&self, retry_at: Option<SystemTime>) {
-        self.queue.lock().retry_at = retry_at;
+    /// Returns the waiter's place, as [`place`](Waiter::place) does.
+    pub(crate) fn busy(&self, retry_at: Option<SystemTime>) -> (bool, Option<SystemTime>) {
+        let mut list = self.queue.lock();
+        list.retry_at = retry_at;
+        list.place(self.ticket)
     }
 
     /// Leaves the line after being served. `pass_on` wakes the next waiter too
@@ -184,11 +193,7 @@ impl Waiter<'_> {
 
     fn leave(&self) -> MutexGuard<'_, List> {
         let mut list = self.queue.lock();
-        if let Some(position) = list
-            .entries
-            .iter()
-            .position(|entry| entry.ticket == self.ticket)
-        {
+        if let Some(position) = list.position(self.ticket) {
             let entry = list.entries.remove(position);
             self.queue.len.fetch_sub(1, SeqCst);
             // A wake-up this waiter will not use goes on; so does the timer it kept.

@@ -167,9 +167,15 @@ impl MemoryStore {
     }
 
     fn release_now(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
-        let now = now_ms();
         let mut state = self.lock();
-        state.reclaim(now, &mut Vec::new());
+        // The clock costs as much as the rest of a release: read it only when needed.
+        let now = if state.has_timers() || matches!(outcome, ReleaseOutcome::CoolDown(_)) {
+            let now = now_ms();
+            state.reclaim(now, &mut Vec::new());
+            now
+        } else {
+            0
+        };
         let index = slot_index(lease.credential_id());
         let lost = || Error::LeaseLost {
             credential: lease.credential_id().to_string(),
@@ -242,6 +248,11 @@ fn slot_index(id: CredentialId) -> usize {
 }
 
 impl State {
+    /// Whether a cool-down or a lease expiry is pending.
+    fn has_timers(&self) -> bool {
+        !self.cooling.is_empty() || !self.expiring.is_empty()
+    }
+
     /// Ends finished cool-downs and reclaims expired leases.
     fn reclaim(&mut self, now: i64, expired: &mut Vec<ExpiredLease>) {
         while let Some(&Reverse((until, index))) = self.cooling.peek() {
