@@ -117,6 +117,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A transaction failed and was rolled back: none of its changes were made.
+    #[error(
+        "{location}: transaction failed and was rolled back, nothing in it was applied: {reason}"
+    )]
+    Transaction {
+        /// The file path or database.
+        location: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A file system error, with the path it concerns.
     #[error("{}: {source}", path.display())]
     Io {

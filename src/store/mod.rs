@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 
 pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// One attempt to grant a lease.
 #[derive(Debug)]

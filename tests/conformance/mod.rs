@@ -424,12 +424,20 @@ pub async fn cancelled_waiter_passes_its_wake_up_on<F: Factory>(factory: &F) {
     let pool = pool_with(factory, None, &["only"]).await;
     let held = pool.acquire().await.unwrap();
     let mut first = Box::pin(pool.acquire());
-    tokio::select! {
-        biased;
-        _ = &mut first => panic!("nothing is free"),
-        () = std::future::ready(()) => {}
-    }
-    wait_for_waiters(&pool, 1).await;
+    // Drive the first waiter until it is in line (a store may need a round trip).
+    within(Duration::from_secs(10), "first waiter queued", async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut first => panic!("nothing is free"),
+                () = sleep(Duration::from_millis(1)) => {}
+            }
+            if pool.stats().await.unwrap().waiters == 1 {
+                break;
+            }
+        }
+    })
+    .await;
     let second = tokio::spawn({
         let pool = pool.clone();
         async move { pool.acquire().await.map(|lease| lease.id()) }

@@ -1,0 +1,736 @@
+//! The store thread: owns the connection, runs every waiting request in one
+//! `BEGIN IMMEDIATE` transaction (group commit), and replies after the commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+
+use crate::credential::{
+    duration_ms, from_ms, Credential, CredentialId, CredentialInfo, NewCredential, Secret, Stats,
+};
+use crate::error::{Error, Result};
+use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate};
+
+/// The most requests one transaction takes.
+const MAX_BATCH: usize = 512;
+
+/// Why a job did not produce its value.
+pub(crate) enum Failure {
+    /// Refused with an error the caller should see; nothing was changed.
+    Refused(Error),
+    /// SQLite failed: the whole batch is rolled back and retried job by job.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Sql(error)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Refused(error)
+    }
+}
+
+/// What a job sees while it runs inside the batch's transaction.
+pub(crate) struct Ctx<'a> {
+    pub(crate) connection: &'a Connection,
+    pub(crate) pool: &'a str,
+    pub(crate) now: i64,
+    /// Leases reclaimed at the start of the batch, handed to the first grant.
+    pub(crate) expired: Vec<ExpiredLease>,
+}
+
+/// One request to the store thread.
+pub(crate) trait Job: Send {
+    /// Runs inside the open transaction; keeps its result for `finish`.
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()>;
+
+    /// Records that the transaction failed, so `finish` reports that instead.
+    fn fail(&mut self, error: Error);
+
+    /// Replies to the caller. Returns the lease of a grant whose caller is
+    /// gone, which the thread must release at once.
+    fn finish(self: Box<Self>) -> Option<LeaseToken>;
+
+    /// For a grant: replies "busy" without a transaction, when the thread
+    /// knows nothing changed since the last time nothing was free.
+    fn answer_busy(&mut self, _retry_at: Option<i64>) -> bool {
+        false
+    }
+
+    /// For a grant that found nothing free: when the store expects a change.
+    fn busy_until(&self) -> Option<Option<i64>> {
+        None
+    }
+}
+
+/// A job that runs `work` and sends its result to `reply`.
+pub(crate) struct Call<T, W> {
+    work: W,
+    reply: Option<oneshot::Sender<Result<T>>>,
+    result: Option<Result<T>>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<T, W> Call<T, W>
+where
+    T: Send + 'static,
+    W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
+{
+    pub(crate) fn boxed(
+        work: W,
+        reply: Option<oneshot::Sender<Result<T>>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Box<dyn Job> {
+        Box::new(Self {
+            work,
+            reply,
+            result: None,
+            _permit: permit,
+        })
+    }
+}
+
+impl<T, W> Job for Call<T, W>
+where
+    T: Send + 'static,
+    W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
+{
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        match (self.work)(ctx) {
+            Ok(value) => self.result = Some(Ok(value)),
+            Err(Failure::Refused(error)) => self.result = Some(Err(error)),
+            Err(Failure::Sql(error)) => return Err(error),
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.result = Some(Err(error));
+    }
+
+    fn finish(self: Box<Self>) -> Option<LeaseToken> {
+        if let (Some(reply), Some(result)) = (self.reply, self.result) {
+            let _ = reply.send(result);
+        }
+        None
+    }
+}
+
+/// What a grant answers: the attempt, and the leases reclaimed on the way.
+type GrantAnswer = Result<(GrantAttempt, Vec<ExpiredLease>)>;
+
+/// A grant: like [`Call`], but a lease whose caller is gone comes back.
+pub(crate) struct GrantJob {
+    ttl: Option<Duration>,
+    reply: Option<oneshot::Sender<GrantAnswer>>,
+    result: Option<GrantAnswer>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl GrantJob {
+    pub(crate) fn boxed(
+        ttl: Option<Duration>,
+        reply: oneshot::Sender<GrantAnswer>,
+        permit: OwnedSemaphorePermit,
+    ) -> Box<dyn Job> {
+        Box::new(Self {
+            ttl,
+            reply: Some(reply),
+            result: None,
+            _permit: Some(permit),
+        })
+    }
+}
+
+impl Job for GrantJob {
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        let expired = std::mem::take(&mut ctx.expired);
+        self.result = Some(match grant(ctx, self.ttl) {
+            Ok(attempt) => Ok((attempt, expired)),
+            Err(Failure::Refused(error)) => Err(error),
+            Err(Failure::Sql(error)) => return Err(error),
+        });
+        Ok(())
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.result = Some(Err(error));
+    }
+
+    fn finish(self: Box<Self>) -> Option<LeaseToken> {
+        let (Some(reply), Some(result)) = (self.reply, self.result) else {
+            return None;
+        };
+        match reply.send(result) {
+            Ok(()) => None,
+            Err(Ok((GrantAttempt::Granted(grant), _))) => Some(grant.token()),
+            Err(_) => None,
+        }
+    }
+
+    fn busy_until(&self) -> Option<Option<i64>> {
+        match &self.result {
+            Some(Ok((GrantAttempt::Busy { retry_at }, _))) => {
+                Some(retry_at.map(crate::credential::to_ms))
+            }
+            _ => None,
+        }
+    }
+
+    fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
+        self.result = Some(Ok((
+            GrantAttempt::Busy {
+                retry_at: retry_at.map(from_ms),
+            },
+            Vec::new(),
+        )));
+        true
+    }
+}
+
+/// What the thread knows after a batch of grants found nothing free.
+struct Idle {
+    data_version: i64,
+    commits: u64,
+    retry_at: Option<i64>,
+}
+
+pub(crate) struct Worker {
+    connection: Connection,
+    pool: String,
+    path: PathBuf,
+    commits: u64,
+    idle: Option<Idle>,
+}
+
+impl Worker {
+    pub(crate) fn new(connection: Connection, pool: String, path: PathBuf) -> Self {
+        connection.set_prepared_statement_cache_capacity(64);
+        Self {
+            connection,
+            pool,
+            path,
+            commits: 0,
+            idle: None,
+        }
+    }
+
+    /// Serves requests until every sender is gone.
+    pub(crate) fn run(mut self, mut requests: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = requests.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.serve(&mut batch);
+        }
+    }
+
+    fn serve(&mut self, batch: &mut Vec<Box<dyn Job>>) {
+        let now = crate::credential::now_ms();
+        if self.nothing_changed(now) {
+            let retry_at = self.idle.as_ref().and_then(|idle| idle.retry_at);
+            if batch.iter_mut().all(|job| job.answer_busy(retry_at)) {
+                for job in batch.drain(..) {
+                    let _ = job.finish();
+                }
+                return;
+            }
+        }
+        let all_busy = self.run_batch(batch, now);
+        let unclaimed: Vec<LeaseToken> = batch.drain(..).filter_map(|job| job.finish()).collect();
+        self.idle = match all_busy {
+            Some(retry_at) if unclaimed.is_empty() => {
+                self.data_version().ok().map(|data_version| Idle {
+                    data_version,
+                    commits: self.commits,
+                    retry_at,
+                })
+            }
+            _ => None,
+        };
+        if !unclaimed.is_empty() {
+            self.release_unclaimed(unclaimed);
+        }
+    }
+
+    /// Whether no process changed the store since a batch found nothing free.
+    fn nothing_changed(&self, now: i64) -> bool {
+        let Some(idle) = &self.idle else {
+            return false;
+        };
+        idle.commits == self.commits
+            && idle.retry_at.is_none_or(|at| now < at)
+            && self
+                .data_version()
+                .is_ok_and(|version| version == idle.data_version)
+    }
+
+    fn data_version(&self) -> rusqlite::Result<i64> {
+        self.connection
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+    }
+
+    /// Runs the batch in one transaction; on an SQLite error, rolls it back
+    /// and runs each job in a transaction of its own. Returns `Some(retry_at)`
+    /// when every job was a grant that found nothing free.
+    fn run_batch(&mut self, batch: &mut [Box<dyn Job>], now: i64) -> Option<Option<i64>> {
+        match self.transaction(batch, now) {
+            Ok(()) => {
+                self.commits += 1;
+                let mut retry_at = None;
+                for job in batch.iter() {
+                    retry_at = Some(job.busy_until()?);
+                }
+                retry_at
+            }
+            Err(error) => {
+                self.rollback();
+                if batch.len() == 1 {
+                    batch[0].fail(self.transaction_error(&error));
+                    return None;
+                }
+                tracing::warn!(path = %self.path.display(), error = %error, "batch failed; retrying its requests one by one");
+                for job in batch.iter_mut() {
+                    if let Err(error) = self.transaction(std::slice::from_mut(job), now) {
+                        self.rollback();
+                        job.fail(self.transaction_error(&error));
+                    } else {
+                        self.commits += 1;
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<()> {
+        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+        let mut ctx = Ctx {
+            connection: &self.connection,
+            pool: &self.pool,
+            now,
+            expired: Vec::new(),
+        };
+        reclaim(&mut ctx)?;
+        for job in jobs.iter_mut() {
+            job.run(&mut ctx)?;
+        }
+        self.connection.execute_batch("COMMIT")
+    }
+
+    fn rollback(&self) {
+        if !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn transaction_error(&self, error: &rusqlite::Error) -> Error {
+        Error::Transaction {
+            location: self.path.display().to_string(),
+            reason: error.to_string(),
+        }
+    }
+
+    /// Releases leases granted to callers that left before the reply came.
+    fn release_unclaimed(&mut self, leases: Vec<LeaseToken>) {
+        let mut jobs: Vec<Box<dyn Job>> = leases
+            .into_iter()
+            .map(|lease| release_job(lease, ReleaseOutcome::Success, None))
+            .collect();
+        tracing::debug!(count = jobs.len(), "releasing leases whose callers left");
+        let now = crate::credential::now_ms();
+        self.run_batch(&mut jobs, now);
+        for job in jobs {
+            let _ = job.finish();
+        }
+    }
+}
+
+/// A release job; `reply` is `None` for a lease dropped without waiting.
+pub(crate) fn release_job(
+    lease: LeaseToken,
+    outcome: ReleaseOutcome,
+    reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+) -> Box<dyn Job> {
+    Call::boxed(move |ctx| release(ctx, lease, &outcome), reply, None)
+}
+
+/// Ends finished cool-downs and reclaims expired leases.
+fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    ctx.connection
+        .prepare_cached(
+            "UPDATE credentials SET cooling_until = NULL
+             WHERE pool = ?1 AND cooling_until IS NOT NULL AND cooling_until <= ?2",
+        )?
+        .execute(params![ctx.pool, ctx.now])?;
+    let expired: Vec<(i64, i64)> = ctx
+        .connection
+        .prepare_cached(
+            "DELETE FROM leases WHERE pool = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2
+             RETURNING id, credential_id",
+        )?
+        .query_map(params![ctx.pool, ctx.now], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (lease_id, credential_id) in expired {
+        let name: String = ctx
+            .connection
+            .prepare_cached(
+                "UPDATE credentials SET holders = holders - 1 WHERE id = ?1 RETURNING name",
+            )?
+            .query_row([credential_id], |row| row.get(0))?;
+        ctx.expired.push(ExpiredLease {
+            name: name.into(),
+            lease_id: LeaseId::new(lease_id as u64),
+        });
+    }
+    Ok(())
+}
+
+/// When a cool-down ends or a lease expires next, as far as the store knows.
+fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>> {
+    let cooling: Option<i64> = connection
+        .prepare_cached(
+            "SELECT min(cooling_until) FROM credentials WHERE pool = ?1 AND cooling_until IS NOT NULL",
+        )?
+        .query_row([pool], |row| row.get(0))?;
+    let expiry: Option<i64> = connection
+        .prepare_cached(
+            "SELECT min(expires_at) FROM leases WHERE pool = ?1 AND expires_at IS NOT NULL",
+        )?
+        .query_row([pool], |row| row.get(0))?;
+    Ok(match (cooling, expiry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantAttempt, Failure> {
+    let connection = ctx.connection;
+    let free = connection
+        .prepare_cached(
+            "SELECT id, name, secret, extra, capacity FROM credentials
+             WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
+               AND holders < capacity
+             ORDER BY last_used_at, id LIMIT 1",
+        )?
+        .query_row([ctx.pool], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, u32>(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, name, secret, extra, capacity)) = free else {
+        let enabled: bool = connection
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1 AND disabled_reason IS NULL)",
+            )?
+            .query_row([ctx.pool], |row| row.get(0))?;
+        if !enabled {
+            return Err(Failure::Refused(Error::NoCredentials {
+                pool: ctx.pool.to_string(),
+            }));
+        }
+        let retry_at = retry_at(connection, ctx.pool)?;
+        return Ok(GrantAttempt::Busy {
+            retry_at: retry_at.map(from_ms),
+        });
+    };
+    let expires_at = ttl.map(|ttl| ctx.now.saturating_add(duration_ms(ttl)));
+    connection
+        .prepare_cached(
+            "INSERT INTO leases (pool, credential_id, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![ctx.pool, id, ctx.now, expires_at])?;
+    let lease_id = connection.last_insert_rowid();
+    connection
+        .prepare_cached(
+            "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
+                    use_count = use_count + 1
+             WHERE id = ?1",
+        )?
+        .execute(params![id, ctx.now])?;
+    Ok(GrantAttempt::Granted(Grant {
+        credential: Credential::new(
+            CredentialId::new(id as u64),
+            name.into(),
+            Secret::new(secret),
+            extra,
+            capacity,
+        ),
+        lease_id: LeaseId::new(lease_id as u64),
+        acquired_at: from_ms(ctx.now),
+        expires_at: expires_at.map(from_ms),
+    }))
+}
+
+fn lease_lost(ctx: &Ctx<'_>, lease: LeaseToken) -> std::result::Result<Error, Failure> {
+    let name: Option<String> = ctx
+        .connection
+        .prepare_cached("SELECT name FROM credentials WHERE id = ?1 AND pool = ?2")?
+        .query_row(
+            params![lease.credential_id().get() as i64, ctx.pool],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(Error::LeaseLost {
+        credential: name.unwrap_or_else(|| lease.credential_id().to_string()),
+        lease_id: lease.lease_id(),
+    })
+}
+
+fn release(
+    ctx: &mut Ctx<'_>,
+    lease: LeaseToken,
+    outcome: &ReleaseOutcome,
+) -> std::result::Result<Arc<str>, Failure> {
+    let deleted = ctx
+        .connection
+        .prepare_cached("DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3")?
+        .execute(params![
+            lease.lease_id().get() as i64,
+            lease.credential_id().get() as i64,
+            ctx.pool
+        ])?;
+    if deleted == 0 {
+        return Err(Failure::Refused(lease_lost(ctx, lease)?));
+    }
+    let (cool_until, disable): (Option<i64>, Option<&str>) = match outcome {
+        ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => {
+            (Some(ctx.now.saturating_add(duration_ms(*pause))), None)
+        }
+        ReleaseOutcome::Disable(reason) => (None, Some(reason.as_str())),
+        _ => (None, None),
+    };
+    let name: String = ctx
+        .connection
+        .prepare_cached(
+            "UPDATE credentials SET holders = holders - 1,
+                    cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
+                                         ELSE max(coalesce(cooling_until, 0), ?2) END,
+                    disabled_reason = coalesce(?3, disabled_reason)
+             WHERE id = ?1 RETURNING name",
+        )?
+        .query_row(
+            params![lease.credential_id().get() as i64, cool_until, disable],
+            |row| row.get(0),
+        )?;
+    Ok(name.into())
+}
+
+pub(crate) fn renew(
+    ctx: &mut Ctx<'_>,
+    lease: LeaseToken,
+    ttl: Option<Duration>,
+) -> std::result::Result<Option<std::time::SystemTime>, Failure> {
+    let expires_at = ttl.map(|ttl| ctx.now.saturating_add(duration_ms(ttl)));
+    let changed = ctx
+        .connection
+        .prepare_cached(
+            "UPDATE leases SET expires_at = ?4 WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
+        )?
+        .execute(params![
+            lease.lease_id().get() as i64,
+            lease.credential_id().get() as i64,
+            ctx.pool,
+            expires_at
+        ])?;
+    if changed == 0 {
+        return Err(Failure::Refused(lease_lost(ctx, lease)?));
+    }
+    Ok(expires_at.map(from_ms))
+}
+
+pub(crate) fn add_many(
+    ctx: &mut Ctx<'_>,
+    credentials: &[NewCredential],
+    on_duplicate: OnDuplicate,
+) -> std::result::Result<usize, Failure> {
+    let connection = ctx.connection;
+    connection.execute_batch("SAVEPOINT add_many")?;
+    let result = (|| -> std::result::Result<usize, Failure> {
+        let sql = match on_duplicate {
+            OnDuplicate::Fail => {
+                "INSERT INTO credentials (pool, name, secret, extra, capacity, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+            OnDuplicate::Skip => {
+                "INSERT OR IGNORE INTO credentials (pool, name, secret, extra, capacity, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+        };
+        let mut insert = connection.prepare_cached(sql)?;
+        let mut added = 0;
+        for (index, credential) in credentials.iter().enumerate() {
+            let inserted = insert.execute(params![
+                ctx.pool,
+                credential.name,
+                credential.secret.expose(),
+                credential.extra,
+                credential.capacity,
+                ctx.now
+            ]);
+            match inserted {
+                Ok(count) => added += count,
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                {
+                    return Err(Failure::Refused(Error::DuplicateName {
+                        name: credential.name.clone(),
+                        pool: ctx.pool.to_string(),
+                        entry: Some(index),
+                    }));
+                }
+                Err(error) => return Err(Failure::Sql(error)),
+            }
+        }
+        Ok(added)
+    })();
+    match &result {
+        Ok(_) => connection.execute_batch("RELEASE add_many")?,
+        Err(_) => connection.execute_batch("ROLLBACK TO add_many; RELEASE add_many")?,
+    }
+    result
+}
+
+fn credential_id_by_name(ctx: &Ctx<'_>, name: &str) -> std::result::Result<(i64, u32), Failure> {
+    ctx.connection
+        .prepare_cached("SELECT id, holders FROM credentials WHERE pool = ?1 AND name = ?2")?
+        .query_row(params![ctx.pool, name], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| Failure::Refused(unknown(ctx, name)))
+}
+
+fn unknown(ctx: &Ctx<'_>, name: &str) -> Error {
+    Error::UnknownCredential {
+        name: name.to_string(),
+        pool: ctx.pool.to_string(),
+    }
+}
+
+pub(crate) fn remove(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    force: bool,
+) -> std::result::Result<(), Failure> {
+    let (id, holders) = credential_id_by_name(ctx, name)?;
+    if holders > 0 && !force {
+        return Err(Failure::Refused(Error::InUse {
+            name: name.to_string(),
+            holders,
+        }));
+    }
+    ctx.connection
+        .prepare_cached("DELETE FROM credentials WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+pub(crate) fn set_disabled(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    reason: Option<&str>,
+) -> std::result::Result<(), Failure> {
+    let changed = ctx
+        .connection
+        .prepare_cached(
+            "UPDATE credentials SET disabled_reason = ?3 WHERE pool = ?1 AND name = ?2",
+        )?
+        .execute(params![ctx.pool, name, reason])?;
+    if changed == 0 {
+        return Err(Failure::Refused(unknown(ctx, name)));
+    }
+    Ok(())
+}
+
+pub(crate) fn update_secret(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    secret: &Secret,
+) -> std::result::Result<(), Failure> {
+    let changed = ctx
+        .connection
+        .prepare_cached("UPDATE credentials SET secret = ?3 WHERE pool = ?1 AND name = ?2")?
+        .execute(params![ctx.pool, name, secret.expose()])?;
+    if changed == 0 {
+        return Err(Failure::Refused(unknown(ctx, name)));
+    }
+    Ok(())
+}
+
+pub(crate) fn list(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<CredentialInfo>, Failure> {
+    let now = from_ms(ctx.now);
+    let mut statement = ctx.connection.prepare_cached(
+        "SELECT id, name, capacity, holders, disabled_reason, cooling_until, extra IS NOT NULL,
+                last_used_at, use_count, created_at
+         FROM credentials WHERE pool = ?1 ORDER BY id",
+    )?;
+    let rows = statement.query_map([ctx.pool], |row| {
+        Ok(CredentialInfo::from_parts(
+            CredentialId::new(row.get::<_, i64>(0)? as u64),
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get::<_, Option<i64>>(5)?.map(from_ms),
+            now,
+            row.get(6)?,
+            row.get::<_, Option<i64>>(7)?.map(from_ms),
+            row.get::<_, i64>(8)? as u64,
+            from_ms(row.get(9)?),
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub(crate) fn stats(ctx: &mut Ctx<'_>) -> std::result::Result<Stats, Failure> {
+    let (total, disabled, cooling, leased, leases): (i64, i64, i64, i64, i64) = ctx
+        .connection
+        .prepare_cached(
+            "SELECT count(*),
+                    coalesce(sum(disabled_reason IS NOT NULL), 0),
+                    coalesce(sum(disabled_reason IS NULL AND cooling_until > ?2), 0),
+                    coalesce(sum(disabled_reason IS NULL AND coalesce(cooling_until, 0) <= ?2
+                                 AND holders >= capacity), 0),
+                    coalesce(sum(holders), 0)
+             FROM credentials WHERE pool = ?1",
+        )?
+        .query_row(params![ctx.pool, ctx.now], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?;
+    Ok(Stats {
+        total: total as u64,
+        available: (total - disabled - cooling - leased) as u64,
+        leased: leased as u64,
+        cooling_down: cooling as u64,
+        disabled: disabled as u64,
+        leases: leases as u64,
+        waiters: 0,
+    })
+}
