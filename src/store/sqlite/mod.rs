@@ -299,6 +299,23 @@ impl Drop for SqliteStore {
     }
 }
 
+/// A grant on its way back. If the caller leaves before reading it, a lease
+/// already granted is released, and one not yet sent is refused so the
+/// store thread releases it.
+struct PendingGrant<'a> {
+    answer: oneshot::Receiver<Result<(GrantAttempt, Vec<ExpiredLease>)>>,
+    store: &'a SqliteStore,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        self.answer.close();
+        if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
+            self.store.release_detached(grant.token());
+        }
+    }
+}
+
 /// The path in a `sqlite://` URL, or the argument itself when it is a plain path.
 pub fn path_from_url(url: &str) -> Result<PathBuf> {
     let path = url
@@ -342,9 +359,13 @@ impl Store for SqliteStore {
             .map_err(|_| self.unavailable())?;
         let (reply, answer) = oneshot::channel();
         self.send(GrantJob::boxed(ttl, reply, permit))?;
-        // If this future is dropped now, the thread sees the reply fail and
-        // releases the lease it granted.
-        let (attempt, reclaimed) = answer.await.map_err(|_| self.unavailable())??;
+        let mut pending = PendingGrant {
+            answer,
+            store: self,
+        };
+        let (attempt, reclaimed) = (&mut pending.answer)
+            .await
+            .map_err(|_| self.unavailable())??;
         expired.extend(reclaimed);
         Ok(attempt)
     }

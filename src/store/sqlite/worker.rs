@@ -252,13 +252,11 @@ impl Worker {
         let all_busy = self.run_batch(batch, now);
         let unclaimed: Vec<LeaseToken> = batch.drain(..).filter_map(|job| job.finish()).collect();
         self.idle = match all_busy {
-            Some(retry_at) if unclaimed.is_empty() => {
-                self.data_version().ok().map(|data_version| Idle {
-                    data_version,
-                    commits: self.commits,
-                    retry_at,
-                })
-            }
+            Some((data_version, retry_at)) if unclaimed.is_empty() => Some(Idle {
+                data_version,
+                commits: self.commits,
+                retry_at,
+            }),
             _ => None,
         };
         if !unclaimed.is_empty() {
@@ -284,17 +282,18 @@ impl Worker {
     }
 
     /// Runs the batch in one transaction; on an SQLite error, rolls it back
-    /// and runs each job in a transaction of its own. Returns `Some(retry_at)`
-    /// when every job was a grant that found nothing free.
-    fn run_batch(&mut self, batch: &mut [Box<dyn Job>], now: i64) -> Option<Option<i64>> {
+    /// and runs each job in a transaction of its own. When every job was a
+    /// grant that found nothing free, returns the store's data version as of
+    /// that transaction and when the store expects a change.
+    fn run_batch(&mut self, batch: &mut [Box<dyn Job>], now: i64) -> Option<(i64, Option<i64>)> {
         match self.transaction(batch, now) {
-            Ok(()) => {
+            Ok(data_version) => {
                 self.commits += 1;
                 let mut retry_at = None;
                 for job in batch.iter() {
                     retry_at = Some(job.busy_until()?);
                 }
-                retry_at
+                retry_at.map(|retry_at| (data_version, retry_at))
             }
             Err(error) => {
                 self.rollback();
@@ -316,7 +315,10 @@ impl Worker {
         }
     }
 
-    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<()> {
+    /// Runs jobs in one transaction; returns `PRAGMA data_version` as read
+    /// under the write lock, so no other process's commit can slip between
+    /// that reading and this commit.
+    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<i64> {
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         let mut ctx = Ctx {
             connection: &self.connection,
@@ -328,7 +330,9 @@ impl Worker {
         for job in jobs.iter_mut() {
             job.run(&mut ctx)?;
         }
-        self.connection.execute_batch("COMMIT")
+        let data_version = self.data_version()?;
+        self.connection.execute_batch("COMMIT")?;
+        Ok(data_version)
     }
 
     fn rollback(&self) {
