@@ -50,7 +50,9 @@ const MIGRATIONS: &[&str] = &[
         acquired_at   INTEGER NOT NULL,
         expires_at    INTEGER
     );
-    CREATE INDEX leases_by_credential ON leases (credential_id);
+    -- No index on credential_id: the table holds only live leases, so the
+    -- cascade on a credential's removal scans a few rows, while every grant
+    -- and release would pay to keep such an index.
     CREATE INDEX leases_by_expiry ON leases (pool, expires_at) WHERE expires_at IS NOT NULL;
     ",
 ];

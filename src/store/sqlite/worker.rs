@@ -425,14 +425,18 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
 
 fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantAttempt, Failure> {
     let connection = ctx.connection;
+    // Pick and mark in one statement: no window between the two.
     let free = connection
         .prepare_cached(
-            "SELECT id, name, secret, extra, capacity FROM credentials
-             WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
-               AND holders < capacity
-             ORDER BY last_used_at, id LIMIT 1",
+            "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
+                    use_count = use_count + 1
+             WHERE id = (SELECT id FROM credentials
+                         WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
+                           AND holders < capacity
+                         ORDER BY last_used_at, id LIMIT 1)
+             RETURNING id, name, secret, extra, capacity",
         )?
-        .query_row([ctx.pool], |row| {
+        .query_row(params![ctx.pool, ctx.now], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -465,13 +469,6 @@ fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantA
         )?
         .execute(params![ctx.pool, id, ctx.now, expires_at])?;
     let lease_id = connection.last_insert_rowid();
-    connection
-        .prepare_cached(
-            "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
-                    use_count = use_count + 1
-             WHERE id = ?1",
-        )?
-        .execute(params![id, ctx.now])?;
     Ok(GrantAttempt::Granted(Grant {
         credential: Credential::new(
             CredentialId::new(id as u64),

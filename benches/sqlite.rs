@@ -1,0 +1,165 @@
+//! The SQLite store against bare rusqlite transactions on the same kind of
+//! file (WAL, synchronous=NORMAL), in the same run.
+//!
+//! `cargo bench --bench sqlite`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use credpool::store::sqlite::SqliteStore;
+use credpool::{NewCredential, Pool};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rusqlite::{params, Connection};
+
+const PAIRS_PER_TASK: usize = 200;
+
+/// The least a persistent pool can do per pair: one transaction that picks
+/// the least recently used free row and marks it, one that unmarks it.
+fn bare_connection(path: &Path, credentials: usize) -> Connection {
+    let connection = Connection::open(path).unwrap();
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE creds (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                 leased INTEGER NOT NULL DEFAULT 0, last_used_at INTEGER);
+             CREATE INDEX creds_free ON creds (last_used_at, id) WHERE leased = 0;",
+        )
+        .unwrap();
+    for i in 0..credentials {
+        connection
+            .execute(
+                "INSERT INTO creds (name) VALUES (?1)",
+                [format!("account-{i}")],
+            )
+            .unwrap();
+    }
+    connection
+}
+
+fn bare_pair(connection: &Connection, now: i64) {
+    connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let id: i64 = connection
+        .prepare_cached(
+            "UPDATE creds SET leased = 1, last_used_at = ?1 WHERE id =
+               (SELECT id FROM creds WHERE leased = 0 ORDER BY last_used_at, id LIMIT 1)
+             RETURNING id",
+        )
+        .unwrap()
+        .query_row([now], |row| row.get(0))
+        .unwrap();
+    connection.execute_batch("COMMIT").unwrap();
+    connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+    connection
+        .prepare_cached("UPDATE creds SET leased = 0 WHERE id = ?1")
+        .unwrap()
+        .execute(params![id])
+        .unwrap();
+    connection.execute_batch("COMMIT").unwrap();
+}
+
+async fn credpool_pool(path: &Path, credentials: usize) -> Pool<SqliteStore> {
+    let pool = Pool::new(SqliteStore::open(path).await.unwrap());
+    pool.add_many((0..credentials).map(|i| NewCredential::new(format!("account-{i}"), "secret")))
+        .await
+        .unwrap();
+    pool
+}
+
+fn one_task(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("sqlite/one_task_pair");
+    group.throughput(Throughput::Elements(1));
+
+    let bare = bare_connection(&dir.path().join("bare.db"), 8);
+    let mut now = 0;
+    group.bench_function("bare_rusqlite", |b| {
+        b.iter(|| {
+            now += 1;
+            bare_pair(&bare, now)
+        })
+    });
+
+    let pool = runtime.block_on(credpool_pool(&dir.path().join("credpool.db"), 8));
+    group.bench_function("credpool", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let lease = pool.acquire().await.unwrap();
+            lease.release().await.unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn contended(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (tasks, credentials) in [(64usize, 64usize), (64, 8)] {
+        let mut group =
+            c.benchmark_group(format!("sqlite/{tasks}_tasks_{credentials}_credentials"));
+        group.throughput(Throughput::Elements((tasks * PAIRS_PER_TASK) as u64));
+        group.sample_size(10);
+
+        let bare_path = dir.path().join(format!("bare-{tasks}-{credentials}.db"));
+        drop(bare_connection(&bare_path, credentials));
+        // The baseline: the same pairs, one transaction each, from one thread
+        // (SQLite serialises writers anyway; more threads only add lock waits).
+        let bare = Connection::open(&bare_path).unwrap();
+        bare.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+        let mut now = 0;
+        group.bench_function("bare_rusqlite_one_transaction_each", |b| {
+            b.iter_custom(|iterations| {
+                let started = Instant::now();
+                for _ in 0..iterations * (tasks * PAIRS_PER_TASK) as u64 {
+                    now += 1;
+                    bare_pair(&bare, now);
+                }
+                started.elapsed()
+            })
+        });
+
+        let pool = runtime.block_on(credpool_pool(
+            &dir.path()
+                .join(format!("credpool-{tasks}-{credentials}.db")),
+            credentials,
+        ));
+        group.bench_function("credpool", |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        let handles: Vec<_> = (0..tasks)
+                            .map(|_| {
+                                let pool = pool.clone();
+                                tokio::spawn(async move {
+                                    for _ in 0..PAIRS_PER_TASK {
+                                        let lease = pool.acquire().await.unwrap();
+                                        lease.release().await.unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for handle in handles {
+                            handle.await.unwrap();
+                        }
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = one_task, contended
+}
+criterion_main!(benches);
