@@ -584,6 +584,12 @@ impl<S: Store> Pool<S> {
         self.shared.store.list().await
     }
 
+    /// Every credential with its secret and extra text, for an operator who
+    /// asked for them (`credpool list --show-secrets`) or for an export.
+    pub async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        self.shared.store.reveal().await
+    }
+
     /// Counts by state, and the tasks of this process waiting.
     pub async fn stats(&self) -> Result<Stats> {
         let mut stats = self.shared.store.stats().await?;

@@ -535,6 +535,21 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        let state = self.lock();
+        Ok(state
+            .slots
+            .iter()
+            .flatten()
+            .map(|slot| {
+                let credential = &slot.credential;
+                NewCredential::new(credential.name(), credential.secret().clone())
+                    .maybe_extra(credential.extra().map(str::to_string))
+                    .capacity(credential.capacity())
+            })
+            .collect())
+    }
+
     async fn stats(&self) -> Result<Stats> {
         let now = now_ms();
         let mut state = self.lock();

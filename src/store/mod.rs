@@ -127,6 +127,9 @@ pub trait Store: Send + Sync + Sized + 'static {
     /// Every credential, without secrets, in id order.
     fn list(&self) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send;
 
+    /// Every credential's name, secret and extra text, in id order.
+    fn reveal(&self) -> impl Future<Output = Result<Vec<NewCredential>>> + Send;
+
     /// Counts by state (`waiters` is left at 0: the pool fills it in).
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 }

@@ -425,6 +425,10 @@ impl Store for SqliteStore {
         self.call(worker::list).await
     }
 
+    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        self.call(worker::reveal).await
+    }
+
     async fn stats(&self) -> Result<Stats> {
         self.call(worker::stats).await
     }

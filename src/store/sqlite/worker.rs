@@ -704,6 +704,20 @@ pub(crate) fn list(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<CredentialInfo>
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+pub(crate) fn reveal(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<NewCredential>, Failure> {
+    let mut statement = ctx.connection.prepare_cached(
+        "SELECT name, secret, extra, capacity FROM credentials WHERE pool = ?1 ORDER BY id",
+    )?;
+    let rows = statement.query_map([ctx.pool], |row| {
+        Ok(
+            NewCredential::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?)
+                .maybe_extra(row.get(2)?)
+                .capacity(row.get(3)?),
+        )
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub(crate) fn stats(ctx: &mut Ctx<'_>) -> std::result::Result<Stats, Failure> {
     let (total, disabled, cooling, leased, leases): (i64, i64, i64, i64, i64) = ctx
         .connection

@@ -1,0 +1,202 @@
+//! Tables and JSON for `list` and `stats`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use credpool::store::Store;
+use credpool::{CredentialInfo, CredentialState, Pool, Stats};
+use serde_json::{json, Value};
+
+use super::Outcome;
+
+/// The widest a name may print in a table.
+const NAME_WIDTH: usize = 40;
+
+pub(crate) async fn list<S: Store>(pool: &Pool<S>, as_json: bool, show_secrets: bool) -> Outcome {
+    let credentials = pool.list().await?;
+    let secrets: HashMap<String, (String, Option<String>)> = if show_secrets {
+        pool.reveal()
+            .await?
+            .into_iter()
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    (
+                        c.secret().expose().to_string(),
+                        c.extra_text().map(str::to_string),
+                    ),
+                )
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    if as_json {
+        let rows: Vec<Value> = credentials
+            .iter()
+            .map(|c| {
+                let mut row = info_json(c);
+                if let Some((secret, extra)) = secrets.get(&c.name) {
+                    row["secret"] = json!(secret);
+                    row["extra"] = json!(extra);
+                }
+                row
+            })
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "STATE".into(),
+        "HELD".into(),
+        "LAST USED".into(),
+        "USES".into(),
+        "NOTE".into(),
+    ]];
+    if show_secrets {
+        rows[0].extend(["SECRET".to_string(), "EXTRA".into()]);
+    }
+    for c in &credentials {
+        let note = match &c.state {
+            CredentialState::CoolingDown { until } => format!(
+                "cooling for {}",
+                span(until.duration_since(now).unwrap_or_default())
+            ),
+            CredentialState::Disabled { reason } => printable(reason),
+            _ => String::new(),
+        };
+        let mut row = vec![
+            shorten(&c.name),
+            c.state.label().to_string(),
+            format!("{}/{}", c.holders, c.capacity),
+            c.last_used_at
+                .map_or_else(|| "never".to_string(), |at| ago(now, at)),
+            c.use_count.to_string(),
+            note,
+        ];
+        if let Some((secret, extra)) = secrets.get(&c.name) {
+            row.push(printable(secret));
+            row.push(extra.as_deref().map(printable).unwrap_or_default());
+        }
+        rows.push(row);
+    }
+    print_table(&rows);
+    if credentials.is_empty() {
+        outln!("(no credentials in pool `{}`)", pool.name());
+    }
+    Ok(())
+}
+
+pub(crate) fn stats(stats: &Stats, as_json: bool) -> Outcome {
+    if as_json {
+        outln!("{}", stats_json(stats));
+    } else {
+        outln!(
+            "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
+            stats.total,
+            stats.available,
+            stats.leased,
+            stats.cooling_down,
+            stats.disabled,
+            stats.leases
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn stats_json(stats: &Stats) -> Value {
+    json!({
+        "total": stats.total,
+        "available": stats.available,
+        "leased": stats.leased,
+        "cooling_down": stats.cooling_down,
+        "disabled": stats.disabled,
+        "leases": stats.leases,
+    })
+}
+
+fn info_json(c: &CredentialInfo) -> Value {
+    let (reason, until) = match &c.state {
+        CredentialState::Disabled { reason } => (Some(reason.clone()), None),
+        CredentialState::CoolingDown { until } => (None, Some(millis(*until))),
+        _ => (None, None),
+    };
+    json!({
+        "id": c.id.get(),
+        "name": c.name,
+        "state": c.state.label(),
+        "holders": c.holders,
+        "capacity": c.capacity,
+        "disabled_reason": reason,
+        "cooling_until_ms": until,
+        "last_used_at_ms": c.last_used_at.map(millis),
+        "use_count": c.use_count,
+        "created_at_ms": millis(c.created_at),
+        "has_extra": c.has_extra,
+    })
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// "3s ago", "5m ago", "2h ago", "4d ago".
+pub(crate) fn ago(now: SystemTime, then: SystemTime) -> String {
+    match now.duration_since(then) {
+        Ok(elapsed) => format!("{} ago", span(elapsed)),
+        Err(_) => "just now".to_string(),
+    }
+}
+
+pub(crate) fn span(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        3600..=86_399 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+/// Text that is safe to print on a terminal: control characters become `?`.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+pub(crate) fn shorten(name: &str) -> String {
+    if name.chars().count() <= NAME_WIDTH {
+        name.to_string()
+    } else {
+        let mut short: String = name.chars().take(NAME_WIDTH - 1).collect();
+        short.push('…');
+        short
+    }
+}
+
+pub(crate) fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        outln!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,99 @@
+//! `credpool watch`: a live view of a pool, refreshed in place.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use credpool::store::Store;
+use credpool::Pool;
+use tokio::time::Instant;
+
+use super::output::{print_table, shorten};
+use super::{write_stdout, Outcome};
+
+/// Above this many credentials, the busiest list is left out (it reads every row).
+const BUSIEST_LIMIT: u64 = 100_000;
+
+pub(crate) async fn run<S: Store>(
+    pool: &Pool<S>,
+    interval: Duration,
+    count: Option<u64>,
+) -> Outcome {
+    let terminal = std::io::stdout().is_terminal();
+    let mut previous: Option<(Instant, HashMap<String, u64>)> = None;
+    let mut refreshes = 0;
+    loop {
+        let stats = pool.stats().await?;
+        let uses: Option<HashMap<String, u64>> = if stats.total <= BUSIEST_LIMIT {
+            Some(
+                pool.list()
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.name, c.use_count))
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        if terminal {
+            write_stdout(format_args!("\x1b[2J\x1b[H"));
+        }
+        outln!(
+            "credpool watch: pool `{}`, every {:?}",
+            pool.name(),
+            interval
+        );
+        outln!(
+            "  total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
+            stats.total,
+            stats.available,
+            stats.leased,
+            stats.cooling_down,
+            stats.disabled,
+            stats.leases
+        );
+        if let Some(uses) = uses {
+            let mut busiest: Vec<(String, u64)> = match &previous {
+                Some((at, before)) => {
+                    let seconds = at.elapsed().as_secs_f64().max(1e-3);
+                    let grants: u64 = uses
+                        .iter()
+                        .map(|(name, n)| n - before.get(name).copied().unwrap_or(0).min(*n))
+                        .sum();
+                    outln!("  grants/s {:.1}", grants as f64 / seconds);
+                    uses.iter()
+                        .map(|(name, n)| {
+                            (
+                                name.clone(),
+                                n - before.get(name).copied().unwrap_or(0).min(*n),
+                            )
+                        })
+                        .collect()
+                }
+                None => {
+                    outln!("  grants/s (next refresh)");
+                    uses.iter().map(|(name, n)| (name.clone(), *n)).collect()
+                }
+            };
+            busiest.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let mut rows = vec![vec!["BUSIEST".to_string(), "GRANTS".to_string()]];
+            rows.extend(
+                busiest
+                    .into_iter()
+                    .take(5)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| vec![shorten(&name), n.to_string()]),
+            );
+            print_table(&rows);
+            previous = Some((Instant::now(), uses));
+        }
+        refreshes += 1;
+        if count.is_some_and(|count| refreshes >= count) {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}

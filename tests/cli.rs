@@ -1,0 +1,356 @@
+//! The `credpool` binary, run as a user would run it.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use credpool::store::sqlite::SqliteStore;
+use credpool::Pool;
+
+const FIXTURE: &str = "../shared/fixtures/aio-credentials-pool-credentials.json";
+
+fn fresh_db(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = dir.join(format!("{label}-{}-{n}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    path
+}
+
+fn credpool(db: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credpool"));
+    command.arg("--db").arg(db).env_remove("CREDPOOL_DB");
+    command
+}
+
+fn run(db: &Path, args: &[&str]) -> Output {
+    credpool(db).args(args).output().expect("run credpool")
+}
+
+fn run_with_stdin(db: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = credpool(db)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+/// An error is one line on stderr, exit code 1, no panic.
+#[track_caller]
+fn fails(output: &Output, expect: &str) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn fixture_passwords() -> Vec<String> {
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+    entries
+        .iter()
+        .map(|e| e["password"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn list_json(db: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ok(&run(db, &["list", "--json"]))).unwrap()
+}
+
+#[test]
+fn init_is_idempotent() {
+    let db = fresh_db("init");
+    assert!(ok(&run(&db, &["init"])).contains("created"));
+    assert!(ok(&run(&db, &["init"])).contains("already there"));
+}
+
+#[test]
+fn imports_the_aio_fixture_and_never_prints_a_secret() {
+    let db = fresh_db("import");
+    let out = ok(&run(&db, &["import", FIXTURE]));
+    assert!(out.contains("imported 1000"), "{out}");
+    let table = ok(&run(&db, &["list"]));
+    let json = ok(&run(&db, &["list", "--json"]));
+    assert!(table.contains("user1 ") && table.contains("user1000"));
+    let passwords = fixture_passwords();
+    for password in &passwords {
+        assert!(
+            !table.contains(password.as_str()),
+            "list printed a password"
+        );
+        assert!(
+            !json.contains(password.as_str()),
+            "list --json printed a password"
+        );
+    }
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["stats", "--json"]))).unwrap();
+    assert_eq!(stats["total"], 1000);
+    // Asked for by flag, they are shown.
+    let shown: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&run(&db, &["list", "--json", "--show-secrets"]))).unwrap();
+    assert_eq!(shown[0]["name"], "user1");
+    assert_eq!(shown[0]["secret"], passwords[0].as_str());
+    // Importing again: duplicates refused unless merging.
+    fails(&run(&db, &["import", FIXTURE]), "already exists");
+    assert!(ok(&run(&db, &["import", FIXTURE, "--skip-existing"])).contains("imported 0"));
+}
+
+#[test]
+fn a_malformed_import_changes_nothing() {
+    let db = fresh_db("malformed");
+    ok(&run(&db, &["import", FIXTURE]));
+    let before = list_json(&db);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
+    let cases = [
+        ("not-json", "this is not json", "line 1"),
+        (
+            "truncated",
+            r#"[{"username": "new1", "password": "p"}, {"username": "#,
+            "line 1",
+        ),
+        (
+            "bad-name",
+            r#"[{"username": "new1", "password": "p"}, {"username": "bad\u0007", "password": "p"}]"#,
+            "entry 1",
+        ),
+        (
+            "dup-in-file",
+            r#"[{"username": "new1", "password": "p"}, {"username": "new1", "password": "q"}]"#,
+            "entry 1",
+        ),
+        (
+            "dup-in-store",
+            r#"[{"username": "new1", "password": "p"}, {"username": "user5", "password": "q"}]"#,
+            "user5",
+        ),
+        (
+            "unknown-field",
+            r#"[{"username": "new1", "pasword": "p"}]"#,
+            "pasword",
+        ),
+        (
+            "capacity-0",
+            r#"[{"name": "new1", "secret": "p", "capacity": 0}]"#,
+            "capacity",
+        ),
+    ];
+    for (label, content, expect) in cases {
+        let file = dir.join(format!("{label}-{}.json", std::process::id()));
+        std::fs::write(&file, content).unwrap();
+        let stderr = fails(&run(&db, &["import", file.to_str().unwrap()]), expect);
+        assert!(stderr.contains("nothing was imported"), "{stderr}");
+        assert_eq!(list_json(&db), before, "{label} changed the store");
+    }
+    // From stdin, in credpool's own format.
+    let out = ok(&run_with_stdin(
+        &db,
+        &["import", "-"],
+        r#"[{"name": "own", "secret": "s", "capacity": 3}]"#,
+    ));
+    assert!(out.contains("imported 1"), "{out}");
+}
+
+#[test]
+fn add_reads_secrets_from_stdin_or_env_never_argv() {
+    let db = fresh_db("add");
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin", "--capacity", "2"],
+        "hunter2\n",
+    ));
+    ok(&credpool(&db)
+        .args([
+            "add",
+            "bob",
+            "--secret-env",
+            "BOB_SECRET",
+            "--extra",
+            "cookie=1",
+        ])
+        .env("BOB_SECRET", "s3cr3t")
+        .output()
+        .unwrap());
+    let shown = ok(&run(&db, &["list", "--show-secrets"]));
+    assert!(
+        shown.contains("hunter2") && shown.contains("s3cr3t"),
+        "{shown}"
+    );
+    let usage = run(&db, &["add", "carol", "hunter2"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "a secret on argv is a usage error"
+    );
+    fails(
+        &run(&db, &["add", "carol", "--secret-env", "NOT_SET_ANYWHERE"]),
+        "NOT_SET_ANYWHERE",
+    );
+    fails(
+        &run_with_stdin(&db, &["add", "alice", "--secret-stdin"], "x"),
+        "already exists",
+    );
+    fails(
+        &run_with_stdin(&db, &["add", "bad\tname", "--secret-stdin"], "x"),
+        "invalid name",
+    );
+}
+
+#[test]
+fn remove_disable_enable() {
+    let db = fresh_db("admin");
+    ok(&run(&db, &["import", FIXTURE]));
+    ok(&run(
+        &db,
+        &["disable", "user2", "--reason", "banned by the site"],
+    ));
+    let table = ok(&run(&db, &["list"]));
+    let line = table.lines().find(|l| l.starts_with("user2 ")).unwrap();
+    assert!(
+        line.contains("disabled") && line.contains("banned by the site"),
+        "{line}"
+    );
+    ok(&run(&db, &["enable", "user2"]));
+    assert!(ok(&run(&db, &["list"]))
+        .lines()
+        .any(|l| l.starts_with("user2 ") && l.contains("available")));
+    fails(
+        &run(&db, &["enable", "ghost"]),
+        "no credential named \"ghost\"",
+    );
+
+    // A lease held by another process: remove is refused, then forced.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lease = runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        let lease = pool.acquire().await.unwrap();
+        let name = lease.credential().name().to_string();
+        (pool, lease.into_token(), name)
+    });
+    let (_pool, _token, name) = lease;
+    fails(&run(&db, &["remove", &name]), "--force");
+    ok(&run(&db, &["remove", &name, "--force"]));
+    ok(&run(&db, &["remove", "user3"]));
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["stats", "--json"]))).unwrap();
+    assert_eq!(stats["total"], 998);
+}
+
+#[test]
+fn errors_are_one_line_and_name_the_problem() {
+    let missing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests/absent.db");
+    let _ = std::fs::remove_file(&missing);
+    fails(&run(&missing, &["list"]), "credpool init");
+    assert!(!missing.exists(), "list does not create a store");
+
+    let foreign = fresh_db("foreign");
+    std::fs::write(&foreign, "my notes\n").unwrap();
+    fails(&run(&foreign, &["list"]), "not a credpool store");
+    assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "my notes\n");
+
+    let db = fresh_db("errors");
+    ok(&run(&db, &["init"]));
+    let usage = run(&db, &["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let usage = run(&db, &["demo", "--work-ms", "9..1"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn watch_shows_the_pool() {
+    let db = fresh_db("watch");
+    ok(&run(&db, &["import", FIXTURE]));
+    let out = ok(&run(
+        &db,
+        &["watch", "--count", "2", "--interval-ms", "100"],
+    ));
+    assert!(out.contains("total 1000"), "{out}");
+    assert!(out.contains("grants/s"), "{out}");
+}
+
+fn demo_stops_gracefully_on(signal: &str) {
+    let db = fresh_db("demo");
+    let child = credpool(&db)
+        .args([
+            "demo",
+            "--workers",
+            "40",
+            "--credentials",
+            "8",
+            "--work-ms",
+            "5..30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stdout = ok(&output);
+    assert!(stdout.contains("0 leased"), "{stdout}");
+    let grants: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("grants"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("a grant count in the summary");
+    assert!(grants > 40, "the demo did work: {stdout}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["stats", "--json"]))).unwrap();
+    assert_eq!(stats["leases"], 0, "the store has no lease left");
+    assert_eq!(stats["total"], 8);
+}
+
+#[test]
+fn demo_stops_gracefully_on_sigint() {
+    demo_stops_gracefully_on("-INT");
+}
+
+#[test]
+fn demo_stops_gracefully_on_sigterm() {
+    demo_stops_gracefully_on("-TERM");
+}
+
+#[test]
+fn demo_stops_gracefully_on_sighup() {
+    demo_stops_gracefully_on("-HUP");
+}
