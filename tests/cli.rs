@@ -1,9 +1,10 @@
 //! The `credpool` binary, run as a user would run it.
 #![cfg(feature = "cli")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use credpool::store::sqlite::SqliteStore;
@@ -12,15 +13,7 @@ use credpool::Pool;
 const FIXTURE: &str = "../shared/fixtures/aio-credentials-pool-credentials.json";
 
 fn fresh_db(label: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = dir.join(format!("{label}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
+    common::fresh_path("cli-tests", label)
 }
 
 fn credpool(db: &Path) -> Command {

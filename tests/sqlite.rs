@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,17 +16,8 @@ use credpool::{Error, GrantAttempt, NewCredential, Pool, Store};
 
 use common::checker::HoldLog;
 
-/// A fresh file name under cargo's temporary folder for integration tests.
 fn fresh_path(label: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sqlite-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = dir.join(format!("{label}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    path
+    common::fresh_path("sqlite-tests", label)
 }
 
 struct Sqlite;

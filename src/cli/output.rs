@@ -96,17 +96,22 @@ pub(crate) fn stats(stats: &Stats, as_json: bool) -> Outcome {
     if as_json {
         outln!("{}", stats_json(stats));
     } else {
-        outln!(
-            "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
-            stats.total,
-            stats.available,
-            stats.leased,
-            stats.cooling_down,
-            stats.disabled,
-            stats.leases
-        );
+        outln!("{}", stats_line(stats));
     }
     Ok(())
+}
+
+/// The counts on one line, for `stats` and `watch`.
+pub(crate) fn stats_line(stats: &Stats) -> String {
+    format!(
+        "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
+        stats.total,
+        stats.available,
+        stats.leased,
+        stats.cooling_down,
+        stats.disabled,
+        stats.leases
+    )
 }
 
 pub(crate) fn stats_json(stats: &Stats) -> Value {

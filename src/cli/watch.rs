@@ -8,7 +8,7 @@ use credpool::store::Store;
 use credpool::Pool;
 use tokio::time::Instant;
 
-use super::output::{print_table, shorten};
+use super::output::{print_table, shorten, stats_line};
 use super::{write_stdout, Outcome};
 
 /// Above this many credentials, the busiest list is left out (it reads every row).
@@ -43,15 +43,7 @@ pub(crate) async fn run<S: Store>(
             pool.name(),
             interval
         );
-        outln!(
-            "  total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
-            stats.total,
-            stats.available,
-            stats.leased,
-            stats.cooling_down,
-            stats.disabled,
-            stats.leases
-        );
+        outln!("  {}", stats_line(&stats));
         if let Some(uses) = uses {
             let mut busiest: Vec<(String, u64)> = match &previous {
                 Some((at, before)) => {

@@ -261,18 +261,22 @@ impl SqliteStore {
         }
     }
 
+    /// Waits for room among the requests in flight (the channel's bound).
+    async fn room(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| self.unavailable())
+    }
+
     /// Runs `work` on the store thread, inside its batch transaction.
     async fn call<T, W>(&self, work: W) -> Result<T>
     where
         T: Send + 'static,
         W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
     {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.unavailable())?;
+        let permit = self.room().await?;
         let (reply, answer) = oneshot::channel();
         self.send(Call::boxed(work, Some(reply), Some(permit)))?;
         answer.await.map_err(|_| self.unavailable())?
@@ -351,12 +355,7 @@ impl Store for SqliteStore {
         ttl: Option<Duration>,
         expired: &mut Vec<ExpiredLease>,
     ) -> Result<GrantAttempt> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.unavailable())?;
+        let permit = self.room().await?;
         let (reply, answer) = oneshot::channel();
         self.send(GrantJob::boxed(ttl, reply, permit))?;
         let mut pending = PendingGrant {

@@ -172,11 +172,17 @@ fn check_read_only(path: &Path) -> Result<()> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| annotate(path, error))?;
-    let (version, application_id, tables, ours) = inspect(&connection, path)?;
-    if tables == 0 && version == 0 && application_id == 0 {
-        return Ok(());
-    }
-    if application_id != APPLICATION_ID || !ours {
+    verdict(path, inspect(&connection, path)?).map(|_| ())
+}
+
+/// Whether a database we inspected may be used: `Ok(version)` for an empty
+/// database (0) or a credpool store this build reads, an error otherwise.
+fn verdict(
+    path: &Path,
+    (version, application_id, tables, ours): (i64, i32, i64, bool),
+) -> Result<i64> {
+    let fresh = tables == 0 && version == 0 && application_id == 0;
+    if !fresh && (application_id != APPLICATION_ID || !ours) {
         return Err(not_a_store(
             path,
             "a SQLite database without credpool's tables",
@@ -189,7 +195,7 @@ fn check_read_only(path: &Path) -> Result<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Reads the version, the application id, the number of tables, and whether
@@ -245,21 +251,7 @@ fn migrate(connection: &Connection, path: &Path) -> Result<()> {
     let run = || -> Result<()> {
         connection.execute_batch("BEGIN IMMEDIATE")?;
         // Checked again under the write lock: another process may have got here first.
-        let (version, application_id, tables, ours) = inspect(connection, path)?;
-        let fresh = tables == 0 && version == 0 && application_id == 0;
-        if !fresh && (application_id != APPLICATION_ID || !ours) {
-            return Err(not_a_store(
-                path,
-                "a SQLite database without credpool's tables",
-            ));
-        }
-        if version > SCHEMA_VERSION {
-            return Err(Error::StoreTooNew {
-                location: location(path),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        let version = verdict(path, inspect(connection, path)?)?;
         for migration in &MIGRATIONS[version as usize..] {
             connection.execute_batch(migration)?;
         }
