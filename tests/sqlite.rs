@@ -573,3 +573,31 @@ async fn a_killed_process_loses_its_leases_after_the_ttl() {
         .unwrap();
     assert_eq!(count, 5);
 }
+
+/// A lease dropped where no runtime runs still goes back, through the store thread.
+#[test]
+fn a_lease_dropped_outside_any_runtime_is_released() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let path = fresh_path("no-runtime");
+    let (pool, lease) = runtime.block_on(async {
+        let pool = pool_at(&path, &["a"]).await;
+        let lease = pool.acquire().await.unwrap();
+        (pool, lease)
+    });
+    std::thread::spawn(move || {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "no runtime here"
+        );
+        drop(lease);
+    })
+    .join()
+    .unwrap();
+    runtime.block_on(async {
+        let lease = pool
+            .acquire_timeout(Duration::from_secs(5))
+            .await
+            .expect("released by the drop");
+        assert_eq!(lease.credential().name(), "a");
+    });
+}
