@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::credential::{
@@ -45,6 +45,76 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: i64,
     /// Leases reclaimed at the start of the batch, handed to the first grant.
     pub(crate) expired: Vec<ExpiredLease>,
+    /// The grant and release statements, looked up once per batch: the
+    /// statement cache hashes the SQL text on every lookup.
+    hot: [Option<CachedStatement<'a>>; Hot::COUNT],
+}
+
+/// The statements every grant and release runs.
+#[derive(Debug, Clone, Copy)]
+enum Hot {
+    Pick,
+    Mark,
+    Record,
+    Forget,
+    Return,
+    NameOf,
+}
+
+impl Hot {
+    const COUNT: usize = 6;
+
+    fn sql(self) -> &'static str {
+        match self {
+            // No RETURNING anywhere here: SQLite builds a temporary b-tree for
+            // it on every call, which profiling showed to cost more than a
+            // second statement. The batch holds the write lock throughout.
+            Hot::Pick => {
+                "SELECT id, name, secret, extra, capacity FROM credentials
+                 WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
+                   AND holders < capacity
+                 ORDER BY last_used_at, id LIMIT 1"
+            }
+            Hot::Mark => {
+                "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
+                        use_count = use_count + 1
+                 WHERE id = ?1"
+            }
+            Hot::Record => {
+                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)"
+            }
+            Hot::Forget => "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
+            Hot::Return => {
+                "UPDATE credentials SET holders = holders - 1,
+                        cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
+                                             ELSE max(coalesce(cooling_until, 0), ?2) END,
+                        disabled_reason = coalesce(?3, disabled_reason)
+                 WHERE id = ?1"
+            }
+            Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn new(connection: &'a Connection, pool: &'a str, now: i64) -> Self {
+        Self {
+            connection,
+            pool,
+            now,
+            expired: Vec::new(),
+            hot: Default::default(),
+        }
+    }
+
+    fn statement(&mut self, which: Hot) -> rusqlite::Result<&mut CachedStatement<'a>> {
+        let slot = &mut self.hot[which as usize];
+        if slot.is_none() {
+            *slot = Some(self.connection.prepare_cached(which.sql())?);
+        }
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
 }
 
 /// One request to the store thread.
@@ -320,16 +390,12 @@ impl Worker {
     /// that reading and this commit.
     fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<i64> {
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
-        let mut ctx = Ctx {
-            connection: &self.connection,
-            pool: &self.pool,
-            now,
-            expired: Vec::new(),
-        };
+        let mut ctx = Ctx::new(&self.connection, &self.pool, now);
         reclaim(&mut ctx)?;
         for job in jobs.iter_mut() {
             job.run(&mut ctx)?;
         }
+        drop(ctx);
         let data_version = self.data_version()?;
         self.connection.execute_batch("COMMIT")?;
         Ok(data_version)
@@ -424,18 +490,10 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
 }
 
 fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantAttempt, Failure> {
-    let connection = ctx.connection;
-    // No RETURNING: SQLite builds a temporary b-tree for it on every call,
-    // which profiling showed to cost more than a second statement. There is
-    // no window between the two: the transaction holds the write lock.
-    let free = connection
-        .prepare_cached(
-            "SELECT id, name, secret, extra, capacity FROM credentials
-             WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
-               AND holders < capacity
-             ORDER BY last_used_at, id LIMIT 1",
-        )?
-        .query_row([ctx.pool], |row| {
+    let (pool, now) = (ctx.pool, ctx.now);
+    let free = ctx
+        .statement(Hot::Pick)?
+        .query_row([pool], |row| {
             Ok((
                 row.get::<_, i64>(0)?,
                 row.get::<_, String>(1)?,
@@ -446,35 +504,27 @@ fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantA
         })
         .optional()?;
     let Some((id, name, secret, extra, capacity)) = free else {
-        let enabled: bool = connection
+        let enabled: bool = ctx
+            .connection
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1 AND disabled_reason IS NULL)",
             )?
-            .query_row([ctx.pool], |row| row.get(0))?;
+            .query_row([pool], |row| row.get(0))?;
         if !enabled {
             return Err(Failure::Refused(Error::NoCredentials {
-                pool: ctx.pool.to_string(),
+                pool: pool.to_string(),
             }));
         }
-        let retry_at = retry_at(connection, ctx.pool)?;
+        let retry_at = retry_at(ctx.connection, pool)?;
         return Ok(GrantAttempt::Busy {
             retry_at: retry_at.map(from_ms),
         });
     };
-    connection
-        .prepare_cached(
-            "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
-                    use_count = use_count + 1
-             WHERE id = ?1",
-        )?
-        .execute(params![id, ctx.now])?;
-    let expires_at = ttl.map(|ttl| ctx.now.saturating_add(duration_ms(ttl)));
-    connection
-        .prepare_cached(
-            "INSERT INTO leases (pool, credential_id, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![ctx.pool, id, ctx.now, expires_at])?;
-    let lease_id = connection.last_insert_rowid();
+    ctx.statement(Hot::Mark)?.execute(params![id, now])?;
+    let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
+    ctx.statement(Hot::Record)?
+        .execute(params![pool, id, now, expires_at])?;
+    let lease_id = ctx.connection.last_insert_rowid();
     Ok(GrantAttempt::Granted(Grant {
         credential: Credential::new(
             CredentialId::new(id as u64),
@@ -484,7 +534,7 @@ fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantA
             capacity,
         ),
         lease_id: LeaseId::new(lease_id as u64),
-        acquired_at: from_ms(ctx.now),
+        acquired_at: from_ms(now),
         expires_at: expires_at.map(from_ms),
     }))
 }
@@ -509,41 +559,28 @@ fn release(
     lease: LeaseToken,
     outcome: &ReleaseOutcome,
 ) -> std::result::Result<Arc<str>, Failure> {
-    let deleted = ctx
-        .connection
-        .prepare_cached("DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3")?
-        .execute(params![
-            lease.lease_id().get() as i64,
-            lease.credential_id().get() as i64,
-            ctx.pool
-        ])?;
+    let (pool, now) = (ctx.pool, ctx.now);
+    let credential_id = lease.credential_id().get() as i64;
+    let deleted = ctx.statement(Hot::Forget)?.execute(params![
+        lease.lease_id().get() as i64,
+        credential_id,
+        pool
+    ])?;
     if deleted == 0 {
         return Err(Failure::Refused(lease_lost(ctx, lease)?));
     }
     let (cool_until, disable): (Option<i64>, Option<&str>) = match outcome {
         ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => {
-            (Some(ctx.now.saturating_add(duration_ms(*pause))), None)
+            (Some(now.saturating_add(duration_ms(*pause))), None)
         }
         ReleaseOutcome::Disable(reason) => (None, Some(reason.as_str())),
         _ => (None, None),
     };
-    ctx.connection
-        .prepare_cached(
-            "UPDATE credentials SET holders = holders - 1,
-                    cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
-                                         ELSE max(coalesce(cooling_until, 0), ?2) END,
-                    disabled_reason = coalesce(?3, disabled_reason)
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            lease.credential_id().get() as i64,
-            cool_until,
-            disable
-        ])?;
+    ctx.statement(Hot::Return)?
+        .execute(params![credential_id, cool_until, disable])?;
     let name: String = ctx
-        .connection
-        .prepare_cached("SELECT name FROM credentials WHERE id = ?1")?
-        .query_row([lease.credential_id().get() as i64], |row| row.get(0))?;
+        .statement(Hot::NameOf)?
+        .query_row([credential_id], |row| row.get(0))?;
     Ok(name.into())
 }
 
