@@ -137,7 +137,7 @@ impl<S: Store> PoolBuilder<S> {
                 lease_ttl,
                 poll_interval,
                 closed: AtomicBool::new(false),
-                waiters: WaitQueue::default(),
+                waiters: WaitQueue::new(poll_interval.is_some()),
                 outstanding: AtomicUsize::new(0),
                 all_returned: Notify::new(),
                 shutdown_watchers: AtomicUsize::new(0),

@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 pub(crate) struct WaitQueue {
+    /// Whether the first waiter always keeps a timer (the store polls for
+    /// other processes' changes); if not, only while a change is expected.
+    polls: bool,
     list: Mutex<List>,
     /// How many waiters are in line; read without the lock on the fast path.
     len: AtomicUsize,
@@ -65,8 +68,11 @@ impl List {
         }
     }
 
-    /// Tells the new first in line to set its timer.
-    fn promote_first(&mut self) {
+    /// Tells the new first in line to set its timer, when there is one to set.
+    fn promote_first(&mut self, polls: bool) {
+        if !polls && self.retry_at.is_none() {
+            return;
+        }
         if let Some(entry) = self.entries.front() {
             entry.signal.notify_one();
         }
@@ -74,6 +80,15 @@ impl List {
 }
 
 impl WaitQueue {
+    /// An empty line; `polls` says whether the store is polled for changes
+    /// made by other processes.
+    pub(crate) fn new(polls: bool) -> Self {
+        Self {
+            polls,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, List> {
         self.list
             .lock()
@@ -178,8 +193,14 @@ impl Waiter<'_> {
     /// Returns the waiter's place, as [`place`](Waiter::place) does.
     pub(crate) fn busy(&self, retry_at: Option<SystemTime>) -> (bool, Option<SystemTime>) {
         let mut list = self.queue.lock();
+        let changed = list.retry_at != retry_at;
         list.retry_at = retry_at;
-        list.place(self.ticket)
+        let place = list.place(self.ticket);
+        if changed && !place.0 {
+            // The first waiter's timer must follow the news.
+            list.promote_first(self.queue.polls);
+        }
+        place
     }
 
     /// Leaves the line after being served. `pass_on` wakes the next waiter too
@@ -200,7 +221,7 @@ impl Waiter<'_> {
             if entry.is_some_and(|entry| entry.awake) {
                 list.wake_first_asleep();
             } else if position == 0 {
-                list.promote_first();
+                list.promote_first(self.queue.polls);
             }
         }
         list

@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             expired_lease_is_taken_over_and_stale_holder_is_fenced,
             renewed_lease_is_not_taken_over,
             cool_down_holds_back_then_hands_out,
+            second_waiter_is_served_when_a_cool_down_ends,
             disable_and_enable,
             capacity_bounds_concurrent_holders,
             close_wakes_waiters_and_lets_leases_return,
@@ -524,6 +525,44 @@ pub async fn cool_down_holds_back_then_hands_out<F: Factory>(factory: &F) {
         started.elapsed()
     );
     lease.release().await.unwrap();
+}
+
+/// The timer for a cool-down passes to the next waiter when the first one
+/// is served by a release, so nobody waits for a release that never comes.
+pub async fn second_waiter_is_served_when_a_cool_down_ends<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b"]).await;
+    let held = pool.acquire().await.unwrap();
+    pool.acquire()
+        .await
+        .unwrap()
+        .release_with(ReleaseOutcome::CoolDown(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let (served, mut names_served) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..2 {
+        let (pool, served) = (pool.clone(), served.clone());
+        tokio::spawn(async move {
+            let lease = pool.acquire().await.expect("acquire");
+            let _ = served.send(lease.credential().name().to_string());
+            // Hold on: only the cool-down's end can serve the other waiter.
+            sleep(Duration::from_secs(2)).await;
+            drop(lease);
+        });
+    }
+    wait_for_waiters(&pool, 2).await;
+    held.release().await.unwrap();
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let name = within(
+            Duration::from_secs(1),
+            "waiter after the cool-down",
+            names_served.recv(),
+        )
+        .await;
+        names.push(name.unwrap());
+    }
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
 }
 
 pub async fn disable_and_enable<F: Factory>(factory: &F) {
