@@ -260,12 +260,7 @@ impl<S: Store> Pool<S> {
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
-        let waiter = self.shared.waiters.join(seen);
-        let mut place = if retry_at.is_some() {
-            waiter.busy(retry_at)
-        } else {
-            waiter.place()
-        };
+        let (waiter, mut place) = self.shared.waiters.join(seen, retry_at);
         loop {
             let (first, retry_at) = place;
             let timer = if first { self.timer(retry_at) } else { None };

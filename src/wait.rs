@@ -131,8 +131,13 @@ impl WaitQueue {
 
     /// Joins the end of the line. `seen_epoch` is the epoch sampled before the
     /// caller last asked the store: if a release happened since, the new waiter
-    /// starts awake, so that release is not missed.
-    pub(crate) fn join(&self, seen_epoch: u64) -> Waiter<'_> {
+    /// starts awake, so that release is not missed. `retry_at` is what the
+    /// store said, if the caller asked it. Returns the waiter and its place.
+    pub(crate) fn join(
+        &self,
+        seen_epoch: u64,
+        retry_at: Option<SystemTime>,
+    ) -> (Waiter<'_>, (bool, Option<SystemTime>)) {
         let signal = Arc::new(Notify::new());
         let mut list = self.lock();
         let ticket = list.next_ticket;
@@ -149,11 +154,16 @@ impl WaitQueue {
             signal: signal.clone(),
             awake,
         });
-        Waiter {
+        if retry_at.is_some() {
+            list.retry_at = retry_at;
+        }
+        let place = list.place(ticket);
+        let waiter = Waiter {
             queue: self,
             ticket,
             signal,
-        }
+        };
+        (waiter, place)
     }
 }
 
