@@ -312,8 +312,9 @@ fn demo_stops_gracefully_on(signal: &str) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
+    // The shell's own kill: no separate kill binary is needed.
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill {signal} {}", child.id())])
         .status()
         .unwrap();
     assert!(status.success());
