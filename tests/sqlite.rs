@@ -601,3 +601,68 @@ fn a_lease_dropped_outside_any_runtime_is_released() {
         assert_eq!(lease.credential().name(), "a");
     });
 }
+
+/// Another process holds the write lock: callers wait within the busy
+/// timeout, or fail with a clear error after it, once, not once per request;
+/// the store is intact afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_write_lock_elsewhere_delays_or_fails_cleanly() {
+    let path = fresh_path("locked");
+    let store = SqliteStore::options(&path)
+        .busy_timeout(Duration::from_millis(300))
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::new(store);
+    pool.add_many((0..8).map(|i| NewCredential::new(format!("a{i}"), "s")))
+        .await
+        .unwrap();
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = tokio::time::Instant::now();
+    let attempts: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.try_acquire().await.map(|lease| lease.is_some()) })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for attempt in attempts {
+        if let Err(error) = attempt.await.unwrap() {
+            errors.push(error.to_string());
+        }
+    }
+    let waited = started.elapsed();
+    assert_eq!(errors.len(), 16, "every caller saw the lock: {errors:?}");
+    assert!(errors[0].contains("locked"), "{}", errors[0]);
+    assert!(
+        errors[0].contains(&path.display().to_string()),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "16 requests waited {waited:?}: the busy timeout must not add up per request"
+    );
+
+    // A lock released within the busy timeout only delays the caller.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let lease = pool.acquire().await.expect("served once the lock is gone");
+    release.join().unwrap();
+    drop(lease);
+    let stats = conformance::within(Duration::from_secs(5), "lease back", async {
+        loop {
+            let stats = pool.stats().await.unwrap();
+            if stats.leases == 0 {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!((stats.total, stats.available), (8, 8));
+}

@@ -266,6 +266,14 @@ impl Job for GrantJob {
     }
 }
 
+/// Where a transaction failed.
+enum Stage {
+    /// Could not take the write lock (another process holds it past the busy timeout).
+    Begin(rusqlite::Error),
+    /// Failed after taking it; the transaction must be rolled back.
+    Inside(rusqlite::Error),
+}
+
 /// What the thread knows after a batch of grants found nothing free.
 struct Idle {
     data_version: i64,
@@ -365,19 +373,30 @@ impl Worker {
                 }
                 retry_at.map(|retry_at| (data_version, retry_at))
             }
-            Err(error) => {
+            // No lock within the busy timeout: everyone hears it at once,
+            // rather than each request waiting out the timeout in turn.
+            Err(Stage::Begin(error)) => {
+                self.fail_all(batch, &error);
+                None
+            }
+            Err(Stage::Inside(error)) => {
                 self.rollback();
                 if batch.len() == 1 {
                     batch[0].fail(self.transaction_error(&error));
                     return None;
                 }
                 tracing::warn!(path = %self.path.display(), error = %error, "batch failed; retrying its requests one by one");
-                for job in batch.iter_mut() {
-                    if let Err(error) = self.transaction(std::slice::from_mut(job), now) {
-                        self.rollback();
-                        job.fail(self.transaction_error(&error));
-                    } else {
-                        self.commits += 1;
+                for index in 0..batch.len() {
+                    match self.transaction(std::slice::from_mut(&mut batch[index]), now) {
+                        Ok(_) => self.commits += 1,
+                        Err(Stage::Inside(error)) => {
+                            self.rollback();
+                            batch[index].fail(self.transaction_error(&error));
+                        }
+                        Err(Stage::Begin(error)) => {
+                            self.fail_all(&mut batch[index..], &error);
+                            break;
+                        }
                     }
                 }
                 None
@@ -385,20 +404,31 @@ impl Worker {
         }
     }
 
+    fn fail_all(&self, jobs: &mut [Box<dyn Job>], error: &rusqlite::Error) {
+        for job in jobs {
+            job.fail(self.transaction_error(error));
+        }
+    }
+
     /// Runs jobs in one transaction; returns `PRAGMA data_version` as read
     /// under the write lock, so no other process's commit can slip between
     /// that reading and this commit.
-    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> rusqlite::Result<i64> {
-        self.connection.execute_batch("BEGIN IMMEDIATE")?;
+    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> Result<i64, Stage> {
+        self.connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(Stage::Begin)?;
         let mut ctx = Ctx::new(&self.connection, &self.pool, now);
-        reclaim(&mut ctx)?;
-        for job in jobs.iter_mut() {
-            job.run(&mut ctx)?;
-        }
-        drop(ctx);
-        let data_version = self.data_version()?;
-        self.connection.execute_batch("COMMIT")?;
-        Ok(data_version)
+        let run = (|| {
+            reclaim(&mut ctx)?;
+            for job in jobs.iter_mut() {
+                job.run(&mut ctx)?;
+            }
+            drop(ctx);
+            let data_version = self.data_version()?;
+            self.connection.execute_batch("COMMIT")?;
+            Ok(data_version)
+        })();
+        run.map_err(Stage::Inside)
     }
 
     fn rollback(&self) {
