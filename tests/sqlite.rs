@@ -307,16 +307,7 @@ async fn a_grant_whose_caller_left_is_released() {
         }
         drop(grant);
     }
-    let stats = conformance::within(Duration::from_secs(5), "unclaimed leases released", async {
-        loop {
-            let stats = pool.stats().await.unwrap();
-            if stats.leases == 0 {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    let stats = conformance::leases_back(&pool).await;
     assert_eq!(stats.available, 3);
     let uses: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
     assert!(uses > 0, "the grants really happened and were taken back");
@@ -654,15 +645,6 @@ async fn a_long_write_lock_elsewhere_delays_or_fails_cleanly() {
     let lease = pool.acquire().await.expect("served once the lock is gone");
     release.join().unwrap();
     drop(lease);
-    let stats = conformance::within(Duration::from_secs(5), "lease back", async {
-        loop {
-            let stats = pool.stats().await.unwrap();
-            if stats.leases == 0 {
-                return stats;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let stats = conformance::leases_back(&pool).await;
     assert_eq!((stats.total, stats.available), (8, 8));
 }

@@ -96,6 +96,20 @@ pub async fn pool_with<F: Factory>(
     pool
 }
 
+/// Waits (at most 5 s) until the store counts no lease out; returns the stats then.
+pub async fn leases_back<S: Store>(pool: &Pool<S>) -> credpool::Stats {
+    within(Duration::from_secs(5), "every lease to come back", async {
+        loop {
+            let stats = pool.stats().await.unwrap();
+            if stats.leases == 0 {
+                return stats;
+            }
+            sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
 async fn wait_for_waiters<S: Store>(pool: &Pool<S>, count: u64) {
     within(Duration::from_secs(10), "waiters to queue", async {
         while pool.stats().await.unwrap().waiters < count {
@@ -395,17 +409,7 @@ pub async fn cancelled_acquires_never_leak<F: Factory>(factory: &F) {
         "the test must really cancel acquires (cancelled {})",
         cancelled.load(Ordering::SeqCst)
     );
-    within(Duration::from_secs(5), "leases to come back", async {
-        loop {
-            let stats = pool.stats().await.unwrap();
-            if stats.leases == 0 {
-                return stats;
-            }
-            sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let stats = pool.stats().await.unwrap();
+    let stats = leases_back(&pool).await;
     assert_eq!((stats.available, stats.waiters), (4, 0), "{stats:?}");
     let mut all = Vec::new();
     for _ in 0..4 {
@@ -725,12 +729,7 @@ pub async fn dropped_lease_returns_its_credential<F: Factory>(factory: &F) {
         .await
         .unwrap()
         .expect("acquire after drop");
-    within(Duration::from_secs(5), "lease count", async {
-        while pool.stats().await.unwrap().leases != 0 {
-            sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
+    leases_back(&pool).await;
 }
 
 pub async fn lease_ids_are_unique_and_increasing<F: Factory>(factory: &F) {
