@@ -10,6 +10,8 @@ use crate::error::{Error, InvalidInput, Result};
 pub const MAX_NAME_BYTES: usize = 255;
 /// The longest secret accepted, in bytes.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+/// The largest capacity a credential may have (what every store can count).
+pub const MAX_CAPACITY: u32 = i32::MAX as u32;
 /// The longest `extra` text accepted, in bytes.
 pub const MAX_EXTRA_BYTES: usize = 1024 * 1024;
 
@@ -241,6 +243,28 @@ impl NewCredential {
                 "must be at least 1",
             )));
         }
+        if self.capacity > MAX_CAPACITY {
+            return Err(with_name(InvalidInput::new(
+                "capacity",
+                format!("must be at most {MAX_CAPACITY}"),
+            )));
+        }
+        if self.secret.expose().contains('\0') {
+            return Err(with_name(InvalidInput::new(
+                "secret",
+                "contains a NUL byte, which a store cannot keep",
+            )));
+        }
+        if self
+            .extra
+            .as_deref()
+            .is_some_and(|extra| extra.contains('\0'))
+        {
+            return Err(with_name(InvalidInput::new(
+                "extra",
+                "contains a NUL byte, which a store cannot keep",
+            )));
+        }
         if self.secret.expose().len() > MAX_SECRET_BYTES {
             return Err(with_name(InvalidInput::new(
                 "secret",
@@ -268,6 +292,17 @@ impl fmt::Debug for NewCredential {
             .field("capacity", &self.capacity)
             .finish()
     }
+}
+
+/// Checks a pool name: the same rules as a credential name.
+pub(crate) fn validate_pool_name(name: &str) -> Result<()> {
+    validate_name(name).map_err(|error| match error {
+        Error::InvalidInput(mut invalid) => {
+            invalid.field = "pool name";
+            Error::InvalidInput(invalid)
+        }
+        other => other,
+    })
 }
 
 /// Checks a credential name: 1 to 255 bytes of UTF-8, no control characters.

@@ -143,10 +143,18 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 
-    /// An error from Postgres.
+    /// An error from Postgres, or from the connection to it.
+    ///
+    /// The server's DETAIL text is left out, because for some constraint
+    /// failures it quotes the whole row, secret included.
     #[cfg(feature = "postgres")]
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres: {message}")]
+    Postgres {
+        /// What failed, with the server's message and SQLSTATE code when it sent one.
+        message: String,
+        /// The SQLSTATE code, when the server sent one (`40P01` for a deadlock, say).
+        code: Option<String>,
+    },
 }
 
 fn entry_suffix(entry: Option<usize>) -> String {
@@ -225,3 +233,26 @@ impl Error {
 
 /// The result type of credpool.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(feature = "postgres")]
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if let Some(db) = error.as_db_error() {
+            return Error::Postgres {
+                message: format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+                code: Some(db.code().code().to_string()),
+            };
+        }
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Error::Postgres {
+            message,
+            code: None,
+        }
+    }
+}

@@ -12,7 +12,7 @@ mod wait;
 
 pub use credential::{
     validate_name, Credential, CredentialId, CredentialInfo, CredentialState, NewCredential,
-    Secret, Stats, MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_SECRET_BYTES,
+    Secret, Stats, MAX_CAPACITY, MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_SECRET_BYTES,
 };
 pub use error::{Error, InvalidInput, Result};
 pub use events::{Event, Events, RecvError};

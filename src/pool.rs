@@ -268,6 +268,7 @@ impl<S: Store> Pool<S> {
                 biased;
                 () = waiter.woken() => Wake::Signal,
                 () = sleep_until(timer) => Wake::Timer,
+                () = self.shared.store.changed(), if first => Wake::Timer,
                 () = sleep_until(deadline.map(|(at, _)| at)) => {
                     let waited = deadline.map_or(Duration::ZERO, |(_, timeout)| timeout);
                     return Err(Error::Timeout { waited, what: "a free credential" });

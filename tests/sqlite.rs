@@ -4,17 +4,13 @@
 mod common;
 mod conformance;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use credpool::store::sqlite::{SqliteStore, Synchronous, DEFAULT_LEASE_TTL, SCHEMA_VERSION};
 use credpool::{Error, GrantAttempt, NewCredential, Pool, Store};
 
-use common::checker::HoldLog;
+use common::processes;
 
 fn fresh_path(label: &str) -> PathBuf {
     common::fresh_path("sqlite-tests", label)
@@ -47,41 +43,16 @@ async fn pool_at(path: &Path, names: &[&str]) -> Pool<SqliteStore> {
 
 #[tokio::test]
 async fn hands_out_least_recently_used_first() {
-    let pool = pool_at(&fresh_path("lru"), &["a", "b", "c"]).await;
-    let a = pool.acquire().await.unwrap();
-    assert_eq!(a.credential().name(), "a", "never used, lowest id first");
-    a.release().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(3)).await;
-    let mut order = Vec::new();
-    for _ in 0..3 {
-        let lease = pool.acquire().await.unwrap();
-        order.push(lease.credential().name().to_string());
-        lease.release().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
-    assert_eq!(order, ["b", "c", "a"]);
+    conformance::hands_out_least_recently_used_first(&Sqlite).await;
 }
 
 #[tokio::test]
 async fn state_survives_reopening() {
     let path = fresh_path("reopen");
-    let token = {
-        let pool = pool_at(&path, &["a", "b"]).await;
-        pool.disable("b", "banned").await.unwrap();
-        let lease = pool.acquire().await.unwrap();
-        lease.into_token()
-    };
-    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
-    let stats = pool.stats().await.unwrap();
-    assert_eq!((stats.total, stats.leases, stats.disabled), (2, 1, 1));
-    assert!(
-        pool.try_acquire().await.unwrap().is_none(),
-        "a is still leased"
-    );
-    pool.release_token(token, credpool::ReleaseOutcome::Success)
-        .await
-        .expect("the lease outlives the process that took it");
-    assert!(pool.try_acquire().await.unwrap().is_some());
+    conformance::state_survives_reopening(|| async {
+        Pool::new(SqliteStore::open(&path).await.unwrap())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -315,244 +286,46 @@ async fn a_grant_whose_caller_left_is_released() {
 
 // ---- many processes ------------------------------------------------------
 
-const CHILD_ROLE: &str = "CREDPOOL_TEST_CHILD";
-const CHILD_DB: &str = "CREDPOOL_TEST_DB";
-const CHILD_LOG: &str = "CREDPOOL_TEST_LOG";
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-/// Runs this test binary again as a child process in the given role.
-fn spawn_child(role: &str, db: &Path, log: Option<&Path>) -> std::process::Child {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--exact",
-            "child_process_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ROLE, role)
-        .env(CHILD_DB, db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(log) = log {
-        command.env(CHILD_LOG, log);
-    }
-    command.spawn().expect("spawn child process")
-}
-
-/// Not a test of its own: the entry point of the child processes above.
+/// Not a test of its own: the entry point of the child processes below.
 #[test]
 fn child_process_entry() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
+    let Some(child) = processes::child_role() else {
         return;
     };
-    let db = PathBuf::from(std::env::var(CHILD_DB).unwrap());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        match role.as_str() {
-            "hammer" => child_hammer(&db, Path::new(&std::env::var(CHILD_LOG).unwrap())).await,
-            "hold-and-hang" => child_hold_and_hang(&db).await,
+    processes::child_runtime().block_on(async move {
+        match child.role.as_str() {
+            "hammer" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                processes::hammer(pool, &child.log.unwrap()).await;
+            }
+            "hold-and-hang" => {
+                let store = SqliteStore::options(&child.store)
+                    .lease_ttl(Duration::from_secs(1))
+                    .open()
+                    .await
+                    .unwrap();
+                processes::hold_and_hang(Pool::new(store)).await;
+            }
             other => panic!("unknown child role {other}"),
         }
     });
 }
 
-/// 16 tasks acquire and release for two seconds, logging every hold.
-async fn child_hammer(db: &Path, log: &Path) {
-    let pool = Pool::new(SqliteStore::open(db).await.unwrap());
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let tasks: Vec<_> = (0..16u64)
-        .map(|seed| {
-            let (pool, lines) = (pool.clone(), lines.clone());
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed ^ u64::from(std::process::id()));
-                while tokio::time::Instant::now() < deadline {
-                    let lease = pool.acquire().await.unwrap();
-                    let start = now_ns();
-                    tokio::time::sleep(Duration::from_micros(rng.u64(100..1500))).await;
-                    let end = now_ns();
-                    lines.lock().unwrap().push(format!(
-                        "{} {} {start} {end}",
-                        lease.credential().name(),
-                        lease.id()
-                    ));
-                    lease.release().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let mut file = std::fs::File::create(log).unwrap();
-    for line in lines.lock().unwrap().iter() {
-        writeln!(file, "{line}").unwrap();
-    }
-}
-
-/// Takes three leases with a one-second TTL, says so, and hangs until killed.
-async fn child_hold_and_hang(db: &Path) {
-    let store = SqliteStore::options(db)
-        .lease_ttl(Duration::from_secs(1))
-        .open()
-        .await
-        .unwrap();
-    let pool = Pool::new(store);
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(pool.acquire().await.unwrap());
-    }
-    println!("HELD");
-    std::io::stdout().flush().unwrap();
-    tokio::time::sleep(Duration::from_secs(60)).await;
-}
-
-fn wait_for_line(child: &mut std::process::Child, expected: &str) {
-    let stdout = child.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        // libtest may print "test name ... " on the same line first.
-        if line.unwrap().trim().ends_with(expected) {
-            return;
-        }
-    }
-    panic!("child ended before printing {expected}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_never_hold_a_credential_twice() {
     let db = fresh_path("processes");
-    let names: Vec<String> = (0..6).map(|i| format!("account-{i}")).collect();
     let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
-    pool.add_many(
-        names
-            .iter()
-            .map(|name| NewCredential::new(name.as_str(), "s")),
-    )
-    .await
-    .unwrap();
-    let logs: Vec<PathBuf> = (0..4)
-        .map(|i| db.with_extension(format!("log{i}")))
-        .collect();
-    let children: Vec<_> = logs
-        .iter()
-        .map(|log| spawn_child("hammer", &db, Some(log)))
-        .collect();
-    let statuses = tokio::task::spawn_blocking(move || {
-        children
-            .into_iter()
-            .map(|mut child| child.wait().unwrap())
-            .collect::<Vec<_>>()
+    processes::four_hammers_never_hold_a_credential_twice(&pool, db.to_str().unwrap(), |i| {
+        db.with_extension(format!("log{i}"))
     })
-    .await
-    .unwrap();
-    assert!(
-        statuses.iter().all(|status| status.success()),
-        "{statuses:?}"
-    );
-
-    // Rebuild one log from the four, in wall-clock order, and check it.
-    let mut holds = Vec::new();
-    for log in &logs {
-        for line in std::fs::read_to_string(log).unwrap().lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let (start, end): (u128, u128) =
-                (fields[2].parse().unwrap(), fields[3].parse().unwrap());
-            holds.push((
-                fields[0].to_string(),
-                fields[1].parse::<u64>().unwrap(),
-                start,
-                end,
-            ));
-        }
-    }
-    let log = HoldLog::new();
-    let mut points: Vec<(u128, bool, usize)> = holds
-        .iter()
-        .enumerate()
-        .flat_map(|(i, hold)| [(hold.2, true, i), (hold.3, false, i)])
-        .collect();
-    points.sort_by_key(|&(at, is_start, _)| (at, is_start));
-    for (_, is_start, i) in points {
-        if is_start {
-            log.start(&holds[i].0, 1, holds[i].1);
-        } else {
-            log.end(holds[i].1);
-        }
-    }
-    log.check(|_| 1)
-        .expect("no credential held by two processes at once");
-    assert!(
-        holds.len() > 400,
-        "the processes really worked: {} grants",
-        holds.len()
-    );
-
-    let stats = pool.stats().await.unwrap();
-    assert_eq!(
-        (stats.total, stats.available, stats.leases),
-        (6, 6, 0),
-        "{stats:?}"
-    );
-    let uses: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
-    assert_eq!(uses, holds.len() as u64, "every grant is in a log");
-    let mut per_name: HashMap<&str, usize> = HashMap::new();
-    for hold in &holds {
-        *per_name.entry(hold.0.as_str()).or_default() += 1;
-    }
-    assert_eq!(per_name.len(), 6, "every credential was used");
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_loses_its_leases_after_the_ttl() {
     let db = fresh_path("killed");
     let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
-    pool.add_many((0..5).map(|i| NewCredential::new(format!("account-{i}"), "s")))
-        .await
-        .unwrap();
-    let mut child = spawn_child("hold-and-hang", &db, None);
-    let mut child = tokio::task::spawn_blocking(move || {
-        wait_for_line(&mut child, "HELD");
-        child
-    })
-    .await
-    .unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let killed_at = tokio::time::Instant::now();
-
-    let mut early = Vec::new();
-    while let Some(lease) = pool.try_acquire().await.unwrap() {
-        early.push(lease);
-    }
-    if killed_at.elapsed() < Duration::from_millis(900) {
-        assert_eq!(
-            early.len(),
-            2,
-            "the killed process's leases are not granted before the TTL"
-        );
-    }
-    let mut all = early;
-    for _ in 0..3 {
-        all.push(
-            pool.acquire_timeout(Duration::from_secs(5))
-                .await
-                .expect("the dead process's credentials come back after the TTL"),
-        );
-    }
-    assert_eq!(all.len(), 5);
-    drop(all);
+    processes::a_killed_holder_loses_its_leases_after_the_ttl(&pool, db.to_str().unwrap()).await;
 
     let check = rusqlite::Connection::open(&db).unwrap();
     let integrity: String = check

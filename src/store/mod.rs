@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -73,6 +75,13 @@ pub trait Store: Send + Sync + Sized + 'static {
     /// made by other processes. `None` for a store that lives in one process.
     fn poll_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// Resolves when the store hears that another process freed something
+    /// (Postgres: a `NOTIFY`), so the first waiter asks again before its
+    /// next poll. A store that hears nothing never resolves (the default).
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
     }
 
     /// Grants a lease on a free credential, if there is one. Reclaims expired

@@ -127,13 +127,7 @@ impl SqliteOptions {
     /// [`Error::StoreTooNew`] for a newer schema, [`Error::Io`] for a path
     /// that cannot be created; each names the path.
     pub async fn open(self) -> Result<SqliteStore> {
-        crate::credential::validate_name(&self.pool).map_err(|error| match error {
-            Error::InvalidInput(mut invalid) => {
-                invalid.field = "pool name";
-                Error::InvalidInput(invalid)
-            }
-            other => other,
-        })?;
+        crate::credential::validate_pool_name(&self.pool)?;
         let (opened, ready) = oneshot::channel();
         let (sender, requests) = mpsc::unbounded_channel();
         let (path, pool) = (self.path.clone(), self.pool.clone());

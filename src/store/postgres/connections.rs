@@ -1,0 +1,157 @@
+//! A small pool of connections, each with the hot statements prepared, and
+//! the one connection per store that listens for other processes' releases.
+//!
+//! Every operation of the store is one statement in its own transaction, so
+//! a connection is shared, not checked out: tokio-postgres pipelines the
+//! statements of concurrent callers on it. A connection found closed is
+//! replaced on its next use.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+
+use super::sql::Sql;
+use crate::error::Result;
+
+/// One connection and its prepared statements.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    pub(crate) acquire: Statement,
+    pub(crate) release: Statement,
+    pub(crate) renew: Statement,
+    pub(crate) reclaim: Statement,
+    pub(crate) busy: Statement,
+}
+
+/// Opens a connection, driven by a task on the current runtime.
+pub(crate) async fn connect(config: &Config) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+#[derive(Debug)]
+pub(crate) struct Connections {
+    pub(crate) config: Config,
+    sql: Arc<Sql>,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    open: Mutex<Option<Arc<Conn>>>,
+    /// Held while (re)connecting, so callers wait for one new connection
+    /// instead of each opening their own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Conn>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.as_ref()
+            .filter(|conn| !conn.client.is_closed())
+            .cloned()
+    }
+}
+
+impl Connections {
+    pub(crate) fn new(config: Config, sql: Arc<Sql>, size: usize) -> Self {
+        Self {
+            config,
+            sql,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A connection, taken in turn; opened (again) if it is not open.
+    pub(crate) async fn get(&self) -> Result<Arc<Conn>> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let slot = &self.slots[index];
+        if let Some(conn) = slot.current() {
+            return Ok(conn);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(conn) = slot.current() {
+            return Ok(conn);
+        }
+        let client = connect(&self.config).await?;
+        let conn = Arc::new(Conn {
+            acquire: client.prepare(&self.sql.acquire).await?,
+            release: client.prepare(&self.sql.release).await?,
+            renew: client.prepare(&self.sql.renew).await?,
+            reclaim: client.prepare(&self.sql.reclaim).await?,
+            busy: client.prepare(&self.sql.busy).await?,
+            client,
+        });
+        *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+/// Listens on `channel` and wakes `changed` for every notification about
+/// `pool` that another store instance sent. Reconnects after a failure, and
+/// wakes `changed` once connected, for the releases it may have missed.
+pub(crate) async fn listen(
+    config: Config,
+    channel: String,
+    pool: String,
+    instance: String,
+    changed: Arc<Notify>,
+) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match listen_once(&config, &channel, &pool, &instance, &changed).await {
+            Ok(()) => pause = Duration::from_millis(50),
+            Err(error) => {
+                tracing::debug!(%error, "postgres listener failed; polling until it is back");
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn listen_once(
+    config: &Config,
+    channel: &str,
+    pool: &str,
+    instance: &str,
+    changed: &Notify,
+) -> Result<()> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let statement = format!("LISTEN \"{channel}\"");
+    let mut listening = std::pin::pin!(client.batch_execute(&statement));
+    let mut listened = false;
+    loop {
+        tokio::select! {
+            done = &mut listening, if !listened => {
+                done?;
+                listened = true;
+                changed.notify_waiters();
+            }
+            message = poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(AsyncMessage::Notification(note))) => {
+                    if let Some((sender, about)) = note.payload().split_once(':') {
+                        if about == pool && sender != instance {
+                            changed.notify_waiters();
+                        }
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error.into()),
+                None => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,868 @@
+//! The Postgres store (feature `postgres`): one pool shared by a fleet of machines.
+//!
+//! - Opened from a `postgres://` URL or a [`tokio_postgres::Config`]. The
+//!   tables live in their own schema (default `credpool`), created and
+//!   migrated on open under an advisory lock, in one transaction; a schema
+//!   from a newer credpool, or one holding other tables, is refused and left
+//!   as it was. Connections are plain TCP or Unix sockets (no TLS).
+//! - Acquire is one statement: a CTE picks the least recently used free
+//!   credential with `FOR UPDATE SKIP LOCKED`, records the lease and bumps
+//!   the usage, and returns the row. Release and renew are one statement
+//!   each, fenced by the lease id. Times are the server's clock.
+//! - A small pool of connections ([`PostgresOptions::connections`], default
+//!   8) is shared by all callers: every operation is one statement, so
+//!   tokio-postgres pipelines them. A connection that breaks fails the calls
+//!   in flight on it (and a call that reaches it before the break is noticed);
+//!   the next call opens a new one. No call is retried by itself: a grant
+//!   whose answer was lost may have been committed, and its lease then comes
+//!   back when it expires.
+//! - Waiters hear of releases in other processes by `LISTEN`/`NOTIFY` (one
+//!   listening connection per store), and poll every
+//!   [`DEFAULT_POLL_INTERVAL`] in case a notification was missed.
+//! - Each call runs in a task of its own, so cancelling a caller never
+//!   leaves a half-known state: a lease granted after its caller left is
+//!   released at once. A [`Lease`](crate::Lease) dropped without release is
+//!   released by a task on the current runtime; with no runtime it expires
+//!   after its TTL ([`DEFAULT_LEASE_TTL`] unless the pool sets another).
+//! - Expired leases are reclaimed when nothing is free, and at most every
+//!   [`RECLAIM_INTERVAL`] otherwise.
+
+mod connections;
+mod schema;
+mod sql;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{oneshot, Notify, RwLock};
+use tokio::task::JoinHandle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, Row};
+
+use crate::credential::{
+    duration_ms, from_ms, now_ms, Credential, CredentialId, CredentialInfo, NewCredential, Secret,
+    Stats,
+};
+use crate::error::{Error, InvalidInput, Result};
+use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+
+use self::connections::{Conn, Connections};
+use self::sql::Sql;
+
+pub use self::schema::SCHEMA_VERSION;
+
+/// How long a lease lives unless renewed, when the pool sets no TTL.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+/// How often the first waiter asks again when no notification came.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How many connections a store keeps, besides the listening one.
+pub const DEFAULT_CONNECTIONS: usize = 8;
+/// The longest time an expired lease waits to be reclaimed while other
+/// credentials are free.
+pub const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many times a grant asks again when a free credential was locked by
+/// another transaction at the moment it looked.
+const LOCKED_RETRIES: usize = 3;
+/// How many credentials one insert statement adds.
+const INSERT_CHUNK: usize = 5_000;
+
+/// Options for opening a [`PostgresStore`].
+///
+/// ```no_run
+/// # async fn open() -> Result<(), credpool::Error> {
+/// use credpool::store::postgres::PostgresStore;
+/// let store = PostgresStore::options_url("postgres://app@db.internal/app")?
+///     .schema("credpool")
+///     .pool("scrapers")
+///     .connections(4)
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresOptions {
+    config: Config,
+    schema: String,
+    pool: String,
+    connections: usize,
+    lease_ttl: Option<Duration>,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("location", &location(&self.config, &self.schema))
+            .field("pool", &self.pool)
+            .field("connections", &self.connections)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl PostgresOptions {
+    /// The schema that holds credpool's tables (default `credpool`): lower
+    /// case ASCII letters, digits and `_`, at most 48 bytes, not starting
+    /// with a digit. Created if missing.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The pool within the schema (default `default`).
+    pub fn pool(mut self, name: impl Into<String>) -> Self {
+        self.pool = name.into();
+        self
+    }
+
+    /// How many connections to keep (default 8), besides the listening one.
+    pub fn connections(mut self, count: usize) -> Self {
+        self.connections = count.max(1);
+        self
+    }
+
+    /// The lease TTL pools over this store use by default (default 5 minutes).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// How often the first waiter asks again when no notification came (default 250 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Connects, creates or migrates the schema, and starts listening.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad schema or pool name,
+    /// [`Error::Postgres`] when the server cannot be reached,
+    /// [`Error::StoreTooNew`] for a schema from a newer credpool, and
+    /// [`Error::NotAStore`] for a schema that holds other tables.
+    pub async fn open(self) -> Result<PostgresStore> {
+        validate_schema(&self.schema)?;
+        crate::credential::validate_pool_name(&self.pool)?;
+        let location = location(&self.config, &self.schema);
+        let mut client = connections::connect(&self.config)
+            .await
+            .map_err(|error| at(&location, error))?;
+        schema::migrate(&mut client, &self.schema, &location)
+            .await
+            .map_err(|error| at(&location, error))?;
+        drop(client);
+
+        let sql = Arc::new(Sql::new(&self.schema));
+        let connections = Connections::new(self.config.clone(), sql.clone(), self.connections);
+        // Fail now, not on the first acquire, if the statements do not prepare.
+        connections
+            .get()
+            .await
+            .map_err(|error| at(&location, error))?;
+        let channel = format!("credpool.{}", self.schema);
+        let instance = instance_id();
+        let changed = Arc::new(Notify::new());
+        let listener = tokio::spawn(connections::listen(
+            self.config.clone(),
+            channel.clone(),
+            self.pool.clone(),
+            instance.clone(),
+            changed.clone(),
+        ));
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                connections,
+                sql,
+                payload: format!("{instance}:{}", self.pool),
+                channel,
+                pool: self.pool,
+                location,
+                last_reclaim: AtomicI64::new(0),
+                background: Arc::default(),
+            }),
+            changed,
+            listener,
+            lease_ttl: self.lease_ttl,
+            poll_interval: self.poll_interval,
+        })
+    }
+}
+
+/// Adds where an error happened to a connection error, whose message would
+/// not say which server it was.
+fn at(location: &str, error: Error) -> Error {
+    match error {
+        Error::Postgres { message, code } if code.is_none() => Error::Postgres {
+            message: format!("{location}: {message}"),
+            code,
+        },
+        other => other,
+    }
+}
+
+fn validate_schema(schema: &str) -> Result<()> {
+    let starts_well = schema
+        .chars()
+        .next()
+        .is_some_and(|first| first == '_' || first.is_ascii_lowercase());
+    let all_well = schema
+        .chars()
+        .all(|c| c == '_' || c.is_ascii_lowercase() || c.is_ascii_digit());
+    if starts_well && all_well && schema.len() <= 48 {
+        return Ok(());
+    }
+    Err(InvalidInput::new(
+        "schema",
+        format!(
+            "{schema:?} is not a plain schema name: use lower case ASCII letters, digits \
+             and '_', at most 48 bytes, not starting with a digit"
+        ),
+    )
+    .into())
+}
+
+/// A name for this store among all that share the database.
+fn instance_id() -> String {
+    static OPENED: AtomicI64 = AtomicI64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!(
+        "{:x}.{:x}.{:x}",
+        std::process::id(),
+        nanos,
+        OPENED.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Where the store is, for messages: never the password.
+fn location(config: &Config, schema: &str) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres database {:?} on {}, schema {schema:?}",
+        config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres"),
+        if hosts.is_empty() {
+            "localhost".to_string()
+        } else {
+            hosts.join(",")
+        }
+    )
+}
+
+/// The Postgres store. See the [module docs](self) for how it works.
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    changed: Arc<Notify>,
+    listener: JoinHandle<()>,
+    lease_ttl: Option<Duration>,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.inner.location)
+            .field("pool", &self.inner.pool)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Options for a store on the server `config` names.
+    pub fn options(config: Config) -> PostgresOptions {
+        PostgresOptions {
+            config,
+            schema: "credpool".into(),
+            pool: "default".into(),
+            connections: DEFAULT_CONNECTIONS,
+            lease_ttl: Some(DEFAULT_LEASE_TTL),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// Options for a store at a `postgres://` URL (or a `key=value` string).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when the URL does not parse; the message does
+    /// not repeat the URL, which may hold a password.
+    pub fn options_url(url: &str) -> Result<PostgresOptions> {
+        let config = url.parse::<Config>().map_err(|error| {
+            Error::from(InvalidInput::new(
+                "postgres URL",
+                format!("{error}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
+            ))
+        })?;
+        Ok(Self::options(config))
+    }
+
+    /// Opens the pool `default` in the schema `credpool` at a `postgres://` URL.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        Self::options_url(url)?.open().await
+    }
+
+    /// Where the store is: server, database and schema (never the password).
+    pub fn location(&self) -> &str {
+        &self.inner.location
+    }
+
+    /// Runs `work` on its own task, so that it finishes even if the caller
+    /// leaves; fails if there is no runtime to run it on.
+    fn spawn<T, F>(&self, work: F) -> Result<JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Ok(runtime.spawn(work)),
+            Err(_) => Err(Error::StoreUnavailable {
+                reason: "the postgres store needs a tokio runtime for this call".into(),
+            }),
+        }
+    }
+
+    /// Runs `work` on its own task once the background releases started
+    /// before it are done.
+    async fn run<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        join(self.spawn(async move {
+            inner.after_background_releases().await;
+            work.await
+        })?)
+        .await
+    }
+}
+
+async fn join<T>(task: JoinHandle<Result<T>>) -> Result<T> {
+    task.await.unwrap_or_else(|error| {
+        Err(Error::StoreUnavailable {
+            reason: format!("a postgres store task failed: {error}"),
+        })
+    })
+}
+
+/// What every task of the store shares.
+#[derive(Debug)]
+struct Inner {
+    connections: Connections,
+    sql: Arc<Sql>,
+    pool: String,
+    location: String,
+    channel: String,
+    /// `INSTANCE:POOL`: the listener ignores the notes this store sent.
+    payload: String,
+    /// When this process last reclaimed expired leases, in ms.
+    last_reclaim: AtomicI64,
+    /// Read-held by each release running in the background (of a dropped
+    /// lease, or of a grant whose caller left); every other call waits for
+    /// the ones started before it, so it sees their effect, as on the other
+    /// stores.
+    background: Arc<RwLock<()>>,
+}
+
+fn ms(duration: Duration) -> i64 {
+    duration_ms(duration)
+}
+
+fn grant_from(row: &Row) -> Grant {
+    Grant {
+        credential: Credential::new(
+            CredentialId::new(row.get::<_, i64>(0) as u64),
+            row.get::<_, String>(1).into(),
+            Secret::new(row.get::<_, String>(2)),
+            row.get(3),
+            row.get::<_, i32>(4) as u32,
+        ),
+        lease_id: LeaseId::new(row.get::<_, i64>(5) as u64),
+        acquired_at: from_ms(row.get(6)),
+        expires_at: row.get::<_, Option<i64>>(7).map(from_ms),
+    }
+}
+
+impl Inner {
+    /// Releases `lease` on a task of its own, if a runtime is there to run it;
+    /// else the lease comes back when it expires.
+    fn release_in_background(self: &Arc<Self>, lease: LeaseToken) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(lease_id = %lease.lease_id(), "no runtime to release a dropped lease; it comes back when it expires");
+            return;
+        };
+        // Taken now, so that calls made after this one wait for the release.
+        let held = self.background.clone().try_read_owned();
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let _held = match held {
+                Ok(held) => held,
+                Err(_) => inner.background.clone().read_owned().await,
+            };
+            if let Err(error) = inner.release(lease, ReleaseOutcome::Success).await {
+                tracing::warn!(%error, lease_id = %lease.lease_id(), "releasing a lease in the background failed; it comes back when it expires");
+            }
+        });
+    }
+
+    /// Waits for the background releases started before this call.
+    async fn after_background_releases(&self) {
+        drop(self.background.write().await);
+    }
+
+    async fn grant(&self, ttl: Option<Duration>) -> Result<(GrantAttempt, Vec<ExpiredLease>)> {
+        self.after_background_releases().await;
+        let conn = self.connections.get().await?;
+        let ttl = ttl.map(ms);
+        let mut expired = Vec::new();
+        let due = now_ms() - self.last_reclaim.load(Ordering::Relaxed) >= ms(RECLAIM_INTERVAL);
+        let mut granted = if due {
+            let (reclaimed, granted) = tokio::join!(self.reclaim(&conn), self.acquire(&conn, ttl));
+            expired = reclaimed?;
+            granted?
+        } else {
+            self.acquire(&conn, ttl).await?
+        };
+        for _ in 0..LOCKED_RETRIES {
+            if let Some(grant) = granted {
+                return Ok((GrantAttempt::Granted(grant), expired));
+            }
+            let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
+            let (reclaimed, busy) = tokio::join!(
+                self.reclaim(&conn),
+                conn.client.query_one(&conn.busy, &pool)
+            );
+            let reclaimed = reclaimed?;
+            let busy = busy?;
+            if !busy.get::<_, bool>(0) {
+                return Err(Error::NoCredentials {
+                    pool: self.pool.clone(),
+                });
+            }
+            let free_after_all = busy.get::<_, bool>(1) || !reclaimed.is_empty();
+            expired.extend(reclaimed);
+            if !free_after_all {
+                let cooling: Option<i64> = busy.get(2);
+                let expiry: Option<i64> = busy.get(3);
+                let retry_at = match (cooling, expiry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let retry_at = retry_at.map(from_ms);
+                return Ok((GrantAttempt::Busy { retry_at }, expired));
+            }
+            granted = self.acquire(&conn, ttl).await?;
+        }
+        match granted {
+            Some(grant) => Ok((GrantAttempt::Granted(grant), expired)),
+            // Free credentials stayed locked by other transactions: ask soon.
+            None => Ok((
+                GrantAttempt::Busy {
+                    retry_at: Some(SystemTime::now() + Duration::from_millis(2)),
+                },
+                expired,
+            )),
+        }
+    }
+
+    async fn acquire(&self, conn: &Conn, ttl: Option<i64>) -> Result<Option<Grant>> {
+        let row = conn
+            .client
+            .query_opt(&conn.acquire, &[&self.pool, &ttl])
+            .await?;
+        Ok(row.as_ref().map(grant_from))
+    }
+
+    /// Ends expired leases. A deadlock with another process reclaiming the
+    /// same leases is not an error: one of the two does it.
+    async fn reclaim(&self, conn: &Conn) -> Result<Vec<ExpiredLease>> {
+        self.last_reclaim.store(now_ms(), Ordering::Relaxed);
+        match conn.client.query(&conn.reclaim, &[&self.pool]).await {
+            Ok(rows) => Ok(rows
+                .iter()
+                .map(|row| ExpiredLease {
+                    lease_id: LeaseId::new(row.get::<_, i64>(0) as u64),
+                    name: row.get::<_, String>(1).into(),
+                })
+                .collect()),
+            Err(error)
+                if error.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+        let conn = self.connections.get().await?;
+        let (cool, disable): (Option<i64>, Option<&str>) = match &outcome {
+            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => (Some(ms(*pause)), None),
+            ReleaseOutcome::Disable(reason) => (None, Some(reason.as_str())),
+            _ => (None, None),
+        };
+        let (lease_id, credential_id) = ids(lease);
+        let row = conn
+            .client
+            .query_opt(
+                &conn.release,
+                &[
+                    &lease_id,
+                    &credential_id,
+                    &self.pool,
+                    &cool,
+                    &disable,
+                    &self.channel,
+                    &self.payload,
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(row.get::<_, String>(0).into()),
+            None => Err(self.lease_lost(&conn, lease).await?),
+        }
+    }
+
+    async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        let conn = self.connections.get().await?;
+        let (lease_id, credential_id) = ids(lease);
+        let ttl = ttl.map(ms);
+        let row = conn
+            .client
+            .query_opt(&conn.renew, &[&lease_id, &credential_id, &self.pool, &ttl])
+            .await?;
+        match row {
+            Some(row) => Ok(row.get::<_, Option<i64>>(0).map(from_ms)),
+            None => Err(self.lease_lost(&conn, lease).await?),
+        }
+    }
+
+    async fn lease_lost(&self, conn: &Conn, lease: LeaseToken) -> Result<Error> {
+        let (_, credential_id) = ids(lease);
+        let name: Option<String> = conn
+            .client
+            .query_opt(&self.sql.name_of(), &[&credential_id, &self.pool])
+            .await?
+            .map(|row| row.get(0));
+        Ok(Error::LeaseLost {
+            credential: name.unwrap_or_else(|| lease.credential_id().to_string()),
+            lease_id: lease.lease_id(),
+        })
+    }
+
+    async fn add_many(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        let mut client = connections::connect(&self.connections.config).await?;
+        let transaction = client.transaction().await?;
+        let insert = transaction.prepare(&self.sql.insert_many()).await?;
+        let mut added = 0;
+        for (chunk_index, chunk) in credentials.chunks(INSERT_CHUNK).enumerate() {
+            let names: Vec<&str> = chunk.iter().map(|c| c.name.as_str()).collect();
+            let secrets: Vec<&str> = chunk.iter().map(|c| c.secret.expose()).collect();
+            let extras: Vec<Option<&str>> = chunk.iter().map(|c| c.extra.as_deref()).collect();
+            let capacities: Vec<i32> = chunk.iter().map(|c| c.capacity as i32).collect();
+            let rows = transaction
+                .query(
+                    &insert,
+                    &[&self.pool, &names, &secrets, &extras, &capacities],
+                )
+                .await?;
+            if rows.len() < chunk.len() && on_duplicate == OnDuplicate::Fail {
+                // The first entry that was not added: its name was in the
+                // store, or earlier in the input.
+                let mut inserted: HashSet<String> = rows.iter().map(|row| row.get(0)).collect();
+                let duplicate = chunk
+                    .iter()
+                    .position(|c| !inserted.remove(&c.name))
+                    .unwrap_or(0);
+                return Err(Error::DuplicateName {
+                    name: chunk[duplicate].name.clone(),
+                    pool: self.pool.clone(),
+                    entry: Some(chunk_index * INSERT_CHUNK + duplicate),
+                });
+            }
+            added += rows.len();
+        }
+        transaction.commit().await?;
+        Ok(added)
+    }
+
+    fn unknown(&self, name: &str) -> Error {
+        Error::UnknownCredential {
+            name: name.to_string(),
+            pool: self.pool.clone(),
+        }
+    }
+
+    async fn remove(&self, name: String, force: bool) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let removed = conn
+            .client
+            .query_opt(&self.sql.remove(), &[&self.pool, &name, &force])
+            .await?;
+        if removed.is_some() {
+            return Ok(());
+        }
+        let holders: Option<i32> = conn
+            .client
+            .query_opt(&self.sql.holders(), &[&self.pool, &name])
+            .await?
+            .map(|row| row.get(0));
+        match holders {
+            Some(holders) => Err(Error::InUse {
+                name,
+                holders: holders as u32,
+            }),
+            None => Err(self.unknown(&name)),
+        }
+    }
+
+    async fn update_one(&self, sql: String, name: String, value: Option<String>) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let changed = conn
+            .client
+            .query_opt(&sql, &[&self.pool, &name, &value])
+            .await?;
+        match changed {
+            Some(_) => Ok(()),
+            None => Err(self.unknown(&name)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.list(), &[&self.pool]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                CredentialInfo::from_parts(
+                    CredentialId::new(row.get::<_, i64>(0) as u64),
+                    row.get(1),
+                    row.get::<_, i32>(2) as u32,
+                    row.get::<_, i32>(3) as u32,
+                    row.get(4),
+                    row.get::<_, Option<i64>>(5).map(from_ms),
+                    from_ms(row.get(10)),
+                    row.get(6),
+                    row.get::<_, Option<i64>>(7).map(from_ms),
+                    row.get::<_, i64>(8) as u64,
+                    from_ms(row.get(9)),
+                )
+            })
+            .collect())
+    }
+
+    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.reveal(), &[&self.pool]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                NewCredential::new(row.get::<_, String>(0), row.get::<_, String>(1))
+                    .maybe_extra(row.get(2))
+                    .capacity(row.get::<_, i32>(3) as u32)
+            })
+            .collect())
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_one(&self.sql.stats(), &[&self.pool])
+            .await?;
+        let count = |index: usize| row.get::<_, i64>(index) as u64;
+        let (total, disabled, cooling, leased) = (count(0), count(1), count(2), count(3));
+        Ok(Stats {
+            total,
+            available: total - disabled - cooling - leased,
+            leased,
+            cooling_down: cooling,
+            disabled,
+            leases: count(4),
+            waiters: 0,
+        })
+    }
+}
+
+fn ids(lease: LeaseToken) -> (i64, i64) {
+    (
+        lease.lease_id().get() as i64,
+        lease.credential_id().get() as i64,
+    )
+}
+
+/// A grant on its way back. If the caller leaves before reading it, a lease
+/// already granted is released, and one not yet sent is refused so the
+/// task that made it releases it.
+struct PendingGrant<'a> {
+    answer: oneshot::Receiver<Result<(GrantAttempt, Vec<ExpiredLease>)>>,
+    store: &'a PostgresStore,
+}
+
+impl Drop for PendingGrant<'_> {
+    fn drop(&mut self) {
+        self.answer.close();
+        if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
+            self.store.release_detached(grant.token());
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    fn pool_name(&self) -> &str {
+        &self.inner.pool
+    }
+
+    fn default_lease_ttl(&self) -> Option<Duration> {
+        self.lease_ttl
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(self.poll_interval)
+    }
+
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        self.changed.notified()
+    }
+
+    async fn grant(
+        &self,
+        ttl: Option<Duration>,
+        expired: &mut Vec<ExpiredLease>,
+    ) -> Result<GrantAttempt> {
+        let (reply, answer) = oneshot::channel();
+        let inner = self.inner.clone();
+        self.spawn(async move {
+            let result = inner.grant(ttl).await;
+            if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
+                // The caller left: the lease goes back at once.
+                inner.release_in_background(grant.token());
+            }
+            Ok(())
+        })?;
+        let mut pending = PendingGrant {
+            answer,
+            store: self,
+        };
+        let (attempt, reclaimed) =
+            (&mut pending.answer)
+                .await
+                .map_err(|_| Error::StoreUnavailable {
+                    reason: "the runtime stopped during a postgres grant".into(),
+                })??;
+        expired.extend(reclaimed);
+        Ok(attempt)
+    }
+
+    fn release(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+    ) -> impl Future<Output = Result<Arc<str>>> + Send {
+        // Started now, not when first polled: dropping the future cannot undo it.
+        let inner = self.inner.clone();
+        let task = self.spawn(async move { inner.release(lease, outcome).await });
+        async move { join(task?).await }
+    }
+
+    fn release_detached(&self, lease: LeaseToken) {
+        self.inner.release_in_background(lease);
+    }
+
+    async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.renew(lease, ttl).await }).await
+    }
+
+    async fn add_many(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.add_many(credentials, on_duplicate).await })
+            .await
+    }
+
+    async fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let (inner, name) = (self.inner.clone(), name.to_string());
+        self.run(async move { inner.remove(name, force).await })
+            .await
+    }
+
+    async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {
+        let (inner, name) = (self.inner.clone(), name.to_string());
+        self.run(async move {
+            let sql = inner.sql.set_disabled();
+            inner.update_one(sql, name, reason).await
+        })
+        .await
+    }
+
+    async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
+        let (inner, name) = (self.inner.clone(), name.to_string());
+        self.run(async move {
+            let sql = inner.sql.update_secret();
+            inner
+                .update_one(sql, name, Some(secret.expose().to_string()))
+                .await
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            inner.reclaim(&*inner.connections.get().await?).await?;
+            inner.list().await
+        })
+        .await
+    }
+
+    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.reveal().await }).await
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            inner.reclaim(&*inner.connections.get().await?).await?;
+            inner.stats().await
+        })
+        .await
+    }
+}

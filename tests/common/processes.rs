@@ -1,0 +1,276 @@
+//! Child processes for the tests of persistent stores: the test binary runs
+//! itself again in a role, against a store it is told where to find.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use credpool::{NewCredential, Pool, Store};
+
+use super::checker::HoldLog;
+
+const CHILD_ROLE: &str = "CREDPOOL_TEST_CHILD";
+const CHILD_STORE: &str = "CREDPOOL_TEST_STORE";
+const CHILD_LOG: &str = "CREDPOOL_TEST_LOG";
+
+/// What a child process was started to do.
+#[derive(Debug)]
+pub struct ChildRole {
+    pub role: String,
+    /// Where the store is: a file path, a schema name.
+    pub store: String,
+    pub log: Option<PathBuf>,
+}
+
+/// The role of this process, when the test binary runs as a child.
+pub fn child_role() -> Option<ChildRole> {
+    let role = std::env::var(CHILD_ROLE).ok()?;
+    Some(ChildRole {
+        role,
+        store: std::env::var(CHILD_STORE).expect("a child knows its store"),
+        log: std::env::var_os(CHILD_LOG).map(PathBuf::from),
+    })
+}
+
+/// A runtime for a child process's work.
+pub fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs this test binary again, as a child process in `role`; the test
+/// named `child_process_entry` reads the role and does the work.
+pub fn spawn_child(role: &str, store: &str, log: Option<&Path>) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ROLE, role)
+        .env(CHILD_STORE, store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(log) = log {
+        command.env(CHILD_LOG, log);
+    }
+    command.spawn().expect("spawn child process")
+}
+
+/// Waits for every child without blocking the runtime.
+pub async fn wait_all(children: Vec<Child>) -> Vec<ExitStatus> {
+    tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|mut child| child.wait().unwrap())
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits (without blocking the runtime) until the child prints `expected`.
+pub async fn wait_for_line(mut child: Child, expected: &'static str) -> Child {
+    tokio::task::spawn_blocking(move || {
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            // libtest may print "test name ... " on the same line first.
+            if line.unwrap().trim().ends_with(expected) {
+                return child;
+            }
+        }
+        panic!("child ended before printing {expected}");
+    })
+    .await
+    .unwrap()
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// 16 tasks acquire and release for two seconds, logging every hold to `log`
+/// as `NAME LEASE_ID START_NS END_NS`.
+pub async fn hammer<S: Store>(pool: Pool<S>, log: &Path) {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let tasks: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let (pool, lines) = (pool.clone(), lines.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed ^ u64::from(std::process::id()));
+                while tokio::time::Instant::now() < deadline {
+                    let lease = pool.acquire().await.unwrap();
+                    let start = now_ns();
+                    tokio::time::sleep(Duration::from_micros(rng.u64(100..1500))).await;
+                    let end = now_ns();
+                    lines.lock().unwrap().push(format!(
+                        "{} {} {start} {end}",
+                        lease.credential().name(),
+                        lease.id()
+                    ));
+                    lease.release().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut file = std::fs::File::create(log).unwrap();
+    for line in lines.lock().unwrap().iter() {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+/// Takes three leases, says `HELD`, and hangs until killed.
+pub async fn hold_and_hang<S: Store>(pool: Pool<S>) {
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pool.acquire().await.unwrap());
+    }
+    println!("HELD");
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// One hold read back from a hammer's log.
+#[derive(Debug)]
+pub struct LoggedHold {
+    pub name: String,
+    pub lease_id: u64,
+    start: u128,
+    end: u128,
+}
+
+/// Reads the hammers' logs and checks, in wall-clock order, that no
+/// credential was held twice at once and no lease id was granted twice.
+/// Returns the holds.
+pub fn check_hammer_logs(logs: &[PathBuf]) -> Vec<LoggedHold> {
+    let mut holds = Vec::new();
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            holds.push(LoggedHold {
+                name: fields[0].to_string(),
+                lease_id: fields[1].parse().unwrap(),
+                start: fields[2].parse().unwrap(),
+                end: fields[3].parse().unwrap(),
+            });
+        }
+    }
+    let log = HoldLog::new();
+    let mut points: Vec<(u128, bool, usize)> = holds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, hold)| [(hold.start, true, i), (hold.end, false, i)])
+        .collect();
+    points.sort_by_key(|&(at, is_start, _)| (at, is_start));
+    for (_, is_start, i) in points {
+        if is_start {
+            log.start(&holds[i].name, 1, holds[i].lease_id);
+        } else {
+            log.end(holds[i].lease_id);
+        }
+    }
+    log.check(|_| 1)
+        .expect("no credential held by two processes at once");
+    holds
+}
+
+/// How many holds each credential had.
+pub fn uses_per_name(holds: &[LoggedHold]) -> HashMap<&str, usize> {
+    let mut per_name: HashMap<&str, usize> = HashMap::new();
+    for hold in holds {
+        *per_name.entry(hold.name.as_str()).or_default() += 1;
+    }
+    per_name
+}
+
+async fn add_accounts<S: Store>(pool: &Pool<S>, count: usize) {
+    pool.add_many((0..count).map(|i| NewCredential::new(format!("account-{i}"), "s")))
+        .await
+        .unwrap();
+}
+
+/// Four child processes hammer the empty pool's store (found at `store`)
+/// with six credentials for two seconds; `log_of(i)` names child `i`'s log.
+/// Checks the logs, then that the store's state matches them.
+pub async fn four_hammers_never_hold_a_credential_twice<S: Store>(
+    pool: &Pool<S>,
+    store: &str,
+    log_of: impl Fn(usize) -> PathBuf,
+) {
+    add_accounts(pool, 6).await;
+    let logs: Vec<PathBuf> = (0..4).map(log_of).collect();
+    let children = logs
+        .iter()
+        .map(|log| spawn_child("hammer", store, Some(log)))
+        .collect();
+    let statuses = wait_all(children).await;
+    assert!(
+        statuses.iter().all(|status| status.success()),
+        "{statuses:?}"
+    );
+
+    let holds = check_hammer_logs(&logs);
+    assert!(
+        holds.len() > 400,
+        "the processes really worked: {} grants",
+        holds.len()
+    );
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(
+        (stats.total, stats.available, stats.leases),
+        (6, 6, 0),
+        "{stats:?}"
+    );
+    let uses: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
+    assert_eq!(uses, holds.len() as u64, "every grant is in a log");
+    assert_eq!(uses_per_name(&holds).len(), 6, "every credential was used");
+}
+
+/// A child process takes three of the empty pool's five credentials with a
+/// one-second TTL and is killed with SIGKILL: the three come back after the
+/// TTL, not before.
+pub async fn a_killed_holder_loses_its_leases_after_the_ttl<S: Store>(pool: &Pool<S>, store: &str) {
+    add_accounts(pool, 5).await;
+    let child = spawn_child("hold-and-hang", store, None);
+    let mut child = wait_for_line(child, "HELD").await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = tokio::time::Instant::now();
+
+    let mut early = Vec::new();
+    while let Some(lease) = pool.try_acquire().await.unwrap() {
+        early.push(lease);
+    }
+    if killed_at.elapsed() < Duration::from_millis(900) {
+        assert_eq!(
+            early.len(),
+            2,
+            "the killed process's leases are not granted before the TTL"
+        );
+    }
+    let mut all = early;
+    for _ in 0..3 {
+        all.push(
+            pool.acquire_timeout(Duration::from_secs(5))
+                .await
+                .expect("the dead process's credentials come back after the TTL"),
+        );
+    }
+    assert_eq!(all.len(), 5);
+}

@@ -1,0 +1,420 @@
+//! The conformance suite on the Postgres store, and what is particular to it:
+//! schemas that are not ours, notifications between stores, lost
+//! connections, and many processes on one database.
+//!
+//! Needs a server: `scripts/with-postgres.sh cargo test --features postgres`
+//! starts a throwaway one and sets `CREDPOOL_TEST_POSTGRES_URL`. Each test
+//! works in a fresh schema of its own.
+
+mod common;
+mod conformance;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use credpool::store::postgres::{PostgresStore, SCHEMA_VERSION};
+use credpool::{Error, NewCredential, Pool};
+
+use common::checker::HoldLog;
+use common::processes;
+
+const URL_VARIABLE: &str = "CREDPOOL_TEST_POSTGRES_URL";
+
+fn url() -> String {
+    std::env::var(URL_VARIABLE).unwrap_or_else(|_| {
+        panic!(
+            "{URL_VARIABLE} is not set, so there is no Postgres server to test against. \
+             Run the Postgres tests with `scripts/with-postgres.sh cargo test --features postgres`, \
+             which starts a throwaway server, or set {URL_VARIABLE} to a database you can spare."
+        )
+    })
+}
+
+/// A schema name no other test uses.
+fn fresh_schema(label: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "test_{label}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+async fn open(schema: &str) -> PostgresStore {
+    PostgresStore::options_url(&url())
+        .unwrap()
+        .schema(schema)
+        .open()
+        .await
+        .unwrap()
+}
+
+struct Postgres;
+
+impl conformance::Factory for Postgres {
+    type Store = PostgresStore;
+
+    async fn pool(&self, ttl: Option<Duration>) -> Pool<PostgresStore> {
+        let builder = Pool::builder(open(&fresh_schema("conformance")).await);
+        match ttl {
+            Some(ttl) => builder.lease_ttl(ttl).build(),
+            None => builder.no_lease_ttl().build(),
+        }
+    }
+}
+
+conformance_suite!(Postgres);
+
+/// A plain connection to the test server, for looking behind the store's back.
+async fn raw() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn pool_in(schema: &str, names: &[&str]) -> Pool<PostgresStore> {
+    let pool = Pool::new(open(schema).await);
+    pool.add_many(names.iter().map(|name| NewCredential::new(*name, "s")))
+        .await
+        .unwrap();
+    pool
+}
+
+#[tokio::test]
+async fn hands_out_least_recently_used_first() {
+    conformance::hands_out_least_recently_used_first(&Postgres).await;
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let schema = fresh_schema("reopen");
+    conformance::state_survives_reopening(|| async { Pool::new(open(&schema).await) }).await;
+}
+
+/// Opens the store in `schema` and expects it to be refused.
+async fn open_refused(schema: &str) -> Error {
+    PostgresStore::options_url(&url())
+        .unwrap()
+        .schema(schema)
+        .open()
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_as_it_was() {
+    let schema = fresh_schema("newer");
+    pool_in(&schema, &["a"]).await;
+    let client = raw().await;
+    client
+        .execute(
+            &format!("UPDATE {schema}.schema_version SET version = 99"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let error = open_refused(&schema).await;
+    match &error {
+        Error::StoreTooNew {
+            location,
+            found,
+            supported,
+        } => {
+            assert!(location.contains(&schema), "{location}");
+            assert_eq!((*found, *supported), (99, SCHEMA_VERSION));
+        }
+        other => panic!("expected StoreTooNew, got {other:?}"),
+    }
+    let version: i32 = client
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let count: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {schema}.credentials"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((version, count), (99, 1), "nothing was changed");
+}
+
+#[tokio::test]
+async fn a_schema_holding_other_tables_is_refused_and_left_as_it_was() {
+    let schema = fresh_schema("foreign");
+    let client = raw().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema}; CREATE TABLE {schema}.orders (id int);
+             INSERT INTO {schema}.orders VALUES (7);"
+        ))
+        .await
+        .unwrap();
+    let error = open_refused(&schema).await;
+    assert!(matches!(error, Error::NotAStore { .. }), "{error:?}");
+    assert!(error.to_string().contains(&schema), "{error}");
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(tables, ["orders"], "no table was added");
+    let order: i32 = client
+        .query_one(&format!("SELECT id FROM {schema}.orders"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(order, 7);
+}
+
+#[tokio::test]
+async fn bad_names_urls_and_servers_give_clear_errors_without_the_password() {
+    let error = PostgresStore::options_url("postgres://me:hunter2@127.0.0.1:1/app")
+        .unwrap()
+        .open()
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::Postgres { .. }), "{error:?}");
+    assert!(
+        message.contains("127.0.0.1:1"),
+        "names the server: {message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!format!("{error:?}").contains("hunter2"));
+
+    let error = PostgresStore::options_url("postgres://me:hunter2@[bad/app").unwrap_err();
+    assert!(matches!(error, Error::InvalidInput(_)), "{error:?}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+
+    for schema in ["Upper", "1st", "with space", "semi;colon", ""] {
+        let error = PostgresStore::options_url(&url())
+            .unwrap()
+            .schema(schema)
+            .open()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("schema"), "{schema:?}: {error}");
+    }
+    let options = PostgresStore::options_url("postgres://me:hunter2@localhost/app").unwrap();
+    assert!(!format!("{options:?}").contains("hunter2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_stores_opening_one_new_schema_at_once_all_succeed() {
+    let schema = fresh_schema("together");
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let schema = schema.clone();
+            tokio::spawn(async move {
+                PostgresStore::options_url(&url())
+                    .unwrap()
+                    .schema(schema)
+                    .connections(1)
+                    .open()
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().expect("every concurrent open succeeds");
+    }
+    let version: i32 = raw()
+        .await
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(i64::from(version), SCHEMA_VERSION);
+}
+
+/// A waiter hears of a release made through another store (another process,
+/// as far as it knows) by NOTIFY, long before its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_elsewhere_wakes_a_waiter_by_notify() {
+    let schema = fresh_schema("notify");
+    let slow_polling = |schema: &str| {
+        PostgresStore::options_url(&url())
+            .unwrap()
+            .schema(schema)
+            .poll_interval(Duration::from_secs(60))
+    };
+    let here = Pool::new(slow_polling(&schema).open().await.unwrap());
+    let elsewhere = Pool::new(slow_polling(&schema).open().await.unwrap());
+    here.add(NewCredential::new("only", "s")).await.unwrap();
+    let held = elsewhere.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let here = here.clone();
+        async move { here.acquire_timeout(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the credential is held elsewhere");
+    held.release().await.unwrap();
+    // Well before the 60 s poll: only the notification can wake it in time.
+    let lease = conformance::within(Duration::from_secs(5), "the waiter to be served", waiter)
+        .await
+        .unwrap()
+        .expect("served after the release elsewhere");
+    assert_eq!(lease.credential().name(), "only");
+}
+
+// ---- faults --------------------------------------------------------------
+
+/// The server ends the store's connections again and again while 16 tasks
+/// work: calls in flight fail with an error, later calls succeed, no
+/// credential is held twice, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_fail_cleanly_and_the_pool_goes_on() {
+    let schema = fresh_schema("terminate");
+    let application = format!("credpool-{schema}");
+    let mut config: tokio_postgres::Config = url().parse().unwrap();
+    config.application_name(&application);
+    let store = PostgresStore::options(config)
+        .schema(&schema)
+        .connections(4)
+        .lease_ttl(Duration::from_secs(1))
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::new(store);
+    let names: Vec<String> = (0..4).map(|i| format!("account-{i}")).collect();
+    pool.add_many(
+        names
+            .iter()
+            .map(|name| NewCredential::new(name.as_str(), "s")),
+    )
+    .await
+    .unwrap();
+
+    let log = Arc::new(HoldLog::new());
+    let (grants, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let workers: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let (pool, log) = (pool.clone(), log.clone());
+            let (grants, failures) = (grants.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed);
+                while tokio::time::Instant::now() < deadline {
+                    let lease = match pool.acquire_timeout(Duration::from_secs(5)).await {
+                        Ok(lease) => lease,
+                        Err(Error::Postgres { .. } | Error::StoreUnavailable { .. }) => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        Err(other) => panic!("unexpected error: {other}"),
+                    };
+                    grants.fetch_add(1, Ordering::SeqCst);
+                    log.start(lease.credential().name(), 1, lease.id().get());
+                    tokio::time::sleep(Duration::from_micros(rng.u64(200..2000))).await;
+                    log.end(lease.id().get());
+                    match lease.release().await {
+                        Ok(()) => {}
+                        // The lease comes back when it expires.
+                        Err(Error::Postgres { .. } | Error::StoreUnavailable { .. }) => {
+                            failures.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(other) => panic!("unexpected error: {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let killer = raw().await;
+    let mut kills = 0;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let killed = killer
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&application],
+            )
+            .await
+            .unwrap();
+        kills += killed.len();
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    log.check(|_| 1).expect("no credential held twice");
+    assert!(kills >= 10, "the server ended {kills} connections");
+    assert!(
+        failures.load(Ordering::SeqCst) > 0,
+        "some calls were in flight when their connection ended"
+    );
+    assert!(
+        grants.load(Ordering::SeqCst) > 100,
+        "the pool went on working: {} grants",
+        grants.load(Ordering::SeqCst)
+    );
+    // Leases whose release was lost come back after the 1 s TTL. A call on a
+    // connection the last kill ended may still fail, once per connection.
+    let mut all = Vec::new();
+    let mut late_failures = 0;
+    while all.len() < 4 {
+        match pool.acquire_timeout(Duration::from_secs(5)).await {
+            Ok(lease) => all.push(lease),
+            Err(Error::Postgres { .. }) if late_failures < 4 => late_failures += 1,
+            Err(error) => panic!("every credential comes back, but: {error}"),
+        }
+    }
+    drop(all);
+    let stats = conformance::leases_back(&pool).await;
+    assert_eq!((stats.total, stats.available), (4, 4), "{stats:?}");
+}
+
+/// Not a test of its own: the entry point of the child processes below.
+#[test]
+fn child_process_entry() {
+    let Some(child) = processes::child_role() else {
+        return;
+    };
+    processes::child_runtime().block_on(async move {
+        let options = PostgresStore::options_url(&url())
+            .unwrap()
+            .schema(&child.store);
+        match child.role.as_str() {
+            "hammer" => {
+                let pool = Pool::new(options.open().await.unwrap());
+                processes::hammer(pool, &child.log.unwrap()).await;
+            }
+            "hold-and-hang" => {
+                let store = options
+                    .lease_ttl(Duration::from_secs(1))
+                    .open()
+                    .await
+                    .unwrap();
+                processes::hold_and_hang(Pool::new(store)).await;
+            }
+            other => panic!("unknown child role {other}"),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_never_hold_a_credential_twice() {
+    let schema = fresh_schema("processes");
+    let pool = Pool::new(open(&schema).await);
+    processes::four_hammers_never_hold_a_credential_twice(&pool, &schema, |i| {
+        common::fresh_path("postgres-tests", &format!("{schema}-log{i}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_loses_its_leases_after_the_ttl() {
+    let schema = fresh_schema("killed");
+    let pool = Pool::new(open(&schema).await);
+    processes::a_killed_holder_loses_its_leases_after_the_ttl(&pool, &schema).await;
+    let stats = conformance::leases_back(&pool).await;
+    assert_eq!((stats.total, stats.available), (5, 5));
+}
