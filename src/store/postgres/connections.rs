@@ -26,6 +26,7 @@ pub(crate) struct Conn {
     pub(crate) renew: Statement,
     pub(crate) reclaim: Statement,
     pub(crate) busy: Statement,
+    pub(crate) announce: Statement,
 }
 
 /// Opens a connection, driven by a task on the current runtime.
@@ -92,6 +93,7 @@ impl Connections {
             renew: client.prepare(&self.sql.renew).await?,
             reclaim: client.prepare(&self.sql.reclaim).await?,
             busy: client.prepare(&self.sql.busy).await?,
+            announce: client.prepare(&self.sql.announce).await?,
             client,
         });
         *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());

@@ -182,6 +182,9 @@ impl PostgresOptions {
                 connections,
                 sql,
                 payload: format!("{instance}:{}", self.pool),
+                instance,
+                announce_for: ms(self.poll_interval * 4).max(1_000),
+                last_announced: AtomicI64::new(0),
                 channel,
                 pool: self.pool,
                 location,
@@ -383,6 +386,13 @@ struct Inner {
     channel: String,
     /// `INSTANCE:POOL`: the listener ignores the notes this store sent.
     payload: String,
+    /// This store among all that share the schema.
+    instance: String,
+    /// How long, in ms, an announcement that this store has waiters lasts;
+    /// the first waiter renews it at each poll.
+    announce_for: i64,
+    /// When this store last announced that it has waiters, in ms.
+    last_announced: AtomicI64,
     /// When this process last reclaimed expired leases, in ms.
     last_reclaim: AtomicI64,
     /// Read-held by each release running in the background (of a dropped
@@ -456,12 +466,14 @@ impl Inner {
                 return Ok((GrantAttempt::Granted(grant), expired));
             }
             let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
-            let (reclaimed, busy) = tokio::join!(
+            let (reclaimed, busy, announced) = tokio::join!(
                 self.reclaim(&conn),
-                conn.client.query_one(&conn.busy, &pool)
+                conn.client.query_one(&conn.busy, &pool),
+                self.announce_waiters(&conn),
             );
             let reclaimed = reclaimed?;
             let busy = busy?;
+            announced?;
             if !busy.get::<_, bool>(0) {
                 return Err(Error::NoCredentials {
                     pool: self.pool.clone(),
@@ -491,6 +503,23 @@ impl Inner {
                 expired,
             )),
         }
+    }
+
+    /// Says (at most once per half announcement) that this store has
+    /// waiters, so that releases in other stores notify it.
+    async fn announce_waiters(&self, conn: &Conn) -> Result<()> {
+        let now = now_ms();
+        if now - self.last_announced.load(Ordering::Relaxed) < self.announce_for / 2 {
+            return Ok(());
+        }
+        self.last_announced.store(now, Ordering::Relaxed);
+        conn.client
+            .execute(
+                &conn.announce,
+                &[&self.pool, &self.instance, &self.announce_for],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn acquire(&self, conn: &Conn, ttl: Option<i64>) -> Result<Option<Grant>> {
@@ -543,6 +572,7 @@ impl Inner {
                     &disable,
                     &self.channel,
                     &self.payload,
+                    &self.instance,
                 ],
             )
             .await?;

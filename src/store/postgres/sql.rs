@@ -16,9 +16,14 @@ pub(crate) struct Sql {
     /// capacity, lease id, acquired_at, expires_at; no row when none is free.
     pub(crate) acquire: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` cool-down in ms,
-    /// `$5` disable reason, `$6` channel, `$7` payload. Fenced: changes nothing
-    /// unless the lease is still held and not expired. Returns the name.
+    /// `$5` disable reason, `$6` channel, `$7` payload, `$8` this store's
+    /// instance. Fenced: changes nothing unless the lease is still held and
+    /// not expired. Returns the name. Notifies only when another store has
+    /// said it has waiters: `NOTIFY` takes a lock that serialises commits.
     pub(crate) release: String,
+    /// `$1` pool, `$2` instance, `$3` how long in ms. Says that this store
+    /// has waiters, so releases elsewhere notify it.
+    pub(crate) announce: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` TTL in ms. Fenced as
     /// release. Returns the new expiry.
     pub(crate) renew: String,
@@ -37,6 +42,7 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let credentials = format!("\"{schema}\".credentials");
         let leases = format!("\"{schema}\".leases");
+        let waiting = format!("\"{schema}\".waiting");
         Self {
             acquire: format!(
                 "WITH picked AS (
@@ -79,7 +85,15 @@ impl Sql {
                      FROM gone WHERE c.id = gone.credential_id
                      RETURNING c.name
                  )
-                 SELECT back.name, pg_notify($6, $7)::text FROM back"
+                 SELECT back.name,
+                        CASE WHEN EXISTS (SELECT 1 FROM {waiting}
+                                          WHERE pool = $3 AND instance <> $8 AND until > {NOW})
+                             THEN pg_notify($6, $7)::text END
+                 FROM back"
+            ),
+            announce: format!(
+                "INSERT INTO {waiting} (pool, instance, until) VALUES ($1, $2, {NOW} + $3::bigint)
+                 ON CONFLICT (pool, instance) DO UPDATE SET until = excluded.until"
             ),
             renew: format!(
                 "UPDATE {leases} SET expires_at = {NOW} + $4::bigint
@@ -88,7 +102,10 @@ impl Sql {
                  RETURNING expires_at"
             ),
             reclaim: format!(
-                "WITH expired AS (
+                "WITH forgotten AS (
+                     DELETE FROM {waiting} WHERE pool = $1 AND until < {NOW} - 60000
+                 ),
+                 expired AS (
                      DELETE FROM {leases} WHERE id IN (
                          SELECT id FROM {leases}
                          WHERE pool = $1 AND expires_at <= {NOW}
@@ -242,6 +259,13 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
          );
          CREATE INDEX leases_by_expiry ON \"{schema}\".leases (pool, expires_at)
              WHERE expires_at IS NOT NULL;
-         CREATE INDEX leases_by_credential ON \"{schema}\".leases (credential_id);"
+         CREATE INDEX leases_by_credential ON \"{schema}\".leases (credential_id);
+         -- The stores that have waiters, so that releases elsewhere notify them.
+         CREATE TABLE \"{schema}\".waiting (
+             pool     text   NOT NULL,
+             instance text   NOT NULL,
+             until    bigint NOT NULL,
+             PRIMARY KEY (pool, instance)
+         );"
     )]
 }
