@@ -12,7 +12,9 @@ const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 pub(crate) struct Sql {
     /// `$1` pool, `$2` TTL in ms (NULL: none). Picks the least recently used
     /// free credential, skipping rows other transactions hold, marks it used
-    /// and records the lease. Returns credential id, name, secret, extra,
+    /// (found again by its id, not its `ctid`: a row updated by another
+    /// transaction since the statement began has a new `ctid` that the
+    /// statement cannot see) and records the lease. Returns credential id, name, secret, extra,
     /// capacity, lease id, acquired_at, expires_at; no row when none is free.
     pub(crate) acquire: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` cool-down in ms,
@@ -35,6 +37,7 @@ pub(crate) struct Sql {
     /// and when the next cool-down ends and the next lease expires.
     pub(crate) busy: String,
     pub(crate) credentials: String,
+    pub(crate) leases: String,
 }
 
 impl Sql {
@@ -57,7 +60,7 @@ impl Sql {
                      UPDATE {credentials} AS c
                      SET holders = c.holders + 1, last_used_at = {NOW},
                          use_count = c.use_count + 1, cooling_until = NULL
-                     FROM picked WHERE c.id = picked.id
+                     WHERE c.id = (SELECT id FROM picked)
                      RETURNING c.id, c.name, c.secret, c.extra, c.capacity
                  ),
                  leased AS (
@@ -82,7 +85,7 @@ impl Sql {
                          cooling_until = CASE WHEN $4::bigint IS NULL THEN c.cooling_until
                              ELSE greatest(coalesce(c.cooling_until, 0), {NOW} + $4::bigint) END,
                          disabled_reason = coalesce($5::text, c.disabled_reason)
-                     FROM gone WHERE c.id = gone.credential_id
+                     WHERE c.id = (SELECT credential_id FROM gone)
                      RETURNING c.name
                  )
                  SELECT back.name,
@@ -136,7 +139,7 @@ impl Sql {
                       WHERE pool = $1 AND expires_at IS NOT NULL)"
             ),
             credentials,
-
+            leases,
         }
     }
 
@@ -154,11 +157,19 @@ impl Sql {
         )
     }
 
-    /// `$1` pool, `$2` name, `$3` force. Returns the removed id.
+    /// `$1` pool, `$2` name, `$3` force. Removes the credential and its
+    /// leases; returns the removed id.
     pub(crate) fn remove(&self) -> String {
         format!(
-            "DELETE FROM {} WHERE pool = $1 AND name = $2 AND ($3 OR holders = 0) RETURNING id",
-            self.credentials
+            "WITH removed AS (
+                 DELETE FROM {} WHERE pool = $1 AND name = $2 AND ($3 OR holders = 0)
+                 RETURNING id
+             ),
+             leases AS (
+                 DELETE FROM {} WHERE credential_id IN (SELECT id FROM removed)
+             )
+             SELECT id FROM removed",
+            self.credentials, self.leases
         )
     }
 
@@ -253,13 +264,16 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
          CREATE TABLE \"{schema}\".leases (
              id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
              pool          text   NOT NULL,
-             credential_id bigint NOT NULL REFERENCES \"{schema}\".credentials (id) ON DELETE CASCADE,
+             credential_id bigint NOT NULL,
              acquired_at   bigint NOT NULL,
              expires_at    bigint
          );
+         -- No foreign key to credentials, and no index on credential_id:
+         -- every grant would pay for them (the key's check is a query of its
+         -- own). The table holds only live leases, and removing a credential
+         -- removes its leases in the same statement.
          CREATE INDEX leases_by_expiry ON \"{schema}\".leases (pool, expires_at)
              WHERE expires_at IS NOT NULL;
-         CREATE INDEX leases_by_credential ON \"{schema}\".leases (credential_id);
          -- The stores that have waiters, so that releases elsewhere notify them.
          CREATE TABLE \"{schema}\".waiting (
              pool     text   NOT NULL,
