@@ -418,3 +418,57 @@ async fn a_killed_process_loses_its_leases_after_the_ttl() {
     let stats = conformance::leases_back(&pool).await;
     assert_eq!((stats.total, stats.available), (5, 5));
 }
+
+/// The command line works on a Postgres store with `--url`.
+#[test]
+fn the_cli_works_with_url() {
+    let schema = fresh_schema("cli");
+    let credpool = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_credpool"))
+            .args(["--url", &url(), "--schema", &schema])
+            .args(args)
+            .env_remove("CREDPOOL_DB")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "credpool {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(credpool(&["init"], "").contains(&schema));
+    credpool(&["add", "alice", "--secret-stdin"], "hunter2\n");
+    credpool(
+        &["import", "-"],
+        r#"[{"username": "bob", "password": "pw", "cookie": "c"}]"#,
+    );
+    credpool(&["disable", "bob", "--reason", "banned"], "");
+    let listed: serde_json::Value =
+        serde_json::from_str(&credpool(&["list", "--json"], "")).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let stats = credpool(&["stats", "--json"], "");
+    assert!(!stats.contains("hunter2"));
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        (stats["total"].as_u64(), stats["disabled"].as_u64()),
+        (Some(2), Some(1))
+    );
+}

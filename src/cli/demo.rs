@@ -1,17 +1,15 @@
 //! `credpool demo`: aio-credentials-pool's worker simulation, with graceful stop.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use credpool::store::sqlite::SqliteStore;
-use credpool::{Error, NewCredential, Pool};
+use credpool::{Error, NewCredential, Pool, Store};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Failure, Outcome};
+use super::{Failure, Outcome, Place};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -54,7 +52,7 @@ struct Counters {
     failed_releases: AtomicU64,
 }
 
-pub(crate) async fn run(pool: Pool<SqliteStore>, db: &Path, args: DemoArgs) -> Outcome {
+pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) -> Outcome {
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
@@ -72,12 +70,16 @@ pub(crate) async fn run(pool: Pool<SqliteStore>, db: &Path, args: DemoArgs) -> O
         });
         pool.add_many(demo).await?;
         eprintln!(
-            "created {} demo credentials in {} (delete the file to start over)",
+            "created {} demo credentials in {} (remove them to start over)",
             args.credentials,
-            db.display()
+            place.describe()
         );
     } else {
-        eprintln!("using the {} credentials in {}", before.total, db.display());
+        eprintln!(
+            "using the {} credentials in {}",
+            before.total,
+            place.describe()
+        );
     }
     eprintln!(
         "{} workers, work {}..{} ms; Ctrl-C, SIGTERM or SIGHUP stops gracefully",
@@ -184,8 +186,8 @@ async fn wait_for_stop(duration: Option<f64>) -> &'static str {
 }
 
 /// Prints grants per second, use and waiters every second until the stop.
-async fn report(
-    pool: Pool<SqliteStore>,
+async fn report<S: Store>(
+    pool: Pool<S>,
     counters: Arc<Counters>,
     mut stopped: watch::Receiver<bool>,
 ) {

@@ -2,13 +2,12 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
-use std::path::Path;
 use std::time::Instant;
 
-use credpool::{Error, NewCredential};
+use credpool::{Error, NewCredential, Pool, Store};
 use serde::Deserialize;
 
-use super::{open, Failure, Outcome};
+use super::{Failure, Outcome};
 
 /// Above this many entries, import reports its progress.
 const LARGE: usize = 10_000;
@@ -28,45 +27,72 @@ struct Entry {
     capacity: Option<u32>,
 }
 
-pub(crate) async fn run(db: &Path, pool_name: &str, file: &str, skip_existing: bool) -> Outcome {
+/// An import file read and checked, not yet written.
+pub(crate) struct Input {
+    label: String,
+    credentials: Vec<NewCredential>,
+    skip_existing: bool,
+    started: Instant,
+}
+
+/// Reads and checks the whole file (`-` for stdin); nothing is written yet.
+pub(crate) fn read_input(file: &str, skip_existing: bool) -> Result<Input, Failure> {
     let started = Instant::now();
     let label = if file == "-" { "stdin" } else { file };
     let text = read(file).map_err(|error| Failure(format!("{label}: cannot read: {error}")))?;
     let credentials = parse(&text, label, skip_existing)?;
-    let total = credentials.len();
-    let chatty = total >= LARGE;
-    if chatty {
-        progress(&format!(
-            "{label}: {total} entries read and checked in {:.1?}; writing them in one transaction…",
-            started.elapsed()
-        ));
-    }
-    let pool = open(db, pool_name, true).await?;
-    let added = if skip_existing {
-        pool.add_many_skip_existing(credentials).await
-    } else {
-        pool.add_many(credentials).await
-    }
-    .map_err(|error| match error {
-        Error::DuplicateName { .. } => Failure(format!(
-            "{label}: {error}; nothing was imported (use --skip-existing to keep the ones that exist)"
-        )),
-        other => Failure(format!("{label}: {other}; nothing was imported")),
-    })?;
-    if chatty {
-        progress("");
-    }
-    let skipped = total - added;
-    outln!(
-        "imported {added} credentials from {label} into pool `{pool_name}` in {:.1?}{}",
-        started.elapsed(),
-        if skipped > 0 {
-            format!(" ({skipped} skipped: name already there)")
-        } else {
-            String::new()
+    Ok(Input {
+        label: label.to_string(),
+        credentials,
+        skip_existing,
+        started,
+    })
+}
+
+impl Input {
+    /// Adds every credential in one transaction, or none.
+    pub(crate) async fn write_to<S: Store>(self, pool: &Pool<S>) -> Outcome {
+        let Input {
+            label,
+            credentials,
+            skip_existing,
+            started,
+        } = self;
+        let total = credentials.len();
+        let chatty = total >= LARGE;
+        if chatty {
+            progress(&format!(
+                "{label}: {total} entries read and checked in {:.1?}; writing them in one transaction…",
+                started.elapsed()
+            ));
         }
-    );
-    Ok(())
+        let added = if skip_existing {
+            pool.add_many_skip_existing(credentials).await
+        } else {
+            pool.add_many(credentials).await
+        }
+        .map_err(|error| match error {
+            Error::DuplicateName { .. } => Failure(format!(
+                "{label}: {error}; nothing was imported (use --skip-existing to keep the ones that exist)"
+            )),
+            other => Failure(format!("{label}: {other}; nothing was imported")),
+        })?;
+        if chatty {
+            progress("");
+        }
+        let skipped = total - added;
+        outln!(
+            "imported {added} credentials from {label} into pool `{}` in {:.1?}{}",
+            pool.name(),
+            started.elapsed(),
+            if skipped > 0 {
+                format!(" ({skipped} skipped: name already there)")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
 }
 
 fn read(file: &str) -> std::io::Result<String> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use credpool::store::sqlite::SqliteStore;
-use credpool::{Error, NewCredential, Pool};
+use credpool::{Error, NewCredential, Pool, Store};
 
 /// The error of a command: one line for the user, exit code 1.
 #[derive(Debug)]
@@ -72,6 +72,17 @@ struct Args {
         default_value = "credpool.db"
     )]
     db: PathBuf,
+
+    /// A Postgres store instead of the file: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
+    /// (tables in the schema given by --schema).
+    #[cfg(feature = "postgres")]
+    #[arg(long, global = true, env = "CREDPOOL_URL", conflicts_with = "db")]
+    url: Option<String>,
+
+    /// The Postgres schema that holds credpool's tables.
+    #[cfg(feature = "postgres")]
+    #[arg(long, global = true, default_value = "credpool", requires = "url")]
+    schema: String,
 
     /// The pool within the store.
     #[arg(long, global = true, default_value = "default")]
@@ -211,67 +222,162 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
-/// Opens the store; `create` says whether a missing file may be created.
-pub(crate) async fn open(
-    args_db: &Path,
-    pool: &str,
-    create: bool,
-) -> Result<Pool<SqliteStore>, Failure> {
-    if !create && !args_db.exists() {
-        return Err(Failure(format!(
-            "{}: no store there: run `credpool init` (or `credpool import FILE`) first, or pass --db",
-            args_db.display()
-        )));
+/// Where the store is: the file of `--db`, or the database of `--url`.
+pub(crate) enum Place {
+    File(PathBuf),
+    #[cfg(feature = "postgres")]
+    Postgres {
+        url: String,
+        schema: String,
+    },
+}
+
+impl Place {
+    fn from_args(args: &Args) -> Self {
+        #[cfg(feature = "postgres")]
+        if let Some(url) = &args.url {
+            return Place::Postgres {
+                url: url.clone(),
+                schema: args.schema.clone(),
+            };
+        }
+        Place::File(args.db.clone())
     }
-    let store = SqliteStore::options(args_db).pool(pool).open().await?;
-    Ok(Pool::new(store))
+
+    /// For messages: the file, or the server, database and schema (never a password).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Place::File(path) => path.display().to_string(),
+            #[cfg(feature = "postgres")]
+            Place::Postgres { url, schema } => {
+                credpool::store::postgres::PostgresStore::options_url(url)
+                    .map(|options| options.schema(schema.as_str()).location())
+                    .unwrap_or_else(|_| "the postgres database".into())
+            }
+        }
+    }
+
+    /// Whether the store is there already, when that can be told before
+    /// opening it (a file); `None` for a database.
+    fn exists(&self) -> Option<bool> {
+        match self {
+            Place::File(path) => Some(path.exists()),
+            #[cfg(feature = "postgres")]
+            Place::Postgres { .. } => None,
+        }
+    }
+
+    /// Opens the file store; `create` says whether a missing file may be created.
+    async fn open_file(
+        path: &Path,
+        pool: &str,
+        create: bool,
+    ) -> Result<Pool<SqliteStore>, Failure> {
+        if !create && !path.exists() {
+            return Err(Failure(format!(
+                "{}: no store there: run `credpool init` (or `credpool import FILE`) first, or pass --db",
+                path.display()
+            )));
+        }
+        let store = SqliteStore::options(path).pool(pool).open().await?;
+        Ok(Pool::new(store))
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn open_postgres(
+        url: &str,
+        schema: &str,
+        pool: &str,
+    ) -> Result<Pool<credpool::store::postgres::PostgresStore>, Failure> {
+        let store = credpool::store::postgres::PostgresStore::options_url(url)?
+            .schema(schema)
+            .pool(pool)
+            .open()
+            .await?;
+        Ok(Pool::new(store))
+    }
+}
+
+/// Opens the pool at a [`Place`] and runs `$body` with it bound to `$pool`,
+/// whichever store it is (the body is compiled once per store type).
+macro_rules! with_pool {
+    ($place:expr, $name:expr, $create:expr, |$pool:ident| $body:expr) => {
+        match $place {
+            Place::File(path) => {
+                let $pool = Place::open_file(path, $name, $create).await?;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Place::Postgres { url, schema } => {
+                let $pool = Place::open_postgres(url, schema, $name).await?;
+                $body
+            }
+        }
+    };
 }
 
 async fn run(args: Args) -> Outcome {
-    let (db, pool_name) = (args.db.as_path(), args.pool.as_str());
+    let place = Place::from_args(&args);
+    let name = args.pool.as_str();
     match args.command {
-        Command::Init => {
-            let existed = db.exists();
-            let pool = open(db, pool_name, true).await?;
-            let total = pool.stats().await?.total;
-            if existed {
-                outln!(
-                    "{}: store already there ({total} credentials in pool `{pool_name}`)",
-                    db.display()
-                );
-            } else {
-                outln!("{}: created an empty store", db.display());
-            }
-            Ok(())
+        // Read and check the whole file before the store is opened (or made).
+        Command::Import {
+            file,
+            skip_existing,
+        } => {
+            let input = import::read_input(&file, skip_existing)?;
+            with_pool!(&place, name, true, |pool| input.write_to(&pool).await)
         }
         Command::Add {
-            name,
+            name: credential,
             secret_stdin,
             secret_env,
             extra,
             capacity,
         } => {
             let secret = read_secret(secret_stdin, secret_env.as_deref())?;
-            let pool = open(db, pool_name, true).await?;
-            pool.add(
-                NewCredential::new(name.as_str(), secret)
-                    .maybe_extra(extra)
-                    .capacity(capacity),
-            )
-            .await?;
-            outln!("added {name:?} to pool `{pool_name}`");
+            let credential = NewCredential::new(credential, secret)
+                .maybe_extra(extra)
+                .capacity(capacity);
+            with_pool!(&place, name, true, |pool| {
+                let added = credential.name().to_string();
+                pool.add(credential).await?;
+                outln!("added {added:?} to pool `{name}`");
+                Ok(())
+            })
+        }
+        command => {
+            let existed = place.exists();
+            let create = matches!(command, Command::Init | Command::Demo(_));
+            with_pool!(&place, name, create, |pool| {
+                execute(pool, &place, existed, command).await
+            })
+        }
+    }
+}
+
+/// Runs a command that needs nothing but the open pool.
+async fn execute<S: Store>(
+    pool: Pool<S>,
+    place: &Place,
+    existed: Option<bool>,
+    command: Command,
+) -> Outcome {
+    match command {
+        Command::Init => {
+            let total = pool.stats().await?.total;
+            let (place, name) = (place.describe(), pool.name());
+            match existed {
+                Some(true) => {
+                    outln!("{place}: store already there ({total} credentials in pool `{name}`)")
+                }
+                Some(false) => outln!("{place}: created an empty store"),
+                None => outln!("{place}: ready ({total} credentials in pool `{name}`)"),
+            }
             Ok(())
         }
-        Command::Import {
-            file,
-            skip_existing,
-        } => import::run(db, pool_name, &file, skip_existing).await,
-        Command::List { json, show_secrets } => {
-            let pool = open(db, pool_name, false).await?;
-            output::list(&pool, json, show_secrets).await
-        }
+        Command::List { json, show_secrets } => output::list(&pool, json, show_secrets).await,
         Command::Remove { name, force } => {
-            let pool = open(db, pool_name, false).await?;
             if force {
                 pool.remove_forced(&name).await?;
             } else {
@@ -286,28 +392,22 @@ async fn run(args: Args) -> Outcome {
             Ok(())
         }
         Command::Disable { name, reason } => {
-            let pool = open(db, pool_name, false).await?;
             pool.disable(&name, reason).await?;
             outln!("disabled {name:?}");
             Ok(())
         }
         Command::Enable { name } => {
-            let pool = open(db, pool_name, false).await?;
             pool.enable(&name).await?;
             outln!("enabled {name:?}");
             Ok(())
         }
-        Command::Stats { json } => {
-            let pool = open(db, pool_name, false).await?;
-            output::stats(&pool.stats().await?, json)
-        }
+        Command::Stats { json } => output::stats(&pool.stats().await?, json),
         Command::Watch { interval_ms, count } => {
-            let pool = open(db, pool_name, false).await?;
             watch::run(&pool, Duration::from_millis(interval_ms.max(50)), count).await
         }
-        Command::Demo(demo_args) => {
-            let pool = open(db, pool_name, true).await?;
-            demo::run(pool, db, demo_args).await
+        Command::Demo(demo_args) => demo::run(pool, place, demo_args).await,
+        Command::Import { .. } | Command::Add { .. } => {
+            unreachable!("import and add are run before the pool is opened")
         }
     }
 }

@@ -140,6 +140,11 @@ impl PostgresOptions {
         self
     }
 
+    /// Where the store is: server, database and schema (never the password).
+    pub fn location(&self) -> String {
+        location(&self.config, &self.schema)
+    }
+
     /// Connects, creates or migrates the schema, and starts listening.
     ///
     /// # Errors
