@@ -68,7 +68,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
                 .collect();
             NewCredential::new(format!("demo-{i:04}"), secret)
         });
-        pool.add_many(demo).await?;
+        pool.add_many_skip_existing(demo).await?;
         eprintln!(
             "created {} demo credentials in {} (remove them to start over)",
             args.credentials,
