@@ -482,3 +482,53 @@ pub(crate) fn duration_ms(duration: Duration) -> i64 {
     let ms = duration.as_nanos().div_ceil(1_000_000);
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random strings of letters, multi-byte characters and control
+    /// characters, around the length limit: the check never panics, takes
+    /// exactly the names the rules allow, and a refusal names the field.
+    #[test]
+    fn random_names_are_checked_by_the_rules() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let alphabet = [
+            'a', 'Z', '0', ' ', '-', 'é', '日', '🔑', '\n', '\0', '\u{7f}', '\u{9f}',
+        ];
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let length = match rng.u8(..4) {
+                0 => rng.usize(0..4),
+                1 => rng.usize(60..70),
+                _ => rng.usize(240..262),
+            };
+            let name: String = (0..length)
+                .map(|_| {
+                    if rng.u8(..50) == 0 {
+                        alphabet[rng.usize(..alphabet.len())]
+                    } else {
+                        alphabet[rng.usize(..4)]
+                    }
+                })
+                .collect();
+            let allowed = !name.is_empty()
+                && name.len() <= MAX_NAME_BYTES
+                && !name.chars().any(|c| c.is_control());
+            match validate_name(&name) {
+                Ok(()) => {
+                    assert!(allowed, "took {name:?}");
+                    accepted += 1;
+                }
+                Err(error) => {
+                    assert!(!allowed, "refused {name:?}: {error}");
+                    assert!(error.to_string().contains("name"), "{error}");
+                }
+            }
+        }
+        assert!(
+            accepted > 1_000,
+            "the generator makes good names too ({accepted})"
+        );
+    }
+}

@@ -261,4 +261,163 @@ mod tests {
         );
         assert_eq!(parse(text, "f.json", true).unwrap().len(), 1);
     }
+
+    /// One generated entry: its JSON, its name, and whether it is valid.
+    struct Generated {
+        json: String,
+        name: Option<String>,
+        valid: bool,
+    }
+
+    fn random_text(rng: &mut fastrand::Rng) -> String {
+        let pieces = [
+            "a", "Z", "7", " ", "é", "日本", "🔑", r"\n", r"\t", r"\u007f", r#"\""#, r"\\",
+        ];
+        (0..rng.usize(0..12))
+            .map(|_| pieces[rng.usize(..pieces.len())])
+            .collect()
+    }
+
+    /// A name as JSON text, and whether `validate_name` should take it.
+    fn random_name(rng: &mut fastrand::Rng, serial: usize) -> (String, String, bool) {
+        match rng.u8(..10) {
+            0 => (String::new(), String::new(), false),
+            1 => {
+                let long = "n".repeat(rng.usize(250..260));
+                (long.clone(), long.clone(), long.len() <= 255)
+            }
+            2 => {
+                // Control characters, escaped in the JSON.
+                let escaped = format!("bad\\u00{:02x}name", rng.u8(..0x20));
+                let name = format!("bad{}name", char::from(0u8));
+                (escaped, name, false)
+            }
+            3 => ("dup".into(), "dup".into(), true),
+            _ => {
+                let name = format!("user-{serial}-{}", rng.alphanumeric());
+                (name.clone(), name, true)
+            }
+        }
+    }
+
+    fn random_entry(rng: &mut fastrand::Rng, serial: usize, secret: &str) -> Generated {
+        let (json_name, name, name_valid) = random_name(rng, serial);
+        let defect = rng.u8(..12);
+        let (json, valid) = match defect {
+            0 => (format!(r#"{{"username": "{json_name}"}}"#), false),
+            1 => (
+                format!(r#"{{"name": "{json_name}", "secret": "{secret}", "capacity": 0}}"#),
+                false,
+            ),
+            2 => (
+                format!(r#"{{"username": "{json_name}", "password": "{secret}", "name": "x"}}"#),
+                false,
+            ),
+            3 => (
+                format!(
+                    r#"{{"username": "{json_name}", "password": {}}}"#,
+                    rng.u32(..)
+                ),
+                false,
+            ),
+            4 => (
+                format!(r#"{{"name": "{json_name}", "secret": "{secret}", "color": "red"}}"#),
+                false,
+            ),
+            5 => (format!(r#"{{"secret": "{secret}"}}"#), false),
+            6 => (
+                format!(r#"{{"name": "{json_name}", "secret": "{secret}\u0000"}}"#),
+                false,
+            ),
+            7 | 8 => (
+                format!(
+                    r#"{{"name": "{json_name}", "secret": "{secret}", "extra": "{}", "capacity": {}}}"#,
+                    random_text(rng),
+                    rng.u32(1..5)
+                ),
+                name_valid,
+            ),
+            _ => (
+                format!(r#"{{"username": "{json_name}", "password": "{secret}", "cookie": null}}"#),
+                name_valid,
+            ),
+        };
+        Generated {
+            json,
+            name: valid.then_some(name),
+            valid,
+        }
+    }
+
+    /// Random import files, well formed or not: `parse` never panics, takes
+    /// exactly the files whose every entry is valid, and never repeats a
+    /// secret in an error.
+    #[test]
+    fn random_files_are_taken_or_refused_as_a_whole() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut taken = 0;
+        for case in 0..4_000 {
+            let secret = format!("SECRET{case}x{}", rng.u64(..));
+            let entries: Vec<Generated> = (0..rng.usize(0..6))
+                .map(|serial| random_entry(&mut rng, serial, &secret))
+                .collect();
+            let text = format!(
+                "[{}]",
+                entries
+                    .iter()
+                    .map(|e| e.json.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let skip_existing = rng.bool();
+            let names: Vec<&str> = entries.iter().filter_map(|e| e.name.as_deref()).collect();
+            let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+            let all_valid = entries.iter().all(|e| e.valid);
+            let expected = all_valid
+                .then(|| (skip_existing || unique.len() == names.len()).then_some(unique.len()));
+            match parse(&text, "t", skip_existing) {
+                Ok(credentials) => {
+                    assert_eq!(expected, Some(Some(credentials.len())), "took {text}");
+                    assert!(credentials.iter().all(|c| c.validate().is_ok()));
+                    taken += 1;
+                }
+                Err(Failure(message)) => {
+                    assert!(
+                        matches!(expected, None | Some(None)),
+                        "refused {text}: {message}"
+                    );
+                    assert!(!message.contains(&secret), "{message}");
+                    assert!(message.contains("nothing was imported"), "{message}");
+                }
+            }
+        }
+        assert!(taken > 100, "the generator makes valid files too ({taken})");
+    }
+
+    /// Valid files cut short or with a byte changed: refused or taken, never a panic.
+    #[test]
+    fn damaged_files_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let base = r#"[{"username": "u1", "password": "p1", "cookie": "c=1"},
+                       {"name": "n1", "secret": "s1", "extra": "e", "capacity": 3}]"#
+            .as_bytes();
+        for _ in 0..4_000 {
+            let mut bytes = base.to_vec();
+            match rng.u8(..3) {
+                0 => bytes.truncate(rng.usize(..bytes.len())),
+                1 => {
+                    let at = rng.usize(..bytes.len());
+                    bytes[at] = rng.u8(..);
+                }
+                _ => {
+                    let at = rng.usize(..bytes.len());
+                    bytes.insert(at, *b"[]{}\",:0\n".get(rng.usize(..11)).unwrap_or(&b'x'));
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(credentials) = parse(&text, "t", false) {
+                assert!(credentials.iter().all(|c| c.validate().is_ok()));
+            }
+        }
+    }
 }
