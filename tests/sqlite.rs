@@ -306,6 +306,7 @@ fn child_process_entry() {
                     .unwrap();
                 processes::hold_and_hang(Pool::new(store)).await;
             }
+            "fill-disk" => child_fill_disk(&child.store).await,
             other => panic!("unknown child role {other}"),
         }
     });
@@ -420,4 +421,93 @@ async fn a_long_write_lock_elsewhere_delays_or_fails_cleanly() {
     drop(lease);
     let stats = conformance::leases_back(&pool).await;
     assert_eq!((stats.total, stats.available), (8, 8));
+}
+
+/// Adds credentials with 60 KiB secrets until a write fails; prints
+/// `FILLED|<added>|<error>`.
+async fn child_fill_disk(db: &str) {
+    let pool = Pool::new(SqliteStore::open(db).await.unwrap());
+    let secret = "s".repeat(60 * 1024);
+    let mut added = 0;
+    let outcome = loop {
+        if added == 5_000 {
+            break "never full".to_string();
+        }
+        match pool
+            .add(NewCredential::new(
+                format!("filler-{added}"),
+                secret.as_str(),
+            ))
+            .await
+        {
+            Ok(()) => added += 1,
+            Err(error) => break error.to_string(),
+        }
+    };
+    println!("FILLED|{added}|{outcome}");
+}
+
+/// The disk fills up while a process writes: its write fails with a clear
+/// error, and once there is room again the store opens, passes
+/// `integrity_check`, and holds every credential it held before plus the
+/// ones whose writes succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
+    let db = fresh_path("full");
+    {
+        let pool = pool_at(&db, &[]).await;
+        pool.add_many((0..50).map(|i| NewCredential::new(format!("account-{i}"), "s")))
+            .await
+            .unwrap();
+        let lease = pool.acquire().await.unwrap();
+        lease.release().await.unwrap();
+    }
+    let size = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", db.display()))
+            .map(|meta| meta.len())
+            .unwrap_or(0)
+    };
+    let limit = size("").max(size("-wal")) + 1024 * 1024;
+    let child = processes::spawn_child_with_file_limit("fill-disk", db.to_str().unwrap(), limit);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout
+        .lines()
+        .find_map(|line| line.split_once("FILLED|").map(|(_, report)| report))
+        .unwrap_or_else(|| panic!("no report from the child: {stdout}"));
+    let (added, error) = report.split_once('|').unwrap();
+    let added: u64 = added.parse().unwrap();
+    assert_ne!(error, "never full", "the file limit never bit");
+    assert!(
+        error.contains(db.to_str().unwrap()) && (error.contains("full") || error.contains("I/O")),
+        "a clear error that names the file: {error}"
+    );
+    assert!(!error.contains("ssssssss"), "no secret in the error");
+
+    // Room again: the store opens and holds what it held.
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let integrity: String = check
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    drop(check);
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    let names: Vec<String> = pool
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    assert_eq!(
+        names.len() as u64,
+        50 + added,
+        "nothing lost, nothing half-written"
+    );
+    assert!((0..50).all(|i| names.contains(&format!("account-{i}"))));
+    let lease = pool.acquire().await.expect("the store works again");
+    lease.release().await.unwrap();
 }

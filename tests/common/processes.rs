@@ -47,7 +47,27 @@ pub fn child_runtime() -> tokio::runtime::Runtime {
 /// Runs this test binary again, as a child process in `role`; the test
 /// named `child_process_entry` reads the role and does the work.
 pub fn spawn_child(role: &str, store: &str, log: Option<&Path>) -> Child {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    spawn_child_in(
+        Command::new(std::env::current_exe().unwrap()),
+        role,
+        store,
+        log,
+    )
+}
+
+/// As [`spawn_child`], but no file the child writes may grow beyond
+/// `max_file_bytes` (`RLIMIT_FSIZE`, set by util-linux's `prlimit`): writes
+/// past it fail with `EFBIG`, as on a full disk (`SIGXFSZ` is ignored).
+pub fn spawn_child_with_file_limit(role: &str, store: &str, max_file_bytes: u64) -> Child {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"trap '' XFSZ; exec prlimit --fsize="$0" -- "$@""#])
+        .arg(max_file_bytes.to_string())
+        .arg(std::env::current_exe().unwrap());
+    spawn_child_in(command, role, store, None)
+}
+
+fn spawn_child_in(mut command: Command, role: &str, store: &str, log: Option<&Path>) -> Child {
     command
         .args([
             "--exact",
