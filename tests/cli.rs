@@ -348,3 +348,33 @@ fn demo_stops_gracefully_on_sigterm() {
 fn demo_stops_gracefully_on_sighup() {
     demo_stops_gracefully_on("-HUP");
 }
+
+/// A short `credpool torture` run on a file: worker processes killed with
+/// SIGKILL every 0.8 s, and the checker finds no credential held twice and
+/// none lost.
+#[test]
+fn a_short_torture_run_finds_nothing_wrong() {
+    let db = fresh_db("torture");
+    let report = ok(&run(
+        &db,
+        &[
+            "torture",
+            "--duration",
+            "3",
+            "--processes",
+            "3",
+            "--tasks",
+            "8",
+            "--kill-every",
+            "0.8",
+            "--ttl-ms",
+            "700",
+        ],
+    ));
+    common::assert_clean_torture_report(&report);
+    let stats = ok(&run(&db, &["stats", "--json"]));
+    assert!(
+        stats.contains(r#""total":0"#),
+        "the default pool was not touched: {stats}"
+    );
+}

@@ -11,6 +11,7 @@ macro_rules! outln {
 mod demo;
 mod import;
 mod output;
+mod torture;
 mod watch;
 
 use std::io::Read;
@@ -194,6 +195,17 @@ enum Command {
         count: Option<u64>,
     },
 
+    /// Worker processes hammer the store while some are killed; a checker
+    /// proves from their logs that no credential was held twice or lost.
+    #[command(
+        after_help = "Runs in a pool of its own (torture-PID), emptied at the end. Exits with 1 on any violation.\n\nExamples:\n  credpool --db /tmp/t.db torture --duration 10\n  credpool --db /tmp/t.db torture --duration 600 --processes 4 --tasks 32 --kill-every 3"
+    )]
+    Torture(torture::TortureArgs),
+
+    /// One worker process of `torture`.
+    #[command(hide = true)]
+    TortureWorker(torture::WorkerArgs),
+
     /// Run N workers that acquire, work a random while, and release, until stopped.
     #[command(
         after_help = "Ctrl-C, SIGTERM or SIGHUP stop it gracefully: every credential comes back.\n\nExamples:\n  credpool demo\n  credpool demo --workers 50 --credentials 10 --work-ms 5..20 --duration 10"
@@ -267,11 +279,29 @@ impl Place {
         }
     }
 
+    /// How a worker process of `torture` reaches the same store: arguments,
+    /// and environment variables for what must not show in `ps` (a URL may
+    /// hold a password).
+    pub(crate) fn child_args(&self) -> ChildPlace {
+        match self {
+            Place::File(path) => ChildPlace {
+                args: vec!["--db".into(), path.display().to_string()],
+                env: Vec::new(),
+            },
+            #[cfg(feature = "postgres")]
+            Place::Postgres { url, schema } => ChildPlace {
+                args: vec!["--schema".into(), schema.clone()],
+                env: vec![("CREDPOOL_URL".into(), url.clone())],
+            },
+        }
+    }
+
     /// Opens the file store; `create` says whether a missing file may be created.
     async fn open_file(
         path: &Path,
         pool: &str,
         create: bool,
+        ttl: Option<Duration>,
     ) -> Result<Pool<SqliteStore>, Failure> {
         if !create && !path.exists() {
             return Err(Failure(format!(
@@ -280,7 +310,7 @@ impl Place {
             )));
         }
         let store = SqliteStore::options(path).pool(pool).open().await?;
-        Ok(Pool::new(store))
+        Ok(with_ttl(store, ttl))
     }
 
     #[cfg(feature = "postgres")]
@@ -288,28 +318,46 @@ impl Place {
         url: &str,
         schema: &str,
         pool: &str,
+        ttl: Option<Duration>,
     ) -> Result<Pool<credpool::store::postgres::PostgresStore>, Failure> {
         let store = credpool::store::postgres::PostgresStore::options_url(url)?
             .schema(schema)
             .pool(pool)
             .open()
             .await?;
-        Ok(Pool::new(store))
+        Ok(with_ttl(store, ttl))
     }
+}
+
+/// A pool over `store`, with the lease TTL given, or the store's default.
+fn with_ttl<S: Store>(store: S, ttl: Option<Duration>) -> Pool<S> {
+    match ttl {
+        Some(ttl) => Pool::builder(store).lease_ttl(ttl).build(),
+        None => Pool::new(store),
+    }
+}
+
+/// What a child process of this program needs to open the same [`Place`].
+pub(crate) struct ChildPlace {
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 /// Opens the pool at a [`Place`] and runs `$body` with it bound to `$pool`,
 /// whichever store it is (the body is compiled once per store type).
 macro_rules! with_pool {
     ($place:expr, $name:expr, $create:expr, |$pool:ident| $body:expr) => {
+        with_pool!($place, $name, $create, None, |$pool| $body)
+    };
+    ($place:expr, $name:expr, $create:expr, $ttl:expr, |$pool:ident| $body:expr) => {
         match $place {
             Place::File(path) => {
-                let $pool = Place::open_file(path, $name, $create).await?;
+                let $pool = Place::open_file(path, $name, $create, $ttl).await?;
                 $body
             }
             #[cfg(feature = "postgres")]
             Place::Postgres { url, schema } => {
-                let $pool = Place::open_postgres(url, schema, $name).await?;
+                let $pool = Place::open_postgres(url, schema, $name, $ttl).await?;
                 $body
             }
         }
@@ -344,6 +392,19 @@ async fn run(args: Args) -> Outcome {
                 pool.add(credential).await?;
                 outln!("added {added:?} to pool `{name}`");
                 Ok(())
+            })
+        }
+        Command::Torture(torture_args) => {
+            let name = format!("torture-{}", std::process::id());
+            let ttl = Some(torture_args.ttl());
+            with_pool!(&place, &name, true, ttl, |pool| {
+                torture::run(pool, &place, torture_args).await
+            })
+        }
+        Command::TortureWorker(worker_args) => {
+            let ttl = Some(worker_args.ttl());
+            with_pool!(&place, name, false, ttl, |pool| {
+                torture::worker(pool, worker_args).await
             })
         }
         command => {
@@ -406,8 +467,11 @@ async fn execute<S: Store>(
             watch::run(&pool, Duration::from_millis(interval_ms.max(50)), count).await
         }
         Command::Demo(demo_args) => demo::run(pool, place, demo_args).await,
-        Command::Import { .. } | Command::Add { .. } => {
-            unreachable!("import and add are run before the pool is opened")
+        Command::Import { .. }
+        | Command::Add { .. }
+        | Command::Torture(_)
+        | Command::TortureWorker(_) => {
+            unreachable!("run opens the pool for these itself")
         }
     }
 }

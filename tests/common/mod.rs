@@ -20,3 +20,29 @@ pub fn fresh_path(folder: &str, label: &str) -> PathBuf {
     }
     path
 }
+
+/// The number after `label` in a `credpool torture` report.
+pub fn report_number(report: &str, label: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the report:\n{report}"))
+}
+
+/// Checks a `credpool torture` report: it really worked and killed, and
+/// found no violation and no lost credential.
+pub fn assert_clean_torture_report(report: &str) {
+    assert_eq!(report_number(report, "violations"), 0, "{report}");
+    assert_eq!(report_number(report, "credentials lost"), 0, "{report}");
+    assert!(report_number(report, "grants") > 300, "{report}");
+    let started = report_number(report, "worker processes");
+    let kills = report
+        .lines()
+        .find_map(|line| line.split_once(" started, ").map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no kills in the report:\n{report}"));
+    assert!(started > 0 && kills >= 2, "workers were killed: {report}");
+}
