@@ -350,8 +350,8 @@ fn demo_stops_gracefully_on_sighup() {
 }
 
 /// A short `credpool torture` run on a file: worker processes killed with
-/// SIGKILL every 0.8 s, and the checker finds no credential held twice and
-/// none lost.
+/// SIGKILL every 0.8 s, another connection taking the write lock, and the
+/// checker finds no credential held twice and none lost.
 #[test]
 fn a_short_torture_run_finds_nothing_wrong() {
     let db = fresh_db("torture");
@@ -359,8 +359,9 @@ fn a_short_torture_run_finds_nothing_wrong() {
         &db,
         &[
             "torture",
+            "--faults",
             "--duration",
-            "3",
+            "5",
             "--processes",
             "3",
             "--tasks",
@@ -377,4 +378,17 @@ fn a_short_torture_run_finds_nothing_wrong() {
         stats.contains(r#""total":0"#),
         "the default pool was not touched: {stats}"
     );
+}
+
+/// The same on the memory store: worker tasks aborted at random points.
+#[test]
+fn a_short_torture_run_in_memory_finds_nothing_wrong() {
+    let output = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .args(["--memory", "torture", "--duration", "3", "--processes", "3"])
+        .args(["--tasks", "8", "--kill-every", "0.5"])
+        .output()
+        .unwrap();
+    let report = ok(&output);
+    assert!(report.contains("tasks aborted"), "{report}");
+    common::assert_clean_torture_report(&report);
 }

@@ -511,3 +511,36 @@ async fn a_full_disk_fails_writes_cleanly_and_loses_nothing() {
     let lease = pool.acquire().await.expect("the store works again");
     lease.release().await.unwrap();
 }
+
+/// A grant that waited for another process's write lock still gets its
+/// whole TTL, counted from when it was granted, not from when it was asked
+/// for (found by `credpool torture --faults`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_granted_after_a_lock_wait_lives_its_whole_ttl() {
+    let path = fresh_path("lock-ttl");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let pool = Pool::builder(store)
+        .lease_ttl(Duration::from_millis(400))
+        .build();
+    pool.add(NewCredential::new("only", "s")).await.unwrap();
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let lease = pool.acquire().await.unwrap();
+    let granted = std::time::SystemTime::now();
+    unlock.join().unwrap();
+    let left = lease
+        .expires_at()
+        .unwrap()
+        .duration_since(granted)
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_millis(200),
+        "the lease had {left:?} left when it was handed over (TTL 400 ms)"
+    );
+    lease.release().await.expect("still ours");
+}

@@ -74,10 +74,14 @@ struct Args {
     )]
     db: PathBuf,
 
+    /// A store in this process's memory instead of the file: for demo and torture.
+    #[arg(long, global = true, conflicts_with = "db")]
+    memory: bool,
+
     /// A Postgres store instead of the file: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
     /// (tables in the schema given by --schema).
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true, env = "CREDPOOL_URL", conflicts_with = "db")]
+    #[arg(long, global = true, env = "CREDPOOL_URL", conflicts_with_all = ["db", "memory"])]
     url: Option<String>,
 
     /// The Postgres schema that holds credpool's tables.
@@ -237,6 +241,7 @@ pub(crate) fn main() -> ExitCode {
 /// Where the store is: the file of `--db`, or the database of `--url`.
 pub(crate) enum Place {
     File(PathBuf),
+    Memory,
     #[cfg(feature = "postgres")]
     Postgres {
         url: String,
@@ -253,6 +258,9 @@ impl Place {
                 schema: args.schema.clone(),
             };
         }
+        if args.memory {
+            return Place::Memory;
+        }
         Place::File(args.db.clone())
     }
 
@@ -260,6 +268,7 @@ impl Place {
     pub(crate) fn describe(&self) -> String {
         match self {
             Place::File(path) => path.display().to_string(),
+            Place::Memory => "the memory store".into(),
             #[cfg(feature = "postgres")]
             Place::Postgres { url, schema } => {
                 credpool::store::postgres::PostgresStore::options_url(url)
@@ -274,6 +283,7 @@ impl Place {
     fn exists(&self) -> Option<bool> {
         match self {
             Place::File(path) => Some(path.exists()),
+            Place::Memory => Some(false),
             #[cfg(feature = "postgres")]
             Place::Postgres { .. } => None,
         }
@@ -282,17 +292,19 @@ impl Place {
     /// How a worker process of `torture` reaches the same store: arguments,
     /// and environment variables for what must not show in `ps` (a URL may
     /// hold a password).
-    pub(crate) fn child_args(&self) -> ChildPlace {
+    /// `None` for the memory store, which no other process can reach.
+    pub(crate) fn child_args(&self) -> Option<ChildPlace> {
         match self {
-            Place::File(path) => ChildPlace {
+            Place::File(path) => Some(ChildPlace {
                 args: vec!["--db".into(), path.display().to_string()],
                 env: Vec::new(),
-            },
+            }),
+            Place::Memory => None,
             #[cfg(feature = "postgres")]
-            Place::Postgres { url, schema } => ChildPlace {
+            Place::Postgres { url, schema } => Some(ChildPlace {
                 args: vec!["--schema".into(), schema.clone()],
                 env: vec![("CREDPOOL_URL".into(), url.clone())],
-            },
+            }),
         }
     }
 
@@ -355,6 +367,10 @@ macro_rules! with_pool {
                 let $pool = Place::open_file(path, $name, $create, $ttl).await?;
                 $body
             }
+            Place::Memory => {
+                let $pool = with_ttl(credpool::MemoryStore::new(), $ttl);
+                $body
+            }
             #[cfg(feature = "postgres")]
             Place::Postgres { url, schema } => {
                 let $pool = Place::open_postgres(url, schema, $name, $ttl).await?;
@@ -367,6 +383,14 @@ macro_rules! with_pool {
 async fn run(args: Args) -> Outcome {
     let place = Place::from_args(&args);
     let name = args.pool.as_str();
+    if matches!(place, Place::Memory)
+        && !matches!(args.command, Command::Demo(_) | Command::Torture(_))
+    {
+        return Err(
+            "--memory keeps credentials only while a command runs: use it with demo or torture"
+                .into(),
+        );
+    }
     match args.command {
         // Read and check the whole file before the store is opened (or made).
         Command::Import {

@@ -37,7 +37,7 @@ pub fn assert_clean_torture_report(report: &str) {
     assert_eq!(report_number(report, "violations"), 0, "{report}");
     assert_eq!(report_number(report, "credentials lost"), 0, "{report}");
     assert!(report_number(report, "grants") > 300, "{report}");
-    let started = report_number(report, "worker processes");
+    let started = report_number(report, "workers");
     let kills = report
         .lines()
         .find_map(|line| line.split_once(" started, ").map(|(_, rest)| rest))

@@ -327,7 +327,7 @@ impl Worker {
                 return;
             }
         }
-        let all_busy = self.run_batch(batch, now);
+        let all_busy = self.run_batch(batch);
         let unclaimed: Vec<LeaseToken> = batch.drain(..).filter_map(|job| job.finish()).collect();
         self.idle = match all_busy {
             Some((data_version, retry_at)) if unclaimed.is_empty() => Some(Idle {
@@ -363,8 +363,8 @@ impl Worker {
     /// and runs each job in a transaction of its own. When every job was a
     /// grant that found nothing free, returns the store's data version as of
     /// that transaction and when the store expects a change.
-    fn run_batch(&mut self, batch: &mut [Box<dyn Job>], now: i64) -> Option<(i64, Option<i64>)> {
-        match self.transaction(batch, now) {
+    fn run_batch(&mut self, batch: &mut [Box<dyn Job>]) -> Option<(i64, Option<i64>)> {
+        match self.transaction(batch) {
             Ok(data_version) => {
                 self.commits += 1;
                 let mut retry_at = None;
@@ -387,7 +387,7 @@ impl Worker {
                 }
                 tracing::warn!(path = %self.path.display(), error = %error, "batch failed; retrying its requests one by one");
                 for index in 0..batch.len() {
-                    match self.transaction(std::slice::from_mut(&mut batch[index]), now) {
+                    match self.transaction(std::slice::from_mut(&mut batch[index])) {
                         Ok(_) => self.commits += 1,
                         Err(Stage::Inside(error)) => {
                             self.rollback();
@@ -413,10 +413,15 @@ impl Worker {
     /// Runs jobs in one transaction; returns `PRAGMA data_version` as read
     /// under the write lock, so no other process's commit can slip between
     /// that reading and this commit.
-    fn transaction(&self, jobs: &mut [Box<dyn Job>], now: i64) -> Result<i64, Stage> {
+    ///
+    /// The batch's time is read once the write lock is held: taking the lock
+    /// may wait out another process's transaction, and a lease granted after
+    /// that wait must still live its whole TTL.
+    fn transaction(&self, jobs: &mut [Box<dyn Job>]) -> Result<i64, Stage> {
         self.connection
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(Stage::Begin)?;
+        let now = crate::credential::now_ms();
         let mut ctx = Ctx::new(&self.connection, &self.pool, now);
         let run = (|| {
             reclaim(&mut ctx)?;
@@ -451,8 +456,7 @@ impl Worker {
             .map(|lease| release_job(lease, ReleaseOutcome::Success, None))
             .collect();
         tracing::debug!(count = jobs.len(), "releasing leases whose callers left");
-        let now = crate::credential::now_ms();
-        self.run_batch(&mut jobs, now);
+        self.run_batch(&mut jobs);
         for job in jobs {
             let _ = job.finish();
         }

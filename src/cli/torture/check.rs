@@ -1,0 +1,248 @@
+//! The checker: rebuilds every hold from the workers' logs (see
+//! [`worker`](super::worker) for their format) and proves that no credential
+//! was held by more leases than its capacity, and that lease ids are unique
+//! and increasing.
+
+use std::collections::HashMap;
+
+/// How a hold ended, as far as its log tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Given back at `end`.
+    Back(u128),
+    /// Given back at `end`, but the store refused it as stale.
+    Fenced(u128),
+    /// The release failed, or the process died: out until the lease expired.
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+struct Hold {
+    name: String,
+    capacity: u32,
+    lease_id: u64,
+    start: u128,
+    expires: u128,
+    ended: Ended,
+}
+
+impl Hold {
+    /// When the credential could have gone to someone else.
+    fn end(&self) -> u128 {
+        match self.ended {
+            Ended::Back(at) => at,
+            Ended::Fenced(at) => at.min(self.expires),
+            Ended::Expired => self.expires,
+        }
+    }
+}
+
+/// What the logs say, and what is wrong with it.
+#[derive(Debug, Default)]
+pub(crate) struct Checked {
+    pub(crate) grants: usize,
+    pub(crate) grants_by_name: HashMap<String, u64>,
+    pub(crate) fenced: usize,
+    pub(crate) failed_or_killed: usize,
+    pub(crate) violations: Vec<String>,
+}
+
+fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
+    let mut holds: Vec<Hold> = Vec::new();
+    let mut by_id: HashMap<u64, usize> = HashMap::new();
+    let mut violations = Vec::new();
+    for text in texts {
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let number = |i: usize| -> Result<u128, String> {
+                fields
+                    .get(i)
+                    .and_then(|field| field.parse().ok())
+                    .ok_or_else(|| format!("a log line that does not parse: {line:?}"))
+            };
+            match fields[0] {
+                "G" if fields.len() == 6 => {
+                    let lease_id = number(3)? as u64;
+                    if by_id.insert(lease_id, holds.len()).is_some() {
+                        violations.push(format!("lease id {lease_id} was granted twice"));
+                    }
+                    holds.push(Hold {
+                        name: fields[1].to_string(),
+                        capacity: number(2)? as u32,
+                        lease_id,
+                        start: number(4)?,
+                        expires: number(5)?,
+                        ended: Ended::Expired,
+                    });
+                }
+                "E" | "F" | "X" => {
+                    let lease_id = number(1)? as u64;
+                    let hold = by_id
+                        .get(&lease_id)
+                        .map(|&index| &mut holds[index])
+                        .ok_or_else(|| format!("lease {lease_id} ends but was never granted"))?;
+                    hold.ended = match (fields[0], hold.ended) {
+                        ("E", _) => Ended::Back(number(2)?),
+                        ("F", Ended::Back(at)) => Ended::Fenced(at),
+                        _ => Ended::Expired,
+                    };
+                }
+                _ => return Err(format!("a log line that does not parse: {line:?}")),
+            }
+        }
+    }
+    if violations.is_empty() {
+        Ok(holds)
+    } else {
+        Err(violations.join("; "))
+    }
+}
+
+/// Checks the workers' logs: no credential held by more leases than its
+/// capacity at any moment, lease ids unique, and increasing in grant order
+/// for each credential of capacity 1.
+pub(crate) fn check(texts: &[String]) -> Checked {
+    let holds = match parse_logs(texts) {
+        Ok(holds) => holds,
+        Err(violation) => {
+            return Checked {
+                violations: vec![violation],
+                ..Checked::default()
+            }
+        }
+    };
+    let mut checked = Checked {
+        grants: holds.len(),
+        fenced: holds
+            .iter()
+            .filter(|hold| matches!(hold.ended, Ended::Fenced(_)))
+            .count(),
+        failed_or_killed: holds
+            .iter()
+            .filter(|hold| hold.ended == Ended::Expired)
+            .count(),
+        grants_by_name: HashMap::new(),
+        violations: Vec::new(),
+    };
+    let mut by_name: HashMap<&str, Vec<&Hold>> = HashMap::new();
+    for hold in &holds {
+        by_name.entry(hold.name.as_str()).or_default().push(hold);
+        *checked.grants_by_name.entry(hold.name.clone()).or_default() += 1;
+    }
+    for (name, mut holds) in by_name {
+        holds.sort_by_key(|hold| hold.start);
+        // Ends sort before starts at the same instant.
+        let mut events: Vec<(u128, i32, u64)> = holds
+            .iter()
+            .flat_map(|hold| {
+                [
+                    (hold.start, 1, hold.lease_id),
+                    (hold.end(), -1, hold.lease_id),
+                ]
+            })
+            .collect();
+        events.sort();
+        let capacity = holds.iter().map(|hold| hold.capacity).max().unwrap_or(1);
+        let mut holding = 0;
+        for (at, change, lease_id) in events {
+            holding += change;
+            if holding > capacity as i32 {
+                checked.violations.push(format!(
+                    "{name} held by {holding} leases at once (capacity {capacity}) when lease {lease_id} was granted at {at} ns"
+                ));
+            }
+        }
+        if capacity == 1 {
+            for pair in holds.windows(2) {
+                if pair[1].lease_id <= pair[0].lease_id {
+                    checked.violations.push(format!(
+                        "{name}: lease {} was granted after lease {} but has a smaller id",
+                        pair[1].lease_id, pair[0].lease_id
+                    ));
+                }
+            }
+        }
+    }
+    checked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(lines: &[&str]) -> Vec<String> {
+        vec![lines.join("\n")]
+    }
+
+    #[test]
+    fn clean_logs_pass() {
+        let checked = check(&log(&[
+            "G a 1 1 100 9000",
+            "E 1 200 released",
+            "G a 1 2 300 9000",
+            "E 2 400 released",
+            "G b 2 3 100 9000",
+            "G b 2 4 150 9000",
+        ]));
+        assert_eq!(checked.violations, Vec::<String>::new());
+        assert_eq!(checked.grants, 4);
+        assert_eq!(checked.failed_or_killed, 2);
+    }
+
+    #[test]
+    fn an_overlap_is_caught() {
+        let checked = check(&log(&[
+            "G a 1 1 100 9000",
+            "G a 1 2 150 9000",
+            "E 2 170 released",
+            "E 1 200 released",
+        ]));
+        assert_eq!(checked.violations.len(), 1, "{:?}", checked.violations);
+        assert!(checked.violations[0].contains("a held by 2"));
+    }
+
+    #[test]
+    fn a_killed_holder_holds_until_its_lease_expires() {
+        // Lease 1's process died: the next grant must wait for the expiry at 500.
+        let early = check(&log(&["G a 1 1 100 500", "G a 1 2 400 9000"]));
+        assert_eq!(early.violations.len(), 1, "{:?}", early.violations);
+        let late = check(&log(&["G a 1 1 100 500", "G a 1 2 600 9000"]));
+        assert!(late.violations.is_empty(), "{:?}", late.violations);
+    }
+
+    #[test]
+    fn duplicate_and_decreasing_ids_are_caught() {
+        let twice = check(&log(&[
+            "G a 1 7 100 9000",
+            "E 7 200 released",
+            "G b 1 7 300 9000",
+        ]));
+        assert!(
+            twice.violations[0].contains("granted twice"),
+            "{:?}",
+            twice.violations
+        );
+        let decreasing = check(&log(&[
+            "G a 1 9 100 9000",
+            "E 9 200 released",
+            "G a 1 8 300 9000",
+        ]));
+        assert!(
+            decreasing.violations[0].contains("smaller id"),
+            "{:?}",
+            decreasing.violations
+        );
+    }
+
+    #[test]
+    fn a_fenced_release_ends_at_the_expiry() {
+        let checked = check(&log(&[
+            "G a 1 1 100 500",
+            "E 1 700 released",
+            "F 1",
+            "G a 1 2 600 9000",
+        ]));
+        assert!(checked.violations.is_empty(), "{:?}", checked.violations);
+        assert_eq!(checked.fenced, 1);
+    }
+}

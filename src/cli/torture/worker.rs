@@ -1,0 +1,186 @@
+//! A torture worker: tasks that acquire, hold and give back at random, and
+//! log every grant and give-back.
+//!
+//! The log has one line per event, appended in one `write` each, so that a
+//! process killed mid-run leaves whole lines:
+//!
+//! - `G NAME CAPACITY LEASE_ID START_NS EXPIRES_NS` after a grant;
+//! - `E LEASE_ID END_NS HOW` just before the lease is given back (`HOW`:
+//!   released, cooled, disabled, dropped, or aborted when the task was
+//!   cancelled while holding it);
+//! - `F LEASE_ID` when the store refused the release as stale (fenced), and
+//!   `X LEASE_ID` when the release failed otherwise: the lease stays out until
+//!   it expires.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use credpool::{Error, Lease, Pool, ReleaseOutcome, Store};
+use tokio::task::JoinSet;
+
+use crate::cli::{Failure, Outcome};
+
+/// What a worker process is told (a hidden command).
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct WorkerArgs {
+    #[arg(long)]
+    pub(crate) log: PathBuf,
+    #[arg(long)]
+    pub(crate) tasks: usize,
+    #[arg(long)]
+    pub(crate) until_ms: u64,
+    #[arg(long)]
+    pub(crate) seed: u64,
+    #[arg(long)]
+    pub(crate) ttl_ms: u64,
+}
+
+impl WorkerArgs {
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+}
+
+pub(crate) fn now_ns() -> u128 {
+    to_ns(SystemTime::now())
+}
+
+fn to_ns(time: SystemTime) -> u128 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+struct Log(Mutex<std::fs::File>);
+
+impl Log {
+    fn line(&self, line: String) {
+        let mut file = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // One write per line: a killed process leaves whole lines.
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// A lease being held: if the task is cancelled while holding it, the hold
+/// is logged as ended before the lease is dropped (and so given back).
+struct Held<S: Store> {
+    lease: Option<Lease<S>>,
+    log: Arc<Log>,
+}
+
+impl<S: Store> Held<S> {
+    fn give_back(mut self, how: &str) -> Lease<S> {
+        let lease = self.lease.take().expect("a held lease");
+        self.log
+            .line(format!("E {} {} {how}\n", lease.id(), now_ns()));
+        lease
+    }
+}
+
+impl<S: Store> Drop for Held<S> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.log
+                .line(format!("E {} {} aborted\n", lease.id(), now_ns()));
+        }
+    }
+}
+
+/// Runs `tasks` tasks until the deadline. Cancelling this future (aborting
+/// its task) cancels them all at whatever point they are.
+pub(crate) async fn worker<S: Store>(pool: Pool<S>, args: WorkerArgs) -> Outcome {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)
+        .map_err(|error| Failure(format!("{}: {error}", args.log.display())))?;
+    let log = Arc::new(Log(Mutex::new(file)));
+    let until = UNIX_EPOCH + Duration::from_millis(args.until_ms);
+    let mut tasks = JoinSet::new();
+    for task in 0..args.tasks as u64 {
+        tasks.spawn(work(
+            pool.clone(),
+            log.clone(),
+            args.seed ^ (task << 32),
+            until,
+        ));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn work<S: Store>(pool: Pool<S>, log: Arc<Log>, seed: u64, until: SystemTime) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    while SystemTime::now() < until {
+        let patience = if rng.u8(..4) == 0 {
+            Duration::from_micros(rng.u64(0..3_000))
+        } else {
+            Duration::from_secs(2)
+        };
+        let lease = match tokio::time::timeout(patience, pool.acquire()).await {
+            Err(_) => continue, // cancelled at a random point
+            Ok(Ok(lease)) => lease,
+            Ok(Err(Error::NoCredentials { .. })) => {
+                enable_one(&pool, &mut rng).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            Ok(Err(_)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let expires = lease.expires_at().map_or(u128::MAX, to_ns);
+        let id = lease.id();
+        log.line(format!(
+            "G {} {} {id} {} {expires}\n",
+            lease.credential().name(),
+            lease.credential().capacity(),
+            now_ns()
+        ));
+        let held = Held {
+            lease: Some(lease),
+            log: log.clone(),
+        };
+        tokio::time::sleep(Duration::from_micros(rng.u64(0..4_000))).await;
+        let (how, outcome) = match rng.u8(..100) {
+            0..=4 => ("dropped", None),
+            5..=11 => (
+                "cooled",
+                Some(ReleaseOutcome::CoolDown(Duration::from_millis(
+                    rng.u64(1..30),
+                ))),
+            ),
+            12..=13 => ("disabled", Some(ReleaseOutcome::Disable("torture".into()))),
+            _ => ("released", Some(ReleaseOutcome::Success)),
+        };
+        let lease = held.give_back(how);
+        let Some(outcome) = outcome else {
+            drop(lease);
+            continue;
+        };
+        match lease.release_with(outcome).await {
+            Ok(()) => {}
+            Err(Error::LeaseLost { .. }) => log.line(format!("F {id}\n")),
+            Err(_) => log.line(format!("X {id}\n")),
+        }
+        if rng.u8(..10) == 0 {
+            enable_one(&pool, &mut rng).await;
+        }
+    }
+}
+
+async fn enable_one<S: Store>(pool: &Pool<S>, rng: &mut fastrand::Rng) {
+    let Ok(list) = pool.list().await else { return };
+    let disabled: Vec<_> = list
+        .iter()
+        .filter(|info| matches!(info.state, credpool::CredentialState::Disabled { .. }))
+        .collect();
+    if !disabled.is_empty() {
+        let _ = pool
+            .enable(&disabled[rng.usize(..disabled.len())].name)
+            .await;
+    }
+}
