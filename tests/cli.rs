@@ -392,3 +392,19 @@ fn a_short_torture_run_in_memory_finds_nothing_wrong() {
     assert!(report.contains("tasks aborted"), "{report}");
     common::assert_clean_torture_report(&report);
 }
+
+/// The memory store lives only while one command runs: only demo and
+/// torture take it.
+#[test]
+fn memory_is_refused_where_it_would_keep_nothing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .args(["--memory", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("use it with demo or torture"),
+        "{}",
+        text(&output.stderr)
+    );
+}

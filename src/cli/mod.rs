@@ -368,7 +368,7 @@ macro_rules! with_pool {
                 $body
             }
             Place::Memory => {
-                let $pool = with_ttl(credpool::MemoryStore::new(), $ttl);
+                let $pool = with_ttl(credpool::MemoryStore::with_pool_name($name), $ttl);
                 $body
             }
             #[cfg(feature = "postgres")]
