@@ -281,7 +281,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
     );
 
     // Kill a worker now and then; add and remove credentials as an operator would.
-    let (mut kills, mut added, mut removed) = (0, 0, HashSet::new());
+    let (mut kills, mut replaced, mut added, mut removed) = (0, 0, 0, HashSet::new());
     let kill_every = Duration::from_secs_f64(args.kill_every.max(0.1));
     let mut next_kill = started + kill_every;
     let mut next_admin = started + Duration::from_millis(700);
@@ -294,6 +294,16 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             running.swap_remove(rng.usize(..running.len())).kill();
             kills += 1;
             running.push(workers.spawn()?);
+        }
+        // A worker that could not reach the store (its connection was ended
+        // as it opened, the server was restarting) stops early: replace it.
+        if deadline - now > Duration::from_millis(500) {
+            for slot in running.iter_mut() {
+                if slot.is_done() {
+                    *slot = workers.spawn()?;
+                    replaced += 1;
+                }
+            }
         }
         if now >= next_admin {
             next_admin = now + Duration::from_millis(700);
@@ -396,7 +406,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         started.elapsed()
     );
     outln!(
-        "  workers            {} ({} started, {kills} killed{})",
+        "  workers            {} ({} started, {kills} killed{}, {replaced} stopped early and replaced)",
         args.processes,
         workers.started,
         if in_process {
