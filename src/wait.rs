@@ -34,6 +34,12 @@ struct List {
     /// When the store last said something changes by itself (a cool-down
     /// ends, a lease expires); the first waiter sets its timer by it.
     retry_at: Option<SystemTime>,
+    /// The waiter woken ahead of any announcement, by a waiter that a timer
+    /// (a poll) got served. If the unit that waiter took was freed in this
+    /// process, its announcement is still to come; it must not wake a second
+    /// waiter while this one has not asked the store yet, or the two would
+    /// race and the later one could be served first.
+    woken_early: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -61,11 +67,12 @@ impl List {
         (first, self.retry_at)
     }
 
-    fn wake_first_asleep(&mut self) {
-        if let Some(entry) = self.entries.iter_mut().find(|entry| !entry.awake) {
-            entry.awake = true;
-            entry.signal.notify_one();
-        }
+    /// Wakes the first waiter that is asleep; returns its ticket.
+    fn wake_first_asleep(&mut self) -> Option<u64> {
+        let entry = self.entries.iter_mut().find(|entry| !entry.awake)?;
+        entry.awake = true;
+        entry.signal.notify_one();
+        Some(entry.ticket)
     }
 
     /// Tells the new first in line to set its timer, when there is one to set.
@@ -110,11 +117,21 @@ impl WaitQueue {
         self.epoch.load(SeqCst)
     }
 
-    /// One unit of capacity was freed: wake the first waiter that is asleep.
+    /// One unit of capacity was freed: wake the first waiter that is asleep
+    /// (unless a waiter woken early is about to ask the store anyway).
     pub(crate) fn freed_one(&self) {
         self.epoch.fetch_add(1, SeqCst);
         if self.len.load(SeqCst) > 0 {
-            self.lock().wake_first_asleep();
+            let mut list = self.lock();
+            if let Some(ticket) = list.woken_early.take() {
+                let still_to_ask = list
+                    .position(ticket)
+                    .is_some_and(|position| list.entries[position].awake);
+                if still_to_ask {
+                    return;
+                }
+            }
+            list.wake_first_asleep();
         }
     }
 
@@ -193,6 +210,9 @@ impl Waiter<'_> {
     /// here on, a release wakes this waiter again even if its attempt fails.
     pub(crate) fn trying(&self) -> bool {
         let mut list = self.queue.lock();
+        if list.woken_early == Some(self.ticket) {
+            list.woken_early = None;
+        }
         match list.position(self.ticket) {
             Some(position) => std::mem::replace(&mut list.entries[position].awake, false),
             None => false,
@@ -216,9 +236,15 @@ impl Waiter<'_> {
     /// Leaves the line after being served. `pass_on` wakes the next waiter too
     /// (after a timer wake-up more than one unit may have been freed).
     pub(crate) fn served(self, pass_on: bool) {
+        let polls = self.queue.polls;
         let mut list = self.leave();
         if pass_on {
-            list.wake_first_asleep();
+            let woken = list.wake_first_asleep();
+            // Only where the store is polled: there, a wake-up this holds
+            // back is made good by the next poll at the latest.
+            if polls {
+                list.woken_early = woken;
+            }
         }
     }
 
@@ -229,7 +255,10 @@ impl Waiter<'_> {
             self.queue.len.fetch_sub(1, SeqCst);
             // A wake-up this waiter will not use goes on; so does the timer it kept.
             if entry.is_some_and(|entry| entry.awake) {
-                list.wake_first_asleep();
+                let woken = list.wake_first_asleep();
+                if list.woken_early == Some(self.ticket) {
+                    list.woken_early = woken;
+                }
             } else if position == 0 {
                 list.promote_first(self.queue.polls);
             }
@@ -241,5 +270,59 @@ impl Waiter<'_> {
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
         drop(self.leave());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn awake(queue: &WaitQueue) -> Vec<bool> {
+        queue
+            .lock()
+            .entries
+            .iter()
+            .map(|entry| entry.awake)
+            .collect()
+    }
+
+    /// The first waiter is served on a poll, taking a unit whose release
+    /// is announced only afterwards: the waiter it woke ahead of the
+    /// announcement covers that announcement, so the one behind it is not
+    /// woken too and cannot overtake it.
+    #[test]
+    fn an_announcement_after_a_poll_does_not_wake_a_second_waiter() {
+        let queue = WaitQueue::new(true);
+        let epoch = queue.epoch();
+        let (first, _) = queue.join(epoch, None);
+        let (second, _) = queue.join(epoch, None);
+        let (_third, _) = queue.join(epoch, None);
+        // The first in line asks at once and finds nothing; later its timer
+        // wakes it (no release was announced) and it is served.
+        first.trying();
+        first.busy(None);
+        assert!(!first.trying(), "woken by its timer, not by a release");
+        first.served(true);
+        assert_eq!(awake(&queue), [true, false], "the next waiter is woken");
+        queue.freed_one();
+        assert_eq!(awake(&queue), [true, false], "and no one else");
+        // Once it has asked the store, an announcement wakes the next one.
+        assert!(second.trying());
+        queue.freed_one();
+        assert_eq!(awake(&queue), [true, false]);
+    }
+
+    /// Without polling (the memory store), every announcement wakes a waiter.
+    #[test]
+    fn without_polling_every_announcement_wakes_a_waiter() {
+        let queue = WaitQueue::new(false);
+        let epoch = queue.epoch();
+        let (first, _) = queue.join(epoch, None);
+        let (_second, _) = queue.join(epoch, None);
+        let (_third, _) = queue.join(epoch, None);
+        first.trying();
+        first.served(true);
+        queue.freed_one();
+        assert_eq!(awake(&queue), [true, true]);
     }
 }
