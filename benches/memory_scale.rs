@@ -1,0 +1,164 @@
+//! The memory store at scale: acquire+release at 1,000, 100,000 and 1,000,000
+//! credentials; 10,000 tasks waiting on 10 credentials against 64; and the
+//! memory a credential and a waiting task cost, counted by the allocator.
+//!
+//! `cargo bench --bench memory_scale`
+//!
+//! Apart from `benches/memory.rs` because of its counting allocator, which
+//! would tax the Semaphore comparison there.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use credpool::{NewCredential, Pool};
+use criterion::{Criterion, Throughput};
+
+/// Counts the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; the
+// counter is only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the one System::alloc needs.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: ptr was allocated by System with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> isize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+fn credentials(count: usize) -> impl Iterator<Item = NewCredential> {
+    (0..count).map(|i| NewCredential::new(format!("account-{i:07}"), "0123456789abcdef"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Acquire + release by one task, at three pool sizes.
+fn pair_by_size(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group("memory_scale/one_task_pair");
+    group.throughput(Throughput::Elements(1));
+    for count in [1_000, 100_000, 1_000_000] {
+        let pool = Pool::in_memory();
+        let before = live();
+        runtime.block_on(pool.add_many(credentials(count))).unwrap();
+        let bytes = live() - before;
+        eprintln!(
+            "memory store: {count} credentials take {bytes} bytes, {} bytes each \
+             (name 15 bytes, secret 16 bytes)",
+            bytes / count as isize
+        );
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.to_async(runtime).iter(|| async {
+                let lease = pool.acquire().await.unwrap();
+                lease.release().await.unwrap();
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Many tasks on 10 credentials: 64 tasks, then 10,000.
+fn waiters(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    const PAIRS: usize = 200_000;
+    let mut group = c.benchmark_group("memory_scale/10_credentials");
+    group.throughput(Throughput::Elements(PAIRS as u64));
+    group.sample_size(10);
+    for tasks in [64usize, 10_000] {
+        let pool = Pool::in_memory();
+        runtime.block_on(pool.add_many(credentials(10))).unwrap();
+        group.bench_function(format!("{tasks}_tasks"), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iterations {
+                        let handles: Vec<_> = (0..tasks)
+                            .map(|_| {
+                                let pool = pool.clone();
+                                tokio::spawn(async move {
+                                    for _ in 0..PAIRS / tasks {
+                                        let lease = pool.acquire().await.unwrap();
+                                        tokio::task::yield_now().await;
+                                        lease.release().await.unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for handle in handles {
+                            handle.await.unwrap();
+                        }
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The bytes one waiting task costs: its task, its future and its place in line.
+fn bytes_per_waiter(runtime: &tokio::runtime::Runtime) {
+    const WAITERS: usize = 10_000;
+    let pool = Pool::in_memory();
+    runtime.block_on(pool.add_many(credentials(1))).unwrap();
+    let held = runtime.block_on(pool.acquire()).unwrap();
+    let before = live();
+    let handles: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let pool = pool.clone();
+            runtime.spawn(async move {
+                let lease = pool.acquire().await.unwrap();
+                drop(lease);
+            })
+        })
+        .collect();
+    runtime.block_on(async {
+        while pool.stats().await.unwrap().waiters < WAITERS as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let bytes = live() - before;
+    eprintln!(
+        "memory store: {WAITERS} waiting tasks take {bytes} bytes, {} bytes each \
+         (task, future and place in line; the handles' Vec included)",
+        bytes / WAITERS as isize
+    );
+    drop(held);
+    runtime.block_on(async {
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    });
+}
+
+fn main() {
+    let runtime = runtime();
+    let mut criterion = Criterion::default()
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    bytes_per_waiter(&runtime);
+    pair_by_size(&mut criterion, &runtime);
+    waiters(&mut criterion, &runtime);
+    criterion.final_summary();
+}
