@@ -157,9 +157,89 @@ fn contended(c: &mut Criterion) {
     }
 }
 
+/// 64 tasks doing `PAIRS_PER_TASK` pairs each, `iterations` times.
+async fn sixty_four_tasks(pool: &Pool<SqliteStore>, iterations: u64) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let handles: Vec<_> = (0..64)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..PAIRS_PER_TASK {
+                        let lease = pool.acquire().await.unwrap();
+                        lease.release().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    }
+    started.elapsed()
+}
+
+/// The same pair and the same 64 tasks at 1,000, 100,000 and 1,000,000
+/// credentials (seeded in one transaction); and, at a million, opening the
+/// file and granting the first lease.
+fn scale(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut largest = None;
+    for count in [1_000usize, 100_000, 1_000_000] {
+        let path = dir.path().join(format!("scale-{count}.db"));
+        let seeded = Instant::now();
+        let pool = runtime.block_on(credpool_pool(&path, count));
+        eprintln!("sqlite: {count} credentials added in {:.1?}", seeded.elapsed());
+
+        let mut group = c.benchmark_group("sqlite/scale_one_task_pair");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                let lease = pool.acquire().await.unwrap();
+                lease.release().await.unwrap();
+            })
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("sqlite/scale_64_tasks");
+        group.throughput(Throughput::Elements((64 * PAIRS_PER_TASK) as u64));
+        group.sample_size(10);
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.iter_custom(|iterations| runtime.block_on(sixty_four_tasks(&pool, iterations)))
+        });
+        group.finish();
+        largest = Some(path);
+    }
+
+    let path = largest.unwrap();
+    let mut group = c.benchmark_group("sqlite/open_and_first_grant");
+    group.sample_size(10);
+    group.bench_function("1000000_credentials", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iterations {
+                    let started = Instant::now();
+                    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+                    let lease = pool.acquire().await.unwrap();
+                    spent += started.elapsed();
+                    lease.release().await.unwrap();
+                }
+                spent
+            })
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = one_task, contended
+    targets = one_task, contended, scale
 }
 criterion_main!(benches);
