@@ -1,6 +1,7 @@
 //! The memory store at scale: acquire+release at 1,000, 100,000 and 1,000,000
 //! credentials; 10,000 tasks waiting on 10 credentials against 64; and the
-//! memory a credential and a waiting task cost, counted by the allocator.
+//! memory a credential and a waiting task cost (on the memory and the SQLite
+//! store), counted by the allocator.
 //!
 //! `cargo bench --bench memory_scale`
 //!
@@ -11,7 +12,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
-use credpool::{NewCredential, Pool};
+use credpool::store::sqlite::SqliteStore;
+use credpool::{NewCredential, Pool, Store};
 use criterion::{Criterion, Throughput};
 
 /// Counts the bytes allocated and not yet freed.
@@ -58,6 +60,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn pair_by_size(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("memory_scale/one_task_pair");
     group.throughput(Throughput::Elements(1));
+    let mut pools = Vec::new();
     for count in [1_000, 100_000, 1_000_000] {
         let pool = Pool::in_memory();
         let before = live();
@@ -74,8 +77,45 @@ fn pair_by_size(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
                 lease.release().await.unwrap();
             })
         });
+        pools.push((count, pool));
     }
     group.finish();
+
+    let mut group = c.benchmark_group("memory_scale/64_tasks");
+    group.throughput(Throughput::Elements(64 * 1_000));
+    group.sample_size(10);
+    for (count, pool) in pools {
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(tasks_doing_pairs(&pool, 64, 1_000, iterations))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// `tasks` tasks doing `pairs` pairs each (with a `yield_now` while
+/// holding), `iterations` times.
+async fn tasks_doing_pairs(pool: &Pool, tasks: usize, pairs: usize, iterations: u64) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    for _ in 0..pairs {
+                        let lease = pool.acquire().await.unwrap();
+                        tokio::task::yield_now().await;
+                        lease.release().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+    }
+    started.elapsed()
 }
 
 /// Many tasks on 10 credentials: 64 tasks, then 10,000.
@@ -89,37 +129,17 @@ fn waiters(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         runtime.block_on(pool.add_many(credentials(10))).unwrap();
         group.bench_function(format!("{tasks}_tasks"), |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        let handles: Vec<_> = (0..tasks)
-                            .map(|_| {
-                                let pool = pool.clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..PAIRS / tasks {
-                                        let lease = pool.acquire().await.unwrap();
-                                        tokio::task::yield_now().await;
-                                        lease.release().await.unwrap();
-                                    }
-                                })
-                            })
-                            .collect();
-                        for handle in handles {
-                            handle.await.unwrap();
-                        }
-                    }
-                    started.elapsed()
-                })
+                runtime.block_on(tasks_doing_pairs(&pool, tasks, PAIRS / tasks, iterations))
             })
         });
     }
     group.finish();
 }
 
-/// The bytes one waiting task costs: its task, its future and its place in line.
-fn bytes_per_waiter(runtime: &tokio::runtime::Runtime) {
+/// The bytes one waiting task costs: its task, its future and its place in
+/// line, on a pool whose one credential is held.
+fn bytes_per_waiter<S: Store>(runtime: &tokio::runtime::Runtime, pool: Pool<S>, store: &str) {
     const WAITERS: usize = 10_000;
-    let pool = Pool::in_memory();
     runtime.block_on(pool.add_many(credentials(1))).unwrap();
     let held = runtime.block_on(pool.acquire()).unwrap();
     let before = live();
@@ -139,9 +159,11 @@ fn bytes_per_waiter(runtime: &tokio::runtime::Runtime) {
     });
     let bytes = live() - before;
     eprintln!(
-        "memory store: {WAITERS} waiting tasks take {bytes} bytes, {} bytes each \
-         (task, future and place in line; the handles' Vec included)",
-        bytes / WAITERS as isize
+        "{store} store: {WAITERS} waiting tasks take {bytes} bytes, {} bytes each \
+         (task, future and place in line; the handles' Vec included); \
+         an acquire future is {} bytes",
+        bytes / WAITERS as isize,
+        std::mem::size_of_val(&pool.acquire())
     );
     drop(held);
     runtime.block_on(async {
@@ -157,7 +179,12 @@ fn main() {
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
-    bytes_per_waiter(&runtime);
+    bytes_per_waiter(&runtime, Pool::in_memory(), "memory");
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = runtime
+        .block_on(SqliteStore::open(dir.path().join("waiters.db")))
+        .unwrap();
+    bytes_per_waiter(&runtime, Pool::new(sqlite), "sqlite");
     pair_by_size(&mut criterion, &runtime);
     waiters(&mut criterion, &runtime);
     criterion.final_summary();

@@ -151,6 +151,21 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    timed_pairs(runtime, iterations, tasks, PAIRS_PER_TASK, pair)
+}
+
+/// Runs `tasks` tasks that each do `pairs` pairs, `iterations` times.
+fn timed_pairs<F, Fut>(
+    runtime: &Runtime,
+    iterations: u64,
+    tasks: usize,
+    pairs: usize,
+    pair: F,
+) -> Duration
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let pair = Arc::new(pair);
     runtime.block_on(async {
         let started = Instant::now();
@@ -159,7 +174,7 @@ where
                 .map(|task| {
                     let pair = pair.clone();
                     tokio::spawn(async move {
-                        for _ in 0..PAIRS_PER_TASK {
+                        for _ in 0..pairs {
                             pair(task).await;
                         }
                     })
@@ -208,6 +223,70 @@ fn contended(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
     group.finish();
 }
 
+/// The same pair and the same 64 tasks at 1,000, 100,000 and 1,000,000
+/// credentials (added in one transaction, 5,000 rows a statement).
+fn scale(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
+    for count in [1_000usize, 100_000, 1_000_000] {
+        schemas.push(schema(&format!("scale_{count}")));
+        let seeded = Instant::now();
+        let pool = runtime.block_on(credpool_pool(schemas.last().unwrap(), count));
+        eprintln!(
+            "postgres: {count} credentials added in {:.1?}",
+            seeded.elapsed()
+        );
+
+        let mut group = c.benchmark_group("postgres/scale_one_task_pair");
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.to_async(runtime).iter(|| async {
+                let lease = pool.acquire().await.unwrap();
+                lease.release().await.unwrap();
+            })
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group("postgres/scale_64_tasks");
+        group.throughput(Throughput::Elements((64 * PAIRS_PER_TASK) as u64));
+        group.sample_size(10);
+        group.bench_function(format!("{count}_credentials"), |b| {
+            b.iter_custom(|iterations| {
+                let pool = pool.clone();
+                timed(runtime, iterations, 64, move |_| {
+                    let pool = pool.clone();
+                    async move {
+                        let lease = pool.acquire().await.unwrap();
+                        lease.release().await.unwrap();
+                    }
+                })
+            })
+        });
+        group.finish();
+    }
+
+    // Many waiters: 10,000 tasks on 10 credentials against 64 tasks, the
+    // same 10,000 pairs (about) in all.
+    schemas.push(schema("waiters"));
+    let pool = runtime.block_on(credpool_pool(schemas.last().unwrap(), 10));
+    let mut group = c.benchmark_group("postgres/10_credentials");
+    group.sample_size(10);
+    for (tasks, pairs) in [(64usize, 156usize), (10_000, 1)] {
+        group.throughput(Throughput::Elements((tasks * pairs) as u64));
+        group.bench_function(format!("{tasks}_tasks"), |b| {
+            b.iter_custom(|iterations| {
+                let pool = pool.clone();
+                timed_pairs(runtime, iterations, tasks, pairs, move |_| {
+                    let pool = pool.clone();
+                    async move {
+                        let lease = pool.acquire().await.unwrap();
+                        lease.release().await.unwrap();
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -221,6 +300,7 @@ fn main() {
     let mut schemas = Vec::new();
     one_task(&mut criterion, &runtime, &mut schemas);
     contended(&mut criterion, &runtime, &mut schemas);
+    scale(&mut criterion, &runtime, &mut schemas);
     runtime.block_on(drop_schemas(&schemas));
     criterion.final_summary();
 }

@@ -159,13 +159,23 @@ fn contended(c: &mut Criterion) {
 
 /// 64 tasks doing `PAIRS_PER_TASK` pairs each, `iterations` times.
 async fn sixty_four_tasks(pool: &Pool<SqliteStore>, iterations: u64) -> Duration {
+    tasks_doing_pairs(pool, 64, PAIRS_PER_TASK, iterations).await
+}
+
+/// `tasks` tasks doing `pairs` pairs each, `iterations` times.
+async fn tasks_doing_pairs(
+    pool: &Pool<SqliteStore>,
+    tasks: usize,
+    pairs: usize,
+    iterations: u64,
+) -> Duration {
     let started = Instant::now();
     for _ in 0..iterations {
-        let handles: Vec<_> = (0..64)
+        let handles: Vec<_> = (0..tasks)
             .map(|_| {
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    for _ in 0..PAIRS_PER_TASK {
+                    for _ in 0..pairs {
                         let lease = pool.acquire().await.unwrap();
                         lease.release().await.unwrap();
                     }
@@ -194,7 +204,10 @@ fn scale(c: &mut Criterion) {
         let path = dir.path().join(format!("scale-{count}.db"));
         let seeded = Instant::now();
         let pool = runtime.block_on(credpool_pool(&path, count));
-        eprintln!("sqlite: {count} credentials added in {:.1?}", seeded.elapsed());
+        eprintln!(
+            "sqlite: {count} credentials added in {:.1?}",
+            seeded.elapsed()
+        );
 
         let mut group = c.benchmark_group("sqlite/scale_one_task_pair");
         group.throughput(Throughput::Elements(1));
@@ -215,6 +228,22 @@ fn scale(c: &mut Criterion) {
         group.finish();
         largest = Some(path);
     }
+
+    // Many waiters: 10,000 tasks on 10 credentials against 64 tasks, the
+    // same 20,000 pairs in all.
+    let path = dir.path().join("waiters.db");
+    let pool = runtime.block_on(credpool_pool(&path, 10));
+    let mut group = c.benchmark_group("sqlite/10_credentials");
+    group.throughput(Throughput::Elements(20_000));
+    group.sample_size(10);
+    for tasks in [64usize, 10_000] {
+        group.bench_function(format!("{tasks}_tasks"), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(tasks_doing_pairs(&pool, tasks, 20_000 / tasks, iterations))
+            })
+        });
+    }
+    group.finish();
 
     let path = largest.unwrap();
     let mut group = c.benchmark_group("sqlite/open_and_first_grant");

@@ -256,12 +256,19 @@ impl SqliteStore {
     }
 
     /// Waits for room among the requests in flight (the channel's bound).
+    /// Takes a permit without waiting when one is free; only the wait is a
+    /// boxed future, so a caller's future (a waiting task's, say) does not
+    /// carry the semaphore's for its whole life.
     async fn room(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| self.unavailable())
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(self.unavailable()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                Box::pin(self.permits.clone().acquire_owned())
+                    .await
+                    .map_err(|_| self.unavailable())
+            }
+        }
     }
 
     /// Runs `work` on the store thread, inside its batch transaction.
