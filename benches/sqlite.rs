@@ -131,26 +131,7 @@ fn contended(c: &mut Criterion) {
         ));
         group.bench_function("credpool", |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(async {
-                    let started = Instant::now();
-                    for _ in 0..iterations {
-                        let handles: Vec<_> = (0..tasks)
-                            .map(|_| {
-                                let pool = pool.clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..PAIRS_PER_TASK {
-                                        let lease = pool.acquire().await.unwrap();
-                                        lease.release().await.unwrap();
-                                    }
-                                })
-                            })
-                            .collect();
-                        for handle in handles {
-                            handle.await.unwrap();
-                        }
-                    }
-                    started.elapsed()
-                })
+                runtime.block_on(tasks_doing_pairs(&pool, tasks, PAIRS_PER_TASK, iterations))
             })
         });
         group.finish();
