@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use credpool::store::sqlite::{SqliteStore, Synchronous, DEFAULT_LEASE_TTL, SCHEMA_VERSION};
-use credpool::{Error, GrantAttempt, NewCredential, Pool, Store};
+use credpool::{Error, NewCredential, Pool, Store};
 
 use common::processes;
 
@@ -259,29 +259,40 @@ async fn a_panic_on_the_store_thread_reaches_callers_as_an_error() {
 }
 
 /// A grant committed after its caller left is released by the store thread.
-#[tokio::test]
+/// The caller leaves while its grant's batch is still running: a stall
+/// request batched after the grant holds the transaction open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_caller_left_is_released() {
     let path = fresh_path("unclaimed");
     let pool = pool_at(&path, &["a", "b", "c"]).await;
-    for _ in 0..50 {
+    let stall = |pause| {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.store().stall_store_thread_for_tests(pause).await })
+    };
+    for _ in 0..5 {
+        // Busy with the first stall, the thread lets the grant and the
+        // second stall queue up and take them as one batch.
+        let first = stall(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let mut expired = Vec::new();
         let mut grant = Box::pin(pool.store().grant(Some(DEFAULT_LEASE_TTL), &mut expired));
         tokio::select! {
             biased;
-            attempt = &mut grant => {
-                // Served before we could leave: give it back.
-                if let Ok(GrantAttempt::Granted(grant)) = attempt {
-                    pool.release_token(grant.token(), credpool::ReleaseOutcome::Success).await.unwrap();
-                }
-            }
+            _ = &mut grant => panic!("the store thread was busy; the grant cannot be served yet"),
             () = std::future::ready(()) => {}
         }
+        let second = stall(Duration::from_millis(200));
+        // The first stall is over and the grant has run; the second holds
+        // the batch open as the caller leaves.
+        tokio::time::sleep(Duration::from_millis(180)).await;
         drop(grant);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
     }
     let stats = conformance::leases_back(&pool).await;
     assert_eq!(stats.available, 3);
     let uses: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
-    assert!(uses > 0, "the grants really happened and were taken back");
+    assert_eq!(uses, 5, "each grant happened and was taken back");
 }
 
 // ---- many processes ------------------------------------------------------

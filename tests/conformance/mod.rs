@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             try_acquire_does_not_jump_the_queue,
             cancelled_acquires_never_leak,
             cancelled_waiter_passes_its_wake_up_on,
+            calls_after_a_cancelled_grant_see_it_released,
             expired_lease_is_taken_over_and_stale_holder_is_fenced,
             renewed_lease_is_not_taken_over,
             cool_down_holds_back_then_hands_out,
@@ -421,6 +422,29 @@ pub async fn cancelled_acquires_never_leak<F: Factory>(factory: &F) {
         );
     }
     assert!(pool.try_acquire().await.unwrap().is_none());
+}
+
+/// A grant whose caller left while it was on its way is released, and calls
+/// made after the caller left see it released: stats showing nothing leased
+/// mean every credential is free. (CI once caught the Postgres store taking
+/// stats while such a grant was still in flight.)
+pub async fn calls_after_a_cancelled_grant_see_it_released<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    for round in 0..200 {
+        // Polled once, so that the grant is on its way, then dropped.
+        tokio::select! {
+            biased;
+            _ = pool.acquire() => {}
+            () = std::future::ready(()) => {}
+        }
+        let stats = pool.stats().await.unwrap();
+        assert_eq!(stats.leases, 0, "round {round}: {stats:?}");
+        let lease = pool.try_acquire().await.unwrap();
+        assert!(
+            lease.is_some(),
+            "round {round}: stats said nothing is leased"
+        );
+    }
 }
 
 /// A waiter woken for a release and then dropped before it runs hands the

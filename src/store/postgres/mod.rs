@@ -27,6 +27,7 @@
 //! - Expired leases are reclaimed when nothing is free, and at most every
 //!   [`RECLAIM_INTERVAL`] otherwise.
 
+mod background;
 mod connections;
 mod schema;
 mod sql;
@@ -35,10 +36,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{oneshot, Notify, RwLock};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, Row};
@@ -51,6 +52,7 @@ use crate::error::{Error, InvalidInput, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
 
+use self::background::{Background, Mark, Work};
 use self::connections::{Conn, Connections};
 use self::sql::Sql;
 
@@ -194,7 +196,8 @@ impl PostgresOptions {
                 pool: self.pool,
                 location,
                 last_reclaim: AtomicI64::new(0),
-                background: Arc::default(),
+                releases: Arc::default(),
+                orphans: Arc::default(),
             }),
             changed,
             listener,
@@ -357,16 +360,20 @@ impl PostgresStore {
         }
     }
 
-    /// Runs `work` on its own task once the background releases started
-    /// before it are done.
+    /// Runs `work` on its own task once the grants whose callers left before
+    /// this call, and every background release begun before them or this
+    /// call, are done.
     async fn run<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let orphans = inner.orphans.mark();
         join(self.spawn(async move {
-            inner.after_background_releases().await;
+            inner.orphans.finished_before(orphans).await;
+            // Marked now, to take in the releases of those orphans too.
+            inner.releases.finished_before(inner.releases.mark()).await;
             work.await
         })?)
         .await
@@ -400,11 +407,16 @@ struct Inner {
     last_announced: AtomicI64,
     /// When this process last reclaimed expired leases, in ms.
     last_reclaim: AtomicI64,
-    /// Read-held by each release running in the background (of a dropped
-    /// lease, or of a grant whose caller left); every other call waits for
-    /// the ones started before it, so it sees their effect, as on the other
-    /// stores.
-    background: Arc<RwLock<()>>,
+    /// The releases running in the background (of a dropped lease, or of a
+    /// grant whose caller left). Every other call waits for the ones begun
+    /// before it, so it sees their effect, as on the other stores.
+    releases: Arc<Background>,
+    /// The grants still running whose callers left. Calls other than grants
+    /// wait for the ones begun before them (and so for their releases), so
+    /// that a pool seen with nothing leased stays so. Grants do not: one
+    /// grant waiting for another would queue every grant behind each
+    /// cancelled one.
+    orphans: Arc<Background>,
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -428,33 +440,29 @@ fn grant_from(row: &Row) -> Grant {
 
 impl Inner {
     /// Releases `lease` on a task of its own, if a runtime is there to run it;
-    /// else the lease comes back when it expires.
+    /// else the lease comes back when it expires. Calls made after this one
+    /// wait for the release.
     fn release_in_background(self: &Arc<Self>, lease: LeaseToken) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!(lease_id = %lease.lease_id(), "no runtime to release a dropped lease; it comes back when it expires");
             return;
         };
-        // Taken now, so that calls made after this one wait for the release.
-        let held = self.background.clone().try_read_owned();
+        let work = self.releases.begin();
         let inner = self.clone();
         runtime.spawn(async move {
-            let _held = match held {
-                Ok(held) => held,
-                Err(_) => inner.background.clone().read_owned().await,
-            };
+            let _work = work;
             if let Err(error) = inner.release(lease, ReleaseOutcome::Success).await {
                 tracing::warn!(%error, lease_id = %lease.lease_id(), "releasing a lease in the background failed; it comes back when it expires");
             }
         });
     }
 
-    /// Waits for the background releases started before this call.
-    async fn after_background_releases(&self) {
-        drop(self.background.write().await);
-    }
-
-    async fn grant(&self, ttl: Option<Duration>) -> Result<(GrantAttempt, Vec<ExpiredLease>)> {
-        self.after_background_releases().await;
+    async fn grant(
+        &self,
+        mark: Mark,
+        ttl: Option<Duration>,
+    ) -> Result<(GrantAttempt, Vec<ExpiredLease>)> {
+        self.releases.finished_before(mark).await;
         let conn = self.connections.get().await?;
         let ttl = ttl.map(ms);
         let mut expired = Vec::new();
@@ -761,14 +769,26 @@ fn ids(lease: LeaseToken) -> (i64, i64) {
 
 /// A grant on its way back. If the caller leaves before reading it, a lease
 /// already granted is released, and one not yet sent is refused so the
-/// task that made it releases it.
+/// task that made it releases it. The grant is counted among the orphans
+/// from the moment the caller leaves until its task ends.
 struct PendingGrant<'a> {
     answer: oneshot::Receiver<Result<(GrantAttempt, Vec<ExpiredLease>)>>,
+    /// Shared with the task, so that the orphan lasts as long as both.
+    left: Arc<Mutex<Option<Work>>>,
+    answered: bool,
     store: &'a PostgresStore,
+}
+
+fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for PendingGrant<'_> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        *lock(&self.left) = Some(self.store.inner.orphans.begin());
         self.answer.close();
         if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
             self.store.release_detached(grant.token());
@@ -799,25 +819,33 @@ impl Store for PostgresStore {
         expired: &mut Vec<ExpiredLease>,
     ) -> Result<GrantAttempt> {
         let (reply, answer) = oneshot::channel();
+        let left = Arc::new(Mutex::new(None));
         let inner = self.inner.clone();
-        self.spawn(async move {
-            let result = inner.grant(ttl).await;
-            if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
-                // The caller left: the lease goes back at once.
-                inner.release_in_background(grant.token());
+        let mark = inner.releases.mark();
+        self.spawn({
+            let left = left.clone();
+            async move {
+                let result = inner.grant(mark, ttl).await;
+                if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
+                    // The caller left: the lease goes back at once, and the
+                    // release is counted before the orphan ends.
+                    inner.release_in_background(grant.token());
+                }
+                drop(left);
+                Ok(())
             }
-            Ok(())
         })?;
         let mut pending = PendingGrant {
             answer,
+            left,
+            answered: false,
             store: self,
         };
-        let (attempt, reclaimed) =
-            (&mut pending.answer)
-                .await
-                .map_err(|_| Error::StoreUnavailable {
-                    reason: "the runtime stopped during a postgres grant".into(),
-                })??;
+        let answer = (&mut pending.answer).await;
+        pending.answered = true;
+        let (attempt, reclaimed) = answer.map_err(|_| Error::StoreUnavailable {
+            reason: "the runtime stopped during a postgres grant".into(),
+        })??;
         expired.extend(reclaimed);
         Ok(attempt)
     }

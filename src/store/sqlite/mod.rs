@@ -291,6 +291,17 @@ impl SqliteStore {
         })
         .await
     }
+
+    /// Keeps the store thread busy for `pause` inside its transaction, to
+    /// test what happens to the requests batched with this one.
+    #[doc(hidden)]
+    pub async fn stall_store_thread_for_tests(&self, pause: Duration) -> Result<()> {
+        self.call(move |_ctx| -> std::result::Result<(), Failure> {
+            std::thread::sleep(pause);
+            Ok(())
+        })
+        .await
+    }
 }
 
 impl Drop for SqliteStore {

@@ -222,6 +222,11 @@ impl GrantJob {
 
 impl Job for GrantJob {
     fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        // A caller that left before its turn gets nothing: requests it sent
+        // later may be in this very batch, and must not see a lease it holds.
+        if self.reply.as_ref().is_none_or(oneshot::Sender::is_closed) {
+            return Ok(());
+        }
         let expired = std::mem::take(&mut ctx.expired);
         self.result = Some(match grant(ctx, self.ttl) {
             Ok(attempt) => Ok((attempt, expired)),
