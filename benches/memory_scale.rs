@@ -3,7 +3,9 @@
 //! memory a credential and a waiting task cost (on the memory and the SQLite
 //! store), counted by the allocator.
 //!
-//! `cargo bench --bench memory_scale`
+//! `cargo bench --bench memory_scale`; with
+//! `scripts/with-postgres.sh cargo bench --features postgres --bench memory_scale`
+//! it also counts a waiting task's bytes on the Postgres store.
 //!
 //! Apart from `benches/memory.rs` because of its counting allocator, which
 //! would tax the Semaphore comparison there.
@@ -137,26 +139,38 @@ fn waiters(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
 }
 
 /// The bytes one waiting task costs: its task, its future and its place in
-/// line, on a pool whose one credential is held.
+/// line, on a pool whose one credential is held. One task is in line before
+/// counting starts, so the others join the line without trying the store
+/// first (10,000 first tries at once would also grow the Postgres
+/// connections' buffers, which they keep, but no waiting task holds).
 fn bytes_per_waiter<S: Store>(runtime: &tokio::runtime::Runtime, pool: Pool<S>, store: &str) {
     const WAITERS: usize = 10_000;
     runtime.block_on(pool.add_many(credentials(1))).unwrap();
     let held = runtime.block_on(pool.acquire()).unwrap();
-    let before = live();
-    let handles: Vec<_> = (0..WAITERS)
-        .map(|_| {
-            let pool = pool.clone();
-            runtime.spawn(async move {
-                let lease = pool.acquire().await.unwrap();
-                drop(lease);
+    let spawn_waiters = |count: usize| -> Vec<tokio::task::JoinHandle<()>> {
+        (0..count)
+            .map(|_| {
+                let pool = pool.clone();
+                runtime.spawn(async move {
+                    let lease = pool.acquire().await.unwrap();
+                    drop(lease);
+                })
             })
+            .collect()
+    };
+    let until_waiting = |count: usize| {
+        runtime.block_on(async {
+            while pool.stats().await.unwrap().waiters < count as u64 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         })
-        .collect();
-    runtime.block_on(async {
-        while pool.stats().await.unwrap().waiters < WAITERS as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    };
+    let mut handles = spawn_waiters(1);
+    until_waiting(1);
+    handles.reserve(WAITERS);
+    let before = live();
+    handles.extend(spawn_waiters(WAITERS));
+    until_waiting(WAITERS + 1);
     let bytes = live() - before;
     eprintln!(
         "{store} store: {WAITERS} waiting tasks take {bytes} bytes, {} bytes each \
@@ -173,6 +187,30 @@ fn bytes_per_waiter<S: Store>(runtime: &tokio::runtime::Runtime, pool: Pool<S>, 
     });
 }
 
+/// The bytes a waiting task costs on the Postgres store, when
+/// `CREDPOOL_TEST_POSTGRES_URL` names a server.
+#[cfg(feature = "postgres")]
+fn postgres_waiters(runtime: &tokio::runtime::Runtime) {
+    use credpool::store::postgres::PostgresStore;
+    let Ok(url) = std::env::var("CREDPOOL_TEST_POSTGRES_URL") else {
+        eprintln!(
+            "postgres store: not measured; run \
+             scripts/with-postgres.sh cargo bench --features postgres --bench memory_scale"
+        );
+        return;
+    };
+    let schema = format!("bench_waiters_{}", std::process::id());
+    let store = runtime
+        .block_on(
+            PostgresStore::options_url(&url)
+                .unwrap()
+                .schema(&schema)
+                .open(),
+        )
+        .unwrap();
+    bytes_per_waiter(runtime, Pool::new(store), "postgres");
+}
+
 fn main() {
     let runtime = runtime();
     let mut criterion = Criterion::default()
@@ -185,6 +223,8 @@ fn main() {
         .block_on(SqliteStore::open(dir.path().join("waiters.db")))
         .unwrap();
     bytes_per_waiter(&runtime, Pool::new(sqlite), "sqlite");
+    #[cfg(feature = "postgres")]
+    postgres_waiters(&runtime);
     pair_by_size(&mut criterion, &runtime);
     waiters(&mut criterion, &runtime);
     criterion.final_summary();

@@ -1,8 +1,11 @@
 //! The pool: waiting, fairness, timeouts, close and events, once for every store.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -264,11 +267,15 @@ impl<S: Store> Pool<S> {
         loop {
             let (first, retry_at) = place;
             let timer = if first { self.timer(retry_at) } else { None };
+            // Boxed, and made only for the first in line: the store's future
+            // (a Postgres store's `Notified`) would otherwise sit in every
+            // waiting task's state.
+            let changed = OnlyIf(first.then(|| Box::pin(self.shared.store.changed())));
             let wake = tokio::select! {
                 biased;
                 () = waiter.woken() => Wake::Signal,
                 () = sleep_until(timer) => Wake::Timer,
-                () = self.shared.store.changed(), if first => Wake::Timer,
+                () = changed => Wake::Timer,
                 () = sleep_until(deadline.map(|(at, _)| at)) => {
                     let waited = deadline.map_or(Duration::ZERO, |(_, timeout)| timeout);
                     return Err(Error::Timeout { waited, what: "a free credential" });
@@ -667,5 +674,19 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A future that runs its boxed future if it has one, and else never ends.
+struct OnlyIf<F>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = ()>> Future for OnlyIf<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(future) => future.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
 }

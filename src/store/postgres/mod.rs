@@ -813,41 +813,45 @@ impl Store for PostgresStore {
         self.changed.notified()
     }
 
-    async fn grant(
+    fn grant(
         &self,
         ttl: Option<Duration>,
         expired: &mut Vec<ExpiredLease>,
-    ) -> Result<GrantAttempt> {
-        let (reply, answer) = oneshot::channel();
-        let left = Arc::new(Mutex::new(None));
-        let inner = self.inner.clone();
-        let mark = inner.releases.mark();
-        self.spawn({
-            let left = left.clone();
-            async move {
-                let result = inner.grant(mark, ttl).await;
-                if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
-                    // The caller left: the lease goes back at once, and the
-                    // release is counted before the orphan ends.
-                    inner.release_in_background(grant.token());
+    ) -> impl Future<Output = Result<GrantAttempt>> + Send {
+        // Boxed, as on SQLite: every task waiting in `Pool::acquire` carries
+        // the future of its first attempt inline.
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            let left = Arc::new(Mutex::new(None));
+            let inner = self.inner.clone();
+            let mark = inner.releases.mark();
+            self.spawn({
+                let left = left.clone();
+                async move {
+                    let result = inner.grant(mark, ttl).await;
+                    if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
+                        // The caller left: the lease goes back at once, and the
+                        // release is counted before the orphan ends.
+                        inner.release_in_background(grant.token());
+                    }
+                    drop(left);
+                    Ok(())
                 }
-                drop(left);
-                Ok(())
-            }
-        })?;
-        let mut pending = PendingGrant {
-            answer,
-            left,
-            answered: false,
-            store: self,
-        };
-        let answer = (&mut pending.answer).await;
-        pending.answered = true;
-        let (attempt, reclaimed) = answer.map_err(|_| Error::StoreUnavailable {
-            reason: "the runtime stopped during a postgres grant".into(),
-        })??;
-        expired.extend(reclaimed);
-        Ok(attempt)
+            })?;
+            let mut pending = PendingGrant {
+                answer,
+                left,
+                answered: false,
+                store: self,
+            };
+            let answer = (&mut pending.answer).await;
+            pending.answered = true;
+            let (attempt, reclaimed) = answer.map_err(|_| Error::StoreUnavailable {
+                reason: "the runtime stopped during a postgres grant".into(),
+            })??;
+            expired.extend(reclaimed);
+            Ok(attempt)
+        })
     }
 
     fn release(

@@ -362,23 +362,28 @@ impl Store for SqliteStore {
         Some(self.poll_interval)
     }
 
-    async fn grant(
+    fn grant(
         &self,
         ttl: Option<Duration>,
         expired: &mut Vec<ExpiredLease>,
-    ) -> Result<GrantAttempt> {
-        let permit = self.room().await?;
-        let (reply, answer) = oneshot::channel();
-        self.send(GrantJob::boxed(ttl, reply, permit))?;
-        let mut pending = PendingGrant {
-            answer,
-            store: self,
-        };
-        let (attempt, reclaimed) = (&mut pending.answer)
-            .await
-            .map_err(|_| self.unavailable())??;
-        expired.extend(reclaimed);
-        Ok(attempt)
+    ) -> impl Future<Output = Result<GrantAttempt>> + Send {
+        // Boxed: every task waiting in `Pool::acquire` carries the future of
+        // its first attempt inline, so its size is paid per waiter. One
+        // allocation is nothing next to a trip to the store thread.
+        Box::pin(async move {
+            let permit = self.room().await?;
+            let (reply, answer) = oneshot::channel();
+            self.send(GrantJob::boxed(ttl, reply, permit))?;
+            let mut pending = PendingGrant {
+                answer,
+                store: self,
+            };
+            let (attempt, reclaimed) = (&mut pending.answer)
+                .await
+                .map_err(|_| self.unavailable())??;
+            expired.extend(reclaimed);
+            Ok(attempt)
+        })
     }
 
     fn release(
