@@ -12,7 +12,13 @@ enum Ended {
     Back(u128),
     /// Given back at `end`, but the store refused it as stale.
     Fenced(u128),
-    /// The release failed, or the process died: out until the lease expired.
+    /// Given back at `end`, but the release failed with an error other than
+    /// "stale". Its holder stopped using it at `end`; the store may have
+    /// taken the release or not (a Postgres connection can end after the
+    /// commit and before the reply), so the credential may go to another
+    /// holder at once, or only once the lease expired.
+    Failed(u128),
+    /// The process died: out until the lease expired.
     Expired,
 }
 
@@ -32,8 +38,23 @@ impl Hold {
         match self.ended {
             Ended::Back(at) => at,
             Ended::Fenced(at) => at.min(self.expires),
+            Ended::Failed(at) => at,
             Ended::Expired => self.expires,
         }
+    }
+
+    /// The hold, for a violation's message.
+    fn describe(&self) -> String {
+        let how = match self.ended {
+            Ended::Back(at) => format!("given back at {at} ns"),
+            Ended::Fenced(at) => format!("given back at {at} ns, refused as stale"),
+            Ended::Failed(at) => format!("given back at {at} ns, the release failed"),
+            Ended::Expired => "its holder died holding it; out until it expired".to_string(),
+        };
+        format!(
+            "lease {} (granted at {} ns, expiring at {} ns, {how})",
+            self.lease_id, self.start, self.expires
+        )
     }
 }
 
@@ -43,7 +64,10 @@ pub(crate) struct Checked {
     pub(crate) grants: usize,
     pub(crate) grants_by_name: HashMap<String, u64>,
     pub(crate) fenced: usize,
-    pub(crate) failed_or_killed: usize,
+    /// Releases that failed with an error other than "stale".
+    pub(crate) failed: usize,
+    /// Holds whose holder died holding them.
+    pub(crate) killed: usize,
     pub(crate) violations: Vec<String>,
 }
 
@@ -84,6 +108,7 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                     hold.ended = match (fields[0], hold.ended) {
                         ("E", _) => Ended::Back(number(2)?),
                         ("F", Ended::Back(at)) => Ended::Fenced(at),
+                        ("X", Ended::Back(at)) => Ended::Failed(at),
                         _ => Ended::Expired,
                     };
                 }
@@ -117,7 +142,11 @@ pub(crate) fn check(texts: &[String]) -> Checked {
             .iter()
             .filter(|hold| matches!(hold.ended, Ended::Fenced(_)))
             .count(),
-        failed_or_killed: holds
+        failed: holds
+            .iter()
+            .filter(|hold| matches!(hold.ended, Ended::Failed(_)))
+            .count(),
+        killed: holds
             .iter()
             .filter(|hold| hold.ended == Ended::Expired)
             .count(),
@@ -132,25 +161,30 @@ pub(crate) fn check(texts: &[String]) -> Checked {
     for (name, mut holds) in by_name {
         holds.sort_by_key(|hold| hold.start);
         // Ends sort before starts at the same instant.
-        let mut events: Vec<(u128, i32, u64)> = holds
+        let mut events: Vec<(u128, i32, usize)> = holds
             .iter()
-            .flat_map(|hold| {
-                [
-                    (hold.start, 1, hold.lease_id),
-                    (hold.end(), -1, hold.lease_id),
-                ]
-            })
+            .enumerate()
+            .flat_map(|(index, hold)| [(hold.start, 1, index), (hold.end(), -1, index)])
             .collect();
         events.sort();
         let capacity = holds.iter().map(|hold| hold.capacity).max().unwrap_or(1);
-        let mut holding = 0;
-        for (at, change, lease_id) in events {
-            holding += change;
-            if holding > capacity as i32 {
+        let mut out: Vec<usize> = Vec::new();
+        for (at, change, index) in events {
+            if change < 0 {
+                out.retain(|&other| other != index);
+                continue;
+            }
+            if out.len() >= capacity as usize {
+                let others: Vec<String> =
+                    out.iter().map(|&other| holds[other].describe()).collect();
                 checked.violations.push(format!(
-                    "{name} held by {holding} leases at once (capacity {capacity}) when lease {lease_id} was granted at {at} ns"
+                    "{name} held by {} leases at once (capacity {capacity}) when lease {} was granted at {at} ns; also out: {}",
+                    out.len() + 1,
+                    holds[index].lease_id,
+                    others.join("; ")
                 ));
             }
+            out.push(index);
         }
         if capacity == 1 {
             for pair in holds.windows(2) {
@@ -186,7 +220,7 @@ mod tests {
         ]));
         assert_eq!(checked.violations, Vec::<String>::new());
         assert_eq!(checked.grants, 4);
-        assert_eq!(checked.failed_or_killed, 2);
+        assert_eq!(checked.killed, 2);
     }
 
     #[test]
@@ -231,6 +265,33 @@ mod tests {
             decreasing.violations[0].contains("smaller id"),
             "{:?}",
             decreasing.violations
+        );
+    }
+
+    #[test]
+    fn a_failed_release_ends_when_its_holder_gave_it_back() {
+        // Lease 1's release failed at 200, but had been committed: the store
+        // rightly granted lease 2 at 300, long before lease 1's expiry.
+        let checked = check(&log(&[
+            "G a 1 1 100 9000",
+            "E 1 200 released",
+            "X 1",
+            "G a 1 2 300 9000",
+        ]));
+        assert!(checked.violations.is_empty(), "{:?}", checked.violations);
+        assert_eq!(checked.failed, 1);
+        // Its holder used it until 200: a grant before that is an overlap.
+        let overlap = check(&log(&[
+            "G a 1 1 100 9000",
+            "G a 1 2 150 9000",
+            "E 1 200 released",
+            "X 1",
+        ]));
+        assert_eq!(overlap.violations.len(), 1, "{:?}", overlap.violations);
+        assert!(
+            overlap.violations[0].contains("lease 1 (granted at 100 ns"),
+            "the violation names the other hold: {:?}",
+            overlap.violations
         );
     }
 

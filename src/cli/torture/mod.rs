@@ -422,8 +422,12 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
     outln!("  faults injected    {}", injected.describe());
     outln!("  fenced releases    {}", checked.fenced);
     outln!(
-        "  expired leases     {} (release failed or holder killed)",
-        checked.failed_or_killed
+        "  failed releases    {} (taken by the store or not: the holder had stopped)",
+        checked.failed
+    );
+    outln!(
+        "  killed holding     {} (out until the lease expired)",
+        checked.killed
     );
     outln!(
         "  admin changes      {added} added, {} removed",

@@ -9,8 +9,10 @@
 //!   released, cooled, disabled, dropped, or aborted when the task was
 //!   cancelled while holding it);
 //! - `F LEASE_ID` when the store refused the release as stale (fenced), and
-//!   `X LEASE_ID` when the release failed otherwise: the lease stays out until
-//!   it expires.
+//!   `X LEASE_ID` when the release failed otherwise. The holder stopped using
+//!   the credential at its `E` line either way; a failed release may still
+//!   have been committed (on Postgres, a connection that ends after the
+//!   commit loses the reply).
 
 use std::io::Write;
 use std::path::PathBuf;
