@@ -17,6 +17,10 @@
 //!   first, then id), served by an index.
 //! - Leases expire after [`DEFAULT_LEASE_TTL`] unless renewed, so the
 //!   credentials of a killed process come back.
+//! - Cancelling a caller never leaves a lease out: a grant whose caller left
+//!   before the thread reached it is not made, and one whose caller left
+//!   during its transaction is released right after the commit, before the
+//!   thread takes its next batch.
 
 mod schema;
 mod worker;
