@@ -2,12 +2,16 @@
 //!
 //! `cargo bench --bench memory`
 
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credpool::{NewCredential, Pool};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::sync::Semaphore;
+
+use common::{tasks_doing_pairs, time_tasks, Holding};
 
 const TASKS: usize = 64;
 const CREDENTIALS: usize = 8;
@@ -62,7 +66,7 @@ fn contended(c: &mut Criterion) {
     let semaphore = Arc::new(Semaphore::new(CREDENTIALS));
     group.bench_function("tokio_semaphore", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(time_tasks(iterations, |_| {
+            runtime.block_on(time_tasks(iterations, TASKS, |_| {
                 let semaphore = semaphore.clone();
                 async move {
                     for _ in 0..PAIRS_PER_TASK {
@@ -83,34 +87,16 @@ fn contended(c: &mut Criterion) {
         .unwrap();
     group.bench_function("credpool", |b| {
         b.iter_custom(|iterations| {
-            runtime.block_on(time_tasks(iterations, |_| {
-                let pool = pool.clone();
-                async move {
-                    for _ in 0..PAIRS_PER_TASK {
-                        let lease = pool.acquire().await.unwrap();
-                        tokio::task::yield_now().await;
-                        lease.release().await.unwrap();
-                    }
-                }
-            }))
+            runtime.block_on(tasks_doing_pairs(
+                &pool,
+                TASKS,
+                PAIRS_PER_TASK,
+                Holding::AcrossAYield,
+                iterations,
+            ))
         })
     });
     group.finish();
-}
-
-async fn time_tasks<F, Fut>(iterations: u64, task: F) -> Duration
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let started = Instant::now();
-    for _ in 0..iterations {
-        let handles: Vec<_> = (0..TASKS).map(|i| tokio::spawn(task(i))).collect();
-        for handle in handles {
-            handle.await.unwrap();
-        }
-    }
-    started.elapsed()
 }
 
 criterion_group! {

@@ -10,13 +10,17 @@
 //! Apart from `benches/memory.rs` because of its counting allocator, which
 //! would tax the Semaphore comparison there.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use credpool::store::sqlite::SqliteStore;
 use credpool::{NewCredential, Pool, Store};
 use criterion::{Criterion, Throughput};
+
+use common::{tasks_doing_pairs, Holding};
 
 /// Counts the bytes allocated and not yet freed.
 struct Counting;
@@ -89,35 +93,17 @@ fn pair_by_size(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     for (count, pool) in pools {
         group.bench_function(format!("{count}_credentials"), |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(tasks_doing_pairs(&pool, 64, 1_000, iterations))
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    64,
+                    1_000,
+                    Holding::AcrossAYield,
+                    iterations,
+                ))
             })
         });
     }
     group.finish();
-}
-
-/// `tasks` tasks doing `pairs` pairs each (with a `yield_now` while
-/// holding), `iterations` times.
-async fn tasks_doing_pairs(pool: &Pool, tasks: usize, pairs: usize, iterations: u64) -> Duration {
-    let started = Instant::now();
-    for _ in 0..iterations {
-        let handles: Vec<_> = (0..tasks)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    for _ in 0..pairs {
-                        let lease = pool.acquire().await.unwrap();
-                        tokio::task::yield_now().await;
-                        lease.release().await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.await.unwrap();
-        }
-    }
-    started.elapsed()
 }
 
 /// Many tasks on 10 credentials: 64 tasks, then 10,000.
@@ -131,7 +117,13 @@ fn waiters(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
         runtime.block_on(pool.add_many(credentials(10))).unwrap();
         group.bench_function(format!("{tasks}_tasks"), |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(tasks_doing_pairs(&pool, tasks, PAIRS / tasks, iterations))
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    tasks,
+                    PAIRS / tasks,
+                    Holding::AcrossAYield,
+                    iterations,
+                ))
             })
         });
     }

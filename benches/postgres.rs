@@ -4,6 +4,8 @@
 //! Needs a server: `scripts/with-postgres.sh cargo bench --features postgres --bench postgres`
 //! (or set `CREDPOOL_TEST_POSTGRES_URL` to a database you can spare).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,8 @@ use credpool::{NewCredential, Pool};
 use criterion::{Criterion, Throughput};
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls, Statement};
+
+use common::{tasks_doing_pairs, time_tasks, Holding};
 
 const URL_VARIABLE: &str = "CREDPOOL_TEST_POSTGRES_URL";
 const PAIRS_PER_TASK: usize = 50;
@@ -145,47 +149,22 @@ fn one_task(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
     group.finish();
 }
 
-/// Runs `tasks` tasks that each do `PAIRS_PER_TASK` pairs, `iterations` times.
+/// Times `iterations` rounds of `tasks` tasks that each run `pair(task)`
+/// `PAIRS_PER_TASK` times (the bare baseline's pairs).
 fn timed<F, Fut>(runtime: &Runtime, iterations: u64, tasks: usize, pair: F) -> Duration
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    timed_pairs(runtime, iterations, tasks, PAIRS_PER_TASK, pair)
-}
-
-/// Runs `tasks` tasks that each do `pairs` pairs, `iterations` times.
-fn timed_pairs<F, Fut>(
-    runtime: &Runtime,
-    iterations: u64,
-    tasks: usize,
-    pairs: usize,
-    pair: F,
-) -> Duration
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
     let pair = Arc::new(pair);
-    runtime.block_on(async {
-        let started = Instant::now();
-        for _ in 0..iterations {
-            let handles: Vec<_> = (0..tasks)
-                .map(|task| {
-                    let pair = pair.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..pairs {
-                            pair(task).await;
-                        }
-                    })
-                })
-                .collect();
-            for handle in handles {
-                handle.await.unwrap();
+    runtime.block_on(time_tasks(iterations, tasks, |task| {
+        let pair = pair.clone();
+        async move {
+            for _ in 0..PAIRS_PER_TASK {
+                pair(task).await;
             }
         }
-        started.elapsed()
-    })
+    }))
 }
 
 fn contended(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
@@ -210,14 +189,13 @@ fn contended(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
     let pool = runtime.block_on(credpool_pool(schemas.last().unwrap(), credentials));
     group.bench_function("credpool", |b| {
         b.iter_custom(|iterations| {
-            let pool = pool.clone();
-            timed(runtime, iterations, tasks, move |_| {
-                let pool = pool.clone();
-                async move {
-                    let lease = pool.acquire().await.unwrap();
-                    lease.release().await.unwrap();
-                }
-            })
+            runtime.block_on(tasks_doing_pairs(
+                &pool,
+                tasks,
+                PAIRS_PER_TASK,
+                Holding::Briefly,
+                iterations,
+            ))
         })
     });
     group.finish();
@@ -250,14 +228,13 @@ fn scale(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
         group.sample_size(10);
         group.bench_function(format!("{count}_credentials"), |b| {
             b.iter_custom(|iterations| {
-                let pool = pool.clone();
-                timed(runtime, iterations, 64, move |_| {
-                    let pool = pool.clone();
-                    async move {
-                        let lease = pool.acquire().await.unwrap();
-                        lease.release().await.unwrap();
-                    }
-                })
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    64,
+                    PAIRS_PER_TASK,
+                    Holding::Briefly,
+                    iterations,
+                ))
             })
         });
         group.finish();
@@ -273,14 +250,13 @@ fn scale(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
         group.throughput(Throughput::Elements((tasks * pairs) as u64));
         group.bench_function(format!("{tasks}_tasks"), |b| {
             b.iter_custom(|iterations| {
-                let pool = pool.clone();
-                timed_pairs(runtime, iterations, tasks, pairs, move |_| {
-                    let pool = pool.clone();
-                    async move {
-                        let lease = pool.acquire().await.unwrap();
-                        lease.release().await.unwrap();
-                    }
-                })
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    tasks,
+                    pairs,
+                    Holding::Briefly,
+                    iterations,
+                ))
             })
         });
     }

@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench sqlite`
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,8 @@ use credpool::store::sqlite::SqliteStore;
 use credpool::{NewCredential, Pool};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rusqlite::{params, Connection};
+
+use common::{tasks_doing_pairs, Holding};
 
 const PAIRS_PER_TASK: usize = 200;
 
@@ -135,7 +139,13 @@ fn contended(c: &mut Criterion) {
         ));
         group.bench_function("credpool", |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(tasks_doing_pairs(&pool, tasks, PAIRS_PER_TASK, iterations))
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    tasks,
+                    PAIRS_PER_TASK,
+                    Holding::Briefly,
+                    iterations,
+                ))
             })
         });
         group.finish();
@@ -144,34 +154,7 @@ fn contended(c: &mut Criterion) {
 
 /// 64 tasks doing `PAIRS_PER_TASK` pairs each, `iterations` times.
 async fn sixty_four_tasks(pool: &Pool<SqliteStore>, iterations: u64) -> Duration {
-    tasks_doing_pairs(pool, 64, PAIRS_PER_TASK, iterations).await
-}
-
-/// `tasks` tasks doing `pairs` pairs each, `iterations` times.
-async fn tasks_doing_pairs(
-    pool: &Pool<SqliteStore>,
-    tasks: usize,
-    pairs: usize,
-    iterations: u64,
-) -> Duration {
-    let started = Instant::now();
-    for _ in 0..iterations {
-        let handles: Vec<_> = (0..tasks)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    for _ in 0..pairs {
-                        let lease = pool.acquire().await.unwrap();
-                        lease.release().await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle.await.unwrap();
-        }
-    }
-    started.elapsed()
+    tasks_doing_pairs(pool, 64, PAIRS_PER_TASK, Holding::Briefly, iterations).await
 }
 
 /// The same pair and the same 64 tasks at 1,000, 100,000 and 1,000,000
@@ -220,7 +203,13 @@ fn scale(c: &mut Criterion) {
     for tasks in [64usize, 10_000] {
         group.bench_function(format!("{tasks}_tasks"), |b| {
             b.iter_custom(|iterations| {
-                runtime.block_on(tasks_doing_pairs(&pool, tasks, 20_000 / tasks, iterations))
+                runtime.block_on(tasks_doing_pairs(
+                    &pool,
+                    tasks,
+                    20_000 / tasks,
+                    Holding::Briefly,
+                    iterations,
+                ))
             })
         });
     }
