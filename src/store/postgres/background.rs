@@ -76,6 +76,10 @@ impl Background {
 
     /// Waits until every piece of work begun before `mark` has finished.
     pub(super) async fn finished_before(&self, mark: Mark) {
+        // Nearly always: nothing to wait for, and no waiter to register.
+        if self.done_before(mark) {
+            return;
+        }
         loop {
             let finished = self.finished.notified();
             tokio::pin!(finished);

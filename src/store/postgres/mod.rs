@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, Notify};
@@ -773,14 +773,11 @@ fn ids(lease: LeaseToken) -> (i64, i64) {
 /// from the moment the caller leaves until its task ends.
 struct PendingGrant<'a> {
     answer: oneshot::Receiver<Result<(GrantAttempt, Vec<ExpiredLease>)>>,
-    /// Shared with the task, so that the orphan lasts as long as both.
-    left: Arc<Mutex<Option<Work>>>,
+    /// Set when the caller leaves; shared with the task, so that the orphan
+    /// lasts as long as both.
+    left: Arc<OnceLock<Work>>,
     answered: bool,
     store: &'a PostgresStore,
-}
-
-fn lock<T>(slot: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for PendingGrant<'_> {
@@ -788,7 +785,7 @@ impl Drop for PendingGrant<'_> {
         if self.answered {
             return;
         }
-        *lock(&self.left) = Some(self.store.inner.orphans.begin());
+        let _ = self.left.set(self.store.inner.orphans.begin());
         self.answer.close();
         if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
             self.store.release_detached(grant.token());
@@ -822,7 +819,7 @@ impl Store for PostgresStore {
         // the future of its first attempt inline.
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
-            let left = Arc::new(Mutex::new(None));
+            let left = Arc::new(OnceLock::new());
             let inner = self.inner.clone();
             let mark = inner.releases.mark();
             self.spawn({
