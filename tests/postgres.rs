@@ -400,6 +400,76 @@ fn child_process_entry() {
     });
 }
 
+/// Grants asked for at once share one statement, which hands out each
+/// credential's free places in turns and never more than its capacity.
+#[tokio::test]
+async fn grants_asked_for_at_once_share_a_statement_within_capacity() {
+    let pool = Pool::builder(open(&fresh_schema("batch")).await)
+        .no_lease_ttl()
+        .build();
+    for (name, capacity) in [("a", 3), ("b", 1), ("c", 2)] {
+        pool.add(NewCredential::new(name, "s").capacity(capacity))
+            .await
+            .unwrap();
+    }
+    let names = |leases: &[credpool::Lease<PostgresStore>]| {
+        let mut names: Vec<String> = leases
+            .iter()
+            .map(|lease| lease.credential().name().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Three at once: the first place of each credential.
+    let leases: Vec<_> = try_acquire_at_once(&pool, 3)
+        .await
+        .into_iter()
+        .map(|lease| lease.expect("a place for each"))
+        .collect();
+    assert!(
+        pool.store().shared_grant_statements() >= 1,
+        "one statement served them"
+    );
+    assert_eq!(names(&leases), ["a", "b", "c"], "one place of each first");
+    drop(leases);
+    conformance::leases_back(&pool).await;
+
+    // Twenty at once: every place, and no more.
+    let before = pool.store().shared_grant_statements();
+    let leases: Vec<_> = try_acquire_at_once(&pool, 20)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(pool.store().shared_grant_statements() > before);
+    assert_eq!(names(&leases), ["a", "a", "a", "b", "c", "c"]);
+    let mut ids: Vec<_> = leases.iter().map(|lease| lease.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "every lease has an id of its own");
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.leased, stats.leases), (3, 6));
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.available, stats.leases), (3, 0));
+}
+
+/// `count` calls to `try_acquire`, asked for at once.
+async fn try_acquire_at_once(
+    pool: &Pool<PostgresStore>,
+    count: usize,
+) -> Vec<Option<credpool::Lease<PostgresStore>>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let pool = pool.clone();
+        calls.spawn(async move { pool.try_acquire().await.unwrap() });
+    }
+    calls.join_all().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_never_hold_a_credential_twice() {
     let schema = fresh_schema("processes");

@@ -22,6 +22,7 @@ use crate::error::Result;
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) acquire: Statement,
+    pub(crate) acquire_many: Statement,
     pub(crate) release: Statement,
     pub(crate) renew: Statement,
     pub(crate) reclaim: Statement,
@@ -95,6 +96,7 @@ impl Connections {
             .await?;
         let conn = Arc::new(Conn {
             acquire: client.prepare(&self.sql.acquire).await?,
+            acquire_many: client.prepare(&self.sql.acquire_many).await?,
             release: client.prepare(&self.sql.release).await?,
             renew: client.prepare(&self.sql.renew).await?,
             reclaim: client.prepare(&self.sql.reclaim).await?,

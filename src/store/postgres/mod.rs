@@ -9,6 +9,9 @@
 //!   credential with `FOR UPDATE SKIP LOCKED`, records the lease and bumps
 //!   the usage, and returns the row. Release and renew are one statement
 //!   each, fenced by the lease id. Times are the server's clock.
+//! - Grants asked for at the same time share one acquire statement: at most
+//!   one per connection is in flight, and the grants that arrive meanwhile
+//!   go together in the next (up to 64). A lone grant goes at once.
 //! - A small pool of connections ([`PostgresOptions::connections`], default
 //!   8) is shared by all callers: every operation is one statement, so
 //!   tokio-postgres pipelines them. A connection that breaks fails the calls
@@ -28,6 +31,7 @@
 //!   [`RECLAIM_INTERVAL`] otherwise.
 
 mod background;
+mod batch;
 mod connections;
 mod schema;
 mod sql;
@@ -35,7 +39,7 @@ mod sql;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -53,6 +57,7 @@ use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
 
 use self::background::{Background, Mark, Work};
+use self::batch::{Asked, GrantQueue};
 use self::connections::{Conn, Connections};
 use self::sql::Sql;
 
@@ -196,6 +201,8 @@ impl PostgresOptions {
                 pool: self.pool,
                 location,
                 last_reclaim: AtomicI64::new(0),
+                grants: GrantQueue::new(self.connections),
+                shared_statements: AtomicU64::new(0),
                 releases: Arc::default(),
                 orphans: Arc::default(),
             }),
@@ -345,6 +352,13 @@ impl PostgresStore {
         &self.inner.location
     }
 
+    /// How many acquire statements so far were shared by several grants
+    /// asked for at the same time. For tests.
+    #[doc(hidden)]
+    pub fn shared_grant_statements(&self) -> u64 {
+        self.inner.shared_statements.load(Ordering::Relaxed)
+    }
+
     /// Runs `work` on its own task, so that it finishes even if the caller
     /// leaves; fails if there is no runtime to run it on.
     fn spawn<T, F>(&self, work: F) -> Result<JoinHandle<Result<T>>>
@@ -407,6 +421,10 @@ struct Inner {
     last_announced: AtomicI64,
     /// When this process last reclaimed expired leases, in ms.
     last_reclaim: AtomicI64,
+    /// The grants waiting to share an acquire statement.
+    grants: GrantQueue,
+    /// How many acquire statements were shared by more than one grant.
+    shared_statements: AtomicU64,
     /// The releases running in the background (of a dropped lease, or of a
     /// grant whose caller left). Every other call waits for the ones begun
     /// before it, so it sees their effect, as on the other stores.
@@ -458,26 +476,35 @@ impl Inner {
     }
 
     async fn grant(
-        &self,
+        self: &Arc<Self>,
         mark: Mark,
         ttl: Option<Duration>,
     ) -> Result<(GrantAttempt, Vec<ExpiredLease>)> {
         self.releases.finished_before(mark).await;
-        let conn = self.connections.get().await?;
         let ttl = ttl.map(ms);
         let mut expired = Vec::new();
-        let due = now_ms() - self.last_reclaim.load(Ordering::Relaxed) >= ms(RECLAIM_INTERVAL);
+        let now = now_ms();
+        let last_reclaim = self.last_reclaim.load(Ordering::Relaxed);
+        let due = now - last_reclaim >= ms(RECLAIM_INTERVAL)
+            && self
+                .last_reclaim
+                .compare_exchange(last_reclaim, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        // The grant is queued at once, before any wait for a connection, so
+        // that grants asked for together share a statement.
         let mut granted = if due {
-            let (reclaimed, granted) = tokio::join!(self.reclaim(&conn), self.acquire(&conn, ttl));
+            let reclaim = async { self.reclaim(&*self.connections.get().await?).await };
+            let (granted, reclaimed) = tokio::join!(self.acquire(ttl), reclaim);
             expired = reclaimed?;
             granted?
         } else {
-            self.acquire(&conn, ttl).await?
+            self.acquire(ttl).await?
         };
         for _ in 0..LOCKED_RETRIES {
             if let Some(grant) = granted {
                 return Ok((GrantAttempt::Granted(grant), expired));
             }
+            let conn = self.connections.get().await?;
             let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
             let (reclaimed, busy, announced) = tokio::join!(
                 self.reclaim(&conn),
@@ -504,7 +531,7 @@ impl Inner {
                 let retry_at = retry_at.map(from_ms);
                 return Ok((GrantAttempt::Busy { retry_at }, expired));
             }
-            granted = self.acquire(&conn, ttl).await?;
+            granted = self.acquire(ttl).await?;
         }
         match granted {
             Some(grant) => Ok((GrantAttempt::Granted(grant), expired)),
@@ -535,12 +562,58 @@ impl Inner {
         Ok(())
     }
 
-    async fn acquire(&self, conn: &Conn, ttl: Option<i64>) -> Result<Option<Grant>> {
-        let row = conn
+    /// A lease, or none when nothing was free; the statement is shared with
+    /// the grants asked for at the same time.
+    async fn acquire(self: &Arc<Self>, ttl: Option<i64>) -> Result<Option<Grant>> {
+        let (reply, answer) = oneshot::channel();
+        if self.grants.push(Asked { ttl, reply }) {
+            tokio::spawn(self.clone().run_grants());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::StoreUnavailable {
+                reason: "a postgres grant was dropped before its statement ran".into(),
+            })
+        })
+    }
+
+    /// Runs the queued grants, a batch per statement, until none waits.
+    async fn run_grants(self: Arc<Self>) {
+        let mut runner = self.grants.runner();
+        while let Some((ttl, batch)) = runner.next_batch() {
+            match self.acquire_batch(ttl, batch.len()).await {
+                Ok(grants) => {
+                    let mut grants = grants.into_iter();
+                    for asked in batch {
+                        if let Err(Ok(Some(grant))) = asked.reply.send(Ok(grants.next())) {
+                            self.release_in_background(grant.token());
+                        }
+                    }
+                }
+                Err(error) => {
+                    for asked in batch {
+                        let _ = asked.reply.send(Err(share(&error)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `count` leases in one statement, in the order of their ids.
+    async fn acquire_batch(&self, ttl: Option<i64>, count: usize) -> Result<Vec<Grant>> {
+        let conn = self.connections.get().await?;
+        if count == 1 {
+            let row = conn
+                .client
+                .query_opt(&conn.acquire, &[&self.pool, &ttl])
+                .await?;
+            return Ok(row.as_ref().map(grant_from).into_iter().collect());
+        }
+        self.shared_statements.fetch_add(1, Ordering::Relaxed);
+        let rows = conn
             .client
-            .query_opt(&conn.acquire, &[&self.pool, &ttl])
+            .query(&conn.acquire_many, &[&self.pool, &ttl, &(count as i64)])
             .await?;
-        Ok(row.as_ref().map(grant_from))
+        Ok(rows.iter().map(grant_from).collect())
     }
 
     /// Ends expired leases. A deadlock with another process reclaiming the
@@ -757,6 +830,19 @@ impl Inner {
             leases: count(4),
             waiters: 0,
         })
+    }
+}
+
+/// The same error again, for each caller of a shared statement.
+fn share(error: &Error) -> Error {
+    match error {
+        Error::Postgres { message, code } => Error::Postgres {
+            message: message.clone(),
+            code: code.clone(),
+        },
+        other => Error::StoreUnavailable {
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -17,6 +17,12 @@ pub(crate) struct Sql {
     /// statement cannot see) and records the lease. Returns credential id, name, secret, extra,
     /// capacity, lease id, acquired_at, expires_at; no row when none is free.
     pub(crate) acquire: String,
+    /// `$1` pool, `$2` TTL in ms (NULL: none), `$3` how many. As `acquire`,
+    /// for up to `$3` leases at once: picks up to `$3` free credentials, least
+    /// recently used first, and hands out their free places in turns (the
+    /// first place of each, then the second of those with capacity left, and
+    /// so on). Returns the same columns, one row per lease, by lease id.
+    pub(crate) acquire_many: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` cool-down in ms,
     /// `$5` disable reason, `$6` channel, `$7` payload, `$8` this store's
     /// instance. Fenced: changes nothing unless the lease is still held and
@@ -71,6 +77,41 @@ impl Sql {
                  SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
                         leased.id, leased.acquired_at, leased.expires_at
                  FROM marked, leased"
+            ),
+            acquire_many: format!(
+                "WITH picked AS (
+                     SELECT id, capacity - holders AS free, last_used_at FROM {credentials}
+                     WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
+                       AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                     ORDER BY last_used_at NULLS FIRST, id
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED
+                 ),
+                 places AS (
+                     SELECT picked.id FROM picked, generate_series(1, picked.free) AS place
+                     ORDER BY place, picked.last_used_at NULLS FIRST, picked.id
+                     LIMIT $3
+                 ),
+                 counts AS (
+                     SELECT id, count(*)::integer AS n FROM places GROUP BY id
+                 ),
+                 marked AS (
+                     UPDATE {credentials} AS c
+                     SET holders = c.holders + counts.n, last_used_at = {NOW},
+                         use_count = c.use_count + counts.n, cooling_until = NULL
+                     FROM counts WHERE c.id = counts.id
+                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, counts.n
+                 ),
+                 leased AS (
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint
+                     FROM marked, generate_series(1, marked.n)
+                     RETURNING id, credential_id, acquired_at, expires_at
+                 )
+                 SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
+                        leased.id, leased.acquired_at, leased.expires_at
+                 FROM marked JOIN leased ON leased.credential_id = marked.id
+                 ORDER BY leased.id"
             ),
             release: format!(
                 "WITH gone AS (
