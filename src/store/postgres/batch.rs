@@ -29,6 +29,9 @@ pub(super) struct Asked {
     pub(super) reply: oneshot::Sender<Result<Option<Grant>>>,
 }
 
+/// The grants for one statement: their TTL in ms, and each grant.
+pub(super) type Batch = (Option<i64>, Vec<Asked>);
+
 /// The grants waiting for a statement, and how many runners take them.
 #[derive(Debug)]
 pub(super) struct GrantQueue {
@@ -81,7 +84,8 @@ impl GrantQueue {
         false
     }
 
-    /// The runner that [`GrantQueue::push`] asked for.
+    /// The runner that [`GrantQueue::push`] asked for, or the one that takes
+    /// over from a runner that called [`Runner::hand_over`].
     pub(super) fn runner(&self) -> Runner<'_> {
         Runner {
             queue: self,
@@ -106,11 +110,17 @@ impl Drop for Runner<'_> {
 }
 
 impl Runner<'_> {
+    /// Leaves this runner's place, still counted, to the next call of
+    /// [`GrantQueue::runner`].
+    pub(super) fn hand_over(mut self) {
+        self.stopped = true;
+    }
+
     /// The grants for the next statement: the first waiting and every other
     /// with the same TTL, in the order they were asked for, at most
     /// [`MAX_BATCH`]. `None` when nothing waits: the runner has stopped, and
     /// the next grant pushed starts another.
-    pub(super) fn next_batch(&mut self) -> Option<(Option<i64>, Vec<Asked>)> {
+    pub(super) fn next_batch(&mut self) -> Option<Batch> {
         let mut state = self.queue.state();
         let Some(first) = state.waiting.pop_front() else {
             state.running -= 1;
@@ -204,6 +214,25 @@ mod tests {
             assert!(answers[expected].try_recv().is_ok(), "answer {expected}");
         }
         assert!(runner.next_batch().is_none());
+    }
+
+    #[test]
+    fn a_place_handed_over_stays_counted_until_the_next_runner_stops() {
+        let queue = GrantQueue::new(1);
+        let (one, _first) = asked(None);
+        assert!(queue.push(one));
+        let mut runner = queue.runner();
+        let _batch = runner.next_batch().unwrap();
+        let (two, _second) = asked(None);
+        assert!(!queue.push(two), "the one place is taken");
+        runner.hand_over();
+        let (three, _third) = asked(None);
+        assert!(!queue.push(three), "still taken after the hand-over");
+        let mut next = queue.runner();
+        assert_eq!(next.next_batch().unwrap().1.len(), 2);
+        assert!(next.next_batch().is_none());
+        let (four, _fourth) = asked(None);
+        assert!(queue.push(four), "free once the runner stopped");
     }
 
     #[test]

@@ -57,7 +57,7 @@ use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
 
 use self::background::{Background, Mark, Work};
-use self::batch::{Asked, GrantQueue};
+use self::batch::{Asked, Batch, GrantQueue};
 use self::connections::{Conn, Connections};
 use self::sql::Sql;
 
@@ -567,7 +567,18 @@ impl Inner {
     async fn acquire(self: &Arc<Self>, ttl: Option<i64>) -> Result<Option<Grant>> {
         let (reply, answer) = oneshot::channel();
         if self.grants.push(Asked { ttl, reply }) {
-            tokio::spawn(self.clone().run_grants());
+            // This task runs the first statement itself, so that a lone grant
+            // goes without a hand-off to another task, and leaves the rest to
+            // a task of its own. (It is a task of the store's: its caller
+            // leaving does not stop it.)
+            let mut runner = self.grants.runner();
+            if let Some(batch) = runner.next_batch() {
+                self.serve(batch).await;
+                if let Some(more) = runner.next_batch() {
+                    runner.hand_over();
+                    tokio::spawn(self.clone().run_grants(more));
+                }
+            }
         }
         answer.await.unwrap_or_else(|_| {
             Err(Error::StoreUnavailable {
@@ -576,23 +587,31 @@ impl Inner {
         })
     }
 
-    /// Runs the queued grants, a batch per statement, until none waits.
-    async fn run_grants(self: Arc<Self>) {
+    /// Takes over a runner's place with its next batch, and runs the queued
+    /// grants, a batch per statement, until none waits.
+    async fn run_grants(self: Arc<Self>, first: Batch) {
         let mut runner = self.grants.runner();
-        while let Some((ttl, batch)) = runner.next_batch() {
-            match self.acquire_batch(ttl, batch.len()).await {
-                Ok(grants) => {
-                    let mut grants = grants.into_iter();
-                    for asked in batch {
-                        if let Err(Ok(Some(grant))) = asked.reply.send(Ok(grants.next())) {
-                            self.release_in_background(grant.token());
-                        }
+        let mut next = Some(first);
+        while let Some(batch) = next {
+            self.serve(batch).await;
+            next = runner.next_batch();
+        }
+    }
+
+    /// Makes the grants of `batch` in one statement and answers each.
+    async fn serve(self: &Arc<Self>, (ttl, batch): Batch) {
+        match self.acquire_batch(ttl, batch.len()).await {
+            Ok(grants) => {
+                let mut grants = grants.into_iter();
+                for asked in batch {
+                    if let Err(Ok(Some(grant))) = asked.reply.send(Ok(grants.next())) {
+                        self.release_in_background(grant.token());
                     }
                 }
-                Err(error) => {
-                    for asked in batch {
-                        let _ = asked.reply.send(Err(share(&error)));
-                    }
+            }
+            Err(error) => {
+                for asked in batch {
+                    let _ = asked.reply.send(Err(share(&error)));
                 }
             }
         }
