@@ -237,9 +237,15 @@ impl Waiter<'_> {
     /// (after a timer wake-up more than one unit may have been freed).
     pub(crate) fn served(self, pass_on: bool) {
         let polls = self.queue.polls;
-        let mut list = self.leave();
+        let (mut list, passed) = self.leave();
         if pass_on {
-            let woken = list.wake_first_asleep();
+            // A release announced while this waiter asked has already woken
+            // the next one in its place: that one does for both. Waking one
+            // more would let it overtake the first if the first is slow to ask.
+            let woken = match passed {
+                Some(woken) => woken,
+                None => list.wake_first_asleep(),
+            };
             // Only where the store is polled: there, a wake-up this holds
             // back is made good by the next poll at the latest.
             if polls {
@@ -248,8 +254,12 @@ impl Waiter<'_> {
         }
     }
 
-    fn leave(&self) -> MutexGuard<'_, List> {
+    /// Leaves the line. When this waiter had a wake-up it did not use, the
+    /// wake-up goes on, and the second value says to whom (`Some(None)`: no
+    /// one was asleep).
+    fn leave(&self) -> (MutexGuard<'_, List>, Option<Option<u64>>) {
         let mut list = self.queue.lock();
+        let mut passed = None;
         if let Some(position) = list.position(self.ticket) {
             let entry = list.entries.remove(position);
             self.queue.len.fetch_sub(1, SeqCst);
@@ -259,11 +269,12 @@ impl Waiter<'_> {
                 if list.woken_early == Some(self.ticket) {
                     list.woken_early = woken;
                 }
+                passed = Some(woken);
             } else if position == 0 {
                 list.promote_first(self.queue.polls);
             }
         }
-        list
+        (list, passed)
     }
 }
 
@@ -290,6 +301,35 @@ mod tests {
     /// is announced only afterwards: the waiter it woke ahead of the
     /// announcement covers that announcement, so the one behind it is not
     /// woken too and cannot overtake it.
+    /// A release announced while the first waiter's poll is on its way, and
+    /// the poll gets that credential: the announcement woke the first waiter,
+    /// and its wake-up goes to the second, but no further. Before, the third
+    /// was woken too, and when the first gave the credential back before the
+    /// second had asked, the third could take it first.
+    #[test]
+    fn an_announcement_during_a_poll_that_wins_wakes_only_the_next_waiter() {
+        let queue = WaitQueue::new(true);
+        let epoch = queue.epoch();
+        let (first, _) = queue.join(epoch, None);
+        let (second, _) = queue.join(epoch, None);
+        let (third, _) = queue.join(epoch, None);
+        first.trying();
+        queue.freed_one();
+        assert_eq!(awake(&queue), [true, false, false], "the first is told");
+        first.served(true);
+        assert_eq!(
+            awake(&queue),
+            [true, false],
+            "the second is woken, not the third"
+        );
+        // The first gives the credential back before the second has asked:
+        // that wakes no one else, and the second asks first.
+        queue.freed_one();
+        assert_eq!(awake(&queue), [true, false]);
+        assert!(second.trying());
+        assert!(!third.trying());
+    }
+
     #[test]
     fn an_announcement_after_a_poll_does_not_wake_a_second_waiter() {
         let queue = WaitQueue::new(true);
