@@ -22,6 +22,7 @@
 //!   during its transaction is released right after the commit, before the
 //!   thread takes its next batch.
 
+mod checkpoint;
 mod schema;
 mod worker;
 
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::lease::{LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
 
+use self::checkpoint::Checkpointer;
 use self::schema::ConnectionOptions;
 use self::worker::{Call, Ctx, Failure, GrantJob, Job, Worker};
 
@@ -143,8 +145,16 @@ impl SqliteOptions {
             .name(format!("credpool-sqlite-{}", self.pool))
             .spawn(move || match schema::open(&path, &connection_options) {
                 Ok(connection) => {
+                    let checkpointer =
+                        match Checkpointer::start(&connection, &path, &connection_options) {
+                            Ok(checkpointer) => Some(checkpointer),
+                            Err(error) => {
+                                tracing::warn!(path = %path.display(), %error, "no checkpoint thread; commits checkpoint as SQLite does by default");
+                                None
+                            }
+                        };
                     let _ = opened.send(Ok(()));
-                    Worker::new(connection, pool, path).run(requests);
+                    Worker::new(connection, checkpointer, pool, path).run(requests);
                 }
                 Err(error) => {
                     let _ = opened.send(Err(error));

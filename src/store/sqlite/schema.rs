@@ -220,7 +220,11 @@ fn inspect(connection: &Connection, path: &Path) -> Result<(i64, i32, i64, bool)
     read().map_err(|error| annotate(path, error))
 }
 
-fn configure(connection: &Connection, path: &Path, options: &ConnectionOptions) -> Result<()> {
+pub(crate) fn configure(
+    connection: &Connection,
+    path: &Path,
+    options: &ConnectionOptions,
+) -> Result<()> {
     connection
         .busy_timeout(options.busy_timeout)
         .map_err(|error| annotate(path, error))?;

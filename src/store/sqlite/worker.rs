@@ -1,6 +1,8 @@
 //! The store thread: owns the connection, runs every waiting request in one
 //! `BEGIN IMMEDIATE` transaction (group commit), and replies after the commit.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,8 @@ use crate::credential::{
 use crate::error::{Error, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate};
+
+use super::checkpoint::Checkpointer;
 
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -48,6 +52,28 @@ pub(crate) struct Ctx<'a> {
     /// The grant and release statements, looked up once per batch: the
     /// statement cache hashes the SQL text on every lookup.
     hot: [Option<CachedStatement<'a>>; Hot::COUNT],
+    names: &'a RefCell<LeaseNames>,
+}
+
+/// The credential names of the leases this thread granted, by lease id, so
+/// that their releases need not look the name up. A credential's name never
+/// changes and its id is never reused, so an entry is right for as long as
+/// its lease lives; entries go when the lease is released, and all of them
+/// when a transaction is rolled back (its lease ids may be given again).
+#[derive(Debug, Default)]
+pub(crate) struct LeaseNames(HashMap<i64, Arc<str>>);
+
+impl LeaseNames {
+    /// More entries than this means leases were lost without a release
+    /// (a token kept and never used): start again.
+    const MAX: usize = 1 << 16;
+
+    fn insert(&mut self, lease_id: i64, name: Arc<str>) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(lease_id, name);
+    }
 }
 
 /// The statements every grant and release runs.
@@ -98,13 +124,19 @@ impl Hot {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(connection: &'a Connection, pool: &'a str, now: i64) -> Self {
+    fn new(
+        connection: &'a Connection,
+        pool: &'a str,
+        now: i64,
+        names: &'a RefCell<LeaseNames>,
+    ) -> Self {
         Self {
             connection,
             pool,
             now,
             expired: Vec::new(),
             hot: Default::default(),
+            names,
         }
     }
 
@@ -288,6 +320,10 @@ struct Idle {
 
 pub(crate) struct Worker {
     connection: Connection,
+    /// Dropped after the connection: the file is left alone once the
+    /// thread has ended.
+    checkpointer: Option<Checkpointer>,
+    names: RefCell<LeaseNames>,
     pool: String,
     path: PathBuf,
     commits: u64,
@@ -295,10 +331,17 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(connection: Connection, pool: String, path: PathBuf) -> Self {
+    pub(crate) fn new(
+        connection: Connection,
+        checkpointer: Option<Checkpointer>,
+        pool: String,
+        path: PathBuf,
+    ) -> Self {
         connection.set_prepared_statement_cache_capacity(64);
         Self {
             connection,
+            checkpointer,
+            names: RefCell::default(),
             pool,
             path,
             commits: 0,
@@ -345,6 +388,11 @@ impl Worker {
         if !unclaimed.is_empty() {
             self.release_unclaimed(unclaimed);
         }
+        // After the replies: a checkpoint the thread runs itself delays the
+        // next batch, not this one.
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.after_commit(&self.connection);
+        }
     }
 
     /// Whether no process changed the store since a batch found nothing free.
@@ -372,6 +420,7 @@ impl Worker {
         match self.transaction(batch) {
             Ok(data_version) => {
                 self.commits += 1;
+                let data_version = data_version?;
                 let mut retry_at = None;
                 for job in batch.iter() {
                     retry_at = Some(job.busy_until()?);
@@ -415,26 +464,32 @@ impl Worker {
         }
     }
 
-    /// Runs jobs in one transaction; returns `PRAGMA data_version` as read
-    /// under the write lock, so no other process's commit can slip between
-    /// that reading and this commit.
+    /// Runs jobs in one transaction. When every job was a grant that found
+    /// nothing free, returns `PRAGMA data_version` as read under the write
+    /// lock, so no other process's commit can slip between that reading and
+    /// this commit.
     ///
     /// The batch's time is read once the write lock is held: taking the lock
     /// may wait out another process's transaction, and a lease granted after
     /// that wait must still live its whole TTL.
-    fn transaction(&self, jobs: &mut [Box<dyn Job>]) -> Result<i64, Stage> {
+    fn transaction(&self, jobs: &mut [Box<dyn Job>]) -> Result<Option<i64>, Stage> {
         self.connection
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(Stage::Begin)?;
         let now = crate::credential::now_ms();
-        let mut ctx = Ctx::new(&self.connection, &self.pool, now);
+        let mut ctx = Ctx::new(&self.connection, &self.pool, now, &self.names);
         let run = (|| {
             reclaim(&mut ctx)?;
             for job in jobs.iter_mut() {
                 job.run(&mut ctx)?;
             }
             drop(ctx);
-            let data_version = self.data_version()?;
+            let all_busy = jobs.iter().all(|job| job.busy_until().is_some());
+            let data_version = if all_busy {
+                Some(self.data_version()?)
+            } else {
+                None
+            };
             self.connection.execute_batch("COMMIT")?;
             Ok(data_version)
         })();
@@ -442,6 +497,7 @@ impl Worker {
     }
 
     fn rollback(&self) {
+        self.names.borrow_mut().0.clear();
         if !self.connection.is_autocommit() {
             let _ = self.connection.execute_batch("ROLLBACK");
         }
@@ -479,6 +535,21 @@ pub(crate) fn release_job(
 
 /// Ends finished cool-downs and reclaims expired leases.
 fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    // Most batches find nothing to do: one read says so, where the two
+    // changes below would each cost a statement (and the second a temporary
+    // table for its RETURNING).
+    let due: bool = ctx
+        .connection
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1
+                              AND cooling_until IS NOT NULL AND cooling_until <= ?2)
+                 OR EXISTS (SELECT 1 FROM leases WHERE pool = ?1
+                              AND expires_at IS NOT NULL AND expires_at <= ?2)",
+        )?
+        .query_row(params![ctx.pool, ctx.now], |row| row.get(0))?;
+    if !due {
+        return Ok(());
+    }
     ctx.connection
         .prepare_cached(
             "UPDATE credentials SET cooling_until = NULL
@@ -564,10 +635,12 @@ fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantA
     ctx.statement(Hot::Record)?
         .execute(params![pool, id, now, expires_at])?;
     let lease_id = ctx.connection.last_insert_rowid();
+    let name: Arc<str> = name.into();
+    ctx.names.borrow_mut().insert(lease_id, name.clone());
     Ok(GrantAttempt::Granted(Grant {
         credential: Credential::new(
             CredentialId::new(id as u64),
-            name.into(),
+            name,
             Secret::new(secret),
             extra,
             capacity,
@@ -617,6 +690,14 @@ fn release(
     };
     ctx.statement(Hot::Return)?
         .execute(params![credential_id, cool_until, disable])?;
+    let known = ctx
+        .names
+        .borrow_mut()
+        .0
+        .remove(&(lease.lease_id().get() as i64));
+    if let Some(name) = known {
+        return Ok(name);
+    }
     let name: String = ctx
         .statement(Hot::NameOf)?
         .query_row([credential_id], |row| row.get(0))?;

@@ -1,0 +1,130 @@
+//! Checkpoints on a thread of their own.
+//!
+//! In WAL mode a commit appends the pages it changed to the log, and a
+//! checkpoint copies them back into the database file and syncs it. By
+//! default SQLite runs a checkpoint inside the commit that takes the log past
+//! 1,000 pages, so every few hundred requests one batch waits for the copying
+//! and the syncing. Here the store thread only notes the log's size after each
+//! commit (a WAL hook) and, past [`CHECKPOINT_PAGES`], wakes a thread that
+//! runs a passive checkpoint on a connection of its own. A passive checkpoint
+//! takes no lock that writers wait for, in this process or another.
+
+use std::cell::Cell;
+use std::os::raw::c_int;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use rusqlite::hooks::Wal;
+use rusqlite::{Connection, OpenFlags};
+
+use super::schema::{self, ConnectionOptions};
+use crate::error::Result;
+
+/// The log size, in pages, past which a checkpoint is asked for (SQLite's
+/// own default for its automatic checkpoints).
+pub(crate) const CHECKPOINT_PAGES: c_int = 1000;
+
+/// The log size past which the store thread checkpoints itself. The log
+/// starts again from its beginning only when a checkpoint has copied all of
+/// it, which a checkpoint running beside a busy writer never does; most of
+/// the copying (and syncing) is done by then, on the other thread.
+pub(crate) const CATCH_UP_PAGES: c_int = 4 * CHECKPOINT_PAGES;
+
+thread_local! {
+    /// The log's size after the last commit on this thread's connection.
+    static LOG_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// The WAL hook of the store thread's connection. A plain function, as
+/// SQLite's hook API wants, so the size goes through a thread-local.
+fn note_log_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    LOG_PAGES.set(pages);
+    Ok(())
+}
+
+/// Wakes the checkpoint thread. Dropping it stops the thread and waits for
+/// it, so that the file is left alone once the store thread has ended.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    wake: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Checkpointer {
+    /// Starts the checkpoint thread for the store at `path`, and turns off
+    /// the automatic checkpoints of `connection`, which must be used on this
+    /// thread only (the store thread's).
+    pub(crate) fn start(
+        connection: &Connection,
+        path: &Path,
+        options: &ConnectionOptions,
+    ) -> Result<Self> {
+        let checkpoints = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| schema::annotate(path, error))?;
+        schema::configure(&checkpoints, path, options)?;
+        // One wake-up waiting is enough: a checkpoint covers every commit
+        // made before it starts.
+        let (wake, woken) = sync_channel::<()>(1);
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("credpool-sqlite-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let done = checkpoints.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((log, copied)) => {
+                            tracing::trace!(path = %shown, log, copied, "checkpoint");
+                        }
+                        Err(error) => {
+                            tracing::warn!(path = %shown, %error, "checkpoint failed; the next commit asks again");
+                        }
+                    }
+                }
+            })
+            .map_err(|source| crate::error::Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Replaces SQLite's automatic checkpoints, which use the same hook.
+        connection.wal_hook(Some(note_log_pages));
+        Ok(Self {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Called on the store thread after each batch: asks for a checkpoint
+    /// when the log has grown past [`CHECKPOINT_PAGES`], and runs one itself
+    /// past [`CATCH_UP_PAGES`].
+    pub(crate) fn after_commit(&self, connection: &Connection) {
+        let pages = LOG_PAGES.get();
+        if pages >= CATCH_UP_PAGES {
+            // FULL, not PASSIVE: it waits (up to the busy timeout) for a
+            // checkpoint running on the other thread to end, and then copies
+            // the rest, so the next commit starts the log again.
+            if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            {
+                tracing::warn!(%error, "checkpoint failed");
+            }
+        } else if pages >= CHECKPOINT_PAGES {
+            if let Some(wake) = &self.wake {
+                let _ = wake.try_send(());
+            }
+        }
+    }
+}
