@@ -89,14 +89,16 @@ async fn the_log_is_checkpointed_while_the_store_works() {
     let db = fresh_path("checkpoint");
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     let pool = pool_at(&db, &["a", "b"]).await;
-    for _ in 0..2_000 {
+    for _ in 0..4_000 {
         pool.acquire().await.unwrap().release().await.unwrap();
     }
-    // 4,000 commits of four pages or more: some 16,000 pages (of 4 KiB and
-    // a 24-byte header each) if nothing checkpointed, and at most about
-    // 4,000 if the log starts again whenever it passes that size.
+    // 8,000 commits of four pages or more: some 36,000 pages (of 4 KiB and
+    // a 24-byte header each) if nothing checkpointed, and about 4,000 if the
+    // log starts again soon after it passes that size. The margin is for a
+    // loaded machine, where the checkpoint thread may hold its lock for a
+    // while and the log grows meanwhile.
     let size = std::fs::metadata(&wal).unwrap().len();
-    assert!(size < 6_000 * 4_120, "the log grew to {size} bytes");
+    assert!(size < 12_000 * 4_120, "the log grew to {size} bytes");
     drop(pool);
     assert!(!wal.exists(), "the log is gone once the store is closed");
     let connection = rusqlite::Connection::open(&db).unwrap();
@@ -105,7 +107,7 @@ async fn the_log_is_checkpointed_while_the_store_works() {
             row.get(0)
         })
         .unwrap();
-    assert_eq!(uses, 2_000);
+    assert_eq!(uses, 4_000);
     let check: String = connection
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();

@@ -114,10 +114,12 @@ impl Checkpointer {
     pub(crate) fn after_commit(&self, connection: &Connection) {
         let pages = LOG_PAGES.get();
         if pages >= CATCH_UP_PAGES {
-            // FULL, not PASSIVE: it waits (up to the busy timeout) for a
-            // checkpoint running on the other thread to end, and then copies
-            // the rest, so the next commit starts the log again.
-            if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+            // PASSIVE, as SQLite's own: it never waits, for the other thread
+            // or for readers in other processes. When it cannot finish (the
+            // other thread holds the checkpoint lock) the next batch tries
+            // again; when it does, the next commit starts the log again.
+            if let Err(error) =
+                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             {
                 tracing::warn!(%error, "checkpoint failed");
             }

@@ -15,6 +15,11 @@
 //!   `PRAGMA data_version` unchanged costs no transaction.
 //! - Hand-out order: least recently used first (`last_used_at`, never-used
 //!   first, then id), served by an index.
+//! - Checkpoints (copying the write-ahead log back into the file, and
+//!   syncing it) run on a second thread with a connection of its own, not
+//!   inside a commit as SQLite does by default; the store thread finishes one
+//!   itself only when the log passes 4,000 pages (16 MiB), since a checkpoint
+//!   beside a busy writer never catches up with it.
 //! - Leases expire after [`DEFAULT_LEASE_TTL`] unless renewed, so the
 //!   credentials of a killed process come back.
 //! - Cancelling a caller never leaves a lease out: a grant whose caller left
