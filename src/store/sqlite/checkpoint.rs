@@ -49,6 +49,28 @@ fn note_log_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 pub(crate) struct Checkpointer {
     wake: Option<SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
+    marks: Cell<Marks>,
+}
+
+/// Where the store thread next acts, in log pages.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    /// The log's size after the last batch.
+    last: c_int,
+    /// Wake the other thread at this size.
+    wake: c_int,
+    /// Checkpoint on the store thread at this size.
+    catch_up: c_int,
+}
+
+impl Default for Marks {
+    fn default() -> Self {
+        Self {
+            last: 0,
+            wake: CHECKPOINT_PAGES,
+            catch_up: CATCH_UP_PAGES,
+        }
+    }
 }
 
 impl Drop for Checkpointer {
@@ -105,28 +127,44 @@ impl Checkpointer {
         Ok(Self {
             wake: Some(wake),
             thread: Some(thread),
+            marks: Cell::default(),
         })
     }
 
-    /// Called on the store thread after each batch: asks for a checkpoint
-    /// when the log has grown past [`CHECKPOINT_PAGES`], and runs one itself
-    /// past [`CATCH_UP_PAGES`].
+    /// Called on the store thread after each batch. Wakes the other thread
+    /// each time the log grows by another [`CHECKPOINT_PAGES`] (not at every
+    /// commit: back-to-back checkpoints would hold the checkpoint lock nearly
+    /// all the time), and past [`CATCH_UP_PAGES`] runs a checkpoint itself.
     pub(crate) fn after_commit(&self, connection: &Connection) {
         let pages = LOG_PAGES.get();
-        if pages >= CATCH_UP_PAGES {
+        let mut marks = self.marks.get();
+        if pages < marks.last {
+            // The log started again from its beginning.
+            marks = Marks::default();
+        }
+        marks.last = pages;
+        if pages >= marks.catch_up {
             // PASSIVE, as SQLite's own: it never waits, for the other thread
-            // or for readers in other processes. When it cannot finish (the
-            // other thread holds the checkpoint lock) the next batch tries
-            // again; when it does, the next commit starts the log again.
-            if let Err(error) =
-                connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(%error, "checkpoint failed");
+            // or for readers in other processes. When it cannot copy the
+            // whole log, it is tried again once the log has grown some more;
+            // when it can, the next commit starts the log again.
+            let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok(row.get::<_, i64>(0)? == 0 && row.get::<_, i64>(1)? == row.get::<_, i64>(2)?)
+            });
+            match done {
+                Ok(true) => {}
+                Ok(false) => marks.catch_up = pages + CHECKPOINT_PAGES / 4,
+                Err(error) => {
+                    tracing::warn!(%error, "checkpoint failed");
+                    marks.catch_up = pages + CHECKPOINT_PAGES / 4;
+                }
             }
-        } else if pages >= CHECKPOINT_PAGES {
+        } else if pages >= marks.wake {
             if let Some(wake) = &self.wake {
                 let _ = wake.try_send(());
             }
+            marks.wake = pages + CHECKPOINT_PAGES;
         }
+        self.marks.set(marks);
     }
 }
