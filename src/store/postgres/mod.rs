@@ -495,7 +495,12 @@ impl Inner {
         let mut granted = if due {
             let reclaim = async { self.reclaim(&*self.connections.get().await?).await };
             let (granted, reclaimed) = tokio::join!(self.acquire(ttl), reclaim);
-            expired = reclaimed?;
+            // Reclaiming by the way is optional (it is done again when nothing
+            // is free): its failure must not drop a lease just granted.
+            match reclaimed {
+                Ok(reclaimed) => expired = reclaimed,
+                Err(error) => tracing::debug!(%error, "reclaiming expired leases failed"),
+            }
             granted?
         } else {
             self.acquire(ttl).await?

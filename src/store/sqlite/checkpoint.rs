@@ -5,9 +5,15 @@
 //! default SQLite runs a checkpoint inside the commit that takes the log past
 //! 1,000 pages, so every few hundred requests one batch waits for the copying
 //! and the syncing. Here the store thread only notes the log's size after each
-//! commit (a WAL hook) and, past [`CHECKPOINT_PAGES`], wakes a thread that
-//! runs a passive checkpoint on a connection of its own. A passive checkpoint
-//! takes no lock that writers wait for, in this process or another.
+//! commit (a WAL hook) and, each time the log grows by [`CHECKPOINT_PAGES`],
+//! wakes a thread that runs a passive checkpoint on a connection of its own.
+//! A passive checkpoint takes no lock that writers wait for, in this process
+//! or another.
+//!
+//! The log starts again from its beginning only after a checkpoint has
+//! copied all of it, which one running beside a busy writer never does. So
+//! past [`CATCH_UP_PAGES`] the store thread runs a passive checkpoint itself,
+//! between batches, when little is left to copy.
 
 use std::cell::Cell;
 use std::os::raw::c_int;
