@@ -15,11 +15,6 @@
 //!   `PRAGMA data_version` unchanged costs no transaction.
 //! - Hand-out order: least recently used first (`last_used_at`, never-used
 //!   first, then id), served by an index.
-//! - Checkpoints (copying the write-ahead log back into the file, and
-//!   syncing it) run on a second thread with a connection of its own, not
-//!   inside a commit as SQLite does by default; the store thread finishes one
-//!   itself only when the log passes 4,000 pages (16 MiB), since a checkpoint
-//!   beside a busy writer never catches up with it.
 //! - Leases expire after [`DEFAULT_LEASE_TTL`] unless renewed, so the
 //!   credentials of a killed process come back.
 //! - Cancelling a caller never leaves a lease out: a grant whose caller left
@@ -27,7 +22,6 @@
 //!   during its transaction is released right after the commit, before the
 //!   thread takes its next batch.
 
-mod checkpoint;
 mod schema;
 mod worker;
 
@@ -45,7 +39,6 @@ use crate::error::{Error, Result};
 use crate::lease::{LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
 
-use self::checkpoint::Checkpointer;
 use self::schema::ConnectionOptions;
 use self::worker::{Call, Ctx, Failure, GrantJob, Job, Worker};
 
@@ -150,16 +143,8 @@ impl SqliteOptions {
             .name(format!("credpool-sqlite-{}", self.pool))
             .spawn(move || match schema::open(&path, &connection_options) {
                 Ok(connection) => {
-                    let checkpointer =
-                        match Checkpointer::start(&connection, &path, &connection_options) {
-                            Ok(checkpointer) => Some(checkpointer),
-                            Err(error) => {
-                                tracing::warn!(path = %path.display(), %error, "no checkpoint thread; commits checkpoint as SQLite does by default");
-                                None
-                            }
-                        };
                     let _ = opened.send(Ok(()));
-                    Worker::new(connection, checkpointer, pool, path).run(requests);
+                    Worker::new(connection, pool, path).run(requests);
                 }
                 Err(error) => {
                     let _ = opened.send(Err(error));

@@ -220,11 +220,7 @@ fn inspect(connection: &Connection, path: &Path) -> Result<(i64, i32, i64, bool)
     read().map_err(|error| annotate(path, error))
 }
 
-pub(crate) fn configure(
-    connection: &Connection,
-    path: &Path,
-    options: &ConnectionOptions,
-) -> Result<()> {
+fn configure(connection: &Connection, path: &Path, options: &ConnectionOptions) -> Result<()> {
     connection
         .busy_timeout(options.busy_timeout)
         .map_err(|error| annotate(path, error))?;

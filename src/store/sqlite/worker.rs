@@ -17,8 +17,6 @@ use crate::error::{Error, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate};
 
-use super::checkpoint::Checkpointer;
-
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
 
@@ -320,9 +318,6 @@ struct Idle {
 
 pub(crate) struct Worker {
     connection: Connection,
-    /// Dropped after the connection: the file is left alone once the
-    /// thread has ended.
-    checkpointer: Option<Checkpointer>,
     names: RefCell<LeaseNames>,
     pool: String,
     path: PathBuf,
@@ -331,16 +326,10 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(
-        connection: Connection,
-        checkpointer: Option<Checkpointer>,
-        pool: String,
-        path: PathBuf,
-    ) -> Self {
+    pub(crate) fn new(connection: Connection, pool: String, path: PathBuf) -> Self {
         connection.set_prepared_statement_cache_capacity(64);
         Self {
             connection,
-            checkpointer,
             names: RefCell::default(),
             pool,
             path,
@@ -387,11 +376,6 @@ impl Worker {
         };
         if !unclaimed.is_empty() {
             self.release_unclaimed(unclaimed);
-        }
-        // After the replies: a checkpoint the thread runs itself delays the
-        // next batch, not this one.
-        if let Some(checkpointer) = &self.checkpointer {
-            checkpointer.after_commit(&self.connection);
         }
     }
 
