@@ -14,6 +14,25 @@ pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 pub const MAX_CAPACITY: u32 = i32::MAX as u32;
 /// The longest `extra` text accepted, in bytes.
 pub const MAX_EXTRA_BYTES: usize = 1024 * 1024;
+/// The shortest lease TTL accepted: one millisecond, the unit stores keep
+/// time in. A shorter TTL (zero, say) would let a lease expire as it is
+/// granted, so the next caller would get a credential that is still in use.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(1);
+
+/// Refuses a lease TTL shorter than [`MIN_LEASE_TTL`].
+pub(crate) fn validate_lease_ttl(ttl: Duration) -> Result<()> {
+    if ttl < MIN_LEASE_TTL {
+        return Err(InvalidInput::new(
+            "lease TTL",
+            format!(
+                "{ttl:?} is shorter than the smallest TTL, {MIN_LEASE_TTL:?}: a lease would expire \
+                 as it is granted and its credential be handed out again while in use"
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
 
 /// A secret value: a password, an API key, a token.
 ///

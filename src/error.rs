@@ -117,6 +117,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A release could not be committed yet (another process holds the
+    /// store's write lock, the disk is full, the connection is lost). The
+    /// store keeps it and tries again until it commits; until then the pool
+    /// counts the lease as out, so [`Pool::wait_for_leases`](crate::Pool::wait_for_leases)
+    /// waits for it. There is nothing to do but wait, or fix the cause.
+    #[error(
+        "{location}: the release of lease {lease_id} is not committed yet ({reason}); \
+         it is kept and tried again until it commits, and the lease counts as out until then"
+    )]
+    ReleasePending {
+        /// The file path or database.
+        location: String,
+        /// The lease.
+        lease_id: LeaseId,
+        /// Why the store could not commit it.
+        reason: String,
+    },
+
     /// A transaction failed and was rolled back: none of its changes were made.
     #[error(
         "{location}: transaction failed and was rolled back, nothing in it was applied: {reason}"

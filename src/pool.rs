@@ -8,16 +8,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::books::{Books, Receipt};
 use crate::credential::{validate_name, CredentialInfo, NewCredential, Secret, Stats};
 use crate::error::{Error, Result};
-use crate::events::{Event, EventSender, Events};
+use crate::events::{Event, Events};
 use crate::lease::{Grant, Lease, LeaseToken, ReleaseOutcome};
 use crate::store::memory::MemoryStore;
 use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
-use crate::wait::WaitQueue;
 
 /// How many events a slow subscriber may fall behind before it lags.
 const DEFAULT_EVENT_CAPACITY: usize = 1024;
@@ -51,13 +50,9 @@ struct Shared<S> {
     lease_ttl: Option<Duration>,
     poll_interval: Option<Duration>,
     closed: AtomicBool,
-    waiters: WaitQueue,
-    /// Leases this pool handed out that have not come back.
-    outstanding: AtomicUsize,
-    all_returned: Notify,
-    /// Tasks in `wait_for_leases`; releases notify only when there are some.
-    shutdown_watchers: AtomicUsize,
-    events: EventSender,
+    /// Leases out, the waiting line and events, shared with the receipts of
+    /// releases the store has not decided yet.
+    books: Arc<Books>,
 }
 
 impl<S: Store> Clone for Pool<S> {
@@ -74,7 +69,7 @@ impl<S: Store + fmt::Debug> fmt::Debug for Pool<S> {
             .field("store", &self.shared.store)
             .field("lease_ttl", &self.shared.lease_ttl)
             .field("closed", &self.is_closed())
-            .field("waiters", &self.shared.waiters.len())
+            .field("waiters", &self.shared.books.waiters.len())
             .field("leases_out", &self.leases_out())
             .finish()
     }
@@ -101,6 +96,10 @@ pub struct PoolBuilder<S> {
 impl<S: Store> PoolBuilder<S> {
     /// Leases expire this long after they are granted or renewed, and may
     /// then be granted to someone else. The default is the store's.
+    ///
+    /// The shortest TTL is [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL) (1 ms): with
+    /// a shorter one every acquire fails with
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the TTL.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = Some(Some(ttl));
         self
@@ -134,17 +133,18 @@ impl<S: Store> PoolBuilder<S> {
             .store
             .poll_interval()
             .map(|default| self.poll_interval.unwrap_or(default));
+        let books = Arc::new(Books::new(
+            self.store.pool_name(),
+            poll_interval.is_some(),
+            self.event_capacity,
+        ));
         Pool {
             shared: Arc::new(Shared {
                 store: self.store,
                 lease_ttl,
                 poll_interval,
                 closed: AtomicBool::new(false),
-                waiters: WaitQueue::new(poll_interval.is_some()),
-                outstanding: AtomicUsize::new(0),
-                all_returned: Notify::new(),
-                shutdown_watchers: AtomicUsize::new(0),
-                events: EventSender::new(self.event_capacity),
+                books,
             }),
         }
     }
@@ -232,7 +232,8 @@ impl<S: Store> Pool<S> {
     /// As for [`acquire`](Pool::acquire).
     pub async fn try_acquire(&self) -> Result<Option<Lease<S>>> {
         self.check_open()?;
-        if !self.shared.waiters.is_empty() {
+        self.check_ttl(self.shared.lease_ttl)?;
+        if !self.shared.books.waiters.is_empty() {
             return Ok(None);
         }
         match self.attempt().await? {
@@ -243,9 +244,10 @@ impl<S: Store> Pool<S> {
 
     async fn acquire_until(&self, deadline: Option<(Instant, Duration)>) -> Result<Lease<S>> {
         self.check_open()?;
-        let seen = self.shared.waiters.epoch();
+        self.check_ttl(self.shared.lease_ttl)?;
+        let seen = self.shared.books.waiters.epoch();
         let mut retry_at = None;
-        if self.shared.waiters.is_empty() {
+        if self.shared.books.waiters.is_empty() {
             match self.attempt().await? {
                 GrantAttempt::Granted(grant) => return Ok(self.lease(grant, Duration::ZERO)),
                 GrantAttempt::Busy { retry_at: at } => retry_at = at,
@@ -263,7 +265,7 @@ impl<S: Store> Pool<S> {
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
-        let (waiter, mut place) = self.shared.waiters.join(seen, retry_at);
+        let (waiter, mut place) = self.shared.books.waiters.join(seen, retry_at);
         loop {
             let (first, retry_at) = place;
             let timer = if first { self.timer(retry_at) } else { None };
@@ -282,18 +284,26 @@ impl<S: Store> Pool<S> {
                 }
             };
             self.check_open()?;
-            let freed_for_me = waiter.trying();
-            if wake == Wake::Signal && !freed_for_me {
+            let woken = waiter.trying();
+            if wake == Wake::Signal && !woken.freed {
                 // Promoted to first in line: only the timer changes.
                 place = waiter.place();
                 continue;
             }
-            match self.attempt().await? {
-                GrantAttempt::Granted(grant) => {
-                    waiter.served(wake == Wake::Timer);
+            match self.attempt().await {
+                Ok(GrantAttempt::Granted(grant)) => {
+                    waiter.served(wake == Wake::Timer || woken.relay);
                     return Ok(self.lease(grant, started.elapsed()));
                 }
-                GrantAttempt::Busy { retry_at } => place = waiter.busy(retry_at),
+                Ok(GrantAttempt::Busy { retry_at }) => place = waiter.busy(retry_at),
+                Err(error @ Error::NoCredentials { .. }) => {
+                    // Nobody behind this waiter can be served either: tell
+                    // them all now, rather than each at its next wake-up.
+                    drop(waiter);
+                    self.shared.books.waiters.wake_all();
+                    return Err(error);
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -330,14 +340,17 @@ impl<S: Store> Pool<S> {
     fn report_expired(&self, expired: Vec<ExpiredLease>) {
         for ExpiredLease { name, lease_id } in expired {
             tracing::info!(pool = self.name(), credential = %name, lease_id = %lease_id, "lease expired and was reclaimed");
-            if self.shared.events.wanted() {
-                self.shared.events.send(Event::Expired { name, lease_id });
+            if self.shared.books.events.wanted() {
+                self.shared
+                    .books
+                    .events
+                    .send(Event::Expired { name, lease_id });
             }
         }
     }
 
     fn lease(&self, grant: Grant, waited: Duration) -> Lease<S> {
-        self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
+        self.shared.books.outstanding.fetch_add(1, Ordering::SeqCst);
         tracing::debug!(
             pool = self.name(),
             credential = grant.credential.name(),
@@ -345,8 +358,8 @@ impl<S: Store> Pool<S> {
             waited_us = waited.as_micros() as u64,
             "acquired"
         );
-        if self.shared.events.wanted() {
-            self.shared.events.send(Event::Acquired {
+        if self.shared.books.events.wanted() {
+            self.shared.books.events.send(Event::Acquired {
                 name: grant.credential.name_arc().clone(),
                 lease_id: grant.lease_id,
                 waited,
@@ -356,28 +369,25 @@ impl<S: Store> Pool<S> {
     }
 
     pub(crate) async fn release_grant(&self, grant: &Grant, outcome: ReleaseOutcome) -> Result<()> {
-        let for_event = self.shared.events.wanted().then(|| outcome.clone());
-        let label = outcome.label();
-        let released = self.shared.store.release(grant.token(), outcome).await;
-        self.lease_returned();
-        let name = released?;
-        self.shared.waiters.freed_one();
-        tracing::debug!(pool = self.name(), credential = %name, lease_id = %grant.lease_id, outcome = label, "released");
-        if let Some(outcome) = for_event {
-            self.send_release_events(name, grant.token(), outcome);
-        }
-        Ok(())
+        let token = grant.token();
+        let receipt = Receipt::new(self.shared.books.clone(), token, true, &outcome);
+        self.shared
+            .store
+            .release(token, outcome, receipt)
+            .await
+            .map(|_| ())
     }
 
     pub(crate) fn release_dropped(&self, grant: &Grant) {
-        self.shared.store.release_detached(grant.token());
-        self.lease_returned();
-        self.shared.waiters.freed_one();
-        tracing::debug!(pool = self.name(), credential = grant.credential.name(), lease_id = %grant.lease_id, "released on drop");
-        if self.shared.events.wanted() {
-            let name = grant.credential.name_arc().clone();
-            self.send_release_events(name, grant.token(), ReleaseOutcome::Success);
-        }
+        let token = grant.token();
+        let receipt = Receipt::new(
+            self.shared.books.clone(),
+            token,
+            true,
+            &ReleaseOutcome::Success,
+        );
+        tracing::debug!(pool = self.name(), credential = grant.credential.name(), lease_id = %grant.lease_id, "lease dropped: releasing it");
+        self.shared.store.release_detached(token, receipt);
     }
 
     pub(crate) async fn renew_grant(
@@ -385,40 +395,13 @@ impl<S: Store> Pool<S> {
         grant: &Grant,
         ttl: Option<Duration>,
     ) -> Result<Option<SystemTime>> {
+        self.check_ttl(ttl)?;
         self.shared.store.renew(grant.token(), ttl).await
     }
 
     /// The pool no longer tracks this lease (it became a token).
     pub(crate) fn forget_grant(&self) {
-        self.lease_returned();
-    }
-
-    fn lease_returned(&self) {
-        if self.shared.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.shared.shutdown_watchers.load(Ordering::SeqCst) > 0
-        {
-            self.shared.all_returned.notify_waiters();
-        }
-    }
-
-    fn send_release_events(&self, name: Arc<str>, token: LeaseToken, outcome: ReleaseOutcome) {
-        let events = &self.shared.events;
-        match &outcome {
-            ReleaseOutcome::CoolDown(pause) => events.send(Event::CooledDown {
-                name: name.clone(),
-                until: SystemTime::now() + *pause,
-            }),
-            ReleaseOutcome::Disable(reason) => events.send(Event::Disabled {
-                name: name.clone(),
-                reason: reason.clone(),
-            }),
-            _ => {}
-        }
-        events.send(Event::Released {
-            name,
-            lease_id: token.lease_id(),
-            outcome,
-        });
+        self.shared.books.lease_returned();
     }
 
     /// Releases a lease named by a token (see [`Lease::into_token`]).
@@ -427,18 +410,29 @@ impl<S: Store> Pool<S> {
     ///
     /// [`Error::LeaseLost`] when the store does not hold that lease: it was
     /// released, taken over after expiry, or never granted. Nothing changes.
+    /// [`Error::ReleasePending`] when the store could not commit the release
+    /// yet; it keeps it and commits it later.
     ///
     /// # Cancel safety
     ///
-    /// The release is sent to the store when the future is first polled.
+    /// The release is handed to the store when the future is first polled;
+    /// dropping the future after that does not undo it, and waiters are
+    /// told when it takes effect.
     pub async fn release_token(&self, token: LeaseToken, outcome: ReleaseOutcome) -> Result<()> {
-        let for_event = self.shared.events.wanted().then(|| outcome.clone());
-        let name = self.shared.store.release(token, outcome).await?;
-        self.shared.waiters.freed_one();
-        if let Some(outcome) = for_event {
-            self.send_release_events(name, token, outcome);
+        let receipt = Receipt::new(self.shared.books.clone(), token, false, &outcome);
+        self.shared
+            .store
+            .release(token, outcome, receipt)
+            .await
+            .map(|_| ())
+    }
+
+    /// Refuses a TTL too short to protect anything.
+    fn check_ttl(&self, ttl: Option<Duration>) -> Result<()> {
+        match ttl {
+            Some(ttl) => crate::credential::validate_lease_ttl(ttl),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -494,6 +488,7 @@ impl<S: Store> Pool<S> {
         }
         let names: Option<Vec<Arc<str>>> = self
             .shared
+            .books
             .events
             .wanted()
             .then(|| credentials.iter().map(|c| Arc::from(c.name())).collect());
@@ -503,9 +498,9 @@ impl<S: Store> Pool<S> {
             .add_many(credentials, on_duplicate)
             .await?;
         tracing::info!(pool = self.name(), added, "credentials added");
-        self.shared.waiters.wake_all();
+        self.shared.books.waiters.wake_in_turn();
         for name in names.into_iter().flatten() {
-            self.shared.events.send(Event::Added { name });
+            self.shared.books.events.send(Event::Added { name });
         }
         Ok(added)
     }
@@ -531,9 +526,10 @@ impl<S: Store> Pool<S> {
             "credential removed"
         );
         // Waiters learn at once if that was the last enabled credential.
-        self.shared.waiters.wake_all();
-        if self.shared.events.wanted() {
+        self.shared.books.waiters.wake_in_turn();
+        if self.shared.books.events.wanted() {
             self.shared
+                .books
                 .events
                 .send(Event::Removed { name: name.into() });
         }
@@ -550,9 +546,9 @@ impl<S: Store> Pool<S> {
             .set_disabled(name, Some(reason.clone()))
             .await?;
         tracing::info!(pool = self.name(), credential = name, reason = %reason, "credential disabled");
-        self.shared.waiters.wake_all();
-        if self.shared.events.wanted() {
-            self.shared.events.send(Event::Disabled {
+        self.shared.books.waiters.wake_in_turn();
+        if self.shared.books.events.wanted() {
+            self.shared.books.events.send(Event::Disabled {
                 name: name.into(),
                 reason,
             });
@@ -565,9 +561,10 @@ impl<S: Store> Pool<S> {
         validate_name(name)?;
         self.shared.store.set_disabled(name, None).await?;
         tracing::info!(pool = self.name(), credential = name, "credential enabled");
-        self.shared.waiters.wake_all();
-        if self.shared.events.wanted() {
+        self.shared.books.waiters.wake_in_turn();
+        if self.shared.books.events.wanted() {
             self.shared
+                .books
                 .events
                 .send(Event::Enabled { name: name.into() });
         }
@@ -596,20 +593,20 @@ impl<S: Store> Pool<S> {
     /// Counts by state, and the tasks of this process waiting.
     pub async fn stats(&self) -> Result<Stats> {
         let mut stats = self.shared.store.stats().await?;
-        stats.waiters = self.shared.waiters.len() as u64;
+        stats.waiters = self.shared.books.waiters.len() as u64;
         Ok(stats)
     }
 
     /// Subscribes to this pool's events.
     pub fn subscribe(&self) -> Events {
-        self.shared.events.subscribe()
+        self.shared.books.events.subscribe()
     }
 
     /// Closes the pool: new acquires fail with [`Error::Closed`], queued
     /// waiters wake with it, and leases already out may still be released.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
-        self.shared.waiters.wake_all();
+        self.shared.books.waiters.wake_all();
         tracing::info!(pool = self.name(), "pool closed");
     }
 
@@ -620,7 +617,7 @@ impl<S: Store> Pool<S> {
 
     /// Leases this pool handed out that have not come back yet.
     pub fn leases_out(&self) -> usize {
-        self.shared.outstanding.load(Ordering::SeqCst)
+        self.shared.books.outstanding.load(Ordering::SeqCst)
     }
 
     /// Waits until every lease this pool handed out has come back, for
@@ -635,9 +632,9 @@ impl<S: Store> Pool<S> {
     /// Cancel safe.
     pub async fn wait_for_leases(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let _watching = Watching::new(&self.shared.shutdown_watchers);
+        let _watching = Watching::new(&self.shared.books.shutdown_watchers);
         loop {
-            let returned = self.shared.all_returned.notified();
+            let returned = self.shared.books.all_returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             if self.leases_out() == 0 {

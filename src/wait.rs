@@ -49,6 +49,18 @@ struct Entry {
     /// Woken to ask the store (a unit was freed for it), not only to take
     /// over the timer as the new first in line.
     awake: bool,
+    /// Woken by something that may have freed more than one unit (credentials
+    /// added or enabled, a timer): once served, wake the next waiter in turn.
+    relay: bool,
+}
+
+/// What a waiter was woken for, from [`Waiter::trying`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Woken {
+    /// A unit was freed for this waiter: ask the store.
+    pub(crate) freed: bool,
+    /// Once served, wake the next waiter: more may have been freed.
+    pub(crate) relay: bool,
 }
 
 impl List {
@@ -68,9 +80,10 @@ impl List {
     }
 
     /// Wakes the first waiter that is asleep; returns its ticket.
-    fn wake_first_asleep(&mut self) -> Option<u64> {
+    fn wake_first_asleep(&mut self, relay: bool) -> Option<u64> {
         let entry = self.entries.iter_mut().find(|entry| !entry.awake)?;
         entry.awake = true;
+        entry.relay = relay;
         entry.signal.notify_one();
         Some(entry.ticket)
     }
@@ -131,11 +144,31 @@ impl WaitQueue {
                     return;
                 }
             }
-            list.wake_first_asleep();
+            list.wake_first_asleep(false);
         }
     }
 
-    /// Something changed for everyone (credentials added or enabled, pool closed).
+    /// Credentials were added or enabled, or one was disabled or removed:
+    /// any number of units may have been freed, or none may be left. The
+    /// first waiter in line asks the store, and once served wakes the next,
+    /// and so on while the store has something free; so they are served in
+    /// arrival order rather than racing for it.
+    pub(crate) fn wake_in_turn(&self) {
+        self.epoch.fetch_add(1, SeqCst);
+        if self.len.load(SeqCst) > 0 {
+            let mut list = self.lock();
+            if let Some(first) = list.entries.front_mut() {
+                first.relay = true;
+                if !first.awake {
+                    first.awake = true;
+                    first.signal.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Something changed for everyone: the pool closed, or a waiter learned
+    /// that the pool has no enabled credential.
     pub(crate) fn wake_all(&self) {
         self.epoch.fetch_add(1, SeqCst);
         if self.len.load(SeqCst) > 0 {
@@ -170,6 +203,7 @@ impl WaitQueue {
             ticket,
             signal: signal.clone(),
             awake,
+            relay: false,
         });
         if retry_at.is_some() {
             list.retry_at = retry_at;
@@ -205,17 +239,27 @@ impl Waiter<'_> {
         self.signal.notified().await;
     }
 
-    /// Called on waking, before asking the store: returns whether a unit was
-    /// freed for this waiter (rather than a promotion to first in line). From
-    /// here on, a release wakes this waiter again even if its attempt fails.
-    pub(crate) fn trying(&self) -> bool {
+    /// Called on waking, before asking the store: says whether a unit was
+    /// freed for this waiter (rather than a promotion to first in line), and
+    /// whether it should wake the next once served. From here on, a release
+    /// wakes this waiter again even if its attempt fails.
+    pub(crate) fn trying(&self) -> Woken {
         let mut list = self.queue.lock();
         if list.woken_early == Some(self.ticket) {
             list.woken_early = None;
         }
         match list.position(self.ticket) {
-            Some(position) => std::mem::replace(&mut list.entries[position].awake, false),
-            None => false,
+            Some(position) => {
+                let entry = &mut list.entries[position];
+                Woken {
+                    freed: std::mem::replace(&mut entry.awake, false),
+                    relay: std::mem::replace(&mut entry.relay, false),
+                }
+            }
+            None => Woken {
+                freed: false,
+                relay: false,
+            },
         }
     }
 
@@ -234,7 +278,8 @@ impl Waiter<'_> {
     }
 
     /// Leaves the line after being served. `pass_on` wakes the next waiter too
-    /// (after a timer wake-up more than one unit may have been freed).
+    /// (after a timer wake-up, or a relay, more than one unit may have been
+    /// freed); that one passes on in turn when it is served.
     pub(crate) fn served(self, pass_on: bool) {
         let polls = self.queue.polls;
         let (mut list, passed) = self.leave();
@@ -244,7 +289,7 @@ impl Waiter<'_> {
             // more would let it overtake the first if the first is slow to ask.
             let woken = match passed {
                 Some(woken) => woken,
-                None => list.wake_first_asleep(),
+                None => list.wake_first_asleep(true),
             };
             // Only where the store is polled: there, a wake-up this holds
             // back is made good by the next poll at the latest.
@@ -264,8 +309,11 @@ impl Waiter<'_> {
             let entry = list.entries.remove(position);
             self.queue.len.fetch_sub(1, SeqCst);
             // A wake-up this waiter will not use goes on; so does the timer it kept.
-            if entry.is_some_and(|entry| entry.awake) {
-                let woken = list.wake_first_asleep();
+            if let Some(Entry {
+                awake: true, relay, ..
+            }) = entry
+            {
+                let woken = list.wake_first_asleep(relay);
                 if list.woken_early == Some(self.ticket) {
                     list.woken_early = woken;
                 }
@@ -326,8 +374,8 @@ mod tests {
         // that wakes no one else, and the second asks first.
         queue.freed_one();
         assert_eq!(awake(&queue), [true, false]);
-        assert!(second.trying());
-        assert!(!third.trying());
+        assert!(second.trying().freed);
+        assert!(!third.trying().freed);
     }
 
     #[test]
@@ -341,13 +389,16 @@ mod tests {
         // wakes it (no release was announced) and it is served.
         first.trying();
         first.busy(None);
-        assert!(!first.trying(), "woken by its timer, not by a release");
+        assert!(
+            !first.trying().freed,
+            "woken by its timer, not by a release"
+        );
         first.served(true);
         assert_eq!(awake(&queue), [true, false], "the next waiter is woken");
         queue.freed_one();
         assert_eq!(awake(&queue), [true, false], "and no one else");
         // Once it has asked the store, an announcement wakes the next one.
-        assert!(second.trying());
+        assert!(second.trying().freed);
         queue.freed_one();
         assert_eq!(awake(&queue), [true, false]);
     }

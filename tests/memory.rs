@@ -48,3 +48,56 @@ async fn hands_out_in_order_of_return() {
         "c was never used; b came back before a"
     );
 }
+
+/// Item 7 of the defects issue, on this store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_a_credential_come_in_commit_order() {
+    conformance::events_of_a_credential_come_in_commit_order(&Memory).await;
+}
+
+/// Item 6: a credential of the largest capacity costs constant memory: it is
+/// added, leased, disabled and enabled, and ends a cool-down, without one
+/// queue entry per unit (which would need tens of gigabytes).
+#[tokio::test]
+async fn the_largest_capacity_costs_constant_memory() {
+    use credpool::{ReleaseOutcome, MAX_CAPACITY};
+    let pool = Pool::in_memory();
+    pool.add(NewCredential::new("wide", "s").capacity(MAX_CAPACITY))
+        .await
+        .unwrap();
+    pool.add(NewCredential::new("narrow", "s")).await.unwrap();
+    let leases: Vec<_> = futures_take(&pool, 5).await;
+    assert_eq!(pool.stats().await.unwrap().leases, 5);
+    pool.disable("wide", "resting").await.unwrap();
+    pool.enable("wide").await.unwrap();
+    let mut names = Vec::new();
+    for lease in leases {
+        names.push(lease.credential().name().to_string());
+        lease
+            .release_with(ReleaseOutcome::CoolDown(Duration::from_millis(20)))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let more = futures_take(&pool, 1000).await;
+    assert_eq!(more.len(), 1000);
+    let wide = more
+        .iter()
+        .filter(|lease| lease.credential().name() == "wide")
+        .count();
+    assert!(
+        wide >= 999,
+        "the wide credential serves many at once: {wide}"
+    );
+    drop(more);
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.leases, stats.available), (0, 2), "{names:?}");
+}
+
+async fn futures_take(pool: &Pool, count: usize) -> Vec<credpool::Lease<MemoryStore>> {
+    let mut leases = Vec::new();
+    for _ in 0..count {
+        leases.push(pool.try_acquire().await.unwrap().expect("a free unit"));
+    }
+    leases
+}

@@ -588,3 +588,71 @@ async fn a_lease_granted_after_a_lock_wait_lives_its_whole_ttl() {
     );
     lease.release().await.expect("still ours");
 }
+
+/// Item 7 of the defects issue, on this store (group commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_of_a_credential_come_in_commit_order() {
+    conformance::events_of_a_credential_come_in_commit_order(&Sqlite).await;
+}
+
+/// Item 1: releases made while another process holds the write lock past
+/// the busy timeout are kept, counted as out, and committed once the lock
+/// goes; a lock that goes soon enough only makes `release` take longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_under_a_foreign_write_lock_is_never_lost() {
+    let path = fresh_path("release-locked");
+    let store = SqliteStore::options(&path)
+        .busy_timeout(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::builder(store).no_lease_ttl().build();
+    pool.add_many(["a", "b"].map(|name| NewCredential::new(name, "s")))
+        .await
+        .unwrap();
+    let released = pool.acquire().await.unwrap();
+    let dropped = pool.acquire().await.unwrap();
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let result = released.release().await;
+    match &result {
+        Err(error @ Error::ReleasePending { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains("locked"), "{message}");
+        }
+        other => panic!("expected a pending release, got {other:?}"),
+    }
+    drop(dropped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pool.leases_out(), 2, "both releases wait for the lock");
+    assert!(pool
+        .wait_for_leases(Duration::from_millis(50))
+        .await
+        .is_err());
+
+    other.execute_batch("COMMIT").unwrap();
+    conformance::within(
+        Duration::from_secs(10),
+        "the kept releases",
+        pool.wait_for_leases(Duration::from_secs(10)),
+    )
+    .await
+    .expect("both releases commit once the lock is gone");
+    let stats = conformance::leases_back(&pool).await;
+    assert_eq!((stats.leases, stats.available), (0, 2));
+
+    let lease = pool.acquire().await.unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    lease
+        .release()
+        .await
+        .expect("committed once the lock went, within the wait");
+    unlock.join().unwrap();
+    assert_eq!(pool.leases_out(), 0);
+}

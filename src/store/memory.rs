@@ -12,7 +12,7 @@ use crate::credential::{
 };
 use crate::error::{Error, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
 
 /// A store that keeps its pool in this process's memory.
 ///
@@ -39,16 +39,77 @@ struct State {
     /// Indexed by credential id; a removed credential leaves `None`, so ids are never reused.
     slots: Vec<Option<Slot>>,
     by_name: HashMap<Arc<str>, usize>,
-    /// One entry per free unit of capacity, oldest return first. An entry is
-    /// valid while its generation matches the slot's; stale ones are skipped.
-    ready: VecDeque<(usize, u32)>,
+    /// Free units of capacity, oldest return first, in runs: one entry
+    /// stands for `units` units of one credential returned one after the
+    /// other, so a credential of any capacity costs one entry, not one per
+    /// unit. An entry is valid while its generation matches the slot's;
+    /// stale ones are skipped.
+    ready: Ready,
+    /// Compact the ready queue when it grows past this many runs.
+    compact_at: usize,
     cooling: BinaryHeap<Reverse<(i64, usize)>>,
     expiring: BinaryHeap<Reverse<(i64, usize, LeaseId)>>,
     next_lease: u64,
     /// Credentials that exist and are enabled.
     enabled: usize,
-    /// Sum of the capacities of the credentials that exist.
-    units: usize,
+}
+
+/// The run-length queue of free units.
+#[derive(Default)]
+struct Ready(VecDeque<Run>);
+
+/// `units` free units of the credential at `index`, of `generation`.
+#[derive(Clone, Copy)]
+struct Run {
+    index: usize,
+    generation: u32,
+    units: u32,
+}
+
+impl Ready {
+    /// Adds `units` free units at the back, joining the last run when it is
+    /// the same credential's.
+    fn push_back(&mut self, index: usize, generation: u32, units: usize) {
+        let units = u32::try_from(units).unwrap_or(u32::MAX);
+        if units == 0 {
+            return;
+        }
+        if let Some(last) = self.0.back_mut() {
+            if last.index == index && last.generation == generation {
+                last.units = last.units.saturating_add(units);
+                return;
+            }
+        }
+        self.0.push_back(Run {
+            index,
+            generation,
+            units,
+        });
+    }
+
+    /// Takes one unit from the front run.
+    fn pop_front(&mut self) -> Option<(usize, u32)> {
+        let front = self.0.front_mut()?;
+        let taken = (front.index, front.generation);
+        front.units -= 1;
+        if front.units == 0 {
+            self.0.pop_front();
+        }
+        Some(taken)
+    }
+
+    /// Drops the front run whole (it is stale).
+    fn drop_front(&mut self) {
+        self.0.pop_front();
+    }
+
+    fn front(&self) -> Option<(usize, u32)> {
+        self.0.front().map(|run| (run.index, run.generation))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 struct Slot {
@@ -89,6 +150,7 @@ impl MemoryStore {
             pool_name: name.into(),
             state: Mutex::new(State {
                 next_lease: 1,
+                compact_at: 1024,
                 ..State::default()
             }),
         }
@@ -124,13 +186,16 @@ impl MemoryStore {
             next_lease,
             ..
         } = &mut *state;
-        while let Some((index, generation)) = ready.pop_front() {
+        while let Some((index, generation)) = ready.front() {
             let Some(slot) = slots[index].as_mut() else {
+                ready.drop_front();
                 continue;
             };
             if slot.generation != generation || !slot.can_hand_out() || slot.free_units() == 0 {
+                ready.drop_front();
                 continue;
             }
+            ready.pop_front();
             let lease_id = LeaseId::new(*next_lease);
             *next_lease += 1;
             let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
@@ -166,8 +231,29 @@ impl MemoryStore {
         })
     }
 
-    fn release_now(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+    /// Ends a lease and completes its receipt while the state is still
+    /// locked, so that the pool hears of the release before anyone can be
+    /// granted the credential it freed.
+    fn release_now(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+        receipt: Receipt,
+    ) -> Result<Arc<str>> {
         let mut state = self.lock();
+        let result = state.release(lease, outcome);
+        match &result {
+            Ok(name) => receipt.released(name),
+            Err(_) => receipt.refused(),
+        }
+        drop(state);
+        result
+    }
+}
+
+impl State {
+    fn release(&mut self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+        let state = self;
         // The clock costs as much as the rest of a release: read it only when needed.
         let now = if state.has_timers() || matches!(outcome, ReleaseOutcome::CoolDown(_)) {
             let now = now_ms();
@@ -187,7 +273,7 @@ impl MemoryStore {
             cooling,
             enabled,
             ..
-        } = &mut *state;
+        } = state;
         let slot = slots
             .get_mut(index)
             .and_then(Option::as_mut)
@@ -219,7 +305,7 @@ impl MemoryStore {
             }
             _ => {
                 if slot.can_hand_out() {
-                    ready.push_back((index, slot.generation));
+                    ready.push_back(index, slot.generation, 1);
                 }
             }
         }
@@ -270,10 +356,8 @@ impl State {
             slot.cooling_until = None;
             slot.generation = slot.generation.wrapping_add(1);
             if slot.disabled.is_none() {
-                let generation = slot.generation;
-                for _ in 0..slot.free_units() {
-                    self.ready.push_back((index, generation));
-                }
+                self.ready
+                    .push_back(index, slot.generation, slot.free_units());
             }
         }
         while let Some(&Reverse((at, index, lease_id))) = self.expiring.peek() {
@@ -295,22 +379,29 @@ impl State {
                 lease_id,
             });
             if slot.can_hand_out() {
-                self.ready.push_back((index, slot.generation));
+                self.ready.push_back(index, slot.generation, 1);
             }
         }
-        if self.ready.len() > 2 * self.units + 1024 {
+        if self.ready.len() > self.compact_at {
             self.compact_ready();
+            // Runs that are all still valid are not compacted again until
+            // the queue doubles, so a grant never pays for it twice in a row.
+            self.compact_at = (2 * self.ready.len()).max(2 * self.by_name.len() + 1024);
         }
     }
 
     /// Drops the stale entries of the ready queue, keeping the order of the rest.
     fn compact_ready(&mut self) {
         let slots = &self.slots;
-        self.ready.retain(|&(index, generation)| {
-            slots[index]
-                .as_ref()
-                .is_some_and(|slot| slot.generation == generation && slot.can_hand_out())
-        });
+        self.ready.0.retain(
+            |&Run {
+                 index, generation, ..
+             }| {
+                slots[index]
+                    .as_ref()
+                    .is_some_and(|slot| slot.generation == generation && slot.can_hand_out())
+            },
+        );
     }
 
     fn insert(&mut self, new: NewCredential, now: i64) {
@@ -324,10 +415,7 @@ impl State {
             new.extra,
             capacity,
         );
-        for _ in 0..capacity {
-            self.ready.push_back((index, 0));
-        }
-        self.units += capacity as usize;
+        self.ready.push_back(index, 0, capacity as usize);
         self.enabled += 1;
         self.by_name.insert(name, index);
         self.slots.push(Some(Slot {
@@ -380,14 +468,15 @@ impl Store for MemoryStore {
         &self,
         lease: LeaseToken,
         outcome: ReleaseOutcome,
+        receipt: Receipt,
     ) -> impl std::future::Future<Output = Result<Arc<str>>> + Send {
         // Done before the future is returned, so dropping it cannot undo it.
-        std::future::ready(self.release_now(lease, outcome))
+        std::future::ready(self.release_now(lease, outcome, receipt))
     }
 
-    fn release_detached(&self, lease: LeaseToken) {
+    fn release_detached(&self, lease: LeaseToken, receipt: Receipt) {
         // A lease that was taken over or removed has nothing left to release.
-        let _ = self.release_now(lease, ReleaseOutcome::Success);
+        let _ = self.release_now(lease, ReleaseOutcome::Success, receipt);
     }
 
     async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
@@ -460,10 +549,8 @@ impl Store for MemoryStore {
             });
         }
         let was_enabled = slot.disabled.is_none();
-        let capacity = slot.credential.capacity() as usize;
         state.slots[index] = None;
         state.by_name.remove(name);
-        state.units -= capacity;
         if was_enabled {
             state.enabled -= 1;
         }
@@ -497,9 +584,7 @@ impl Store for MemoryStore {
                 }
                 slot.disabled = None;
                 if slot.cooling_until.is_none() {
-                    for _ in 0..slot.free_units() {
-                        ready.push_back((index, slot.generation));
-                    }
+                    ready.push_back(index, slot.generation, slot.free_units());
                 }
             }
         }

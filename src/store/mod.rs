@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use crate::books::Receipt;
 use crate::credential::{CredentialInfo, NewCredential, Secret, Stats};
 use crate::error::Result;
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
@@ -61,7 +62,13 @@ pub enum OnDuplicate {
 /// - release and renew are fenced: they change nothing unless the token names
 ///   a lease the store still holds;
 /// - [`release`](Store::release) takes effect even if its future is dropped
-///   after the call returned it (send the request before returning the future).
+///   after the call returned it (send the request before returning the future);
+/// - a release handed to the store is never lost: one that cannot commit yet
+///   (a write lock held elsewhere, a full disk, a lost connection) is kept
+///   and tried again until it commits or is refused;
+/// - every release's [`Receipt`] is completed once the release is decided,
+///   in the order the store's changes commit, and before the credential it
+///   freed can be granted again.
 pub trait Store: Send + Sync + Sized + 'static {
     /// The pool's name within the store.
     fn pool_name(&self) -> &str;
@@ -95,15 +102,24 @@ pub trait Store: Send + Sync + Sized + 'static {
         expired: &mut Vec<ExpiredLease>,
     ) -> impl Future<Output = Result<GrantAttempt>> + Send;
 
-    /// Ends a lease with feedback; returns the credential's name.
+    /// Ends a lease with feedback; returns the credential's name. Completes
+    /// `receipt` when the release is decided, whether or not the future is
+    /// still there to hear it.
+    ///
+    /// The future may resolve with
+    /// [`Error::ReleasePending`](crate::Error::ReleasePending) when the
+    /// release could not commit for a while; the store keeps it and the
+    /// receipt until it does.
     fn release(
         &self,
         lease: LeaseToken,
         outcome: ReleaseOutcome,
+        receipt: Receipt,
     ) -> impl Future<Output = Result<Arc<str>>> + Send;
 
     /// Ends a lease without waiting, from `Drop`: no runtime may be there.
-    fn release_detached(&self, lease: LeaseToken);
+    /// Completes `receipt` as [`release`](Store::release) does.
+    fn release_detached(&self, lease: LeaseToken, receipt: Receipt);
 
     /// Extends a lease to now + `ttl` (no expiry with `None`); returns the new expiry.
     fn renew(

@@ -61,6 +61,11 @@ macro_rules! conformance_suite {
             events_report_what_happens,
             secrets_never_printed,
             random_operations_match_the_model,
+            cancelled_releases_keep_the_books,
+            disabling_the_last_credential_on_release_fails_every_waiter,
+            arrival_order_holds_after_add_and_enable,
+            a_lease_ttl_below_the_minimum_is_refused,
+            the_longest_durations_saturate,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1091,4 +1096,252 @@ pub async fn state_survives_reopening<S: Store, O: Future<Output = Pool<S>>>(ope
         .expect("the lease outlives the store that granted it");
     let lease = pool.try_acquire().await.unwrap().expect("a is back");
     assert_eq!(lease.credential().name(), "a");
+}
+
+/// Polls a future once, then drops it: a `select!` that lost.
+async fn poll_once_then_drop<F: Future>(future: F) {
+    tokio::select! {
+        biased;
+        _ = future => {}
+        () = std::future::ready(()) => {}
+    }
+}
+
+/// Item 3 of the defects issue: a release future polled once and dropped
+/// (a `select!` that lost) still ends the lease in the pool's books, and
+/// wakes a waiter; so does a token's release.
+pub async fn cancelled_releases_keep_the_books<F: Factory>(factory: &F) {
+    let names: Vec<String> = (0..50).map(|i| format!("c{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pool = pool_with(factory, None, &refs).await;
+    let mut leases = Vec::new();
+    for _ in 0..50 {
+        leases.push(pool.acquire().await.unwrap());
+    }
+    assert_eq!(pool.leases_out(), 50);
+    for (index, lease) in leases.into_iter().enumerate() {
+        if index % 2 == 0 {
+            poll_once_then_drop(lease.release()).await;
+        } else {
+            poll_once_then_drop(lease.release_with(ReleaseOutcome::Success)).await;
+        }
+    }
+    pool.close();
+    within(Duration::from_secs(10), "the books", async {
+        pool.wait_for_leases(Duration::from_secs(5))
+            .await
+            .expect("every cancelled release is counted back");
+    })
+    .await;
+    assert_eq!(pool.leases_out(), 0);
+    assert_eq!(leases_back(&pool).await.leases, 0);
+
+    // A token's release, cancelled, still wakes the waiter it freed a credential for.
+    let pool = pool_with(factory, None, &["only"]).await;
+    let token = pool.acquire().await.unwrap().into_token();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|lease| lease.id()) })
+    };
+    wait_for_waiters(&pool, 1).await;
+    poll_once_then_drop(pool.release_token(token, ReleaseOutcome::Success)).await;
+    within(Duration::from_secs(5), "the waiter", waiter)
+        .await
+        .unwrap()
+        .expect("the waiter is served");
+}
+
+/// Item 2: one credential, five waiters; its holder disables it on release.
+/// Every waiter fails at once with `NoCredentials`, and so does a new caller.
+pub async fn disabling_the_last_credential_on_release_fails_every_waiter<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let mut waiters = Vec::new();
+    for count in 1..=5 {
+        let task_pool = pool.clone();
+        waiters.push(tokio::spawn(async move {
+            task_pool
+                .acquire_timeout(Duration::from_secs(20))
+                .await
+                .map(|_| ())
+        }));
+        wait_for_waiters(&pool, count).await;
+    }
+    held.release_with(ReleaseOutcome::Disable("banned".into()))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for waiter in waiters {
+        let result = within(Duration::from_secs(10), "a waiter", waiter)
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, Err(Error::NoCredentials { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waiters learned late: {:?}",
+        started.elapsed()
+    );
+    let fresh = within(
+        Duration::from_secs(5),
+        "a new caller",
+        pool.acquire_timeout(Duration::from_secs(20)),
+    )
+    .await;
+    assert!(
+        matches!(fresh, Err(Error::NoCredentials { .. })),
+        "{fresh:?}"
+    );
+}
+
+/// Item 4: eight waiters queued one after another are served in arrival
+/// order when a credential is added, and when one is enabled.
+pub async fn arrival_order_holds_after_add_and_enable<F: Factory>(factory: &F) {
+    for how in ["add", "enable"] {
+        for _trial in 0..5 {
+            let pool = pool_with(factory, None, &["held"]).await;
+            if how == "enable" {
+                pool.add(NewCredential::new("spare", "s")).await.unwrap();
+                pool.disable("spare", "resting").await.unwrap();
+            }
+            let held = pool.acquire().await.unwrap();
+            let served = Arc::new(Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for index in 0..8u64 {
+                let (task_pool, served) = (pool.clone(), served.clone());
+                tasks.push(tokio::spawn(async move {
+                    let lease = task_pool.acquire().await.expect("acquire");
+                    served.lock().unwrap().push(index);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    lease.release().await.expect("release");
+                }));
+                wait_for_waiters(&pool, index + 1).await;
+            }
+            if how == "add" {
+                pool.add(NewCredential::new("spare", "s")).await.unwrap();
+            } else {
+                pool.enable("spare").await.unwrap();
+            }
+            within(Duration::from_secs(30), "eight waiters", async {
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            })
+            .await;
+            drop(held);
+            let served = served.lock().unwrap().clone();
+            assert_eq!(served, (0..8).collect::<Vec<_>>(), "after {how}");
+        }
+    }
+}
+
+/// Item 8: a TTL too short to protect anything is refused, not obeyed.
+pub async fn a_lease_ttl_below_the_minimum_is_refused<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::ZERO)).await;
+    pool.add(NewCredential::new("a", "s")).await.unwrap();
+    for attempt in [
+        pool.try_acquire().await.map(|lease| lease.is_some()),
+        pool.acquire().await.map(|_| true),
+        pool.acquire_timeout(Duration::from_secs(1))
+            .await
+            .map(|_| true),
+    ] {
+        match attempt {
+            Err(Error::InvalidInput(invalid)) => assert_eq!(invalid.field, "lease TTL"),
+            other => panic!("a zero TTL was taken: {other:?}"),
+        }
+    }
+    let pool = pool_with(factory, Some(Duration::from_secs(60)), &["b"]).await;
+    let mut lease = pool.acquire().await.unwrap();
+    assert!(matches!(
+        lease.renew_for(Duration::ZERO).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "the refused renewal changed nothing: b is still held"
+    );
+    lease.renew_for(credpool::MIN_LEASE_TTL).await.unwrap();
+    lease.release().await.unwrap();
+}
+
+/// Durations up to `Duration::MAX` saturate on every store: a cool-down,
+/// a TTL and a renewal that long are accepted, and the books stay right.
+pub async fn the_longest_durations_saturate<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, Some(Duration::MAX), &["a", "b"]).await;
+    let mut lease = pool.acquire().await.expect("a TTL of Duration::MAX");
+    lease
+        .renew_for(Duration::MAX)
+        .await
+        .expect("renew for ever");
+    lease
+        .release_with(ReleaseOutcome::CoolDown(Duration::MAX))
+        .await
+        .expect("cool down for ever");
+    assert_eq!(pool.leases_out(), 0);
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.leases, stats.cooling_down), (0, 1));
+}
+
+/// Item 7: the events of one credential come in the order the store made
+/// the changes: a view that counts holders from them never sees more
+/// holders than the capacity.
+pub async fn events_of_a_credential_come_in_commit_order<F: Factory>(factory: &F) {
+    // One credential, and callers that never queue (`try_acquire`): under
+    // group commit a release and the next grant often share a transaction,
+    // and both callers hear of them at the same moment.
+    let pool = pool_with(factory, None, &["only"]).await;
+    let mut events = pool.subscribe();
+    // 16 tasks × 20 leases: fewer events than the channel holds, so all of
+    // them are still there when the checker reads them at the end.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut leases = 0;
+                while leases < 20 {
+                    let Some(lease) = pool.try_acquire().await.unwrap() else {
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    leases += 1;
+                    if fastrand::bool() {
+                        lease.release().await.unwrap();
+                    } else {
+                        drop(lease);
+                    }
+                }
+            })
+        })
+        .collect();
+    within(Duration::from_secs(60), "the tasks", async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    })
+    .await;
+    leases_back(&pool).await;
+    let mut holders = 0i64;
+    let (mut acquired, mut released) = (0, 0);
+    while let Some(event) = events.try_recv() {
+        match event {
+            Event::Acquired { lease_id, .. } => {
+                holders += 1;
+                acquired += 1;
+                assert!(
+                    holders <= 1,
+                    "lease {lease_id} was announced while the last one was not released"
+                );
+            }
+            Event::Released { .. } => {
+                holders -= 1;
+                released += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((acquired, released), (16 * 20, 16 * 20));
 }

@@ -25,8 +25,14 @@
 //! - Each call runs in a task of its own, so cancelling a caller never
 //!   leaves a half-known state: a lease granted after its caller left is
 //!   released at once. A [`Lease`](crate::Lease) dropped without release is
-//!   released by a task on the current runtime; with no runtime it expires
-//!   after its TTL ([`DEFAULT_LEASE_TTL`] unless the pool sets another).
+//!   released by a task on the runtime the store was opened on, even when it
+//!   is dropped on a thread outside any runtime; once that runtime has shut
+//!   down, it expires after its TTL ([`DEFAULT_LEASE_TTL`] unless the pool
+//!   sets another).
+//! - A release is never lost: while the server cannot be reached it is tried
+//!   again, with a pause growing to a second, until it commits (or the store
+//!   is dropped). The caller waits up to five seconds, then hears
+//!   [`Error::ReleasePending`]; the lease counts as out until it commits.
 //! - Expired leases are reclaimed when nothing is free, and at most every
 //!   [`RECLAIM_INTERVAL`] otherwise.
 
@@ -39,7 +45,7 @@ mod sql;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +60,7 @@ use crate::credential::{
 };
 use crate::error::{Error, InvalidInput, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
 
 use self::background::{Background, Mark, Work};
 use self::batch::{Asked, Batch, GrantQueue};
@@ -78,6 +84,14 @@ pub const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 const LOCKED_RETRIES: usize = 3;
 /// How many credentials one insert statement adds.
 const INSERT_CHUNK: usize = 5_000;
+/// The longest duration, in ms, the store sends: now plus this still fits
+/// in a `bigint`, so `Duration::MAX` saturates instead of overflowing in SQL.
+const MAX_MS: i64 = i64::MAX / 4;
+/// How long a release that cannot commit keeps its caller waiting before
+/// the caller hears [`Error::ReleasePending`]; the store goes on trying.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// Options for opening a [`PostgresStore`].
 ///
@@ -205,6 +219,8 @@ impl PostgresOptions {
                 shared_statements: AtomicU64::new(0),
                 releases: Arc::default(),
                 orphans: Arc::default(),
+                runtime: tokio::runtime::Handle::current(),
+                closed: AtomicBool::new(false),
             }),
             changed,
             listener,
@@ -309,6 +325,7 @@ impl fmt::Debug for PostgresStore {
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
         self.listener.abort();
     }
 }
@@ -359,19 +376,14 @@ impl PostgresStore {
         self.inner.shared_statements.load(Ordering::Relaxed)
     }
 
-    /// Runs `work` on its own task, so that it finishes even if the caller
-    /// leaves; fails if there is no runtime to run it on.
+    /// Runs `work` on its own task, on the runtime the store was opened on,
+    /// so that it finishes even if the caller leaves.
     fn spawn<T, F>(&self, work: F) -> Result<JoinHandle<Result<T>>>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => Ok(runtime.spawn(work)),
-            Err(_) => Err(Error::StoreUnavailable {
-                reason: "the postgres store needs a tokio runtime for this call".into(),
-            }),
-        }
+        Ok(self.inner.runtime.spawn(work))
     }
 
     /// Runs `work` on its own task once the grants whose callers left before
@@ -435,10 +447,16 @@ struct Inner {
     /// grant waiting for another would queue every grant behind each
     /// cancelled one.
     orphans: Arc<Background>,
+    /// The runtime the store was opened on: background work runs there, so
+    /// a lease dropped on a thread without a runtime is still released.
+    runtime: tokio::runtime::Handle,
+    /// Set when the store is dropped: releases stop being tried again.
+    closed: AtomicBool,
 }
 
+/// A duration in ms for SQL, saturated at [`MAX_MS`].
 fn ms(duration: Duration) -> i64 {
-    duration_ms(duration)
+    duration_ms(duration).min(MAX_MS)
 }
 
 fn grant_from(row: &Row) -> Grant {
@@ -457,22 +475,75 @@ fn grant_from(row: &Row) -> Grant {
 }
 
 impl Inner {
-    /// Releases `lease` on a task of its own, if a runtime is there to run it;
-    /// else the lease comes back when it expires. Calls made after this one
-    /// wait for the release.
-    fn release_in_background(self: &Arc<Self>, lease: LeaseToken) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(lease_id = %lease.lease_id(), "no runtime to release a dropped lease; it comes back when it expires");
-            return;
-        };
+    /// Releases `lease` on a task of its own, on the store's runtime. Calls
+    /// made after this one wait for the release. When that runtime has shut
+    /// down, the task (and with it the receipt) is dropped, and the lease
+    /// comes back when it expires.
+    fn release_in_background(self: &Arc<Self>, lease: LeaseToken, receipt: Receipt) {
         let work = self.releases.begin();
         let inner = self.clone();
-        runtime.spawn(async move {
+        self.runtime.spawn(async move {
             let _work = work;
-            if let Err(error) = inner.release(lease, ReleaseOutcome::Success).await {
-                tracing::warn!(%error, lease_id = %lease.lease_id(), "releasing a lease in the background failed; it comes back when it expires");
-            }
+            inner
+                .release_until_done(lease, ReleaseOutcome::Success, receipt, None)
+                .await;
         });
+    }
+
+    /// Releases `lease`, trying again with a growing pause while the server
+    /// cannot be reached or fails, until the release commits, is refused, or
+    /// the store is dropped. Completes the receipt then, and answers `reply`
+    /// with the outcome, or with [`Error::ReleasePending`] once it has
+    /// failed for [`RELEASE_PATIENCE`].
+    async fn release_until_done(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+        receipt: Receipt,
+        mut reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+    ) {
+        let started = tokio::time::Instant::now();
+        let mut pause = MIN_RETRY_PAUSE;
+        loop {
+            let result = self.release(lease, outcome.clone()).await;
+            match result {
+                Ok(name) => {
+                    receipt.released(&name);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(name));
+                    }
+                    return;
+                }
+                Err(error @ Error::LeaseLost { .. }) => {
+                    receipt.refused();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                    return;
+                }
+                Err(error) => {
+                    if self.closed.load(Ordering::SeqCst) {
+                        tracing::warn!(%error, lease_id = %lease.lease_id(), "the store closed before a release could commit; the lease comes back when it expires");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(error));
+                        }
+                        return;
+                    }
+                    tracing::warn!(%error, lease_id = %lease.lease_id(), "a release could not be committed; trying again");
+                    if started.elapsed() >= RELEASE_PATIENCE {
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(Err(Error::ReleasePending {
+                                location: self.location.clone(),
+                                lease_id: lease.lease_id(),
+                                reason: error.to_string(),
+                            }));
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+            }
+        }
     }
 
     async fn grant(
@@ -610,7 +681,10 @@ impl Inner {
                 let mut grants = grants.into_iter();
                 for asked in batch {
                     if let Err(Ok(Some(grant))) = asked.reply.send(Ok(grants.next())) {
-                        self.release_in_background(grant.token());
+                        self.release_in_background(
+                            grant.token(),
+                            Receipt::untracked(grant.token()),
+                        );
                     }
                 }
             }
@@ -898,7 +972,11 @@ impl Drop for PendingGrant<'_> {
         let _ = self.left.set(self.store.inner.orphans.begin());
         self.answer.close();
         if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
-            self.store.release_detached(grant.token());
+            // No pool counted this lease: nothing to tell one.
+            let token = grant.token();
+            self.store
+                .inner
+                .release_in_background(token, Receipt::untracked(token));
         }
     }
 }
@@ -939,7 +1017,10 @@ impl Store for PostgresStore {
                     if let Err(Ok((GrantAttempt::Granted(grant), _))) = reply.send(result) {
                         // The caller left: the lease goes back at once, and the
                         // release is counted before the orphan ends.
-                        inner.release_in_background(grant.token());
+                        inner.release_in_background(
+                            grant.token(),
+                            Receipt::untracked(grant.token()),
+                        );
                     }
                     drop(left);
                     Ok(())
@@ -965,15 +1046,27 @@ impl Store for PostgresStore {
         &self,
         lease: LeaseToken,
         outcome: ReleaseOutcome,
+        receipt: Receipt,
     ) -> impl Future<Output = Result<Arc<str>>> + Send {
         // Started now, not when first polled: dropping the future cannot undo it.
         let inner = self.inner.clone();
-        let task = self.spawn(async move { inner.release(lease, outcome).await });
-        async move { join(task?).await }
+        let (reply, answer) = oneshot::channel();
+        self.inner.runtime.spawn(async move {
+            inner
+                .release_until_done(lease, outcome, receipt, Some(reply))
+                .await;
+        });
+        async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(Error::StoreUnavailable {
+                    reason: "the runtime the postgres store was opened on has shut down".into(),
+                })
+            })
+        }
     }
 
-    fn release_detached(&self, lease: LeaseToken) {
-        self.inner.release_in_background(lease);
+    fn release_detached(&self, lease: LeaseToken, receipt: Receipt) {
+        self.inner.release_in_background(lease, receipt);
     }
 
     async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {

@@ -37,10 +37,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::credential::{CredentialInfo, NewCredential, Secret, Stats};
 use crate::error::{Error, Result};
 use crate::lease::{LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
 
 use self::schema::ConnectionOptions;
-use self::worker::{Call, Ctx, Failure, GrantJob, Job, Worker};
+use self::worker::{Call, Ctx, Failure, GrantJob, Job, ReleaseJob, Worker};
 
 pub use self::schema::SCHEMA_VERSION;
 
@@ -135,6 +135,7 @@ impl SqliteOptions {
         let (opened, ready) = oneshot::channel();
         let (sender, requests) = mpsc::unbounded_channel();
         let (path, pool) = (self.path.clone(), self.pool.clone());
+        let busy_timeout = self.busy_timeout;
         let connection_options = ConnectionOptions {
             synchronous_full: self.synchronous == Synchronous::Full,
             busy_timeout: self.busy_timeout,
@@ -144,7 +145,7 @@ impl SqliteOptions {
             .spawn(move || match schema::open(&path, &connection_options) {
                 Ok(connection) => {
                     let _ = opened.send(Ok(()));
-                    Worker::new(connection, pool, path).run(requests);
+                    Worker::new(connection, pool, path, busy_timeout).run(requests);
                 }
                 Err(error) => {
                     let _ = opened.send(Err(error));
@@ -174,6 +175,7 @@ impl SqliteOptions {
             pool: self.pool,
             lease_ttl: self.lease_ttl,
             poll_interval: self.poll_interval,
+            busy_timeout: self.busy_timeout,
         })
     }
 }
@@ -201,6 +203,7 @@ pub struct SqliteStore {
     pool: String,
     lease_ttl: Option<Duration>,
     poll_interval: Duration,
+    busy_timeout: Duration,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -331,7 +334,14 @@ impl Drop for PendingGrant<'_> {
     fn drop(&mut self) {
         self.answer.close();
         if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
-            self.store.release_detached(grant.token());
+            // No pool counted this lease: nothing to tell one.
+            let _ = self.store.send(ReleaseJob::boxed(
+                grant.token(),
+                ReleaseOutcome::Success,
+                None,
+                None,
+                self.store.busy_timeout,
+            ));
         }
     }
 }
@@ -394,10 +404,17 @@ impl Store for SqliteStore {
         &self,
         lease: LeaseToken,
         outcome: ReleaseOutcome,
+        receipt: Receipt,
     ) -> impl Future<Output = Result<Arc<str>>> + Send {
         // Sent now, not when first polled: dropping the future cannot undo it.
         let (reply, answer) = oneshot::channel();
-        let sent = self.send(worker::release_job(lease, outcome, Some(reply)));
+        let sent = self.send(ReleaseJob::boxed(
+            lease,
+            outcome,
+            Some(reply),
+            Some(receipt),
+            self.busy_timeout,
+        ));
         let unavailable = self.unavailable();
         async move {
             sent?;
@@ -405,9 +422,16 @@ impl Store for SqliteStore {
         }
     }
 
-    fn release_detached(&self, lease: LeaseToken) {
-        // Without a thread to take it, the lease comes back when it expires.
-        let _ = self.send(worker::release_job(lease, ReleaseOutcome::Success, None));
+    fn release_detached(&self, lease: LeaseToken, receipt: Receipt) {
+        // Without a thread to take it (the job and its receipt are dropped),
+        // the lease comes back when it expires.
+        let _ = self.send(ReleaseJob::boxed(
+            lease,
+            ReleaseOutcome::Success,
+            None,
+            Some(receipt),
+            self.busy_timeout,
+        ));
     }
 
     async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {

@@ -5,9 +5,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::credential::{
@@ -15,10 +16,17 @@ use crate::credential::{
 };
 use crate::error::{Error, Result};
 use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate};
+use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt};
 
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
+/// The first pause before a release that could not commit is tried again;
+/// it doubles up to [`MAX_RETRY_PAUSE`].
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long the thread keeps trying releases after the store was dropped,
+/// at the least (the busy timeout, if longer).
+const MIN_CLOSING_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Why a job did not produce its value.
 pub(crate) enum Failure {
@@ -155,9 +163,9 @@ pub(crate) trait Job: Send {
     /// Records that the transaction failed, so `finish` reports that instead.
     fn fail(&mut self, error: Error);
 
-    /// Replies to the caller. Returns the lease of a grant whose caller is
-    /// gone, which the thread must release at once.
-    fn finish(self: Box<Self>) -> Option<LeaseToken>;
+    /// Replies to the caller. Says what the thread must do next: release
+    /// the lease of a grant whose caller is gone, or try a release again.
+    fn finish(self: Box<Self>) -> Finished;
 
     /// For a grant: replies "busy" without a transaction, when the thread
     /// knows nothing changed since the last time nothing was free.
@@ -169,6 +177,15 @@ pub(crate) trait Job: Send {
     fn busy_until(&self) -> Option<Option<i64>> {
         None
     }
+}
+
+/// What is left to do after a job replied.
+pub(crate) enum Finished {
+    Done,
+    /// A grant whose caller is gone: its lease must be released at once.
+    Unclaimed(LeaseToken),
+    /// A release that could not commit: it must be tried again.
+    Retry(Box<dyn Job>),
 }
 
 /// A job that runs `work` and sends its result to `reply`.
@@ -216,11 +233,104 @@ where
         self.result = Some(Err(error));
     }
 
-    fn finish(self: Box<Self>) -> Option<LeaseToken> {
+    fn finish(self: Box<Self>) -> Finished {
         if let (Some(reply), Some(result)) = (self.reply, self.result) {
             let _ = reply.send(result);
         }
-        None
+        Finished::Done
+    }
+}
+
+/// A release. It is never lost: when its transaction fails it is tried
+/// again, until it commits or is refused (the lease is not held). The
+/// caller hears the outcome, or, once it has failed for `patience`, that it
+/// is still pending; the receipt is completed when it is decided.
+pub(crate) struct ReleaseJob {
+    lease: LeaseToken,
+    outcome: ReleaseOutcome,
+    reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+    receipt: Option<Receipt>,
+    result: Option<Result<Arc<str>>>,
+    failed: Option<Error>,
+    first_failure: Option<Instant>,
+    patience: Duration,
+}
+
+impl ReleaseJob {
+    /// `reply` and `receipt` are `None` for the release of a grant whose
+    /// caller left (no one waits for it, and no pool counted it).
+    pub(crate) fn boxed(
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+        reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+        receipt: Option<Receipt>,
+        patience: Duration,
+    ) -> Box<dyn Job> {
+        Box::new(Self {
+            lease,
+            outcome,
+            reply,
+            receipt,
+            result: None,
+            failed: None,
+            first_failure: None,
+            patience,
+        })
+    }
+
+    fn pending(&self, error: &Error) -> Error {
+        let (location, reason) = match error {
+            Error::Transaction { location, reason } => (location.clone(), reason.clone()),
+            other => (String::from("the SQLite store"), other.to_string()),
+        };
+        Error::ReleasePending {
+            location,
+            lease_id: self.lease.lease_id(),
+            reason,
+        }
+    }
+}
+
+impl Job for ReleaseJob {
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        self.failed = None;
+        self.result = Some(match release(ctx, self.lease, &self.outcome) {
+            Ok(name) => Ok(name),
+            Err(Failure::Refused(error)) => Err(error),
+            Err(Failure::Sql(error)) => return Err(error),
+        });
+        Ok(())
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.result = None;
+        self.failed = Some(error);
+    }
+
+    fn finish(mut self: Box<Self>) -> Finished {
+        if let Some(error) = self.failed.take() {
+            let first = *self.first_failure.get_or_insert_with(Instant::now);
+            if first.elapsed() >= self.patience {
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(Err(self.pending(&error)));
+                }
+            }
+            tracing::warn!(lease_id = %self.lease.lease_id(), %error, "a release could not be committed; trying again");
+            return Finished::Retry(self);
+        }
+        let Some(result) = self.result.take() else {
+            return Finished::Retry(self);
+        };
+        if let Some(receipt) = self.receipt.take() {
+            match &result {
+                Ok(name) => receipt.released(name),
+                Err(_) => receipt.refused(),
+            }
+        }
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+        Finished::Done
     }
 }
 
@@ -270,14 +380,14 @@ impl Job for GrantJob {
         self.result = Some(Err(error));
     }
 
-    fn finish(self: Box<Self>) -> Option<LeaseToken> {
+    fn finish(self: Box<Self>) -> Finished {
         let (Some(reply), Some(result)) = (self.reply, self.result) else {
-            return None;
+            return Finished::Done;
         };
         match reply.send(result) {
-            Ok(()) => None,
-            Err(Ok((GrantAttempt::Granted(grant), _))) => Some(grant.token()),
-            Err(_) => None,
+            Ok(()) => Finished::Done,
+            Err(Ok((GrantAttempt::Granted(grant), _))) => Finished::Unclaimed(grant.token()),
+            Err(_) => Finished::Done,
         }
     }
 
@@ -323,10 +433,19 @@ pub(crate) struct Worker {
     path: PathBuf,
     commits: u64,
     idle: Option<Idle>,
+    /// Releases whose transaction failed, to be tried again.
+    retrying: Vec<Box<dyn Job>>,
+    /// How long the releases waiting for retry are kept once the store is dropped.
+    closing_patience: Duration,
 }
 
 impl Worker {
-    pub(crate) fn new(connection: Connection, pool: String, path: PathBuf) -> Self {
+    pub(crate) fn new(
+        connection: Connection,
+        pool: String,
+        path: PathBuf,
+        busy_timeout: Duration,
+    ) -> Self {
         connection.set_prepared_statement_cache_capacity(64);
         Self {
             connection,
@@ -335,14 +454,53 @@ impl Worker {
             path,
             commits: 0,
             idle: None,
+            retrying: Vec::new(),
+            closing_patience: busy_timeout.max(MIN_CLOSING_PATIENCE),
         }
     }
 
-    /// Serves requests until every sender is gone.
+    /// Serves requests until every sender is gone and no release is left to
+    /// try again (or, once the senders are gone, the closing patience is up).
     pub(crate) fn run(mut self, mut requests: mpsc::UnboundedReceiver<Box<dyn Job>>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = requests.blocking_recv() {
-            batch.push(first);
+        let mut pause = MIN_RETRY_PAUSE;
+        let mut closing: Option<Instant> = None;
+        loop {
+            if self.retrying.is_empty() {
+                match requests.blocking_recv() {
+                    Some(job) => batch.push(job),
+                    None => break,
+                }
+            } else {
+                // Wait out the pause, unless a new request comes first.
+                let until = Instant::now() + pause;
+                loop {
+                    match requests.try_recv() {
+                        Ok(job) => {
+                            batch.push(job);
+                            break;
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            closing.get_or_insert_with(|| Instant::now() + self.closing_patience);
+                        }
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    std::thread::sleep((until - now).min(Duration::from_millis(5)));
+                }
+                if closing.is_some_and(|deadline| Instant::now() >= deadline) {
+                    tracing::warn!(path = %self.path.display(), releases = self.retrying.len(), "the store is closing with releases not committed; their leases come back when they expire");
+                    // Dropping them drops their receipts, which tells their pools.
+                    self.retrying.clear();
+                    if batch.is_empty() {
+                        break;
+                    }
+                }
+                batch.splice(0..0, self.retrying.drain(..));
+            }
             while batch.len() < MAX_BATCH {
                 match requests.try_recv() {
                     Ok(job) => batch.push(job),
@@ -350,6 +508,11 @@ impl Worker {
                 }
             }
             self.serve(&mut batch);
+            pause = if self.retrying.is_empty() {
+                MIN_RETRY_PAUSE
+            } else {
+                (pause * 2).min(MAX_RETRY_PAUSE)
+            };
         }
     }
 
@@ -365,18 +528,34 @@ impl Worker {
             }
         }
         let all_busy = self.run_batch(batch);
-        let unclaimed: Vec<LeaseToken> = batch.drain(..).filter_map(|job| job.finish()).collect();
+        let unclaimed = self.finish_all(batch.drain(..));
         self.idle = match all_busy {
-            Some((data_version, retry_at)) if unclaimed.is_empty() => Some(Idle {
-                data_version,
-                commits: self.commits,
-                retry_at,
-            }),
+            Some((data_version, retry_at)) if unclaimed.is_empty() && self.retrying.is_empty() => {
+                Some(Idle {
+                    data_version,
+                    commits: self.commits,
+                    retry_at,
+                })
+            }
             _ => None,
         };
         if !unclaimed.is_empty() {
             self.release_unclaimed(unclaimed);
         }
+    }
+
+    /// Replies to every job in order; keeps the releases to try again, and
+    /// returns the leases of grants whose callers left.
+    fn finish_all(&mut self, jobs: impl Iterator<Item = Box<dyn Job>>) -> Vec<LeaseToken> {
+        let mut unclaimed = Vec::new();
+        for job in jobs {
+            match job.finish() {
+                Finished::Done => {}
+                Finished::Unclaimed(lease) => unclaimed.push(lease),
+                Finished::Retry(job) => self.retrying.push(job),
+            }
+        }
+        unclaimed
     }
 
     /// Whether no process changed the store since a batch found nothing free.
@@ -498,23 +677,15 @@ impl Worker {
     fn release_unclaimed(&mut self, leases: Vec<LeaseToken>) {
         let mut jobs: Vec<Box<dyn Job>> = leases
             .into_iter()
-            .map(|lease| release_job(lease, ReleaseOutcome::Success, None))
+            .map(|lease| {
+                ReleaseJob::boxed(lease, ReleaseOutcome::Success, None, None, Duration::ZERO)
+            })
             .collect();
         tracing::debug!(count = jobs.len(), "releasing leases whose callers left");
         self.run_batch(&mut jobs);
-        for job in jobs {
-            let _ = job.finish();
-        }
+        let unclaimed = self.finish_all(jobs.into_iter());
+        debug_assert!(unclaimed.is_empty(), "releases claim no lease");
     }
-}
-
-/// A release job; `reply` is `None` for a lease dropped without waiting.
-pub(crate) fn release_job(
-    lease: LeaseToken,
-    outcome: ReleaseOutcome,
-    reply: Option<oneshot::Sender<Result<Arc<str>>>>,
-) -> Box<dyn Job> {
-    Call::boxed(move |ctx| release(ctx, lease, &outcome), reply, None)
 }
 
 /// Ends finished cool-downs and reclaims expired leases.
