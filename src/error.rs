@@ -156,10 +156,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// An error from SQLite.
+    /// An error from SQLite. The SQLite store reports
+    /// [`SqliteFile`](Error::SqliteFile) instead, which names the file.
     #[cfg(feature = "sqlite")]
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+
+    /// An error from SQLite about a store file, with what to do where it helps.
+    #[cfg(feature = "sqlite")]
+    #[error("{}: {source}{}", path.display(), hint_suffix(*hint))]
+    SqliteFile {
+        /// The store file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+        /// What to do about it, when there is something to do.
+        hint: Option<&'static str>,
+    },
 
     /// An error from Postgres, or from the connection to it.
     ///
@@ -173,6 +187,11 @@ pub enum Error {
         /// The SQLSTATE code, when the server sent one (`40P01` for a deadlock, say).
         code: Option<String>,
     },
+}
+
+#[cfg(feature = "sqlite")]
+fn hint_suffix(hint: Option<&'static str>) -> String {
+    hint.map(|hint| format!(": {hint}")).unwrap_or_default()
 }
 
 fn entry_suffix(entry: Option<usize>) -> String {

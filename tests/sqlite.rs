@@ -351,6 +351,26 @@ fn child_process_entry() {
                 processes::hold_and_hang(Pool::new(store)).await;
             }
             "fill-disk" => child_fill_disk(&child.store).await,
+            "open-at" => {
+                // STORE is `PATH START_NS`: open at that instant, add one credential.
+                let (path, start) = child.store.split_once(' ').unwrap();
+                let start: u128 = start.parse().unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                if start > now {
+                    std::thread::sleep(Duration::from_nanos((start - now) as u64));
+                }
+                let pool = Pool::new(SqliteStore::open(path).await.unwrap());
+                pool.add(NewCredential::new(format!("p{}", std::process::id()), "s"))
+                    .await
+                    .unwrap();
+            }
+            "open-relative" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                pool.add(NewCredential::new("mine", "s")).await.unwrap();
+            }
             other => panic!("unknown child role {other}"),
         }
     });
@@ -655,4 +675,249 @@ async fn a_release_under_a_foreign_write_lock_is_never_lost() {
         .expect("committed once the lock went, within the wait");
     unlock.join().unwrap();
     assert_eq!(pool.leases_out(), 0);
+}
+
+// ---- opening files (items 5 and 9 to 15 of the defects issue) -----------
+
+/// Item 5: eight processes open one file that does not exist yet, at the
+/// same instant, in fifteen rounds (the old race lost about one in five): every one opens it, and one schema is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_create_one_new_file_at_once() {
+    for round in 0..15 {
+        let path = fresh_path(&format!("created-at-once-{round}"));
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            + 400_000_000;
+        let store = format!("{} {start}", path.display());
+        let children: Vec<_> = (0..8)
+            .map(|_| processes::spawn_child("open-at", &store, None))
+            .collect();
+        let statuses = processes::wait_all(children).await;
+        assert!(
+            statuses.iter().all(|status| status.success()),
+            "round {round}: {statuses:?}"
+        );
+        let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+        assert_eq!(pool.stats().await.unwrap().total, 8, "round {round}");
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}
+
+/// Item 9: a path that begins with `file:` is a path, not a URI: another
+/// program's `app.db` beside it is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_beginning_with_file_is_a_path() {
+    let dir = fresh_path("file-uri-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("app.db");
+    {
+        let connection = rusqlite::Connection::open(&app).unwrap();
+        connection
+            .execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let before = std::fs::read(&app).unwrap();
+    let child = processes::spawn_child_at("open-relative", "file:app.db", &dir);
+    let status = processes::wait_all(vec![child]).await;
+    assert!(status[0].success(), "{status:?}");
+    assert_eq!(
+        std::fs::read(&app).unwrap(),
+        before,
+        "app.db was written to"
+    );
+    assert!(
+        !dir.join("app.db-wal").exists(),
+        "app.db was switched to WAL"
+    );
+    let ours = Pool::new(SqliteStore::open(dir.join("file:app.db")).await.unwrap());
+    assert_eq!(ours.list().await.unwrap()[0].name, "mine");
+}
+
+/// Item 10: a named pipe (or any file that is not a regular one) is refused
+/// at once, with the path.
+#[tokio::test]
+async fn a_named_pipe_is_refused_at_once() {
+    let pipe = fresh_path("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let opened = tokio::time::timeout(Duration::from_secs(5), SqliteStore::open(&pipe))
+        .await
+        .expect("open returned");
+    let message = opened.unwrap_err().to_string();
+    assert!(message.contains("named pipe"), "{message}");
+    assert!(message.contains(&pipe.display().to_string()), "{message}");
+    let device = tokio::time::timeout(Duration::from_secs(5), SqliteStore::open("/dev/null"))
+        .await
+        .expect("open returned");
+    assert!(
+        device.unwrap_err().to_string().contains("device"),
+        "/dev/null"
+    );
+}
+
+/// Item 11: SQLite's errors name the file and say what to do.
+#[tokio::test]
+async fn sqlite_errors_name_the_file_and_the_fix() {
+    // A write lock held elsewhere while the store is opened.
+    let path = fresh_path("open-locked");
+    drop(SqliteStore::open(&path).await.unwrap());
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let error = SqliteStore::options(&path)
+        .busy_timeout(Duration::from_millis(100))
+        .open()
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::SqliteFile { .. }), "{error:?}");
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains("locked") && message.contains("busy timeout"),
+        "{message}"
+    );
+    other.execute_batch("COMMIT").unwrap();
+
+    // A store file this user may not write (root may write anything, so
+    // only where the tests do not run as root).
+    let read_only = fresh_path("read-only");
+    drop(SqliteStore::open(&read_only).await.unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o400)).unwrap();
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open(&read_only)
+        .is_err()
+    {
+        let message = SqliteStore::open(&read_only).await.unwrap_err().to_string();
+        assert!(
+            message.contains(&read_only.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("writable"), "{message}");
+    }
+}
+
+/// Items 12 and 15: refusals leave the directory as they found it (no
+/// `-wal`, no `-shm`), and a negative schema version is refused, not a panic.
+#[tokio::test]
+async fn refusals_leave_no_files_behind() {
+    let foreign_wal = fresh_path("foreign-wal");
+    {
+        let connection = rusqlite::Connection::open(&foreign_wal).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (x); INSERT INTO t VALUES (1);",
+            )
+            .unwrap();
+    }
+    let too_new = fresh_path("too-new-wal");
+    drop(SqliteStore::open(&too_new).await.unwrap());
+    rusqlite::Connection::open(&too_new)
+        .unwrap()
+        .execute_batch(&format!("PRAGMA user_version = {}", SCHEMA_VERSION + 1))
+        .unwrap();
+    let negative = fresh_path("negative-version");
+    drop(SqliteStore::open(&negative).await.unwrap());
+    rusqlite::Connection::open(&negative)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = -1")
+        .unwrap();
+    for (path, expect) in [
+        (&foreign_wal, "without credpool's tables"),
+        (&too_new, "newer than this build"),
+        (&negative, "schema version -1"),
+    ] {
+        let listing = |path: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&*path.file_name().unwrap().to_string_lossy()))
+                .collect();
+            names.sort();
+            names
+        };
+        let before = (std::fs::read(path).unwrap(), listing(path));
+        let message = SqliteStore::open(path).await.unwrap_err().to_string();
+        assert!(message.contains(expect), "{message}");
+        assert_eq!(
+            (std::fs::read(path).unwrap(), listing(path)),
+            before,
+            "{} or its directory changed",
+            path.display()
+        );
+    }
+}
+
+/// Item 13: a file credpool adopts (an empty file, an empty SQLite
+/// database) is made private before any secret goes in; so are its
+/// companions.
+#[tokio::test]
+async fn adopted_files_are_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let empty = fresh_path("adopt-empty");
+    std::fs::write(&empty, "").unwrap();
+    let empty_sqlite = fresh_path("adopt-empty-sqlite");
+    rusqlite::Connection::open(&empty_sqlite)
+        .unwrap()
+        .execute_batch("VACUUM")
+        .unwrap();
+    for path in [&empty, &empty_sqlite] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let pool = Pool::new(SqliteStore::open(path).await.unwrap());
+        pool.add(NewCredential::new("a", "top secret"))
+            .await
+            .unwrap();
+        for file in [
+            path.clone(),
+            PathBuf::from(format!("{}-wal", path.display())),
+        ] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+        }
+    }
+}
+
+/// Item 14 (the library side): a store opened with `create(false)` is never
+/// created, adopted or migrated.
+#[tokio::test]
+async fn opening_without_create_writes_nothing() {
+    let missing = fresh_path("no-create-missing");
+    let error = SqliteStore::options(&missing)
+        .create(false)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no store there"), "{error}");
+    assert!(!missing.exists());
+    let empty = fresh_path("no-create-empty");
+    std::fs::write(&empty, "").unwrap();
+    let error = SqliteStore::options(&empty)
+        .create(false)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("credpool init"), "{error}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    assert!(!PathBuf::from(format!("{}-wal", empty.display())).exists());
+    let ready = fresh_path("no-create-ready");
+    drop(pool_at(&ready, &["a"]).await);
+    let pool = Pool::new(
+        SqliteStore::options(&ready)
+            .create(false)
+            .open()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(pool.stats().await.unwrap().total, 1);
 }

@@ -67,6 +67,13 @@ pub fn spawn_child_with_file_limit(role: &str, store: &str, max_file_bytes: u64)
     spawn_child_in(command, role, store, None)
 }
 
+/// As [`spawn_child`], with `dir` as the child's working directory.
+pub fn spawn_child_at(role: &str, store: &str, dir: &Path) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.current_dir(dir);
+    spawn_child_in(command, role, store, None)
+}
+
 fn spawn_child_in(mut command: Command, role: &str, store: &str, log: Option<&Path>) -> Child {
     command
         .args([

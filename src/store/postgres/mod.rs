@@ -176,6 +176,9 @@ impl PostgresOptions {
     /// [`Error::NotAStore`] for a schema that holds other tables.
     pub async fn open(self) -> Result<PostgresStore> {
         validate_schema(&self.schema)?;
+        if let Some(ttl) = self.lease_ttl {
+            crate::credential::validate_lease_ttl(ttl)?;
+        }
         crate::credential::validate_pool_name(&self.pool)?;
         let location = location(&self.config, &self.schema);
         let mut client = connections::connect(&self.config)

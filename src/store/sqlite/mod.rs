@@ -83,6 +83,7 @@ pub struct SqliteOptions {
     lease_ttl: Option<Duration>,
     poll_interval: Duration,
     max_in_flight: usize,
+    create: bool,
 }
 
 impl SqliteOptions {
@@ -123,15 +124,29 @@ impl SqliteOptions {
         self
     }
 
+    /// Whether [`open`](SqliteOptions::open) may create a missing file, make
+    /// an empty file a store, or migrate an older store (default `true`).
+    /// With `false` it opens only a store that is ready, and refuses the rest
+    /// without writing anything: for tools that only read.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
+        self
+    }
+
     /// Opens the store, creating the file if it is missing.
     ///
     /// # Errors
     ///
     /// [`Error::NotAStore`] for a file that is not a credpool store,
     /// [`Error::StoreTooNew`] for a newer schema, [`Error::Io`] for a path
-    /// that cannot be created; each names the path.
+    /// that cannot be created, [`Error::SqliteFile`] for what SQLite
+    /// refuses; each names the path. [`Error::InvalidInput`] for a lease TTL
+    /// below [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL).
     pub async fn open(self) -> Result<SqliteStore> {
         crate::credential::validate_pool_name(&self.pool)?;
+        if let Some(ttl) = self.lease_ttl {
+            crate::credential::validate_lease_ttl(ttl)?;
+        }
         let (opened, ready) = oneshot::channel();
         let (sender, requests) = mpsc::unbounded_channel();
         let (path, pool) = (self.path.clone(), self.pool.clone());
@@ -139,6 +154,7 @@ impl SqliteOptions {
         let connection_options = ConnectionOptions {
             synchronous_full: self.synchronous == Synchronous::Full,
             busy_timeout: self.busy_timeout,
+            create: self.create,
         };
         let thread = std::thread::Builder::new()
             .name(format!("credpool-sqlite-{}", self.pool))
@@ -227,6 +243,7 @@ impl SqliteStore {
             lease_ttl: Some(DEFAULT_LEASE_TTL),
             poll_interval: DEFAULT_POLL_INTERVAL,
             max_in_flight: 4096,
+            create: true,
         }
     }
 

@@ -65,6 +65,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 pub(crate) struct ConnectionOptions {
     pub(crate) synchronous_full: bool,
     pub(crate) busy_timeout: Duration,
+    /// Whether a missing or empty file may be made a store (and an older
+    /// schema migrated); `false` for commands that only read.
+    pub(crate) create: bool,
 }
 
 fn location(path: &Path) -> String {
@@ -87,19 +90,65 @@ fn io_error(path: &Path, source: std::io::Error) -> Error {
 
 /// Opens (creating if missing) the store at `path`, ready for use.
 ///
-/// Nothing is written to a file until it is known to be empty or a credpool
-/// store of a version this build can read.
+/// - `path` is a path, never a URI: `file:app.db` is the file of that name.
+/// - Anything but a regular file (a directory, a named pipe, a device) is
+///   refused at once.
+/// - A missing file is made in a temporary file beside it and linked into
+///   place whole, so no process ever sees a half-made store, and of several
+///   processes creating it at once one wins and the others open its file.
+/// - An existing file is first inspected without being written to, and
+///   without creating a `-wal` or `-shm` beside it: nothing is written to a
+///   file until it is known to be empty or a credpool store of a version
+///   this build can read.
+/// - An empty file that credpool adopts is made private (mode 0600) before
+///   any secret goes into it.
 pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connection> {
-    let created = create_if_missing(path)?;
-    if !created {
-        check_header(path)?;
-        check_read_only(path)?;
+    let exists = match std::fs::metadata(path) {
+        Ok(meta) => {
+            refuse_unless_regular(path, &meta)?;
+            true
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+        Err(error) => {
+            check_parent(path)?;
+            return Err(io_error(path, error));
+        }
+    };
+    if !exists {
+        if !options.create {
+            return Err(io_error(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no store there: create it first (`credpool init`)",
+                ),
+            ));
+        }
+        check_parent(path)?;
+        create_whole(path, options)?;
+    }
+    check_header(path)?;
+    let version = verdict(path, inspect_without_writing(path)?)?;
+    if version == 0 {
+        if !options.create {
+            return Err(not_a_store(
+                path,
+                "an empty file, not made a store yet: run `credpool init` to make it one",
+            ));
+        }
+        make_private(path)?;
+    } else if version < SCHEMA_VERSION && !options.create {
+        return Err(not_a_store(
+            path,
+            format!(
+                "a store of schema version {version}, older than this build's \
+                 {SCHEMA_VERSION}: run `credpool init` to upgrade it"
+            ),
+        ));
     }
     let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        plain_path(path),
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| annotate(path, error))?;
     configure(&connection, path, options)?;
@@ -107,29 +156,74 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
     Ok(connection)
 }
 
-/// Creates an empty file with mode 0600 if there is none; says whether it did.
-fn create_if_missing(path: &Path) -> Result<bool> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        match std::fs::metadata(parent) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(io_error(
-                    path,
-                    std::io::Error::other(format!("{} is not a directory", parent.display())),
-                ))
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(io_error(
-                    path,
-                    std::io::Error::new(
-                        error.kind(),
-                        format!("directory {} does not exist", parent.display()),
-                    ),
-                ))
-            }
-            Err(error) => return Err(io_error(path, error)),
-        }
+/// The path as SQLite must be given it to take it as a path: the bundled
+/// SQLite reads any file name that begins with `file:` as a URI, whatever
+/// the open flags say, so a relative path is given as `./PATH`.
+fn plain_path(path: &Path) -> std::path::PathBuf {
+    if path.is_relative() {
+        Path::new(".").join(path)
+    } else {
+        path.to_path_buf()
     }
+}
+
+/// Refuses a directory, a named pipe, a socket or a device.
+fn refuse_unless_regular(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    let kind = if meta.is_dir() {
+        "it is a directory"
+    } else {
+        special_kind(meta)
+    };
+    Err(not_a_store(path, kind))
+}
+
+#[cfg(unix)]
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_fifo() {
+        "it is a named pipe, not a regular file"
+    } else if kind.is_socket() {
+        "it is a socket, not a regular file"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "it is a device, not a regular file"
+    } else {
+        "it is not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_meta: &std::fs::Metadata) -> &'static str {
+    "it is not a regular file"
+}
+
+/// Refuses a path whose directory is missing or is not a directory.
+fn check_parent(path: &Path) -> Result<()> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(io_error(
+            path,
+            std::io::Error::other(format!("{} is not a directory", parent.display())),
+        )),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(io_error(
+            path,
+            std::io::Error::new(
+                error.kind(),
+                format!("directory {} does not exist", parent.display()),
+            ),
+        )),
+        Err(error) => Err(io_error(path, error)),
+    }
+}
+
+/// Creates a private, empty file that no other file of that name races with.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut create = OpenOptions::new();
     create.write(true).create_new(true);
     #[cfg(unix)]
@@ -137,20 +231,81 @@ fn create_if_missing(path: &Path) -> Result<bool> {
         use std::os::unix::fs::OpenOptionsExt;
         create.mode(0o600);
     }
-    match create.open(path) {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(error) => Err(io_error(path, error)),
+    create.open(path)
+}
+
+/// Makes a complete store at `path`: built in a temporary file beside it,
+/// then hard-linked into place, which fails if another process put a file
+/// there first (then that file is used). Where the file system has no hard
+/// links, the file is created in place instead.
+fn create_whole(path: &Path, options: &ConnectionOptions) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "credpool.db".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.subsec_nanos())
+        .unwrap_or(0);
+    let temp = path.with_file_name(format!(
+        ".{file_name}.credpool-{}-{nanos}.tmp",
+        std::process::id()
+    ));
+    create_private(&temp).map_err(|error| io_error(path, error))?;
+    let built = (|| -> Result<()> {
+        let connection = Connection::open_with_flags(
+            plain_path(&temp),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|error| annotate(path, error))?;
+        configure(&connection, path, options)?;
+        migrate(&connection, path)?;
+        // Closing the only connection checkpoints the log into the file.
+        connection
+            .close()
+            .map_err(|(_, error)| annotate(path, error))?;
+        Ok(())
+    })();
+    let linked = built.and_then(|()| match std::fs::hard_link(&temp, path) {
+        Ok(()) => Ok(()),
+        // Another process made the store first: use its file.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // No hard links here: an empty private file, adopted and migrated
+        // under the write lock like any empty file.
+        Err(_) => match create_private(path) {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(io_error(path, error)),
+        },
+    });
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", temp.display()));
     }
+    linked
+}
+
+/// Makes an adopted file private before credpool writes a secret into it;
+/// SQLite gives its `-wal` and `-shm` the same mode.
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|error| io_error(path, error))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(|error| io_error(path, error))?;
+            tracing::warn!(path = %path.display(), "the file was readable by other users; made it private (mode 0600) before writing secrets to it");
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a file that does not start with SQLite's header.
 fn check_header(path: &Path) -> Result<()> {
     let mut file = std::fs::File::open(path).map_err(|error| io_error(path, error))?;
     let meta = file.metadata().map_err(|error| io_error(path, error))?;
-    if meta.is_dir() {
-        return Err(not_a_store(path, "it is a directory"));
-    }
+    refuse_unless_regular(path, &meta)?;
     if meta.len() == 0 {
         return Ok(());
     }
@@ -164,15 +319,37 @@ fn check_header(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Looks at an existing file read-only and refuses it unless it is empty or
-/// a credpool store this build can read.
-fn check_read_only(path: &Path) -> Result<()> {
+/// Reads what [`inspect`] reads from an existing file, opened as immutable:
+/// SQLite then takes no lock and creates no `-wal` or `-shm`, so a file we
+/// refuse is left exactly as it was, beside it too.
+fn inspect_without_writing(path: &Path) -> Result<(i64, i32, i64, bool)> {
+    if std::fs::metadata(path).is_ok_and(|meta| meta.len() == 0) {
+        return Ok((0, 0, 0, false));
+    }
+    let absolute = std::fs::canonicalize(path).map_err(|error| io_error(path, error))?;
+    let uri = format!("file:{}?immutable=1", percent_encode(&absolute));
     let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| annotate(path, error))?;
-    verdict(path, inspect(&connection, path)?).map(|_| ())
+    inspect(&connection, path)
+}
+
+/// A path as the path part of a `file:` URI: every byte but the unreserved
+/// ones and `/` written as `%XX`.
+fn percent_encode(path: &Path) -> String {
+    let mut encoded = String::new();
+    for &byte in path.as_os_str().as_encoded_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 /// Whether a database we inspected may be used: `Ok(version)` for an empty
@@ -188,12 +365,24 @@ fn verdict(
             "a SQLite database without credpool's tables",
         ));
     }
+    if version < 0 {
+        return Err(not_a_store(
+            path,
+            format!("schema version {version} is not one credpool ever wrote"),
+        ));
+    }
     if version > SCHEMA_VERSION {
         return Err(Error::StoreTooNew {
             location: location(path),
             found: version,
             supported: SCHEMA_VERSION,
         });
+    }
+    if version == 0 && ours {
+        return Err(not_a_store(
+            path,
+            "credpool's marker table without a schema version",
+        ));
     }
     Ok(version)
 }
@@ -248,19 +437,28 @@ fn configure(connection: &Connection, path: &Path, options: &ConnectionOptions) 
 
 /// Brings the schema up to [`SCHEMA_VERSION`] in one transaction.
 fn migrate(connection: &Connection, path: &Path) -> Result<()> {
+    let sql = |batch: &str| {
+        connection
+            .execute_batch(batch)
+            .map_err(|error| annotate(path, error))
+    };
     let run = || -> Result<()> {
-        connection.execute_batch("BEGIN IMMEDIATE")?;
+        sql("BEGIN IMMEDIATE")?;
         // Checked again under the write lock: another process may have got here first.
         let version = verdict(path, inspect(connection, path)?)?;
-        for migration in &MIGRATIONS[version as usize..] {
-            connection.execute_batch(migration)?;
+        let pending = usize::try_from(version)
+            .ok()
+            .and_then(|version| MIGRATIONS.get(version..))
+            .unwrap_or_default();
+        for migration in pending {
+            sql(migration)?;
         }
         if version < SCHEMA_VERSION {
-            connection.execute_batch(&format!(
+            sql(&format!(
                 "PRAGMA user_version = {SCHEMA_VERSION}; PRAGMA application_id = {APPLICATION_ID};"
             ))?;
         }
-        connection.execute_batch("COMMIT")?;
+        sql("COMMIT")?;
         Ok(())
     };
     let result = run();
@@ -270,12 +468,40 @@ fn migrate(connection: &Connection, path: &Path) -> Result<()> {
     result
 }
 
-/// Turns SQLite's "not a database" into an error that names the file.
+/// An SQLite error as the user should see it: naming the file, and where
+/// it helps, what to do.
 pub(crate) fn annotate(path: &Path, error: rusqlite::Error) -> Error {
-    if let rusqlite::Error::SqliteFailure(failure, _) = &error {
-        if failure.code == rusqlite::ErrorCode::NotADatabase {
+    let hint = match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
             return not_a_store(path, "not a SQLite database");
         }
+        code => hint(code),
+    };
+    Error::SqliteFile {
+        path: path.to_path_buf(),
+        source: error,
+        hint,
     }
-    Error::Sqlite(error)
+}
+
+/// What to do about an SQLite error, where there is something to do.
+pub(crate) fn hint(code: Option<rusqlite::ErrorCode>) -> Option<&'static str> {
+    use rusqlite::ErrorCode;
+    match code? {
+        ErrorCode::ReadOnly => Some(
+            "the store must be writable by this user, and so must its directory \
+             (SQLite writes a -wal and a -shm file beside it)",
+        ),
+        ErrorCode::CannotOpen => Some(
+            "check that the file and its directory are writable by this user \
+             (SQLite writes a -wal and a -shm file beside the store)",
+        ),
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(
+            "another process holds the store's write lock for longer than the busy timeout; \
+             try again, or raise the busy timeout",
+        ),
+        ErrorCode::DiskFull => Some("the disk is full: free some space"),
+        ErrorCode::PermissionDenied => Some("this user may not read or write the file"),
+        _ => None,
+    }
 }

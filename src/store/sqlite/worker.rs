@@ -667,9 +667,13 @@ impl Worker {
     }
 
     fn transaction_error(&self, error: &rusqlite::Error) -> Error {
+        let reason = match super::schema::hint(error.sqlite_error_code()) {
+            Some(hint) => format!("{error}: {hint}"),
+            None => error.to_string(),
+        };
         Error::Transaction {
             location: self.path.display().to_string(),
-            reason: error.to_string(),
+            reason,
         }
     }
 
