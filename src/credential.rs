@@ -268,6 +268,9 @@ impl NewCredential {
                 format!("must be at most {MAX_CAPACITY}"),
             )));
         }
+        if self.secret.expose().is_empty() {
+            return Err(with_name(InvalidInput::new("secret", "must not be empty")));
+        }
         if self.secret.expose().contains('\0') {
             return Err(with_name(InvalidInput::new(
                 "secret",
@@ -314,6 +317,7 @@ impl fmt::Debug for NewCredential {
 }
 
 /// Checks a pool name: the same rules as a credential name.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn validate_pool_name(name: &str) -> Result<()> {
     validate_name(name).map_err(|error| match error {
         Error::InvalidInput(mut invalid) => {

@@ -408,3 +408,228 @@ fn memory_is_refused_where_it_would_keep_nothing() {
         text(&output.stderr)
     );
 }
+
+// ---- the defects issue's command-line items ------------------------------
+
+/// Item 14: commands that only read never create, adopt or migrate a store.
+#[test]
+fn read_commands_never_write() {
+    let empty = fresh_db("read-empty");
+    std::fs::write(&empty, "").unwrap();
+    for args in [
+        &["list"][..],
+        &["stats", "--json"],
+        &["watch", "--count", "1"],
+    ] {
+        let output = run(&empty, args);
+        fails(&output, "credpool init");
+        assert_eq!(
+            std::fs::metadata(&empty).unwrap().len(),
+            0,
+            "{args:?} wrote"
+        );
+        assert!(!PathBuf::from(format!("{}-wal", empty.display())).exists());
+    }
+    let missing = fresh_db("read-missing");
+    fails(&run(&missing, &["list"]), "no store there");
+    assert!(!missing.exists());
+}
+
+/// Item 13: a file adopted with a mode others can read is made private,
+/// and the command says so.
+#[test]
+fn adopting_a_shared_file_makes_it_private_and_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = fresh_db("adopt-shared");
+    std::fs::write(&db, "").unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run_with_stdin(&db, &["add", "alice", "--secret-stdin"], "hunter2\n");
+    ok(&output);
+    assert!(
+        text(&output.stderr).contains("made it private"),
+        "{}",
+        text(&output.stderr)
+    );
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+/// Item 16: a flag beats the environment, and an empty variable is unset.
+#[test]
+fn flags_beat_the_environment() {
+    let from_env = fresh_db("env-db");
+    let memory = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .env("CREDPOOL_DB", &from_env)
+        .args(["--memory", "demo", "--duration", "0.3", "--workers", "4"])
+        .output()
+        .unwrap();
+    ok(&memory);
+    assert!(!from_env.exists(), "--memory used the file of CREDPOOL_DB");
+
+    let flag = fresh_db("flag-db");
+    let init = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .env("CREDPOOL_DB", &from_env)
+        .arg("--db")
+        .arg(&flag)
+        .arg("init")
+        .output()
+        .unwrap();
+    ok(&init);
+    assert!(flag.exists() && !from_env.exists());
+
+    let by_env = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .env("CREDPOOL_DB", &from_env)
+        .arg("init")
+        .output()
+        .unwrap();
+    ok(&by_env);
+    assert!(
+        from_env.exists(),
+        "CREDPOOL_DB names the store without a flag"
+    );
+
+    let dir = fresh_db("empty-env-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .env("CREDPOOL_DB", "")
+        .current_dir(&dir)
+        .arg("init")
+        .output()
+        .unwrap();
+    ok(&empty);
+    assert!(
+        dir.join("credpool.db").exists(),
+        "an empty CREDPOOL_DB is unset"
+    );
+}
+
+/// Item 17: a write error on standard output fails the command; a closed
+/// pipe ends it quietly.
+#[test]
+fn write_errors_on_stdout_fail_the_command() {
+    let db = fresh_db("dev-full");
+    ok(&run(&db, &["init"]));
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin"],
+        "s\n",
+    ));
+    for args in [
+        &["list"][..],
+        &["stats", "--json"],
+        &["list", "--json", "--show-secrets"],
+    ] {
+        let output = credpool(&db)
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        fails(&output, "cannot write to standard output");
+    }
+    let closed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --db {} list --json | head -c 1 >/dev/null; echo \"${{PIPESTATUS:-0}}\"",
+            env!("CARGO_BIN_EXE_credpool"),
+            db.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(closed.status.success());
+    assert!(
+        !text(&closed.stderr).contains("error"),
+        "{}",
+        text(&closed.stderr)
+    );
+}
+
+/// Item 18: bad durations are usage errors, never a panic.
+#[test]
+fn bad_durations_are_usage_errors() {
+    let db = fresh_db("bad-duration");
+    for bad in ["inf", "nan", "-1", "1e300", "ten"] {
+        let output = run(&db, &["demo", &format!("--duration={bad}")]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad}: {}",
+            text(&output.stderr)
+        );
+        assert!(!text(&output.stderr).contains("panicked"));
+        assert!(text(&output.stderr).contains("--duration"), "{bad}");
+    }
+    assert!(!db.exists(), "nothing was opened");
+}
+
+/// Item 19: a demo's summary counts the leases it took, not those of
+/// another process on the same file.
+#[test]
+fn a_demo_counts_only_its_own_leases() {
+    let db = fresh_db("two-demos");
+    ok(&run(&db, &["init"]));
+    let long = credpool(&db)
+        .args([
+            "demo",
+            "--workers",
+            "30",
+            "--credentials",
+            "10",
+            "--duration",
+            "6",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let short = run(&db, &["demo", "--workers", "5", "--duration", "1"]);
+    let stdout = ok(&short);
+    assert!(stdout.contains("0 leased by this demo"), "{stdout}");
+    let stdout = ok(&long.wait_with_output().unwrap());
+    assert!(stdout.contains("0 leased by this demo"), "{stdout}");
+}
+
+/// Item 20: a release refused because its credential was removed says so,
+/// not that the lease expired.
+#[test]
+fn a_removed_credential_is_reported_as_removed() {
+    let db = fresh_db("demo-removed");
+    ok(&run(&db, &["init"]));
+    let demo = credpool(&db)
+        .args([
+            "demo",
+            "--workers",
+            "10",
+            "--credentials",
+            "2",
+            "--work-ms",
+            "300..400",
+            "--duration",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    ok(&run(&db, &["remove", "demo-0001", "--force"]));
+    let output = demo.wait_with_output().unwrap();
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("the credential was removed"), "{stdout}");
+    assert!(!stdout.contains("expired"), "{stdout}");
+}
+
+/// Item 21: import and add refuse the same things: an empty secret.
+#[test]
+fn import_and_add_validate_alike() {
+    let db = fresh_db("one-validation");
+    ok(&run(&db, &["init"]));
+    let add = run_with_stdin(&db, &["add", "alice", "--secret-stdin"], "\n");
+    let add_error = fails(&add, "secret");
+    let file = db.with_extension("json");
+    std::fs::write(&file, r#"[{"username": "alice", "password": ""}]"#).unwrap();
+    let import = run(&db, &["import", file.to_str().unwrap()]);
+    let import_error = fails(&import, "secret");
+    assert!(add_error.contains("empty") && import_error.contains("empty"));
+    assert!(list_json(&db).is_empty(), "nothing was added");
+}

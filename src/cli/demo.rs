@@ -22,9 +22,25 @@ pub(crate) struct DemoArgs {
     /// How long one piece of work takes, in milliseconds: MIN..MAX.
     #[arg(long, default_value = "20..200", value_parser = parse_range)]
     work_ms: (u64, u64),
-    /// Stop after this many seconds (default: run until Ctrl-C, SIGTERM or SIGHUP).
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Stop after this many seconds, e.g. 10 or 2.5 (default: run until
+    /// Ctrl-C, SIGTERM or SIGHUP).
+    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    duration: Option<Duration>,
+}
+
+/// A number of seconds: finite, not negative, and one a `Duration` holds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds: write e.g. 10 or 2.5"))?;
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!(
+            "{text:?} is not a duration: give a finite number of seconds, 0 or more"
+        ));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} seconds is longer than a duration can be"))
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
@@ -49,7 +65,58 @@ fn parse_range(text: &str) -> Result<(u64, u64), String> {
 #[derive(Default)]
 struct Counters {
     grants: AtomicU64,
-    failed_releases: AtomicU64,
+    /// Releases the store refused because the lease was no longer held.
+    lost_releases: AtomicU64,
+    /// Of those, the ones whose credential was removed meanwhile.
+    removed_releases: AtomicU64,
+    /// Releases the store could not commit yet (it keeps them and retries).
+    pending_releases: AtomicU64,
+    /// Acquires and releases that failed for another reason.
+    store_errors: AtomicU64,
+    /// The latest store error, for the progress line and the summary.
+    last_error: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl Counters {
+    fn store_failed(&self, error: &Error) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((Instant::now(), error.to_string()));
+        }
+    }
+
+    /// The latest store error, if it happened in the last two seconds.
+    fn recent_error(&self) -> Option<String> {
+        let last = self.last_error.lock().ok()?;
+        let (at, message) = last.as_ref()?;
+        (at.elapsed() < Duration::from_secs(2)).then(|| message.clone())
+    }
+}
+
+/// Counts a failed release under its real cause.
+async fn count_failed_release<S: Store>(
+    pool: &Pool<S>,
+    counters: &Counters,
+    name: &str,
+    error: Error,
+) {
+    match &error {
+        Error::LeaseLost { .. } => {
+            counters.lost_releases.fetch_add(1, Ordering::Relaxed);
+            let removed = pool
+                .list()
+                .await
+                .is_ok_and(|list| list.iter().all(|info| info.name != name));
+            if removed {
+                counters.removed_releases.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Error::ReleasePending { .. } => {
+            counters.pending_releases.fetch_add(1, Ordering::Relaxed);
+            counters.store_failed(&error);
+        }
+        _ => counters.store_failed(&error),
+    }
 }
 
 pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) -> Outcome {
@@ -105,7 +172,17 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
                     let lease = match lease {
                         Ok(lease) => lease,
                         Err(Error::Closed) => break,
-                        Err(error) => return Err(error),
+                        Err(error @ Error::NoCredentials { .. }) => return Err(error),
+                        Err(error) => {
+                            // The store fails (a full disk, a lock held
+                            // elsewhere): say so, and try again shortly.
+                            counters.store_failed(&error);
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                                _ = stopped.wait_for(|stop| *stop) => break,
+                            }
+                            continue;
+                        }
                     };
                     waits.push(asked.elapsed().as_micros() as u64);
                     counters.grants.fetch_add(1, Ordering::Relaxed);
@@ -114,8 +191,9 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
                         () = tokio::time::sleep(work) => {}
                         _ = stopped.wait_for(|stop| *stop) => {}
                     }
-                    if lease.release().await.is_err() {
-                        counters.failed_releases.fetch_add(1, Ordering::Relaxed);
+                    let name = lease.credential().name().to_string();
+                    if let Err(error) = lease.release().await {
+                        count_failed_release(&pool, &counters, &name, error).await;
                     }
                 }
                 Ok(waits)
@@ -139,26 +217,30 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
         }
     }
     let _ = reporter.await;
-    pool.wait_for_leases(Duration::from_secs(10)).await?;
-    let after = pool.stats().await?;
-    summary(&counters, &mut waits, started.elapsed(), after.leases);
+    // Only the leases this demo took: other processes may share the store.
+    let returned = pool.wait_for_leases(Duration::from_secs(10)).await;
+    let ours = pool.leases_out();
+    summary(&counters, &mut waits, started.elapsed(), ours as u64);
     if let Some(message) = failure {
         return Err(Failure(message));
     }
-    if after.leases != 0 {
+    if returned.is_err() || ours != 0 {
+        let cause = counters
+            .recent_error()
+            .map(|error| format!(": the store fails: {error}"))
+            .unwrap_or_default();
         return Err(Failure(format!(
-            "{} leases still out after the stop",
-            after.leases
+            "{ours} of this demo's leases still out 10 s after the stop{cause}"
         )));
     }
     Ok(())
 }
 
 /// Waits for Ctrl-C, SIGTERM, SIGHUP or the end of the run; says which.
-async fn wait_for_stop(duration: Option<f64>) -> &'static str {
+async fn wait_for_stop(duration: Option<Duration>) -> &'static str {
     let run_out = async {
-        match duration {
-            Some(seconds) => tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await,
+        match duration.and_then(|duration| tokio::time::Instant::now().checked_add(duration)) {
+            Some(at) => tokio::time::sleep_until(at).await,
             None => std::future::pending().await,
         }
     };
@@ -198,20 +280,27 @@ async fn report<S: Store>(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        let Ok(stats) = pool.stats().await else {
-            continue;
-        };
         let grants = counters.grants.load(Ordering::Relaxed);
         let rate = (grants - last.1) as f64 / last.0.elapsed().as_secs_f64();
         last = (Instant::now(), grants);
-        let enabled = stats.total - stats.disabled;
-        let line = format!(
-            "{grants} grants  {rate:.0}/s  leased {}/{} ({:.0}%)  waiting {}",
-            stats.leases,
-            enabled,
-            100.0 * stats.leases as f64 / enabled.max(1) as f64,
-            stats.waiters
-        );
+        let ours = pool.leases_out() as u64;
+        let stats = pool.stats().await;
+        let line = match (counters.recent_error(), stats) {
+            (Some(error), _) => format!("{grants} grants  {rate:.0}/s  store failing: {error}"),
+            (None, Err(error)) => format!("{grants} grants  {rate:.0}/s  store failing: {error}"),
+            (None, Ok(stats)) => {
+                let elsewhere = stats.leases.saturating_sub(ours);
+                let elsewhere = if elsewhere > 0 {
+                    format!(" (+{elsewhere} by other processes)")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{grants} grants  {rate:.0}/s  leased {ours}{elsewhere}  available {}/{}  waiting {}",
+                    stats.available, stats.total, stats.waiters
+                )
+            }
+        };
         if terminal {
             eprint!("\r\x1b[2K{line}");
         } else {
@@ -242,9 +331,30 @@ fn summary(counters: &Counters, waits: &mut [u64], elapsed: Duration, leased: u6
         mean as f64 / 1000.0,
         p99 as f64 / 1000.0
     );
-    let failed = counters.failed_releases.load(Ordering::Relaxed);
-    if failed > 0 {
-        outln!("  releases    {failed} refused (lease expired and was taken over)");
+    let lost = counters.lost_releases.load(Ordering::Relaxed);
+    let removed = counters.removed_releases.load(Ordering::Relaxed);
+    if lost > removed {
+        outln!(
+            "  releases    {} refused: the lease had expired and was taken over",
+            lost - removed
+        );
     }
-    outln!("  {leased} leased");
+    if removed > 0 {
+        outln!("  releases    {removed} refused: the credential was removed while leased");
+    }
+    let pending = counters.pending_releases.load(Ordering::Relaxed);
+    if pending > 0 {
+        outln!("  releases    {pending} slow to commit (kept and committed later by the store)");
+    }
+    let errors = counters.store_errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        let last = counters
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|last| last.as_ref().map(|(_, message)| message.clone()))
+            .unwrap_or_default();
+        outln!("  store       {errors} failed calls; the last: {last}");
+    }
+    outln!("  {leased} leased by this demo");
 }

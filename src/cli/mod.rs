@@ -47,6 +47,10 @@ impl From<&str> for Failure {
 
 pub(crate) type Outcome = Result<(), Failure>;
 
+/// Writes to standard output. A reader that went away (`| head`) ends the
+/// program quietly with success; any other failure (a full disk, say) ends
+/// it with one line on stderr and exit code 1, so a cut-short backup never
+/// looks like a good one.
 pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
@@ -54,6 +58,8 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
+        eprintln!("error: cannot write to standard output: {error}");
+        std::process::exit(1);
     }
 }
 
@@ -65,29 +71,25 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
     after_help = "Examples:\n  credpool demo                          # 300 workers on 100 demo credentials, Ctrl-C to stop\n  credpool import accounts.json          # aio-credentials-pool's JSON or credpool's own\n  credpool list\n  credpool --db /var/lib/app/creds.db stats --json"
 )]
 struct Args {
-    /// The store file.
-    #[arg(
-        long,
-        global = true,
-        env = "CREDPOOL_DB",
-        default_value = "credpool.db"
-    )]
-    db: PathBuf,
+    /// The store file [default: $CREDPOOL_DB, else credpool.db].
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
 
     /// A store in this process's memory instead of the file: for demo and torture.
     #[arg(long, global = true, conflicts_with = "db")]
     memory: bool,
 
     /// A Postgres store instead of the file: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
-    /// (tables in the schema given by --schema).
+    /// (tables in the schema given by --schema) [default: $CREDPOOL_URL].
+    /// A flag beats the environment; an empty variable counts as unset.
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true, env = "CREDPOOL_URL", conflicts_with_all = ["db", "memory"])]
+    #[arg(long, global = true, conflicts_with_all = ["db", "memory"])]
     url: Option<String>,
 
-    /// The Postgres schema that holds credpool's tables.
+    /// The Postgres schema that holds credpool's tables [default: credpool].
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true, default_value = "credpool", requires = "url")]
-    schema: String,
+    #[arg(long, global = true)]
+    schema: Option<String>,
 
     /// The pool within the store.
     #[arg(long, global = true, default_value = "default")]
@@ -249,19 +251,47 @@ pub(crate) enum Place {
     },
 }
 
+/// An environment variable's value; unset, empty or not UTF-8 is `None`.
+fn from_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
 impl Place {
-    fn from_args(args: &Args) -> Self {
+    /// The store the command line names: a flag (`--url`, `--memory`,
+    /// `--db`) beats the environment (`CREDPOOL_URL`, then `CREDPOOL_DB`),
+    /// which beats the default file.
+    fn from_args(args: &Args) -> Result<Self, Failure> {
         #[cfg(feature = "postgres")]
-        if let Some(url) = &args.url {
-            return Place::Postgres {
-                url: url.clone(),
-                schema: args.schema.clone(),
-            };
+        {
+            let schema = args.schema.clone().unwrap_or_else(|| "credpool".into());
+            if let Some(url) = &args.url {
+                return Ok(Place::Postgres {
+                    url: url.clone(),
+                    schema,
+                });
+            }
+            if !args.memory && args.db.is_none() {
+                if let Some(url) = from_env("CREDPOOL_URL") {
+                    return Ok(Place::Postgres { url, schema });
+                }
+            }
+            if args.schema.is_some() {
+                return Err(
+                    "--schema names a Postgres schema: use it with --url (or CREDPOOL_URL)".into(),
+                );
+            }
         }
         if args.memory {
-            return Place::Memory;
+            return Ok(Place::Memory);
         }
-        Place::File(args.db.clone())
+        if let Some(db) = &args.db {
+            return Ok(Place::File(db.clone()));
+        }
+        Ok(Place::File(
+            from_env("CREDPOOL_DB")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("credpool.db")),
+        ))
     }
 
     /// For messages: the file, or the server, database and schema (never a password).
@@ -321,7 +351,18 @@ impl Place {
                 path.display()
             )));
         }
-        let store = SqliteStore::options(path).pool(pool).open().await?;
+        let shared_before = shared_mode(path);
+        let store = SqliteStore::options(path)
+            .pool(pool)
+            .create(create)
+            .open()
+            .await?;
+        if shared_before && !shared_mode(path) {
+            eprintln!(
+                "note: {} was readable by other users; credpool made it private (mode 0600) before writing secrets to it",
+                path.display()
+            );
+        }
         Ok(with_ttl(store, ttl))
     }
 
@@ -338,6 +379,21 @@ impl Place {
             .open()
             .await?;
         Ok(with_ttl(store, ttl))
+    }
+}
+
+/// Whether other users may read or write the file at `path` (false when
+/// there is no file).
+fn shared_mode(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o077 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
     }
 }
 
@@ -381,7 +437,7 @@ macro_rules! with_pool {
 }
 
 async fn run(args: Args) -> Outcome {
-    let place = Place::from_args(&args);
+    let place = Place::from_args(&args)?;
     let name = args.pool.as_str();
     if matches!(place, Place::Memory)
         && !matches!(args.command, Command::Demo(_) | Command::Torture(_))
@@ -433,6 +489,8 @@ async fn run(args: Args) -> Outcome {
         }
         command => {
             let existed = place.exists();
+            // Only these may create a store; the rest open a ready one and
+            // never create, adopt or migrate it (list must not write).
             let create = matches!(command, Command::Init | Command::Demo(_));
             with_pool!(&place, name, create, |pool| {
                 execute(pool, &place, existed, command).await
@@ -525,8 +583,6 @@ fn read_secret(from_stdin: bool, from_env: Option<&str>) -> Result<String, Failu
             return Err("give the secret with --secret-stdin or --secret-env VAR".into())
         }
     };
-    if secret.is_empty() {
-        return Err("the secret is empty".into());
-    }
+    // An empty secret is refused by the same validation as an import's.
     Ok(secret)
 }
