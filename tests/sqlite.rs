@@ -704,7 +704,11 @@ async fn eight_processes_create_one_new_file_at_once() {
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .filter_map(|entry| entry.ok())
-            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".tmp"))
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let ours = format!(".{}", path.file_name().unwrap().to_string_lossy());
+                name.starts_with(&ours) && name.ends_with(".tmp")
+            })
             .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
