@@ -12,11 +12,13 @@ enum Ended {
     Back(u128),
     /// Given back at `end`, but the store refused it as stale.
     Fenced(u128),
+    /// Given back at `end`; the store could not commit the release at once
+    /// and kept it, to commit it later. The credential can go to someone
+    /// else only after that commit, so after `end`.
+    Pending(u128),
     /// Given back at `end`, but the release failed with an error other than
-    /// "stale". Its holder stopped using it at `end`; the store may have
-    /// taken the release or not (a Postgres connection can end after the
-    /// commit and before the reply), so the credential may go to another
-    /// holder at once, or only once the lease expired.
+    /// "stale" or "pending": a release handed to the store was dropped,
+    /// which is a violation in itself.
     Failed(u128),
     /// The process died: out until the lease expired.
     Expired,
@@ -38,7 +40,7 @@ impl Hold {
         match self.ended {
             Ended::Back(at) => at,
             Ended::Fenced(at) => at.min(self.expires),
-            Ended::Failed(at) => at,
+            Ended::Pending(at) | Ended::Failed(at) => at,
             Ended::Expired => self.expires,
         }
     }
@@ -48,6 +50,9 @@ impl Hold {
         let how = match self.ended {
             Ended::Back(at) => format!("given back at {at} ns"),
             Ended::Fenced(at) => format!("given back at {at} ns, refused as stale"),
+            Ended::Pending(at) => {
+                format!("given back at {at} ns, the release committed later")
+            }
             Ended::Failed(at) => format!("given back at {at} ns, the release failed"),
             Ended::Expired => "its holder died holding it; out until it expired".to_string(),
         };
@@ -64,7 +69,9 @@ pub(crate) struct Checked {
     pub(crate) grants: usize,
     pub(crate) grants_by_name: HashMap<String, u64>,
     pub(crate) fenced: usize,
-    /// Releases that failed with an error other than "stale".
+    /// Releases the store kept to commit later.
+    pub(crate) pending: usize,
+    /// Releases that failed with an error other than "stale" or "pending".
     pub(crate) failed: usize,
     /// Holds whose holder died holding them.
     pub(crate) killed: usize,
@@ -99,7 +106,14 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                         ended: Ended::Expired,
                     });
                 }
-                "E" | "F" | "X" => {
+                // A worker that ended with releases its pool never saw commit.
+                "L" if fields.len() == 2 => {
+                    violations.push(format!(
+                        "a worker ended with {} release(s) that never took effect",
+                        number(1)?
+                    ));
+                }
+                "E" | "F" | "P" | "X" => {
                     let lease_id = number(1)? as u64;
                     let hold = by_id
                         .get(&lease_id)
@@ -108,6 +122,7 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                     hold.ended = match (fields[0], hold.ended) {
                         ("E", _) => Ended::Back(number(2)?),
                         ("F", Ended::Back(at)) => Ended::Fenced(at),
+                        ("P", Ended::Back(at)) => Ended::Pending(at),
                         ("X", Ended::Back(at)) => Ended::Failed(at),
                         _ => Ended::Expired,
                     };
@@ -142,6 +157,10 @@ pub(crate) fn check(texts: &[String]) -> Checked {
             .iter()
             .filter(|hold| matches!(hold.ended, Ended::Fenced(_)))
             .count(),
+        pending: holds
+            .iter()
+            .filter(|hold| matches!(hold.ended, Ended::Pending(_)))
+            .count(),
         failed: holds
             .iter()
             .filter(|hold| matches!(hold.ended, Ended::Failed(_)))
@@ -153,6 +172,16 @@ pub(crate) fn check(texts: &[String]) -> Checked {
         grants_by_name: HashMap::new(),
         violations: Vec::new(),
     };
+    for hold in holds
+        .iter()
+        .filter(|hold| matches!(hold.ended, Ended::Failed(_)))
+    {
+        checked.violations.push(format!(
+            "{}: {} was dropped by the store: a release must commit or be refused",
+            hold.name,
+            hold.describe()
+        ));
+    }
     let mut by_name: HashMap<&str, Vec<&Hold>> = HashMap::new();
     for hold in &holds {
         by_name.entry(hold.name.as_str()).or_default().push(hold);
@@ -269,23 +298,23 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_release_ends_when_its_holder_gave_it_back() {
-        // Lease 1's release failed at 200, but had been committed: the store
+    fn a_pending_release_ends_when_its_holder_gave_it_back() {
+        // Lease 1's release was kept and committed after 200: the store
         // rightly granted lease 2 at 300, long before lease 1's expiry.
         let checked = check(&log(&[
             "G a 1 1 100 9000",
             "E 1 200 released",
-            "X 1",
+            "P 1",
             "G a 1 2 300 9000",
         ]));
         assert!(checked.violations.is_empty(), "{:?}", checked.violations);
-        assert_eq!(checked.failed, 1);
+        assert_eq!(checked.pending, 1);
         // Its holder used it until 200: a grant before that is an overlap.
         let overlap = check(&log(&[
             "G a 1 1 100 9000",
             "G a 1 2 150 9000",
             "E 1 200 released",
-            "X 1",
+            "P 1",
         ]));
         assert_eq!(overlap.violations.len(), 1, "{:?}", overlap.violations);
         assert!(
@@ -293,6 +322,19 @@ mod tests {
             "the violation names the other hold: {:?}",
             overlap.violations
         );
+    }
+
+    /// A release the store dropped, and releases a worker never saw take
+    /// effect, are violations: releases are never lost.
+    #[test]
+    fn a_release_that_did_not_take_effect_is_a_violation() {
+        let failed = check(&log(&["G a 1 1 100 9000", "E 1 200 released", "X 1"]));
+        assert_eq!(failed.failed, 1);
+        assert_eq!(failed.violations.len(), 1, "{:?}", failed.violations);
+        assert!(failed.violations[0].contains("dropped by the store"));
+        let lost = check(&log(&["G a 1 1 100 9000", "E 1 200 released", "L 1"]));
+        assert_eq!(lost.violations.len(), 1, "{:?}", lost.violations);
+        assert!(lost.violations[0].contains("never took effect"));
     }
 
     #[test]

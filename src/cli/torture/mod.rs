@@ -422,7 +422,11 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
     outln!("  faults injected    {}", injected.describe());
     outln!("  fenced releases    {}", checked.fenced);
     outln!(
-        "  failed releases    {} (taken by the store or not: the holder had stopped)",
+        "  pending releases   {} (kept by the store and committed later)",
+        checked.pending
+    );
+    outln!(
+        "  failed releases    {} (each a violation: a release is never dropped)",
         checked.failed
     );
     outln!(

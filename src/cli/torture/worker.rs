@@ -8,11 +8,13 @@
 //! - `E LEASE_ID END_NS HOW` just before the lease is given back (`HOW`:
 //!   released, cooled, disabled, dropped, or aborted when the task was
 //!   cancelled while holding it);
-//! - `F LEASE_ID` when the store refused the release as stale (fenced), and
-//!   `X LEASE_ID` when the release failed otherwise. The holder stopped using
-//!   the credential at its `E` line either way; a failed release may still
-//!   have been committed (on Postgres, a connection that ends after the
-//!   commit loses the reply).
+//! - `F LEASE_ID` when the store refused the release as stale (fenced),
+//!   `P LEASE_ID` when the store could not commit it at once and kept it
+//!   (it commits later), and `X LEASE_ID` when the release failed otherwise
+//!   (a violation: a release handed to the store is never dropped). The
+//!   holder stopped using the credential at its `E` line in every case;
+//! - `L COUNT` when the worker ends normally with releases its pool never
+//!   saw take effect (a violation).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -110,6 +112,11 @@ pub(crate) async fn worker<S: Store>(pool: Pool<S>, args: WorkerArgs) -> Outcome
         ));
     }
     while tasks.join_next().await.is_some() {}
+    // Every release handed to the store must take effect: the pool's books
+    // count a lease as out until the store says it committed.
+    if pool.wait_for_leases(Duration::from_secs(20)).await.is_err() {
+        log.line(format!("L {}\n", pool.leases_out()));
+    }
     Ok(())
 }
 
@@ -166,6 +173,7 @@ async fn work<S: Store>(pool: Pool<S>, log: Arc<Log>, seed: u64, until: SystemTi
         match lease.release_with(outcome).await {
             Ok(()) => {}
             Err(Error::LeaseLost { .. }) => log.line(format!("F {id}\n")),
+            Err(Error::ReleasePending { .. }) => log.line(format!("P {id}\n")),
             Err(_) => log.line(format!("X {id}\n")),
         }
         if rng.u8(..10) == 0 {
