@@ -573,3 +573,62 @@ fn a_short_torture_run_finds_nothing_wrong() {
     );
     common::assert_clean_torture_report(&report);
 }
+
+/// Item 24 of the defects issue: a lease dropped on a thread without a
+/// runtime is released on the runtime the store was opened on, at once,
+/// not when its TTL runs out.
+#[test]
+fn a_lease_dropped_outside_any_runtime_is_released_at_once() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = fresh_schema("no_runtime");
+    let (pool, lease) = runtime.block_on(async {
+        let store = PostgresStore::options_url(&url())
+            .unwrap()
+            .schema(schema.as_str())
+            .lease_ttl(Duration::from_secs(600))
+            .open()
+            .await
+            .unwrap();
+        let pool = Pool::new(store);
+        pool.add(NewCredential::new("a", "s")).await.unwrap();
+        let lease = pool.acquire().await.unwrap();
+        (pool, lease)
+    });
+    std::thread::spawn(move || {
+        assert!(tokio::runtime::Handle::try_current().is_err());
+        drop(lease);
+    })
+    .join()
+    .unwrap();
+    runtime.block_on(async {
+        let lease = pool
+            .acquire_timeout(Duration::from_secs(5))
+            .await
+            .expect("released by the drop, long before its 10-minute TTL");
+        assert_eq!(lease.credential().name(), "a");
+        assert_eq!(pool.leases_out(), 1);
+    });
+}
+
+/// Item 15: a column of another type than credpool's (a schema altered by
+/// hand) is an error that names the column, never a panic.
+#[tokio::test]
+async fn a_column_of_the_wrong_type_is_an_error_naming_it() {
+    let schema = fresh_schema("wrong_type");
+    let pool = pool_in(&schema, &["a"]).await;
+    raw()
+        .await
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".credentials ALTER COLUMN capacity TYPE bigint"
+        ))
+        .await
+        .unwrap();
+    let error = pool.list().await.unwrap_err();
+    assert!(error.to_string().contains("capacity"), "{error}");
+    let error = pool.reveal().await.unwrap_err();
+    assert!(error.to_string().contains("capacity"), "{error}");
+}

@@ -925,3 +925,41 @@ async fn opening_without_create_writes_nothing() {
     );
     assert_eq!(pool.stats().await.unwrap().total, 1);
 }
+
+/// Item 15: values no credpool writes (a negative id or count, text where a
+/// number belongs) are errors, never a panic or a wrapped number.
+#[tokio::test]
+async fn tampered_values_are_errors_not_panics() {
+    for tamper in [
+        "UPDATE credentials SET use_count = -5",
+        "UPDATE credentials SET capacity = 'many'",
+        "UPDATE credentials SET id = -7",
+        "UPDATE credentials SET last_used_at = 'yesterday'",
+    ] {
+        let path = fresh_path("tampered");
+        let pool = pool_at(&path, &["a"]).await;
+        drop(pool);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(tamper)
+            .unwrap();
+        let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+        let listed = pool.list().await;
+        let stats = pool.stats().await;
+        let acquired = pool.try_acquire().await.map(|lease| lease.is_some());
+        let errors = [listed.is_err(), stats.is_err(), acquired.is_err()];
+        assert!(
+            errors.iter().any(|&failed| failed),
+            "{tamper}: every read went through: {listed:?} {stats:?} {acquired:?}"
+        );
+        if let Ok(list) = &listed {
+            assert!(
+                list.iter().all(|info| info.use_count < u64::MAX / 2),
+                "{tamper}: {list:?}"
+            );
+        }
+        if let Ok(stats) = &stats {
+            assert!(stats.available <= stats.total, "{tamper}: {stats:?}");
+        }
+    }
+}

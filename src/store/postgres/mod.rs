@@ -39,6 +39,7 @@
 mod background;
 mod batch;
 mod connections;
+mod rows;
 mod schema;
 mod sql;
 
@@ -65,6 +66,7 @@ use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
 use self::background::{Background, Mark, Work};
 use self::batch::{Asked, Batch, GrantQueue};
 use self::connections::{Conn, Connections};
+use self::rows::Columns;
 use self::sql::Sql;
 
 pub use self::schema::SCHEMA_VERSION;
@@ -462,19 +464,21 @@ fn ms(duration: Duration) -> i64 {
     duration_ms(duration).min(MAX_MS)
 }
 
-fn grant_from(row: &Row) -> Grant {
-    Grant {
+fn grant_from(row: &Row) -> Result<Grant> {
+    Ok(Grant {
         credential: Credential::new(
-            CredentialId::new(row.get::<_, i64>(0) as u64),
-            row.get::<_, String>(1).into(),
-            Secret::new(row.get::<_, String>(2)),
-            row.get(3),
-            row.get::<_, i32>(4) as u32,
+            CredentialId::new(row.unsigned(0, "credentials.id")?),
+            row.column::<String>(1, "credentials.name")?.into(),
+            Secret::new(row.column::<String>(2, "credentials.secret")?),
+            row.column(3, "credentials.extra")?,
+            row.unsigned32(4, "credentials.capacity")?,
         ),
-        lease_id: LeaseId::new(row.get::<_, i64>(5) as u64),
-        acquired_at: from_ms(row.get(6)),
-        expires_at: row.get::<_, Option<i64>>(7).map(from_ms),
-    }
+        lease_id: LeaseId::new(row.unsigned(5, "leases.id")?),
+        acquired_at: from_ms(row.column(6, "leases.acquired_at")?),
+        expires_at: row
+            .column::<Option<i64>>(7, "leases.expires_at")?
+            .map(from_ms),
+    })
 }
 
 impl Inner {
@@ -593,16 +597,16 @@ impl Inner {
             let reclaimed = reclaimed?;
             let busy = busy?;
             announced?;
-            if !busy.get::<_, bool>(0) {
+            if !busy.column::<bool>(0, "enabled")? {
                 return Err(Error::NoCredentials {
                     pool: self.pool.clone(),
                 });
             }
-            let free_after_all = busy.get::<_, bool>(1) || !reclaimed.is_empty();
+            let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
             expired.extend(reclaimed);
             if !free_after_all {
-                let cooling: Option<i64> = busy.get(2);
-                let expiry: Option<i64> = busy.get(3);
+                let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
+                let expiry: Option<i64> = busy.column(3, "next expiry")?;
                 let retry_at = match (cooling, expiry) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -707,14 +711,14 @@ impl Inner {
                 .client
                 .query_opt(&conn.acquire, &[&self.pool, &ttl])
                 .await?;
-            return Ok(row.as_ref().map(grant_from).into_iter().collect());
+            return row.as_ref().map(grant_from).into_iter().collect();
         }
         self.shared_statements.fetch_add(1, Ordering::Relaxed);
         let rows = conn
             .client
             .query(&conn.acquire_many, &[&self.pool, &ttl, &(count as i64)])
             .await?;
-        Ok(rows.iter().map(grant_from).collect())
+        rows.iter().map(grant_from).collect()
     }
 
     /// Ends expired leases. A deadlock with another process reclaiming the
@@ -722,13 +726,15 @@ impl Inner {
     async fn reclaim(&self, conn: &Conn) -> Result<Vec<ExpiredLease>> {
         self.last_reclaim.store(now_ms(), Ordering::Relaxed);
         match conn.client.query(&conn.reclaim, &[&self.pool]).await {
-            Ok(rows) => Ok(rows
+            Ok(rows) => rows
                 .iter()
-                .map(|row| ExpiredLease {
-                    lease_id: LeaseId::new(row.get::<_, i64>(0) as u64),
-                    name: row.get::<_, String>(1).into(),
+                .map(|row| {
+                    Ok(ExpiredLease {
+                        lease_id: LeaseId::new(row.unsigned(0, "leases.id")?),
+                        name: row.column::<String>(1, "credentials.name")?.into(),
+                    })
                 })
-                .collect()),
+                .collect(),
             Err(error)
                 if error.code()
                     == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
@@ -764,7 +770,7 @@ impl Inner {
             )
             .await?;
         match row {
-            Some(row) => Ok(row.get::<_, String>(0).into()),
+            Some(row) => Ok(row.column::<String>(0, "credentials.name")?.into()),
             None => Err(self.lease_lost(&conn, lease).await?),
         }
     }
@@ -778,7 +784,9 @@ impl Inner {
             .query_opt(&conn.renew, &[&lease_id, &credential_id, &self.pool, &ttl])
             .await?;
         match row {
-            Some(row) => Ok(row.get::<_, Option<i64>>(0).map(from_ms)),
+            Some(row) => Ok(row
+                .column::<Option<i64>>(0, "leases.expires_at")?
+                .map(from_ms)),
             None => Err(self.lease_lost(&conn, lease).await?),
         }
     }
@@ -819,7 +827,10 @@ impl Inner {
             if rows.len() < chunk.len() && on_duplicate == OnDuplicate::Fail {
                 // The first entry that was not added: its name was in the
                 // store, or earlier in the input.
-                let mut inserted: HashSet<String> = rows.iter().map(|row| row.get(0)).collect();
+                let mut inserted: HashSet<String> = rows
+                    .iter()
+                    .map(|row| row.column(0, "credentials.name"))
+                    .collect::<Result<_>>()?;
                 let duplicate = chunk
                     .iter()
                     .position(|c| !inserted.remove(&c.name))
@@ -852,16 +863,14 @@ impl Inner {
         if removed.is_some() {
             return Ok(());
         }
-        let holders: Option<i32> = conn
+        let holders: Option<u32> = conn
             .client
             .query_opt(&self.sql.holders(), &[&self.pool, &name])
             .await?
-            .map(|row| row.get(0));
+            .map(|row| row.unsigned32(0, "credentials.holders"))
+            .transpose()?;
         match holders {
-            Some(holders) => Err(Error::InUse {
-                name,
-                holders: holders as u32,
-            }),
+            Some(holders) => Err(Error::InUse { name, holders }),
             None => Err(self.unknown(&name)),
         }
     }
@@ -881,37 +890,40 @@ impl Inner {
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
         let conn = self.connections.get().await?;
         let rows = conn.client.query(&self.sql.list(), &[&self.pool]).await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|row| {
-                CredentialInfo::from_parts(
-                    CredentialId::new(row.get::<_, i64>(0) as u64),
-                    row.get(1),
-                    row.get::<_, i32>(2) as u32,
-                    row.get::<_, i32>(3) as u32,
-                    row.get(4),
-                    row.get::<_, Option<i64>>(5).map(from_ms),
-                    from_ms(row.get(10)),
-                    row.get(6),
-                    row.get::<_, Option<i64>>(7).map(from_ms),
-                    row.get::<_, i64>(8) as u64,
-                    from_ms(row.get(9)),
-                )
+                Ok(CredentialInfo::from_parts(
+                    CredentialId::new(row.unsigned(0, "credentials.id")?),
+                    row.column(1, "credentials.name")?,
+                    row.unsigned32(2, "credentials.capacity")?,
+                    row.unsigned32(3, "credentials.holders")?,
+                    row.column(4, "credentials.disabled_reason")?,
+                    row.column::<Option<i64>>(5, "credentials.cooling_until")?
+                        .map(from_ms),
+                    from_ms(row.column(10, "now")?),
+                    row.column(6, "has extra")?,
+                    row.column::<Option<i64>>(7, "credentials.last_used_at")?
+                        .map(from_ms),
+                    row.unsigned(8, "credentials.use_count")?,
+                    from_ms(row.column(9, "credentials.created_at")?),
+                ))
             })
-            .collect())
+            .collect()
     }
 
     async fn reveal(&self) -> Result<Vec<NewCredential>> {
         let conn = self.connections.get().await?;
         let rows = conn.client.query(&self.sql.reveal(), &[&self.pool]).await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|row| {
-                NewCredential::new(row.get::<_, String>(0), row.get::<_, String>(1))
-                    .maybe_extra(row.get(2))
-                    .capacity(row.get::<_, i32>(3) as u32)
+                Ok(NewCredential::new(
+                    row.column::<String>(0, "credentials.name")?,
+                    row.column::<String>(1, "credentials.secret")?,
+                )
+                .maybe_extra(row.column(2, "credentials.extra")?)
+                .capacity(row.unsigned32(3, "credentials.capacity")?))
             })
-            .collect())
+            .collect()
     }
 
     async fn stats(&self) -> Result<Stats> {
@@ -920,15 +932,15 @@ impl Inner {
             .client
             .query_one(&self.sql.stats(), &[&self.pool])
             .await?;
-        let count = |index: usize| row.get::<_, i64>(index) as u64;
-        let (total, disabled, cooling, leased) = (count(0), count(1), count(2), count(3));
+        let count = |index: usize| row.unsigned(index, "a count");
+        let (total, disabled, cooling, leased) = (count(0)?, count(1)?, count(2)?, count(3)?);
         Ok(Stats {
             total,
-            available: total - disabled - cooling - leased,
+            available: total.saturating_sub(disabled + cooling + leased),
             leased,
             cooling_down: cooling,
             disabled,
-            leases: count(4),
+            leases: count(4)?,
             waiters: 0,
         })
     }

@@ -4,6 +4,7 @@
 
 use tokio_postgres::Client;
 
+use super::rows::Columns;
 use super::sql::migrations;
 use crate::error::{Error, Result};
 
@@ -26,14 +27,14 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str, location: &str) -
             &[&schema],
         )
         .await?
-        .get(0);
+        .column(0, "table count")?;
     let has_version: bool = transaction
         .query_one(
             "SELECT to_regclass(quote_ident($1) || '.schema_version') IS NOT NULL",
             &[&schema],
         )
         .await?
-        .get(0);
+        .column(0, "schema_version exists")?;
     let found: i64 = if has_version {
         let row = transaction
             .query_opt(
@@ -42,7 +43,9 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str, location: &str) -
             )
             .await?;
         match row {
-            Some(row) if row.get::<_, String>(1) == "credpool" => row.get(0),
+            Some(row) if row.column::<String>(1, "schema_version.application")? == "credpool" => {
+                row.column(0, "schema_version.version")?
+            }
             _ => {
                 return Err(Error::NotAStore {
                     location: location.to_string(),
@@ -63,6 +66,12 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str, location: &str) -
     } else {
         0
     };
+    if found < 0 {
+        return Err(Error::NotAStore {
+            location: location.to_string(),
+            reason: format!("schema version {found} is not one credpool ever wrote"),
+        });
+    }
     if found > SCHEMA_VERSION {
         return Err(Error::StoreTooNew {
             location: location.to_string(),

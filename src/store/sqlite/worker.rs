@@ -734,7 +734,7 @@ fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             .query_row([credential_id], |row| row.get(0))?;
         ctx.expired.push(ExpiredLease {
             name: name.into(),
-            lease_id: LeaseId::new(lease_id as u64),
+            lease_id: LeaseId::new(unsigned(lease_id)?),
         });
     }
     Ok(())
@@ -756,6 +756,11 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     })
+}
+
+/// An id read from the file, which must not be negative.
+fn unsigned(value: i64) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, value))
 }
 
 fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantAttempt, Failure> {
@@ -798,13 +803,13 @@ fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantA
     ctx.names.borrow_mut().insert(lease_id, name.clone());
     Ok(GrantAttempt::Granted(Grant {
         credential: Credential::new(
-            CredentialId::new(id as u64),
+            CredentialId::new(unsigned(id)?),
             name,
             Secret::new(secret),
             extra,
             capacity,
         ),
-        lease_id: LeaseId::new(lease_id as u64),
+        lease_id: LeaseId::new(unsigned(lease_id)?),
         acquired_at: from_ms(now),
         expires_at: expires_at.map(from_ms),
     }))
@@ -1014,7 +1019,7 @@ pub(crate) fn list(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<CredentialInfo>
     )?;
     let rows = statement.query_map([ctx.pool], |row| {
         Ok(CredentialInfo::from_parts(
-            CredentialId::new(row.get::<_, i64>(0)? as u64),
+            CredentialId::new(unsigned(row.get(0)?)?),
             row.get(1)?,
             row.get(2)?,
             row.get(3)?,
@@ -1023,7 +1028,7 @@ pub(crate) fn list(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<CredentialInfo>
             now,
             row.get(6)?,
             row.get::<_, Option<i64>>(7)?.map(from_ms),
-            row.get::<_, i64>(8)? as u64,
+            unsigned(row.get(8)?)?,
             from_ms(row.get(9)?),
         ))
     })?;
@@ -1045,7 +1050,8 @@ pub(crate) fn reveal(ctx: &mut Ctx<'_>) -> std::result::Result<Vec<NewCredential
 }
 
 pub(crate) fn stats(ctx: &mut Ctx<'_>) -> std::result::Result<Stats, Failure> {
-    let (total, disabled, cooling, leased, leases): (i64, i64, i64, i64, i64) = ctx
+    // Read as u64: a negative count (a file edited by hand) is an error, not a wrap.
+    let (total, disabled, cooling, leased, leases) = ctx
         .connection
         .prepare_cached(
             "SELECT count(*),
@@ -1058,20 +1064,20 @@ pub(crate) fn stats(ctx: &mut Ctx<'_>) -> std::result::Result<Stats, Failure> {
         )?
         .query_row(params![ctx.pool, ctx.now], |row| {
             Ok((
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
+                unsigned(row.get(0)?)?,
+                unsigned(row.get(1)?)?,
+                unsigned(row.get(2)?)?,
+                unsigned(row.get(3)?)?,
+                unsigned(row.get(4)?)?,
             ))
         })?;
     Ok(Stats {
-        total: total as u64,
-        available: (total - disabled - cooling - leased) as u64,
-        leased: leased as u64,
-        cooling_down: cooling as u64,
-        disabled: disabled as u64,
-        leases: leases as u64,
+        total,
+        available: total.saturating_sub(disabled + cooling + leased),
+        leased,
+        cooling_down: cooling,
+        disabled,
+        leases,
         waiters: 0,
     })
 }
