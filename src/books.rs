@@ -45,6 +45,7 @@ impl Books {
     }
 
     /// A lease this pool counted is no longer out.
+    #[inline]
     pub(crate) fn lease_returned(&self) {
         if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1
             && self.shutdown_watchers.load(Ordering::SeqCst) > 0
@@ -112,6 +113,7 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    #[inline]
     pub(crate) fn new(
         books: Arc<Books>,
         token: LeaseToken,
@@ -145,6 +147,7 @@ impl Receipt {
 
     /// The release is committed: the credential named `name` is free again
     /// (or cooling down, or disabled, as the outcome said).
+    #[inline]
     pub fn released(mut self, name: &Arc<str>) {
         let Some(books) = self.books.take() else {
             return;
@@ -161,6 +164,7 @@ impl Receipt {
 
     /// The store does not hold the lease (taken over, removed, never granted):
     /// nothing was changed, and the pool stops counting it.
+    #[inline]
     pub fn refused(mut self) {
         if let Some(books) = self.books.take() {
             if self.counted {
@@ -171,6 +175,7 @@ impl Receipt {
 }
 
 impl Drop for Receipt {
+    #[inline]
     fn drop(&mut self) {
         if let Some(books) = self.books.take() {
             tracing::warn!(pool = &*books.pool, lease_id = %self.token.lease_id(), "the store stopped before a release took effect; the lease comes back when it expires");

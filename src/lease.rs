@@ -155,16 +155,29 @@ impl<S: Store> Lease<S> {
 
     /// Returns the credential to the pool.
     ///
+    /// Resolves once the store has committed the release. A release is never
+    /// lost: when the store cannot commit it (another process holds the
+    /// SQLite write lock past the busy timeout, the disk is full, the
+    /// Postgres server cannot be reached), the store keeps it and tries
+    /// again until it commits. The caller waits about the store's busy
+    /// timeout (five seconds by default) for that, then hears
+    /// [`Error::ReleasePending`](crate::Error::ReleasePending); the lease
+    /// counts in [`Pool::leases_out`](crate::Pool::leases_out) until the
+    /// release commits, and waiters are woken then.
+    ///
     /// # Errors
     ///
     /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the lease expired
-    /// and was taken over; nothing is changed for the new holder.
+    /// and was taken over (or its credential was removed); nothing is
+    /// changed for the new holder. [`Error::ReleasePending`](crate::Error::ReleasePending)
+    /// as above: the release will still take effect.
     ///
     /// # Cancel safety
     ///
     /// The release is sent to the store when this future is first polled;
-    /// dropping the future after that does not undo it, and dropping it
-    /// before then releases the lease as a drop would.
+    /// dropping the future after that does not undo it (the pool counts the
+    /// lease back when the store commits it), and dropping it before then
+    /// releases the lease as a drop would.
     pub async fn release(self) -> Result<()> {
         self.release_with(ReleaseOutcome::Success).await
     }
@@ -211,6 +224,12 @@ impl<S: Store> Lease<S> {
     }
 
     /// Extends the lease by `ttl`, counted from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a `ttl` below
+    /// [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL) (nothing changes), and
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the lease was taken over.
     ///
     /// # Cancel safety
     ///

@@ -290,17 +290,29 @@ impl<S: Store> Pool<S> {
                 place = waiter.place();
                 continue;
             }
+            // A relay this waiter carries goes on if it fails or is cancelled
+            // while it asks: the units it was woken for may still be free.
+            let mut relay = RelayOnDrop::new(&self.shared.books.waiters, woken.relay);
             match self.attempt().await {
                 Ok(GrantAttempt::Granted(grant)) => {
+                    relay.disarm();
                     waiter.served(wake == Wake::Timer || woken.relay);
                     return Ok(self.lease(grant, started.elapsed()));
                 }
-                Ok(GrantAttempt::Busy { retry_at }) => place = waiter.busy(retry_at),
+                Ok(GrantAttempt::Busy { retry_at }) => {
+                    // Nothing free: the relay ends here, as it should.
+                    relay.disarm();
+                    place = waiter.busy(retry_at);
+                }
                 Err(error @ Error::NoCredentials { .. }) => {
-                    // Nobody behind this waiter can be served either: tell
-                    // them all now, rather than each at its next wake-up.
+                    relay.disarm();
                     drop(waiter);
-                    self.shared.books.waiters.wake_all();
+                    // Nobody behind this waiter can be served either: tell
+                    // them all now, rather than each at its next wake-up
+                    // (once: a waiter woken so does not tell them again).
+                    if !woken.all {
+                        self.shared.books.waiters.wake_all();
+                    }
                     return Err(error);
                 }
                 Err(error) => return Err(error),
@@ -386,7 +398,6 @@ impl<S: Store> Pool<S> {
             true,
             &ReleaseOutcome::Success,
         );
-        tracing::debug!(pool = self.name(), credential = grant.credential.name(), lease_id = %grant.lease_id, "lease dropped: releasing it");
         self.shared.store.release_detached(token, receipt);
     }
 
@@ -646,6 +657,30 @@ impl<S: Store> Pool<S> {
                     return Err(Error::Timeout { waited: timeout, what: "every lease to come back" });
                 }
             }
+        }
+    }
+}
+
+/// Passes a relay on (see [`WaitQueue::wake_in_turn`]) when dropped armed.
+struct RelayOnDrop<'a> {
+    queue: &'a crate::wait::WaitQueue,
+    armed: bool,
+}
+
+impl<'a> RelayOnDrop<'a> {
+    fn new(queue: &'a crate::wait::WaitQueue, armed: bool) -> Self {
+        Self { queue, armed }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RelayOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queue.wake_in_turn();
         }
     }
 }

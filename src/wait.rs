@@ -52,6 +52,8 @@ struct Entry {
     /// Woken by something that may have freed more than one unit (credentials
     /// added or enabled, a timer): once served, wake the next waiter in turn.
     relay: bool,
+    /// Woken with everyone else ([`WaitQueue::wake_all`]).
+    all: bool,
 }
 
 /// What a waiter was woken for, from [`Waiter::trying`].
@@ -61,6 +63,8 @@ pub(crate) struct Woken {
     pub(crate) freed: bool,
     /// Once served, wake the next waiter: more may have been freed.
     pub(crate) relay: bool,
+    /// Everyone was woken at the same time.
+    pub(crate) all: bool,
 }
 
 impl List {
@@ -174,6 +178,7 @@ impl WaitQueue {
         if self.len.load(SeqCst) > 0 {
             for entry in self.lock().entries.iter_mut() {
                 entry.awake = true;
+                entry.all = true;
                 entry.signal.notify_one();
             }
         }
@@ -204,6 +209,7 @@ impl WaitQueue {
             signal: signal.clone(),
             awake,
             relay: false,
+            all: false,
         });
         if retry_at.is_some() {
             list.retry_at = retry_at;
@@ -254,11 +260,13 @@ impl Waiter<'_> {
                 Woken {
                     freed: std::mem::replace(&mut entry.awake, false),
                     relay: std::mem::replace(&mut entry.relay, false),
+                    all: std::mem::replace(&mut entry.all, false),
                 }
             }
             None => Woken {
                 freed: false,
                 relay: false,
+                all: false,
             },
         }
     }

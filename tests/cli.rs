@@ -489,6 +489,7 @@ fn flags_beat_the_environment() {
     );
 
     let dir = fresh_db("empty-env-dir");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let empty = Command::new(env!("CARGO_BIN_EXE_credpool"))
         .env("CREDPOOL_DB", "")

@@ -719,6 +719,8 @@ async fn eight_processes_create_one_new_file_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_beginning_with_file_is_a_path() {
     let dir = fresh_path("file-uri-dir");
+    // A folder of that name may be left from an earlier run under the same pid.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let app = dir.join("app.db");
     {
@@ -962,4 +964,21 @@ async fn tampered_values_are_errors_not_panics() {
             assert!(stats.available <= stats.total, "{tamper}: {stats:?}");
         }
     }
+}
+
+/// A store made from an empty file while its maker still has it open keeps
+/// its schema in the `-wal`: a tool that opens it with `create(false)` reads
+/// through the log and opens it, rather than calling it empty.
+#[tokio::test]
+async fn a_read_only_tool_sees_a_schema_still_in_the_log() {
+    let path = fresh_path("schema-in-wal");
+    std::fs::write(&path, "").unwrap();
+    let maker = pool_at(&path, &["a"]).await;
+    let reader = SqliteStore::options(&path)
+        .create(false)
+        .open()
+        .await
+        .expect("the store is ready, though its main file may not show it yet");
+    assert_eq!(Pool::new(reader).stats().await.unwrap().total, 1);
+    drop(maker);
 }

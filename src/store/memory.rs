@@ -87,26 +87,6 @@ impl Ready {
         });
     }
 
-    /// Takes one unit from the front run.
-    fn pop_front(&mut self) -> Option<(usize, u32)> {
-        let front = self.0.front_mut()?;
-        let taken = (front.index, front.generation);
-        front.units -= 1;
-        if front.units == 0 {
-            self.0.pop_front();
-        }
-        Some(taken)
-    }
-
-    /// Drops the front run whole (it is stale).
-    fn drop_front(&mut self) {
-        self.0.pop_front();
-    }
-
-    fn front(&self) -> Option<(usize, u32)> {
-        self.0.front().map(|run| (run.index, run.generation))
-    }
-
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -186,16 +166,27 @@ impl MemoryStore {
             next_lease,
             ..
         } = &mut *state;
-        while let Some((index, generation)) = ready.front() {
-            let Some(slot) = slots[index].as_mut() else {
-                ready.drop_front();
-                continue;
+        while let Some(run) = ready.0.front_mut() {
+            let generation = run.generation;
+            let slot = match slots[run.index].as_mut() {
+                Some(slot)
+                    if slot.generation == generation
+                        && slot.can_hand_out()
+                        && slot.free_units() > 0 =>
+                {
+                    slot
+                }
+                // Stale: the credential was removed, disabled, cooled or is full.
+                _ => {
+                    ready.0.pop_front();
+                    continue;
+                }
             };
-            if slot.generation != generation || !slot.can_hand_out() || slot.free_units() == 0 {
-                ready.drop_front();
-                continue;
+            let index = run.index;
+            run.units -= 1;
+            if run.units == 0 {
+                ready.0.pop_front();
             }
-            ready.pop_front();
             let lease_id = LeaseId::new(*next_lease);
             *next_lease += 1;
             let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));

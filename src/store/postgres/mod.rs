@@ -490,9 +490,8 @@ impl Inner {
         let work = self.releases.begin();
         let inner = self.clone();
         self.runtime.spawn(async move {
-            let _work = work;
             inner
-                .release_until_done(lease, ReleaseOutcome::Success, receipt, None)
+                .release_until_done(lease, ReleaseOutcome::Success, receipt, None, Some(work))
                 .await;
         });
     }
@@ -502,19 +501,36 @@ impl Inner {
     /// the store is dropped. Completes the receipt then, and answers `reply`
     /// with the outcome, or with [`Error::ReleasePending`] once it has
     /// failed for [`RELEASE_PATIENCE`].
+    ///
+    /// `work` is the background work this release counts as, if any: calls
+    /// made later wait for it, but only while its first attempt runs, so a
+    /// release that waits out an outage holds up no other call.
     async fn release_until_done(
         &self,
         lease: LeaseToken,
         outcome: ReleaseOutcome,
         receipt: Receipt,
         mut reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+        mut work: Option<Work>,
     ) {
         let started = tokio::time::Instant::now();
         let mut pause = MIN_RETRY_PAUSE;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let result = self.release(lease, outcome.clone()).await;
             match result {
                 Ok(name) => {
+                    receipt.released(&name);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(name));
+                    }
+                    return;
+                }
+                // Found gone on a retry: most likely the attempt whose answer
+                // was lost had committed it (it may also have expired since).
+                Err(Error::LeaseLost { credential, .. }) if attempts > 1 => {
+                    let name: Arc<str> = credential.into();
                     receipt.released(&name);
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(name));
@@ -528,7 +544,18 @@ impl Inner {
                     }
                     return;
                 }
+                Err(error) if !transient(&error) => {
+                    // Trying again cannot help (the schema was changed, say):
+                    // the caller hears it, and the lease expires in time.
+                    tracing::warn!(%error, lease_id = %lease.lease_id(), "a release failed for good; the lease comes back when it expires");
+                    drop(receipt);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                    return;
+                }
                 Err(error) => {
+                    work.take();
                     if self.closed.load(Ordering::SeqCst) {
                         tracing::warn!(%error, lease_id = %lease.lease_id(), "the store closed before a release could commit; the lease comes back when it expires");
                         if let Some(reply) = reply {
@@ -946,6 +973,26 @@ impl Inner {
     }
 }
 
+/// Whether a Postgres failure may go away by itself, so that a release is
+/// worth trying again: no connection (no SQLSTATE), a connection exception
+/// (08), a serialization failure or deadlock (40), too little room (53), a
+/// lock not available (55P03), an operator or crash shutdown (57), a
+/// system error (58).
+fn transient(error: &Error) -> bool {
+    match error {
+        Error::Postgres { code: None, .. } | Error::StoreUnavailable { .. } => true,
+        Error::Postgres {
+            code: Some(code), ..
+        } => {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }
+        _ => false,
+    }
+}
+
 /// The same error again, for each caller of a shared statement.
 fn share(error: &Error) -> Error {
     match error {
@@ -1068,7 +1115,7 @@ impl Store for PostgresStore {
         let (reply, answer) = oneshot::channel();
         self.inner.runtime.spawn(async move {
             inner
-                .release_until_done(lease, outcome, receipt, Some(reply))
+                .release_until_done(lease, outcome, receipt, Some(reply), None)
                 .await;
         });
         async move {

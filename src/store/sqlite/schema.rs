@@ -128,7 +128,16 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
         create_whole(path, options)?;
     }
     check_header(path)?;
-    let version = verdict(path, inspect_without_writing(path)?)?;
+    let version = match inspect_without_writing(path).and_then(|seen| verdict(path, seen)) {
+        Ok(SCHEMA_VERSION) => SCHEMA_VERSION,
+        // The immutable look reads the main file only. While another process
+        // has the store open, its newest commits (the schema of a store made
+        // from an empty file, say) may still be in the `-wal`: where there is
+        // one, read again through it, which creates nothing new beside the
+        // file, and let that answer stand.
+        _ if wal_path(path).exists() => verdict(path, inspect_through_wal(path)?)?,
+        first => first?,
+    };
     if version == 0 {
         if !options.create {
             return Err(not_a_store(
@@ -243,13 +252,17 @@ fn create_whole(path: &Path, options: &ConnectionOptions) -> Result<()> {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| "credpool.db".into());
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.subsec_nanos())
         .unwrap_or(0);
+    // Process, a count within it, and the time: unique even for two
+    // threads of one process creating the same store at once.
     let temp = path.with_file_name(format!(
-        ".{file_name}.credpool-{}-{nanos}.tmp",
-        std::process::id()
+        ".{file_name}.credpool-{}-{}-{nanos}.tmp",
+        std::process::id(),
+        MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     create_private(&temp).map_err(|error| io_error(path, error))?;
     let built = (|| -> Result<()> {
@@ -333,6 +346,24 @@ fn inspect_without_writing(path: &Path) -> Result<(i64, i32, i64, bool)> {
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|error| annotate(path, error))?;
+    inspect(&connection, path)
+}
+
+/// The file SQLite keeps the log of `path` in.
+fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
+/// Reads what [`inspect`] reads through the log, read-only: for a file whose
+/// `-wal` is there already (so SQLite finds its companions, and makes none).
+fn inspect_through_wal(path: &Path) -> Result<(i64, i32, i64, bool)> {
+    let connection = Connection::open_with_flags(
+        plain_path(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|error| annotate(path, error))?;
     inspect(&connection, path)

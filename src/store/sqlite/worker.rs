@@ -161,7 +161,9 @@ pub(crate) trait Job: Send {
     fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()>;
 
     /// Records that the transaction failed, so `finish` reports that instead.
-    fn fail(&mut self, error: Error);
+    /// `transient` says whether trying again may succeed (a lock, a full
+    /// disk) or not (a constraint, a corrupt file).
+    fn fail(&mut self, error: Error, transient: bool);
 
     /// Replies to the caller. Says what the thread must do next: release
     /// the lease of a grant whose caller is gone, or try a release again.
@@ -229,7 +231,7 @@ where
         Ok(())
     }
 
-    fn fail(&mut self, error: Error) {
+    fn fail(&mut self, error: Error, _transient: bool) {
         self.result = Some(Err(error));
     }
 
@@ -302,9 +304,18 @@ impl Job for ReleaseJob {
         Ok(())
     }
 
-    fn fail(&mut self, error: Error) {
-        self.result = None;
-        self.failed = Some(error);
+    fn fail(&mut self, error: Error, transient: bool) {
+        if transient {
+            self.result = None;
+            self.failed = Some(error);
+        } else {
+            // Trying again cannot help: the caller hears the error, and the
+            // lease comes back when it expires.
+            tracing::warn!(lease_id = %self.lease.lease_id(), %error, "a release failed for good; the lease comes back when it expires");
+            self.failed = None;
+            self.result = Some(Err(error));
+            self.receipt.take();
+        }
     }
 
     fn finish(mut self: Box<Self>) -> Finished {
@@ -376,7 +387,7 @@ impl Job for GrantJob {
         Ok(())
     }
 
-    fn fail(&mut self, error: Error) {
+    fn fail(&mut self, error: Error, _transient: bool) {
         self.result = Some(Err(error));
     }
 
@@ -599,7 +610,7 @@ impl Worker {
             Err(Stage::Inside(error)) => {
                 self.rollback();
                 if batch.len() == 1 {
-                    batch[0].fail(self.transaction_error(&error));
+                    batch[0].fail(self.transaction_error(&error), transient(&error));
                     return None;
                 }
                 tracing::warn!(path = %self.path.display(), error = %error, "batch failed; retrying its requests one by one");
@@ -608,7 +619,7 @@ impl Worker {
                         Ok(_) => self.commits += 1,
                         Err(Stage::Inside(error)) => {
                             self.rollback();
-                            batch[index].fail(self.transaction_error(&error));
+                            batch[index].fail(self.transaction_error(&error), transient(&error));
                         }
                         Err(Stage::Begin(error)) => {
                             self.fail_all(&mut batch[index..], &error);
@@ -623,7 +634,7 @@ impl Worker {
 
     fn fail_all(&self, jobs: &mut [Box<dyn Job>], error: &rusqlite::Error) {
         for job in jobs {
-            job.fail(self.transaction_error(error));
+            job.fail(self.transaction_error(error), transient(error));
         }
     }
 
@@ -756,6 +767,25 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     })
+}
+
+/// Whether an SQLite failure may go away by itself, so that a release is
+/// worth trying again: a lock held elsewhere, a full disk, an I/O error.
+fn transient(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::ReadOnly
+        )
+    )
 }
 
 /// An id read from the file, which must not be negative.
