@@ -381,8 +381,18 @@ impl<S: Store> Pool<S> {
     }
 
     pub(crate) async fn release_grant(&self, grant: &Grant, outcome: ReleaseOutcome) -> Result<()> {
-        let token = grant.token();
-        let receipt = Receipt::new(self.shared.books.clone(), token, true, &outcome);
+        self.release_counted(grant.token(), outcome, true).await
+    }
+
+    /// Hands a release to the store with its receipt; `counted` says whether
+    /// the lease is among [`leases_out`](Pool::leases_out) (a token's is not).
+    async fn release_counted(
+        &self,
+        token: LeaseToken,
+        outcome: ReleaseOutcome,
+        counted: bool,
+    ) -> Result<()> {
+        let receipt = Receipt::new(self.shared.books.clone(), token, counted, &outcome);
         self.shared
             .store
             .release(token, outcome, receipt)
@@ -430,12 +440,7 @@ impl<S: Store> Pool<S> {
     /// dropping the future after that does not undo it, and waiters are
     /// told when it takes effect.
     pub async fn release_token(&self, token: LeaseToken, outcome: ReleaseOutcome) -> Result<()> {
-        let receipt = Receipt::new(self.shared.books.clone(), token, false, &outcome);
-        self.shared
-            .store
-            .release(token, outcome, receipt)
-            .await
-            .map(|_| ())
+        self.release_counted(token, outcome, false).await
     }
 
     /// Refuses a TTL too short to protect anything.

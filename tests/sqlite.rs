@@ -413,15 +413,7 @@ fn a_lease_dropped_outside_any_runtime_is_released() {
         let lease = pool.acquire().await.unwrap();
         (pool, lease)
     });
-    std::thread::spawn(move || {
-        assert!(
-            tokio::runtime::Handle::try_current().is_err(),
-            "no runtime here"
-        );
-        drop(lease);
-    })
-    .join()
-    .unwrap();
+    common::drop_outside_any_runtime(lease);
     runtime.block_on(async {
         let lease = pool
             .acquire_timeout(Duration::from_secs(5))

@@ -46,3 +46,16 @@ pub fn assert_clean_torture_report(report: &str) {
         .unwrap_or_else(|| panic!("no kills in the report:\n{report}"));
     assert!(started > 0 && kills >= 2, "workers were killed: {report}");
 }
+
+/// Drops `value` on a new thread that runs no async runtime, and waits.
+pub fn drop_outside_any_runtime<T: Send + 'static>(value: T) {
+    std::thread::spawn(move || {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "no runtime here"
+        );
+        drop(value);
+    })
+    .join()
+    .unwrap();
+}

@@ -291,29 +291,52 @@ pub async fn releasing_a_lease_never_granted_fails_and_changes_nothing<F: Factor
     other.release().await.unwrap();
 }
 
+/// Waiters queued one after another, each recording its place in line when
+/// it is served, then holding the lease for `hold` and releasing it.
+struct RecordingWaiters {
+    served: Arc<Mutex<Vec<u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RecordingWaiters {
+    async fn queue<S: Store>(pool: &Pool<S>, count: u64, hold: Duration) -> Self {
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for index in 0..count {
+            let (task_pool, served) = (pool.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let lease = task_pool.acquire().await.expect("acquire");
+                served.lock().unwrap().push(index);
+                if !hold.is_zero() {
+                    sleep(hold).await;
+                }
+                lease.release().await.expect("release");
+            }));
+            wait_for_waiters(pool, index + 1).await;
+        }
+        Self { served, tasks }
+    }
+
+    /// Waits (at most 30 s) for every waiter; the order they were served in.
+    async fn served_order(self) -> Vec<u64> {
+        within(Duration::from_secs(30), "the waiters", async {
+            for task in self.tasks {
+                task.await.unwrap();
+            }
+        })
+        .await;
+        let served = self.served.lock().unwrap().clone();
+        served
+    }
+}
+
 /// 100 waiters queued in a known order are served in that order.
 pub async fn waiters_are_served_in_arrival_order<F: Factory>(factory: &F) {
     let pool = pool_with(factory, None, &["only"]).await;
     let first = pool.acquire().await.unwrap();
-    let served = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for index in 0..100u64 {
-        let (task_pool, served) = (pool.clone(), served.clone());
-        tasks.push(tokio::spawn(async move {
-            let lease = task_pool.acquire().await.expect("acquire");
-            served.lock().unwrap().push(index);
-            lease.release().await.expect("release");
-        }));
-        wait_for_waiters(&pool, index + 1).await;
-    }
+    let waiters = RecordingWaiters::queue(&pool, 100, Duration::ZERO).await;
     first.release().await.unwrap();
-    within(Duration::from_secs(30), "100 waiters", async {
-        for task in tasks {
-            task.await.unwrap();
-        }
-    })
-    .await;
-    let served = served.lock().unwrap().clone();
+    let served = waiters.served_order().await;
     assert_eq!(
         served,
         (0..100).collect::<Vec<_>>(),
@@ -1208,31 +1231,14 @@ pub async fn arrival_order_holds_after_add_and_enable<F: Factory>(factory: &F) {
                 pool.disable("spare", "resting").await.unwrap();
             }
             let held = pool.acquire().await.unwrap();
-            let served = Arc::new(Mutex::new(Vec::new()));
-            let mut tasks = Vec::new();
-            for index in 0..8u64 {
-                let (task_pool, served) = (pool.clone(), served.clone());
-                tasks.push(tokio::spawn(async move {
-                    let lease = task_pool.acquire().await.expect("acquire");
-                    served.lock().unwrap().push(index);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    lease.release().await.expect("release");
-                }));
-                wait_for_waiters(&pool, index + 1).await;
-            }
+            let waiters = RecordingWaiters::queue(&pool, 8, Duration::from_millis(1)).await;
             if how == "add" {
                 pool.add(NewCredential::new("spare", "s")).await.unwrap();
             } else {
                 pool.enable("spare").await.unwrap();
             }
-            within(Duration::from_secs(30), "eight waiters", async {
-                for task in tasks {
-                    task.await.unwrap();
-                }
-            })
-            .await;
+            let served = waiters.served_order().await;
             drop(held);
-            let served = served.lock().unwrap().clone();
             assert_eq!(served, (0..8).collect::<Vec<_>>(), "after {how}");
         }
     }

@@ -516,53 +516,33 @@ impl Inner {
         let started = tokio::time::Instant::now();
         let mut pause = MIN_RETRY_PAUSE;
         let mut attempts = 0;
-        loop {
+        let decided = loop {
             attempts += 1;
-            let result = self.release(lease, outcome.clone()).await;
-            match result {
+            match self.release(lease, outcome.clone()).await {
                 Ok(name) => {
                     receipt.released(&name);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(name));
-                    }
-                    return;
+                    break Ok(name);
                 }
                 // Found gone on a retry: most likely the attempt whose answer
                 // was lost had committed it (it may also have expired since).
                 Err(Error::LeaseLost { credential, .. }) if attempts > 1 => {
                     let name: Arc<str> = credential.into();
                     receipt.released(&name);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(name));
-                    }
-                    return;
+                    break Ok(name);
                 }
                 Err(error @ Error::LeaseLost { .. }) => {
                     receipt.refused();
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                    return;
+                    break Err(error);
                 }
-                Err(error) if !transient(&error) => {
-                    // Trying again cannot help (the schema was changed, say):
-                    // the caller hears it, and the lease expires in time.
+                Err(error) if !transient(&error) || self.closed.load(Ordering::SeqCst) => {
+                    // Trying again cannot help (the schema was changed, say),
+                    // or the store is gone: the lease expires in time.
                     tracing::warn!(%error, lease_id = %lease.lease_id(), "a release failed for good; the lease comes back when it expires");
                     drop(receipt);
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                    return;
+                    break Err(error);
                 }
                 Err(error) => {
                     work.take();
-                    if self.closed.load(Ordering::SeqCst) {
-                        tracing::warn!(%error, lease_id = %lease.lease_id(), "the store closed before a release could commit; the lease comes back when it expires");
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(error));
-                        }
-                        return;
-                    }
                     tracing::warn!(%error, lease_id = %lease.lease_id(), "a release could not be committed; trying again");
                     if started.elapsed() >= RELEASE_PATIENCE {
                         if let Some(reply) = reply.take() {
@@ -577,6 +557,9 @@ impl Inner {
                     pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
             }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(decided);
         }
     }
 
