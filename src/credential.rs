@@ -2,9 +2,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, InvalidInput, Result};
+use crate::ids::CredentialId;
 
 /// The longest credential name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -80,29 +81,6 @@ impl From<String> for Secret {
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
         Self::new(value)
-    }
-}
-
-/// The store's id of a credential: stable for the credential's life, never reused
-/// by a store for another credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CredentialId(u64);
-
-impl CredentialId {
-    /// Wraps a raw id, e.g. one sent by another process.
-    pub const fn new(raw: u64) -> Self {
-        Self(raw)
-    }
-
-    /// The raw id.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for CredentialId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
     }
 }
 
@@ -407,38 +385,84 @@ pub struct CredentialInfo {
     pub created_at: SystemTime,
 }
 
+/// A credential as a store keeps it, without its secret: what
+/// [`CredentialInfo::new`] reads a credential's state from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredential {
+    /// The store's id.
+    pub id: CredentialId,
+    /// The name.
+    pub name: String,
+    /// How many leases may hold it at once.
+    pub capacity: u32,
+    /// How many leases hold it now.
+    pub holders: u32,
+    /// Why it was disabled, if it is.
+    pub disabled_reason: Option<String>,
+    /// When its cool-down ends, if it has one (it may be over).
+    pub cooling_until: Option<SystemTime>,
+    /// Whether it has extra text.
+    pub has_extra: bool,
+    /// When it was last handed out.
+    pub last_used_at: Option<SystemTime>,
+    /// How many times it was handed out.
+    pub use_count: u64,
+    /// When it was added.
+    pub created_at: SystemTime,
+}
+
 impl CredentialInfo {
-    /// Builds the info from stored values; `now` decides whether a cool-down is over.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_parts(
-        id: CredentialId,
-        name: String,
-        capacity: u32,
-        holders: u32,
-        disabled_reason: Option<String>,
-        cooling_until: Option<SystemTime>,
-        now: SystemTime,
-        has_extra: bool,
-        last_used_at: Option<SystemTime>,
-        use_count: u64,
-        created_at: SystemTime,
-    ) -> Self {
-        let state = match (disabled_reason, cooling_until) {
-            (Some(reason), _) => CredentialState::Disabled { reason },
-            (None, Some(until)) if until > now => CredentialState::CoolingDown { until },
-            _ if holders >= capacity => CredentialState::Leased,
+    /// The info of a stored credential; `now` decides whether a cool-down is over.
+    pub fn new(stored: StoredCredential, now: SystemTime) -> Self {
+        let cooling = stored.cooling_until.filter(|&until| until > now);
+        let kind = StateKind::of(
+            stored.disabled_reason.is_some(),
+            cooling.is_some(),
+            stored.holders >= stored.capacity,
+        );
+        let state = match (kind, stored.disabled_reason, cooling) {
+            (StateKind::Disabled, Some(reason), _) => CredentialState::Disabled { reason },
+            (StateKind::CoolingDown, _, Some(until)) => CredentialState::CoolingDown { until },
+            (StateKind::Leased, ..) => CredentialState::Leased,
             _ => CredentialState::Available,
         };
         Self {
-            id,
-            name,
-            capacity,
-            holders,
+            id: stored.id,
+            name: stored.name,
+            capacity: stored.capacity,
+            holders: stored.holders,
             state,
-            has_extra,
-            last_used_at,
-            use_count,
-            created_at,
+            has_extra: stored.has_extra,
+            last_used_at: stored.last_used_at,
+            use_count: stored.use_count,
+            created_at: stored.created_at,
+        }
+    }
+}
+
+/// Which state a credential is in, without its details. The one rule of
+/// precedence: disabled, then cooling down, then leased (every unit out),
+/// then available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StateKind {
+    Disabled,
+    CoolingDown,
+    Leased,
+    Available,
+}
+
+impl StateKind {
+    /// The state of a credential that is disabled or not, cooling down now
+    /// or not, and has every unit of capacity leased or not.
+    pub(crate) fn of(disabled: bool, cooling: bool, full: bool) -> Self {
+        if disabled {
+            StateKind::Disabled
+        } else if cooling {
+            StateKind::CoolingDown
+        } else if full {
+            StateKind::Leased
+        } else {
+            StateKind::Available
         }
     }
 }
@@ -464,46 +488,61 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Adds one credential's state to the counts.
-    pub fn count(&mut self, state: &CredentialState, holders: u32) {
-        self.total += 1;
-        self.leases += u64::from(holders);
-        match state {
-            CredentialState::Available => self.available += 1,
-            CredentialState::Leased => self.leased += 1,
-            CredentialState::CoolingDown { .. } => self.cooling_down += 1,
-            CredentialState::Disabled { .. } => self.disabled += 1,
+    /// Counts `credentials` credentials in the state `kind`, held by
+    /// `holders` leases in all.
+    pub(crate) fn add(&mut self, kind: StateKind, credentials: u64, holders: u64) {
+        self.total += credentials;
+        self.leases += holders;
+        match kind {
+            StateKind::Available => self.available += credentials,
+            StateKind::Leased => self.leased += credentials,
+            StateKind::CoolingDown => self.cooling_down += credentials,
+            StateKind::Disabled => self.disabled += credentials,
         }
     }
 }
 
-/// Milliseconds since the UNIX epoch, the unit every store keeps time in.
-pub(crate) fn now_ms() -> i64 {
-    to_ms(SystemTime::now())
+/// How a lease ends: the holder's feedback about the credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReleaseOutcome {
+    /// The credential worked; hand it out again.
+    Success,
+    /// Rate limited: do not hand it out again before this much time has passed.
+    CoolDown(Duration),
+    /// Banned or invalid: do not hand it out until an operator enables it.
+    Disable(String),
 }
 
-/// A time as milliseconds since the UNIX epoch (negative before it).
-pub(crate) fn to_ms(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+/// What a release does to its credential besides freeing the unit: the one
+/// reading of a [`ReleaseOutcome`] that every store applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReleaseEffect<'a> {
+    /// Cool down for this long (a zero cool-down counts as a plain release).
+    pub(crate) cool_for: Option<Duration>,
+    /// Disable with this reason.
+    pub(crate) disable: Option<&'a str>,
+}
+
+impl ReleaseOutcome {
+    /// What this outcome does to the credential.
+    pub(crate) fn effect(&self) -> ReleaseEffect<'_> {
+        let (cool_for, disable) = match self {
+            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => (Some(*pause), None),
+            ReleaseOutcome::Disable(reason) => (None, Some(reason.as_str())),
+            _ => (None, None),
+        };
+        ReleaseEffect { cool_for, disable }
     }
-}
 
-/// Milliseconds since the UNIX epoch as a time.
-pub(crate) fn from_ms(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    /// A short word for logs and events: `success`, `cool-down`, `disable`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReleaseOutcome::Success => "success",
+            ReleaseOutcome::CoolDown(_) => "cool-down",
+            ReleaseOutcome::Disable(_) => "disable",
+        }
     }
-}
-
-/// A duration in whole milliseconds, rounded up so that a short TTL or
-/// cool-down is never rounded to zero.
-pub(crate) fn duration_ms(duration: Duration) -> i64 {
-    let ms = duration.as_nanos().div_ceil(1_000_000);
-    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::lease::LeaseId;
+use crate::ids::LeaseId;
 
 /// Everything that can go wrong in credpool.
 ///

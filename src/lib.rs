@@ -2,22 +2,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod books;
 mod credential;
 mod error;
-mod events;
-mod lease;
+mod ids;
 mod pool;
 pub mod store;
-mod wait;
+mod time;
 
 pub use credential::{
-    validate_name, Credential, CredentialId, CredentialInfo, CredentialState, NewCredential,
-    Secret, Stats, MAX_CAPACITY, MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_SECRET_BYTES, MIN_LEASE_TTL,
+    validate_name, Credential, CredentialInfo, CredentialState, NewCredential, ReleaseOutcome,
+    Secret, Stats, StoredCredential, MAX_CAPACITY, MAX_EXTRA_BYTES, MAX_NAME_BYTES,
+    MAX_SECRET_BYTES, MIN_LEASE_TTL,
 };
 pub use error::{Error, InvalidInput, Result};
-pub use events::{Event, Events, RecvError};
-pub use lease::{Grant, Lease, LeaseId, LeaseToken, ReleaseOutcome};
+pub use ids::{CredentialId, LeaseId, LeaseToken};
+pub use pool::events::{Event, Events};
+pub use pool::lease::Lease;
 pub use pool::{Pool, PoolBuilder};
 pub use store::memory::MemoryStore;
-pub use store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
+pub use store::{
+    Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Options,
+    Receipt, Store, StoreSettings,
+};

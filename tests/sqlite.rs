@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use credpool::store::sqlite::{SqliteStore, Synchronous, DEFAULT_LEASE_TTL, SCHEMA_VERSION};
-use credpool::{Error, NewCredential, Pool, Store};
+use credpool::{Error, Granting, Leases, NewCredential, Pool};
 
 use common::processes;
 
@@ -307,8 +307,9 @@ async fn a_grant_whose_caller_left_is_released() {
         // second stall queue up and take them as one batch.
         let first = stall(Duration::from_millis(100));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut expired = Vec::new();
-        let mut grant = Box::pin(pool.store().grant(Some(DEFAULT_LEASE_TTL), &mut expired));
+        let Granting::Later(mut grant) = pool.store().grant(Some(DEFAULT_LEASE_TTL)) else {
+            panic!("a SQLite grant waits for the store thread");
+        };
         tokio::select! {
             biased;
             _ = &mut grant => panic!("the store thread was busy; the grant cannot be served yet"),

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::credential::{
-    duration_ms, from_ms, now_ms, Credential, CredentialId, CredentialInfo, NewCredential, Secret,
-    Stats,
+    Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, StateKind, Stats,
+    StoredCredential,
 };
 use crate::error::{Error, Result};
-use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
+use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::store::{
+    Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Receipt,
+    StoreSettings,
+};
+use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
 /// A store that keeps its pool in this process's memory.
 ///
@@ -30,7 +34,7 @@ use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
 /// # Ok(()) }
 /// ```
 pub struct MemoryStore {
-    pool_name: String,
+    settings: StoreSettings,
     state: Mutex<State>,
 }
 
@@ -127,7 +131,7 @@ impl MemoryStore {
     /// An empty store for a pool with the given name (used in messages).
     pub fn with_pool_name(name: impl Into<String>) -> Self {
         Self {
-            pool_name: name.into(),
+            settings: StoreSettings::new(name),
             state: Mutex::new(State {
                 next_lease: 1,
                 compact_at: 1024,
@@ -147,18 +151,15 @@ impl MemoryStore {
     fn unknown(&self, name: &str) -> Error {
         Error::UnknownCredential {
             name: name.to_string(),
-            pool: self.pool_name.clone(),
+            pool: self.settings.pool().to_string(),
         }
     }
 
-    fn grant_now(
-        &self,
-        ttl: Option<Duration>,
-        expired: &mut Vec<ExpiredLease>,
-    ) -> Result<GrantAttempt> {
+    fn grant_now(&self, ttl: Option<Duration>) -> Result<GrantAnswer> {
         let now = now_ms();
+        let mut expired = Vec::new();
         let mut state = self.lock();
-        state.reclaim(now, expired);
+        state.reclaim(now, &mut expired);
         let State {
             slots,
             ready,
@@ -199,26 +200,28 @@ impl MemoryStore {
             if let Some(at) = expires_at {
                 expiring.push(Reverse((at, index, lease_id)));
             }
-            return Ok(GrantAttempt::Granted(Grant {
+            let grant = Grant {
                 credential: slot.credential.clone(),
                 lease_id,
                 acquired_at: from_ms(now),
                 expires_at: expires_at.map(from_ms),
-            }));
+            };
+            return Ok(GrantAnswer {
+                attempt: GrantAttempt::Granted(grant),
+                expired,
+            });
         }
         if state.enabled == 0 {
             return Err(Error::NoCredentials {
-                pool: self.pool_name.clone(),
+                pool: self.settings.pool().to_string(),
             });
         }
         let next_cool = state.cooling.peek().map(|Reverse((at, ..))| *at);
         let next_expiry = state.expiring.peek().map(|Reverse((at, ..))| *at);
-        let retry_at = match (next_cool, next_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok(GrantAttempt::Busy {
-            retry_at: retry_at.map(from_ms),
+        let retry_at = earliest(next_cool, next_expiry).map(from_ms);
+        Ok(GrantAnswer {
+            attempt: GrantAttempt::Busy { retry_at },
+            expired,
         })
     }
 
@@ -232,7 +235,7 @@ impl MemoryStore {
         receipt: Receipt,
     ) -> Result<Arc<str>> {
         let mut state = self.lock();
-        let result = state.release(lease, outcome);
+        let result = state.release(lease, &outcome);
         match &result {
             Ok(name) => receipt.released(name),
             Err(_) => receipt.refused(),
@@ -243,10 +246,11 @@ impl MemoryStore {
 }
 
 impl State {
-    fn release(&mut self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+    fn release(&mut self, lease: LeaseToken, outcome: &ReleaseOutcome) -> Result<Arc<str>> {
         let state = self;
         // The clock costs as much as the rest of a release: read it only when needed.
-        let now = if state.has_timers() || matches!(outcome, ReleaseOutcome::CoolDown(_)) {
+        let effect = outcome.effect();
+        let now = if state.has_timers() || effect.cool_for.is_some() {
             let now = now_ms();
             state.reclaim(now, &mut Vec::new());
             now
@@ -278,27 +282,21 @@ impl State {
                 lease_id: lease.lease_id(),
             })?;
         slot.holders.swap_remove(held);
-        match outcome {
-            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => {
-                let until = now.saturating_add(duration_ms(pause));
-                if slot.cooling_until.is_none_or(|current| current < until) {
-                    slot.cooling_until = Some(until);
-                    slot.generation = slot.generation.wrapping_add(1);
-                    cooling.push(Reverse((until, index)));
-                }
+        if let Some(pause) = effect.cool_for {
+            let until = now.saturating_add(duration_ms(pause));
+            if slot.cooling_until.is_none_or(|current| current < until) {
+                slot.cooling_until = Some(until);
+                slot.generation = slot.generation.wrapping_add(1);
+                cooling.push(Reverse((until, index)));
             }
-            ReleaseOutcome::Disable(reason) => {
-                if slot.disabled.is_none() {
-                    *enabled -= 1;
-                    slot.generation = slot.generation.wrapping_add(1);
-                }
-                slot.disabled = Some(reason);
+        } else if let Some(reason) = effect.disable {
+            if slot.disabled.is_none() {
+                *enabled -= 1;
+                slot.generation = slot.generation.wrapping_add(1);
             }
-            _ => {
-                if slot.can_hand_out() {
-                    ready.push_back(index, slot.generation, 1);
-                }
-            }
+            slot.disabled = Some(reason.to_string());
+        } else if slot.can_hand_out() {
+            ready.push_back(index, slot.generation, 1);
         }
         Ok(slot.credential.name_arc().clone())
     }
@@ -314,7 +312,7 @@ impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("MemoryStore")
-            .field("pool_name", &self.pool_name)
+            .field("pool", &self.settings.pool())
             .field("credentials", &state.by_name.len())
             .finish()
     }
@@ -426,33 +424,34 @@ impl State {
     }
 
     fn info(&self, index: usize, slot: &Slot, now: i64) -> CredentialInfo {
-        CredentialInfo::from_parts(
-            CredentialId::new(index as u64),
-            slot.credential.name().to_string(),
-            slot.credential.capacity(),
-            slot.holders.len() as u32,
-            slot.disabled.clone(),
-            slot.cooling_until.map(from_ms),
-            from_ms(now),
-            slot.credential.extra().is_some(),
-            slot.last_used_at.map(from_ms),
-            slot.use_count,
-            from_ms(slot.created_at),
-        )
+        let stored = StoredCredential {
+            id: CredentialId::new(index as u64),
+            name: slot.credential.name().to_string(),
+            capacity: slot.credential.capacity(),
+            holders: slot.holders.len() as u32,
+            disabled_reason: slot.disabled.clone(),
+            cooling_until: slot.cooling_until.map(from_ms),
+            has_extra: slot.credential.extra().is_some(),
+            last_used_at: slot.last_used_at.map(from_ms),
+            use_count: slot.use_count,
+            created_at: from_ms(slot.created_at),
+        };
+        CredentialInfo::new(stored, from_ms(now))
     }
 }
 
-impl Store for MemoryStore {
-    fn pool_name(&self) -> &str {
-        &self.pool_name
+impl Leases for MemoryStore {
+    fn settings(&self) -> &StoreSettings {
+        &self.settings
     }
 
-    async fn grant(
-        &self,
-        ttl: Option<Duration>,
-        expired: &mut Vec<ExpiredLease>,
-    ) -> Result<GrantAttempt> {
-        self.grant_now(ttl, expired)
+    fn runs_calls_in_order(&self) -> bool {
+        // Every call takes the one lock, and is done before it returns.
+        true
+    }
+
+    fn grant(&self, ttl: Option<Duration>) -> Granting {
+        Granting::Now(self.grant_now(ttl))
     }
 
     fn release(
@@ -495,7 +494,9 @@ impl Store for MemoryStore {
         }
         Ok(expires_at.map(from_ms))
     }
+}
 
+impl Admin for MemoryStore {
     async fn add_many(
         &self,
         credentials: Vec<NewCredential>,
@@ -510,7 +511,7 @@ impl Store for MemoryStore {
                 if state.by_name.contains_key(name) || !seen.insert(name) {
                     return Err(Error::DuplicateName {
                         name: name.to_string(),
-                        pool: self.pool_name.clone(),
+                        pool: self.settings.pool().to_string(),
                         entry: Some(position),
                     });
                 }
@@ -631,11 +632,13 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         state.reclaim(now, &mut Vec::new());
         let mut stats = Stats::default();
-        for (index, slot) in state.slots.iter().enumerate() {
-            if let Some(slot) = slot {
-                let info = state.info(index, slot, now);
-                stats.count(&info.state, info.holders);
-            }
+        for slot in state.slots.iter().flatten() {
+            let kind = StateKind::of(
+                slot.disabled.is_some(),
+                slot.cooling_until.is_some_and(|until| until > now),
+                slot.free_units() == 0,
+            );
+            stats.add(kind, 1, slot.holders.len() as u64);
         }
         Ok(stats)
     }

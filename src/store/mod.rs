@@ -1,23 +1,52 @@
-//! Stores: where the state of a pool lives, behind one small trait.
+//! Stores: where the state of a pool lives, behind two small traits.
 //!
-//! A store does only the atomic state changes: grant, release, renew, the
-//! administration, and the counts. Waiting, fairness, timeouts, close and
-//! events live once, above the stores, in [`Pool`](crate::Pool).
+//! A store does only the atomic state changes: [`Leases`] for the lease path
+//! (grant, release, renew) and [`Admin`] for the administration and the
+//! reads. Waiting, fairness, timeouts, close, events, and what happens when
+//! a caller is cancelled live once, above the stores, in [`Pool`](crate::Pool).
+//! Every type that implements both is a [`Store`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use crate::books::Receipt;
-use crate::credential::{CredentialInfo, NewCredential, Secret, Stats};
+use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
 use crate::error::Result;
-use crate::lease::{Grant, LeaseId, LeaseToken, ReleaseOutcome};
+use crate::ids::{LeaseId, LeaseToken};
 
 pub mod memory;
+mod options;
+pub(crate) mod order;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod receipt;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+pub use self::options::{Options, StoreSettings};
+pub use self::receipt::Receipt;
+pub(crate) use self::receipt::Books;
+
+/// What a store granted: the credential and the lease's identity and times.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The credential leased.
+    pub credential: Credential,
+    /// The lease's fencing token.
+    pub lease_id: LeaseId,
+    /// When the store granted it.
+    pub acquired_at: SystemTime,
+    /// When it expires; `None` without a TTL.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Grant {
+    /// The token that names this lease to its store.
+    pub fn token(&self) -> LeaseToken {
+        LeaseToken::new(self.credential.id(), self.lease_id)
+    }
+}
 
 /// One attempt to grant a lease.
 #[derive(Debug)]
@@ -31,6 +60,50 @@ pub enum GrantAttempt {
         /// a lease expires), when the store knows one.
         retry_at: Option<SystemTime>,
     },
+}
+
+/// What a grant answers: the attempt, and the leases the store found
+/// expired and reclaimed on the way.
+#[derive(Debug)]
+pub struct GrantAnswer {
+    /// The attempt.
+    pub attempt: GrantAttempt,
+    /// The leases reclaimed.
+    pub expired: Vec<ExpiredLease>,
+}
+
+impl From<GrantAttempt> for GrantAnswer {
+    fn from(attempt: GrantAttempt) -> Self {
+        Self {
+            attempt,
+            expired: Vec::new(),
+        }
+    }
+}
+
+/// A grant's answer now, or the future of one.
+///
+/// A store that decides without waiting (one in memory) answers
+/// [`Now`](Granting::Now). One that must wait (for a thread, a server)
+/// answers [`Later`](Granting::Later) with a future that owns what it
+/// needs. The pool drives that future to its end even when its caller
+/// leaves, and releases what it granted then; the store has nothing to do
+/// for a cancelled caller.
+#[non_exhaustive]
+pub enum Granting {
+    /// The answer, decided.
+    Now(Result<GrantAnswer>),
+    /// The answer on its way.
+    Later(Pin<Box<dyn Future<Output = Result<GrantAnswer>> + Send>>),
+}
+
+impl std::fmt::Debug for Granting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Granting::Now(answer) => f.debug_tuple("Now").field(answer).finish(),
+            Granting::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 /// A lease that the store found expired and reclaimed.
@@ -51,37 +124,56 @@ pub enum OnDuplicate {
     Skip,
 }
 
-/// The state changes of a pool, each atomic.
+/// The lease path of a store: grant, release, renew, each atomic.
 ///
 /// A store is bound to one pool name. The futures it returns must be
 /// `Send`. Implementations must keep these promises, which the conformance
-/// suite in `tests/` checks:
+/// suite in `tests/conformance` checks against every store:
 ///
-/// - a credential is never held by more leases than its capacity;
-/// - lease ids are unique and increasing within the store;
-/// - release and renew are fenced: they change nothing unless the token names
-///   a lease the store still holds;
-/// - [`release`](Store::release) takes effect even if its future is dropped
-///   after the call returned it (send the request before returning the future);
-/// - a release handed to the store is never lost: one that cannot commit yet
-///   (a write lock held elsewhere, a full disk, a lost connection) is kept
-///   and tried again until it commits or is refused;
-/// - every release's [`Receipt`] is completed once the release is decided,
-///   in the order the store's changes commit, and before the credential it
-///   freed can be granted again.
-pub trait Store: Send + Sync + Sized + 'static {
-    /// The pool's name within the store.
-    fn pool_name(&self) -> &str;
+/// 1. A credential is never held by more leases than its capacity, by any
+///    number of callers in any number of processes.
+/// 2. Lease ids are unique and increasing within the store.
+/// 3. Release and renew are fenced: they change nothing unless the token
+///    names a lease the store still holds, and then fail with
+///    [`Error::LeaseLost`](crate::Error::LeaseLost).
+/// 4. A grant reclaims expired leases before it looks for a free credential
+///    and reports them; one that finds no enabled credential fails with
+///    [`Error::NoCredentials`](crate::Error::NoCredentials); one that finds
+///    every credential leased or cooling says when something changes by
+///    itself, if it knows.
+/// 5. Credentials are handed out least recently used first.
+/// 6. [`release`](Leases::release) takes effect even if its future is
+///    dropped after the call returned it: send the request before
+///    returning the future.
+/// 7. A release handed to the store is never lost: one that cannot commit
+///    yet (a write lock held elsewhere, a full disk, a lost connection) is
+///    kept and tried again until it commits or is refused. Its future may
+///    resolve with [`Error::ReleasePending`](crate::Error::ReleasePending)
+///    meanwhile.
+/// 8. Every release's [`Receipt`] is completed once the release is decided,
+///    in the order the store's changes commit, and before the credential it
+///    freed can be granted again.
+/// 9. A zero cool-down is a plain release; the longest durations saturate
+///    rather than overflow.
+///
+/// What the pool does once for every store, and a store need not: a grant
+/// whose caller left is driven to its end and its lease released (see
+/// [`Granting`]); calls made after a cancelled grant, or after a lease was
+/// dropped, see it released (the pool makes them wait for that work when
+/// [`runs_calls_in_order`](Leases::runs_calls_in_order) is false); waiters,
+/// timeouts, close and events.
+pub trait Leases: Send + Sync + 'static {
+    /// What the store was opened with: the pool's name, the default lease
+    /// TTL, and how often waiters poll.
+    fn settings(&self) -> &StoreSettings;
 
-    /// The lease TTL a pool uses when none is configured.
-    fn default_lease_ttl(&self) -> Option<Duration> {
-        None
-    }
-
-    /// How often the first waiter asks the store again, to learn of changes
-    /// made by other processes. `None` for a store that lives in one process.
-    fn poll_interval(&self) -> Option<Duration> {
-        None
+    /// Whether the store runs calls one after another in the order they are
+    /// made (one thread, one lock), so that a call sees every change handed
+    /// to the store before it, releases from `Drop` included. A store that
+    /// runs calls side by side answers false (the default), and the pool
+    /// orders them.
+    fn runs_calls_in_order(&self) -> bool {
+        false
     }
 
     /// Resolves when the store hears that another process freed something
@@ -92,15 +184,11 @@ pub trait Store: Send + Sync + Sized + 'static {
     }
 
     /// Grants a lease on a free credential, if there is one. Reclaims expired
-    /// leases first; returns the ones it reclaimed through `expired`.
+    /// leases first and returns them with the answer.
     ///
     /// Fails with [`Error::NoCredentials`](crate::Error::NoCredentials) when
     /// the pool has no enabled credential.
-    fn grant(
-        &self,
-        ttl: Option<Duration>,
-        expired: &mut Vec<ExpiredLease>,
-    ) -> impl Future<Output = Result<GrantAttempt>> + Send;
+    fn grant(&self, ttl: Option<Duration>) -> Granting;
 
     /// Ends a lease with feedback; returns the credential's name. Completes
     /// `receipt` when the release is decided, whether or not the future is
@@ -118,7 +206,7 @@ pub trait Store: Send + Sync + Sized + 'static {
     ) -> impl Future<Output = Result<Arc<str>>> + Send;
 
     /// Ends a lease without waiting, from `Drop`: no runtime may be there.
-    /// Completes `receipt` as [`release`](Store::release) does.
+    /// Completes `receipt` as [`release`](Leases::release) does.
     fn release_detached(&self, lease: LeaseToken, receipt: Receipt);
 
     /// Extends a lease to now + `ttl` (no expiry with `None`); returns the new expiry.
@@ -127,7 +215,13 @@ pub trait Store: Send + Sync + Sized + 'static {
         lease: LeaseToken,
         ttl: Option<Duration>,
     ) -> impl Future<Output = Result<Option<SystemTime>>> + Send;
+}
 
+/// The administration of a store, and its reads.
+///
+/// Each change is atomic: it happens whole or not at all. Names were
+/// validated by the caller.
+pub trait Admin: Send + Sync + 'static {
     /// Adds credentials, all or nothing; returns how many were added.
     /// The credentials were validated by the caller.
     fn add_many(
@@ -136,17 +230,20 @@ pub trait Store: Send + Sync + Sized + 'static {
         on_duplicate: OnDuplicate,
     ) -> impl Future<Output = Result<usize>> + Send;
 
-    /// Removes a credential; refused while leased unless `force`.
+    /// Removes a credential; refused with [`Error::InUse`](crate::Error::InUse)
+    /// while leased unless `force`, when its holders' later releases fail
+    /// with [`Error::LeaseLost`](crate::Error::LeaseLost).
     fn remove(&self, name: &str, force: bool) -> impl Future<Output = Result<()>> + Send;
 
-    /// Disables a credential (`Some(reason)`) or enables it (`None`).
+    /// Disables a credential (`Some(reason)`) or enables it (`None`). Leases
+    /// that hold it stay valid.
     fn set_disabled(
         &self,
         name: &str,
         reason: Option<String>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Replaces a credential's secret.
+    /// Replaces a credential's secret; leases out keep the old one.
     fn update_secret(&self, name: &str, secret: Secret) -> impl Future<Output = Result<()>> + Send;
 
     /// Every credential, without secrets, in id order.
@@ -158,3 +255,9 @@ pub trait Store: Send + Sync + Sized + 'static {
     /// Counts by state (`waiters` is left at 0: the pool fills it in).
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 }
+
+/// A whole store: the lease path and the administration. Implemented for
+/// every type that implements [`Leases`] and [`Admin`].
+pub trait Store: Leases + Admin + Sized {}
+
+impl<T: Leases + Admin> Store for T {}

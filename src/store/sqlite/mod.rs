@@ -17,13 +17,19 @@
 //!   first, then id), served by an index.
 //! - Leases expire after [`DEFAULT_LEASE_TTL`] unless renewed, so the
 //!   credentials of a killed process come back.
-//! - Cancelling a caller never leaves a lease out: a grant whose caller left
-//!   before the thread reached it is not made, and one whose caller left
-//!   during its transaction is released right after the commit, before the
-//!   thread takes its next batch.
+//! - Reads (`list`, `reveal`, `stats`) run on a connection of their own,
+//!   which in WAL mode never blocks the store thread: a long `list` does
+//!   not hold up grants.
+//! - A grant whose caller left is finished by the pool, which gives its
+//!   lease back; if nobody at all reads a grant's reply, the thread releases
+//!   the lease right after the commit, before it takes its next batch.
 
+mod admin;
+mod jobs;
+mod leases;
+mod reads;
 mod schema;
-mod worker;
+mod writer;
 
 use std::fmt;
 use std::future::Future;
@@ -32,15 +38,19 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::credential::{CredentialInfo, NewCredential, Secret, Stats};
+use crate::credential::{CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
 use crate::error::{Error, Result};
-use crate::lease::{LeaseToken, ReleaseOutcome};
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Receipt, Store};
+use crate::ids::LeaseToken;
+use crate::store::{
+    Admin, GrantAnswer, Granting, Leases, OnDuplicate, Options, Receipt, StoreSettings,
+};
 
+use self::jobs::{Call, GrantJob, ReleaseJob};
+use self::reads::Reader;
 use self::schema::ConnectionOptions;
-use self::worker::{Call, Ctx, Failure, GrantJob, Job, ReleaseJob, Worker};
+use self::writer::{Ctx, Failure, Job, Worker};
 
 pub use self::schema::SCHEMA_VERSION;
 
@@ -62,7 +72,19 @@ pub enum Synchronous {
     Full,
 }
 
-/// Options for opening a [`SqliteStore`].
+/// What only the SQLite store is opened with: the file and how to use it.
+/// Set through [`SqliteOptions`].
+#[derive(Debug, Clone)]
+pub struct Sqlite {
+    path: PathBuf,
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    max_in_flight: usize,
+    create: bool,
+}
+
+/// Options for opening a [`SqliteStore`]: the pool, lease TTL and poll
+/// interval every store takes ([`Options`]), and the file's own below.
 ///
 /// ```no_run
 /// # async fn open() -> Result<(), credpool::Error> {
@@ -74,53 +96,25 @@ pub enum Synchronous {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
-pub struct SqliteOptions {
-    path: PathBuf,
-    pool: String,
-    synchronous: Synchronous,
-    busy_timeout: Duration,
-    lease_ttl: Option<Duration>,
-    poll_interval: Duration,
-    max_in_flight: usize,
-    create: bool,
-}
+pub type SqliteOptions = Options<Sqlite>;
 
-impl SqliteOptions {
-    /// The pool within the file (default `default`).
-    pub fn pool(mut self, name: impl Into<String>) -> Self {
-        self.pool = name.into();
-        self
-    }
-
+impl Options<Sqlite> {
     /// Durability of commits (default [`Synchronous::Normal`]).
     pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
-        self.synchronous = synchronous;
+        self.own.synchronous = synchronous;
         self
     }
 
     /// How long to wait for another process's write lock (default 5 s).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
-        self.busy_timeout = timeout;
-        self
-    }
-
-    /// The lease TTL pools over this store use by default (default 5 minutes).
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = Some(ttl);
-        self
-    }
-
-    /// How often the first waiter polls for other processes' releases (default 25 ms).
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.own.busy_timeout = timeout;
         self
     }
 
     /// How many requests may wait for the store thread at once (default 4096);
     /// callers beyond that wait for room. Releases never wait.
     pub fn max_in_flight(mut self, requests: usize) -> Self {
-        self.max_in_flight = requests.max(1);
+        self.own.max_in_flight = requests.max(1);
         self
     }
 
@@ -129,7 +123,7 @@ impl SqliteOptions {
     /// With `false` it opens only a store that is ready, and refuses the rest
     /// without writing anything: for tools that only read.
     pub fn create(mut self, create: bool) -> Self {
-        self.create = create;
+        self.own.create = create;
         self
     }
 
@@ -140,24 +134,28 @@ impl SqliteOptions {
     /// [`Error::NotAStore`] for a file that is not a credpool store,
     /// [`Error::StoreTooNew`] for a newer schema, [`Error::Io`] for a path
     /// that cannot be created, [`Error::SqliteFile`] for what SQLite
-    /// refuses; each names the path. [`Error::InvalidInput`] for a lease TTL
-    /// below [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL).
+    /// refuses; each names the path. [`Error::InvalidInput`] for a bad pool
+    /// name or a lease TTL below [`MIN_LEASE_TTL`](crate::MIN_LEASE_TTL).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future may leave the file created (or migrated), never
+    /// half made; the store itself is closed.
     pub async fn open(self) -> Result<SqliteStore> {
-        crate::credential::validate_pool_name(&self.pool)?;
-        if let Some(ttl) = self.lease_ttl {
-            crate::credential::validate_lease_ttl(ttl)?;
-        }
+        self.settings.validate()?;
+        let Options { settings, own } = self;
         let (opened, ready) = oneshot::channel();
         let (sender, requests) = mpsc::unbounded_channel();
-        let (path, pool) = (self.path.clone(), self.pool.clone());
-        let busy_timeout = self.busy_timeout;
+        let path = own.path.clone();
+        let pool = settings.pool().to_string();
+        let busy_timeout = own.busy_timeout;
         let connection_options = ConnectionOptions {
-            synchronous_full: self.synchronous == Synchronous::Full,
-            busy_timeout: self.busy_timeout,
-            create: self.create,
+            synchronous_full: own.synchronous == Synchronous::Full,
+            busy_timeout,
+            create: own.create,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("credpool-sqlite-{}", self.pool))
+            .name(format!("credpool-sqlite-{pool}"))
             .spawn(move || match schema::open(&path, &connection_options) {
                 Ok(connection) => {
                     let _ = opened.send(Ok(()));
@@ -168,31 +166,106 @@ impl SqliteOptions {
                 }
             })
             .map_err(|source| Error::Io {
-                path: self.path.clone(),
+                path: own.path.clone(),
                 source,
             })?;
         let opened = ready.await.unwrap_or_else(|_| {
             Err(Error::StoreUnavailable {
                 reason: format!(
                     "the store thread for {} stopped while opening",
-                    self.path.display()
+                    own.path.display()
                 ),
             })
         });
-        if let Err(error) = opened {
-            let _ = thread.join();
-            return Err(error);
-        }
+        let reader = match opened {
+            Ok(()) => Reader::open(&own.path, settings.pool(), busy_timeout).await,
+            Err(error) => Err(error),
+        };
+        let reader = match reader {
+            Ok(reader) => reader,
+            Err(error) => {
+                drop(sender);
+                let _ = thread.join();
+                return Err(error);
+            }
+        };
         Ok(SqliteStore {
-            sender: Some(sender),
-            permits: Arc::new(Semaphore::new(self.max_in_flight)),
+            channel: Channel {
+                sender: Some(sender),
+                permits: Arc::new(Semaphore::new(own.max_in_flight)),
+                path: own.path.into(),
+            },
             thread: Some(thread),
-            path: self.path,
-            pool: self.pool,
-            lease_ttl: self.lease_ttl,
-            poll_interval: self.poll_interval,
-            busy_timeout: self.busy_timeout,
+            reader,
+            settings,
+            busy_timeout,
         })
+    }
+}
+
+/// The way to the store thread: the request channel and its bound.
+struct Channel {
+    sender: Option<mpsc::UnboundedSender<Job>>,
+    permits: Arc<Semaphore>,
+    path: Arc<Path>,
+}
+
+/// A grant's way to the store thread that does not keep the thread alive.
+struct GrantRoute {
+    sender: mpsc::WeakUnboundedSender<Job>,
+    permits: Arc<Semaphore>,
+    path: Arc<Path>,
+}
+
+fn unavailable(path: &Path) -> Error {
+    Error::StoreUnavailable {
+        reason: format!(
+            "the store thread for {} has stopped (it failed or the store is closing)",
+            path.display()
+        ),
+    }
+}
+
+impl Channel {
+    fn send(&self, job: Job) -> Result<()> {
+        match &self.sender {
+            Some(sender) => sender.send(job).map_err(|_| unavailable(&self.path)),
+            None => Err(unavailable(&self.path)),
+        }
+    }
+
+    /// Waits for room among the requests in flight (the channel's bound).
+    /// Takes a permit without waiting when one is free; only the wait is a
+    /// boxed future, so a caller's future does not carry the semaphore's.
+    async fn room(permits: &Arc<Semaphore>, path: &Path) -> Result<OwnedSemaphorePermit> {
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => Ok(permit),
+            Err(TryAcquireError::Closed) => Err(unavailable(path)),
+            Err(TryAcquireError::NoPermits) => Box::pin(permits.clone().acquire_owned())
+                .await
+                .map_err(|_| unavailable(path)),
+        }
+    }
+
+    fn grant_route(&self) -> Option<GrantRoute> {
+        Some(GrantRoute {
+            sender: self.sender.as_ref()?.downgrade(),
+            permits: self.permits.clone(),
+            path: self.path.clone(),
+        })
+    }
+}
+
+impl GrantRoute {
+    async fn grant(self, ttl: Option<Duration>) -> Result<GrantAnswer> {
+        let permit = Channel::room(&self.permits, &self.path).await?;
+        let (reply, answer) = oneshot::channel();
+        let sender = self.sender.upgrade().ok_or_else(|| unavailable(&self.path))?;
+        sender
+            .send(GrantJob::job(ttl, reply, permit))
+            .map_err(|_| unavailable(&self.path))?;
+        drop(sender);
+        answer.await.map_err(|_| unavailable(&self.path))?
     }
 }
 
@@ -212,22 +285,19 @@ impl SqliteOptions {
 /// # Ok(()) }
 /// ```
 pub struct SqliteStore {
-    sender: Option<mpsc::UnboundedSender<Box<dyn Job>>>,
-    permits: Arc<Semaphore>,
+    channel: Channel,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
-    pool: String,
-    lease_ttl: Option<Duration>,
-    poll_interval: Duration,
+    reader: Reader,
+    settings: StoreSettings,
     busy_timeout: Duration,
 }
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .field("pool", &self.pool)
-            .field("lease_ttl", &self.lease_ttl)
+            .field("path", &self.channel.path)
+            .field("pool", &self.settings.pool())
+            .field("lease_ttl", &self.settings.lease_ttl())
             .finish()
     }
 }
@@ -235,64 +305,43 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Options for the store at `path`.
     pub fn options(path: impl Into<PathBuf>) -> SqliteOptions {
-        SqliteOptions {
-            path: path.into(),
-            pool: "default".into(),
-            synchronous: Synchronous::Normal,
-            busy_timeout: DEFAULT_BUSY_TIMEOUT,
-            lease_ttl: Some(DEFAULT_LEASE_TTL),
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            max_in_flight: 4096,
-            create: true,
-        }
+        let settings = StoreSettings::new("default")
+            .with_lease_ttl(Some(DEFAULT_LEASE_TTL))
+            .with_poll_interval(Some(DEFAULT_POLL_INTERVAL));
+        Options::new(
+            settings,
+            Sqlite {
+                path: path.into(),
+                synchronous: Synchronous::Normal,
+                busy_timeout: DEFAULT_BUSY_TIMEOUT,
+                max_in_flight: 4096,
+                create: true,
+            },
+        )
     }
 
     /// Opens the pool `default` in the file at `path`, creating the file if missing.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`SqliteOptions::open`].
     pub async fn open(path: impl Into<PathBuf>) -> Result<Self> {
         Self::options(path).open().await
     }
 
     /// Opens a store from a `sqlite://PATH` URL (`sqlite:///absolute/path.db`
     /// or `sqlite://relative.db`), or from a plain path.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`SqliteOptions::open`].
     pub async fn open_url(url: &str) -> Result<Self> {
         Self::options(path_from_url(url)?).open().await
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn unavailable(&self) -> Error {
-        Error::StoreUnavailable {
-            reason: format!(
-                "the store thread for {} has stopped (it failed or the store is closing)",
-                self.path.display()
-            ),
-        }
-    }
-
-    fn send(&self, job: Box<dyn Job>) -> Result<()> {
-        match &self.sender {
-            Some(sender) => sender.send(job).map_err(|_| self.unavailable()),
-            None => Err(self.unavailable()),
-        }
-    }
-
-    /// Waits for room among the requests in flight (the channel's bound).
-    /// Takes a permit without waiting when one is free; only the wait is a
-    /// boxed future, so a caller's future (a waiting task's, say) does not
-    /// carry the semaphore's for its whole life.
-    async fn room(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(tokio::sync::TryAcquireError::Closed) => Err(self.unavailable()),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                Box::pin(self.permits.clone().acquire_owned())
-                    .await
-                    .map_err(|_| self.unavailable())
-            }
-        }
+        &self.channel.path
     }
 
     /// Runs `work` on the store thread, inside its batch transaction.
@@ -301,13 +350,24 @@ impl SqliteStore {
         T: Send + 'static,
         W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
     {
-        let permit = self.room().await?;
+        let permit = Channel::room(&self.channel.permits, &self.channel.path).await?;
         let (reply, answer) = oneshot::channel();
-        self.send(Call::boxed(work, Some(reply), Some(permit)))?;
-        answer.await.map_err(|_| self.unavailable())?
+        self.channel.send(Call::job(work, reply, permit))?;
+        answer.await.map_err(|_| unavailable(&self.channel.path))?
+    }
+
+    /// Waits until the store thread has committed every request sent
+    /// before this one (the releases of dropped leases among them) and
+    /// reclaimed expired leases, so that a read on the reader sees them.
+    /// Costs one trip through the thread, batched with other requests; the
+    /// read itself then runs beside the thread.
+    async fn settle_for_read(&self) -> Result<()> {
+        // Every batch reclaims before it runs its requests.
+        self.call(|_ctx| Ok(())).await
     }
 
     /// Makes the store thread panic, to test that callers get an error.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn panic_store_thread_for_tests(&self) -> Result<()> {
         self.call(|_ctx| -> std::result::Result<(), Failure> {
@@ -318,6 +378,7 @@ impl SqliteStore {
 
     /// Keeps the store thread busy for `pause` inside its transaction, to
     /// test what happens to the requests batched with this one.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub async fn stall_store_thread_for_tests(&self, pause: Duration) -> Result<()> {
         self.call(move |_ctx| -> std::result::Result<(), Failure> {
@@ -332,39 +393,15 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         // The thread finishes what is queued (releases of dropped leases
         // included), then stops.
-        self.sender.take();
+        self.channel.sender.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// A grant on its way back. If the caller leaves before reading it, a lease
-/// already granted is released, and one not yet sent is refused so the
-/// store thread releases it.
-struct PendingGrant<'a> {
-    answer: oneshot::Receiver<Result<(GrantAttempt, Vec<ExpiredLease>)>>,
-    store: &'a SqliteStore,
-}
-
-impl Drop for PendingGrant<'_> {
-    fn drop(&mut self) {
-        self.answer.close();
-        if let Ok(Ok((GrantAttempt::Granted(grant), _))) = self.answer.try_recv() {
-            // No pool counted this lease: nothing to tell one.
-            let _ = self.store.send(ReleaseJob::boxed(
-                grant.token(),
-                ReleaseOutcome::Success,
-                None,
-                None,
-                self.store.busy_timeout,
-            ));
-        }
-    }
-}
-
 /// The path in a `sqlite://` URL, or the argument itself when it is a plain path.
-pub fn path_from_url(url: &str) -> Result<PathBuf> {
+pub(crate) fn path_from_url(url: &str) -> Result<PathBuf> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -380,41 +417,21 @@ pub fn path_from_url(url: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-impl Store for SqliteStore {
-    fn pool_name(&self) -> &str {
-        &self.pool
+impl Leases for SqliteStore {
+    fn settings(&self) -> &StoreSettings {
+        &self.settings
     }
 
-    fn default_lease_ttl(&self) -> Option<Duration> {
-        self.lease_ttl
+    fn runs_calls_in_order(&self) -> bool {
+        // One thread serves the requests in the order they were sent.
+        true
     }
 
-    fn poll_interval(&self) -> Option<Duration> {
-        Some(self.poll_interval)
-    }
-
-    fn grant(
-        &self,
-        ttl: Option<Duration>,
-        expired: &mut Vec<ExpiredLease>,
-    ) -> impl Future<Output = Result<GrantAttempt>> + Send {
-        // Boxed: every task waiting in `Pool::acquire` carries the future of
-        // its first attempt inline, so its size is paid per waiter. One
-        // allocation is nothing next to a trip to the store thread.
-        Box::pin(async move {
-            let permit = self.room().await?;
-            let (reply, answer) = oneshot::channel();
-            self.send(GrantJob::boxed(ttl, reply, permit))?;
-            let mut pending = PendingGrant {
-                answer,
-                store: self,
-            };
-            let (attempt, reclaimed) = (&mut pending.answer)
-                .await
-                .map_err(|_| self.unavailable())??;
-            expired.extend(reclaimed);
-            Ok(attempt)
-        })
+    fn grant(&self, ttl: Option<Duration>) -> Granting {
+        match self.channel.grant_route() {
+            Some(route) => Granting::Later(Box::pin(route.grant(ttl))),
+            None => Granting::Now(Err(unavailable(&self.channel.path))),
+        }
     }
 
     fn release(
@@ -425,14 +442,14 @@ impl Store for SqliteStore {
     ) -> impl Future<Output = Result<Arc<str>>> + Send {
         // Sent now, not when first polled: dropping the future cannot undo it.
         let (reply, answer) = oneshot::channel();
-        let sent = self.send(ReleaseJob::boxed(
+        let sent = self.channel.send(ReleaseJob::job(
             lease,
             outcome,
             Some(reply),
-            Some(receipt),
+            receipt,
             self.busy_timeout,
         ));
-        let unavailable = self.unavailable();
+        let unavailable = unavailable(&self.channel.path);
         async move {
             sent?;
             answer.await.map_err(|_| unavailable)?
@@ -442,55 +459,59 @@ impl Store for SqliteStore {
     fn release_detached(&self, lease: LeaseToken, receipt: Receipt) {
         // Without a thread to take it (the job and its receipt are dropped),
         // the lease comes back when it expires.
-        let _ = self.send(ReleaseJob::boxed(
+        let _ = self.channel.send(ReleaseJob::job(
             lease,
             ReleaseOutcome::Success,
             None,
-            Some(receipt),
+            receipt,
             self.busy_timeout,
         ));
     }
 
     async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
-        self.call(move |ctx| worker::renew(ctx, lease, ttl)).await
+        self.call(move |ctx| leases::renew(ctx, lease, ttl)).await
     }
+}
 
+impl Admin for SqliteStore {
     async fn add_many(
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
     ) -> Result<usize> {
-        self.call(move |ctx| worker::add_many(ctx, &credentials, on_duplicate))
+        self.call(move |ctx| admin::add_many(ctx, &credentials, on_duplicate))
             .await
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
         let name = name.to_string();
-        self.call(move |ctx| worker::remove(ctx, &name, force))
-            .await
+        self.call(move |ctx| admin::remove(ctx, &name, force)).await
     }
 
     async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {
         let name = name.to_string();
-        self.call(move |ctx| worker::set_disabled(ctx, &name, reason.as_deref()))
+        self.call(move |ctx| admin::set_disabled(ctx, &name, reason.as_deref()))
             .await
     }
 
     async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
         let name = name.to_string();
-        self.call(move |ctx| worker::update_secret(ctx, &name, &secret))
+        self.call(move |ctx| admin::update_secret(ctx, &name, &secret))
             .await
     }
 
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
-        self.call(worker::list).await
+        self.settle_for_read().await?;
+        self.reader.list().await
     }
 
     async fn reveal(&self) -> Result<Vec<NewCredential>> {
-        self.call(worker::reveal).await
+        self.settle_for_read().await?;
+        self.reader.reveal().await
     }
 
     async fn stats(&self) -> Result<Stats> {
-        self.call(worker::stats).await
+        self.settle_for_read().await?;
+        self.reader.stats().await
     }
 }

@@ -168,7 +168,7 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
 /// The path as SQLite must be given it to take it as a path: the bundled
 /// SQLite reads any file name that begins with `file:` as a URI, whatever
 /// the open flags say, so a relative path is given as `./PATH`.
-fn plain_path(path: &Path) -> std::path::PathBuf {
+pub(crate) fn plain_path(path: &Path) -> std::path::PathBuf {
     if path.is_relative() {
         Path::new(".").join(path)
     } else {
@@ -534,5 +534,22 @@ pub(crate) fn hint(code: Option<rusqlite::ErrorCode>) -> Option<&'static str> {
         ErrorCode::DiskFull => Some("the disk is full: free some space"),
         ErrorCode::PermissionDenied => Some("this user may not read or write the file"),
         _ => None,
+    }
+}
+
+/// An id read from the file, which must not be negative.
+pub(crate) fn unsigned(value: i64) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, value))
+}
+
+/// A failed transaction as the caller hears it: where, what, and what to do.
+pub(crate) fn transaction_error(path: &Path, error: &rusqlite::Error) -> Error {
+    let reason = match hint(error.sqlite_error_code()) {
+        Some(hint) => format!("{error}: {hint}"),
+        None => error.to_string(),
+    };
+    Error::Transaction {
+        location: path.display().to_string(),
+        reason,
     }
 }

@@ -1,4 +1,5 @@
-//! The pool: waiting, fairness, timeouts, close and events, once for every store.
+//! The pool: waiting, fairness, timeouts, close, events, and what happens
+//! to a cancelled caller's work, once for every store.
 
 use std::fmt;
 use std::future::Future;
@@ -10,13 +11,27 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::books::{Books, Receipt};
-use crate::credential::{validate_name, CredentialInfo, NewCredential, Secret, Stats};
+use crate::credential::{
+    validate_name, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats,
+};
 use crate::error::{Error, Result};
-use crate::events::{Event, Events};
-use crate::lease::{Grant, Lease, LeaseToken, ReleaseOutcome};
+use crate::ids::LeaseToken;
 use crate::store::memory::MemoryStore;
-use crate::store::{ExpiredLease, GrantAttempt, OnDuplicate, Store};
+use crate::store::{
+    ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnDuplicate, Store,
+};
+
+use self::books::Books;
+use self::events::{Event, Events};
+use self::lease::Lease;
+use self::ticket::GrantTicket;
+use self::wait::WaitQueue;
+
+mod books;
+pub(crate) mod events;
+pub(crate) mod lease;
+mod ticket;
+mod wait;
 
 /// How many events a slow subscriber may fall behind before it lags.
 const DEFAULT_EVENT_CAPACITY: usize = 1024;
@@ -49,6 +64,9 @@ struct Shared<S> {
     store: S,
     lease_ttl: Option<Duration>,
     poll_interval: Option<Duration>,
+    /// Whether the store runs calls in order by itself (see
+    /// [`Leases::runs_calls_in_order`](crate::store::Leases::runs_calls_in_order)).
+    in_order: bool,
     closed: AtomicBool,
     /// Leases out, the waiting line and events, shared with the receipts of
     /// releases the store has not decided yet.
@@ -126,20 +144,19 @@ impl<S: Store> PoolBuilder<S> {
 
     /// Builds the pool.
     pub fn build(self) -> Pool<S> {
-        let lease_ttl = self
-            .lease_ttl
-            .unwrap_or_else(|| self.store.default_lease_ttl());
-        let poll_interval = self
-            .store
+        let settings = self.store.settings();
+        let lease_ttl = self.lease_ttl.unwrap_or(settings.lease_ttl());
+        let poll_interval = settings
             .poll_interval()
             .map(|default| self.poll_interval.unwrap_or(default));
         let books = Arc::new(Books::new(
-            self.store.pool_name(),
+            settings.pool(),
             poll_interval.is_some(),
             self.event_capacity,
         ));
         Pool {
             shared: Arc::new(Shared {
+                in_order: self.store.runs_calls_in_order(),
                 store: self.store,
                 lease_ttl,
                 poll_interval,
@@ -187,7 +204,7 @@ impl<S: Store> Pool<S> {
 
     /// The pool's name within its store.
     pub fn name(&self) -> &str {
-        self.shared.store.pool_name()
+        self.shared.store.settings().pool()
     }
 
     /// The lease TTL, if leases expire.
@@ -332,24 +349,38 @@ impl<S: Store> Pool<S> {
                 .unwrap_or(Duration::ZERO)
         });
         let poll = self.shared.poll_interval.map(|every| now + every);
-        match (change, poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        crate::time::earliest(change, poll)
     }
 
     async fn attempt(&self) -> Result<GrantAttempt> {
-        let mut expired = Vec::new();
-        let attempt = self
-            .shared
-            .store
-            .grant(self.shared.lease_ttl, &mut expired)
-            .await;
+        let shared = &self.shared;
+        if !shared.in_order {
+            // A grant sees the releases of leases dropped before it.
+            let releases = &shared.books.releases;
+            releases.finished_before(releases.mark()).await;
+        }
+        let answer = match shared.store.grant(shared.lease_ttl) {
+            Granting::Now(answer) => answer,
+            Granting::Later(future) => GrantTicket::new(self, future).await,
+        };
+        let GrantAnswer { attempt, expired } = answer?;
         self.report_expired(expired);
-        attempt
+        Ok(attempt)
     }
 
-    fn report_expired(&self, expired: Vec<ExpiredLease>) {
+    /// Waits for the work that callers who left handed to the store before
+    /// this call (the grants of cancelled acquires, the releases of dropped
+    /// leases), so that this call sees its effect.
+    async fn after_earlier_work(&self) {
+        let books = &self.shared.books;
+        books.orphans.finished_before(books.orphans.mark()).await;
+        if !self.shared.in_order {
+            // Marked now, to take in the releases of those orphans too.
+            books.releases.finished_before(books.releases.mark()).await;
+        }
+    }
+
+    pub(crate) fn report_expired(&self, expired: Vec<ExpiredLease>) {
         for ExpiredLease { name, lease_id } in expired {
             tracing::info!(pool = self.name(), credential = %name, lease_id = %lease_id, "lease expired and was reclaimed");
             if self.shared.books.events.wanted() {
@@ -392,7 +423,7 @@ impl<S: Store> Pool<S> {
         outcome: ReleaseOutcome,
         counted: bool,
     ) -> Result<()> {
-        let receipt = Receipt::new(self.shared.books.clone(), token, counted, &outcome);
+        let receipt = self.shared.books.receipt(token, counted, &outcome);
         self.shared
             .store
             .release(token, outcome, receipt)
@@ -402,13 +433,14 @@ impl<S: Store> Pool<S> {
 
     pub(crate) fn release_dropped(&self, grant: &Grant) {
         let token = grant.token();
-        let receipt = Receipt::new(
-            self.shared.books.clone(),
-            token,
-            true,
-            &ReleaseOutcome::Success,
-        );
-        self.shared.store.release_detached(token, receipt);
+        let books = &self.shared.books;
+        let receipt = books.receipt(token, true, &ReleaseOutcome::Success);
+        // On a store that runs calls side by side, later calls wait for
+        // this release's first attempt.
+        let work = (!self.shared.in_order).then(|| books.releases.begin());
+        self.shared
+            .store
+            .release_detached(token, receipt.with_work(work));
     }
 
     pub(crate) async fn renew_grant(
@@ -417,6 +449,7 @@ impl<S: Store> Pool<S> {
         ttl: Option<Duration>,
     ) -> Result<Option<SystemTime>> {
         self.check_ttl(ttl)?;
+        self.after_earlier_work().await;
         self.shared.store.renew(grant.token(), ttl).await
     }
 
@@ -508,6 +541,7 @@ impl<S: Store> Pool<S> {
             .events
             .wanted()
             .then(|| credentials.iter().map(|c| Arc::from(c.name())).collect());
+        self.after_earlier_work().await;
         let added = self
             .shared
             .store
@@ -534,6 +568,7 @@ impl<S: Store> Pool<S> {
 
     async fn remove_with(&self, name: &str, force: bool) -> Result<()> {
         validate_name(name)?;
+        self.after_earlier_work().await;
         self.shared.store.remove(name, force).await?;
         tracing::info!(
             pool = self.name(),
@@ -557,6 +592,7 @@ impl<S: Store> Pool<S> {
     pub async fn disable(&self, name: &str, reason: impl Into<String>) -> Result<()> {
         validate_name(name)?;
         let reason = reason.into();
+        self.after_earlier_work().await;
         self.shared
             .store
             .set_disabled(name, Some(reason.clone()))
@@ -575,6 +611,7 @@ impl<S: Store> Pool<S> {
     /// Enables a disabled credential.
     pub async fn enable(&self, name: &str) -> Result<()> {
         validate_name(name)?;
+        self.after_earlier_work().await;
         self.shared.store.set_disabled(name, None).await?;
         tracing::info!(pool = self.name(), credential = name, "credential enabled");
         self.shared.books.waiters.wake_in_turn();
@@ -592,22 +629,26 @@ impl<S: Store> Pool<S> {
         validate_name(name)?;
         let secret = secret.into();
         NewCredential::new(name, secret.clone()).validate()?;
+        self.after_earlier_work().await;
         self.shared.store.update_secret(name, secret).await
     }
 
     /// Every credential, without secrets.
     pub async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        self.after_earlier_work().await;
         self.shared.store.list().await
     }
 
     /// Every credential with its secret and extra text, for an operator who
     /// asked for them (`credpool list --show-secrets`) or for an export.
     pub async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        self.after_earlier_work().await;
         self.shared.store.reveal().await
     }
 
     /// Counts by state, and the tasks of this process waiting.
     pub async fn stats(&self) -> Result<Stats> {
+        self.after_earlier_work().await;
         let mut stats = self.shared.store.stats().await?;
         stats.waiters = self.shared.books.waiters.len() as u64;
         Ok(stats)
@@ -668,12 +709,12 @@ impl<S: Store> Pool<S> {
 
 /// Passes a relay on (see [`WaitQueue::wake_in_turn`]) when dropped armed.
 struct RelayOnDrop<'a> {
-    queue: &'a crate::wait::WaitQueue,
+    queue: &'a WaitQueue,
     armed: bool,
 }
 
 impl<'a> RelayOnDrop<'a> {
-    fn new(queue: &'a crate::wait::WaitQueue, armed: bool) -> Self {
+    fn new(queue: &'a WaitQueue, armed: bool) -> Self {
         Self { queue, armed }
     }
 

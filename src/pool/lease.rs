@@ -1,108 +1,13 @@
-//! The lease guard and the values that identify and end a lease.
+//! The lease guard: a credential held, given back when dropped.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::credential::{Credential, CredentialId};
+use crate::credential::{Credential, ReleaseOutcome};
 use crate::error::Result;
+use crate::ids::{LeaseId, LeaseToken};
 use crate::pool::Pool;
-use crate::store::Store;
-
-/// A lease's fencing token: unique within its store, and larger for every
-/// later grant, so a stale holder can always be told from the current one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LeaseId(u64);
-
-impl LeaseId {
-    /// Wraps a raw id, e.g. one sent by another process.
-    pub const fn new(raw: u64) -> Self {
-        Self(raw)
-    }
-
-    /// The raw id.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// How a lease ends: the holder's feedback about the credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReleaseOutcome {
-    /// The credential worked; hand it out again.
-    Success,
-    /// Rate limited: do not hand it out again before this much time has passed.
-    CoolDown(Duration),
-    /// Banned or invalid: do not hand it out until an operator enables it.
-    Disable(String),
-}
-
-impl ReleaseOutcome {
-    /// A short word for logs and events: `success`, `cool-down`, `disable`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ReleaseOutcome::Success => "success",
-            ReleaseOutcome::CoolDown(_) => "cool-down",
-            ReleaseOutcome::Disable(_) => "disable",
-        }
-    }
-}
-
-/// What a store granted: the credential and the lease's identity and times.
-#[derive(Debug, Clone)]
-pub struct Grant {
-    /// The credential leased.
-    pub credential: Credential,
-    /// The lease's fencing token.
-    pub lease_id: LeaseId,
-    /// When the store granted it.
-    pub acquired_at: SystemTime,
-    /// When it expires; `None` without a TTL.
-    pub expires_at: Option<SystemTime>,
-}
-
-impl Grant {
-    /// The token that names this lease to its store.
-    pub fn token(&self) -> LeaseToken {
-        LeaseToken::new(self.credential.id(), self.lease_id)
-    }
-}
-
-/// A lease named by value, without the guard: what a lease becomes with
-/// [`Lease::into_token`], or what another process sends to have a lease released.
-///
-/// A store refuses a token for a lease it does not hold (fencing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LeaseToken {
-    credential_id: CredentialId,
-    lease_id: LeaseId,
-}
-
-impl LeaseToken {
-    /// A token for the given credential and lease.
-    pub const fn new(credential_id: CredentialId, lease_id: LeaseId) -> Self {
-        Self {
-            credential_id,
-            lease_id,
-        }
-    }
-
-    /// The credential's id.
-    pub const fn credential_id(&self) -> CredentialId {
-        self.credential_id
-    }
-
-    /// The lease's id.
-    pub const fn lease_id(&self) -> LeaseId {
-        self.lease_id
-    }
-}
+use crate::store::{Grant, Store};
 
 /// Proof of use of one credential: an RAII guard.
 ///

@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::lease::{LeaseId, ReleaseOutcome};
+use crate::credential::ReleaseOutcome;
+use crate::ids::LeaseId;
 
-pub use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::RecvError;
 
 /// One thing that happened in a pool. Names only, never secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ pub enum Event {
 /// A subscription to a pool's events, from [`Pool::subscribe`](crate::Pool::subscribe).
 ///
 /// Events of this process only. A subscriber that falls more than the
-/// channel's capacity behind gets [`RecvError::Lagged`] and goes on.
+/// channel's capacity behind gets tokio's [`RecvError::Lagged`] and goes on.
 #[derive(Debug)]
 pub struct Events {
     receiver: broadcast::Receiver<Event>,

@@ -1,0 +1,129 @@
+//! The administration in SQL: add, remove, disable and enable, new secrets.
+
+use rusqlite::{params, OptionalExtension};
+
+use crate::credential::{NewCredential, Secret};
+use crate::error::Error;
+use crate::store::OnDuplicate;
+
+use super::writer::{Ctx, Failure};
+
+pub(crate) fn add_many(
+    ctx: &mut Ctx<'_>,
+    credentials: &[NewCredential],
+    on_duplicate: OnDuplicate,
+) -> std::result::Result<usize, Failure> {
+    let connection = ctx.connection;
+    connection.execute_batch("SAVEPOINT add_many")?;
+    let result = (|| -> std::result::Result<usize, Failure> {
+        let sql = match on_duplicate {
+            OnDuplicate::Fail => {
+                "INSERT INTO credentials (pool, name, secret, extra, capacity, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+            OnDuplicate::Skip => {
+                "INSERT OR IGNORE INTO credentials (pool, name, secret, extra, capacity, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            }
+        };
+        let mut insert = connection.prepare_cached(sql)?;
+        let mut added = 0;
+        for (index, credential) in credentials.iter().enumerate() {
+            let inserted = insert.execute(params![
+                ctx.pool,
+                credential.name,
+                credential.secret.expose(),
+                credential.extra,
+                credential.capacity,
+                ctx.now
+            ]);
+            match inserted {
+                Ok(count) => added += count,
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                {
+                    return Err(Failure::Refused(Error::DuplicateName {
+                        name: credential.name.clone(),
+                        pool: ctx.pool.to_string(),
+                        entry: Some(index),
+                    }));
+                }
+                Err(error) => return Err(Failure::Sql(error)),
+            }
+        }
+        Ok(added)
+    })();
+    match &result {
+        Ok(_) => connection.execute_batch("RELEASE add_many")?,
+        Err(_) => connection.execute_batch("ROLLBACK TO add_many; RELEASE add_many")?,
+    }
+    result
+}
+
+fn credential_id_by_name(ctx: &Ctx<'_>, name: &str) -> std::result::Result<(i64, u32), Failure> {
+    ctx.connection
+        .prepare_cached("SELECT id, holders FROM credentials WHERE pool = ?1 AND name = ?2")?
+        .query_row(params![ctx.pool, name], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| Failure::Refused(unknown(ctx, name)))
+}
+
+fn unknown(ctx: &Ctx<'_>, name: &str) -> Error {
+    Error::UnknownCredential {
+        name: name.to_string(),
+        pool: ctx.pool.to_string(),
+    }
+}
+
+pub(crate) fn remove(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    force: bool,
+) -> std::result::Result<(), Failure> {
+    let (id, holders) = credential_id_by_name(ctx, name)?;
+    if holders > 0 && !force {
+        return Err(Failure::Refused(Error::InUse {
+            name: name.to_string(),
+            holders,
+        }));
+    }
+    ctx.connection
+        .prepare_cached("DELETE FROM credentials WHERE id = ?1")?
+        .execute([id])?;
+    Ok(())
+}
+
+pub(crate) fn set_disabled(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    reason: Option<&str>,
+) -> std::result::Result<(), Failure> {
+    let changed = ctx
+        .connection
+        .prepare_cached(
+            "UPDATE credentials SET disabled_reason = ?3 WHERE pool = ?1 AND name = ?2",
+        )?
+        .execute(params![ctx.pool, name, reason])?;
+    if changed == 0 {
+        return Err(Failure::Refused(unknown(ctx, name)));
+    }
+    Ok(())
+}
+
+pub(crate) fn update_secret(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    secret: &Secret,
+) -> std::result::Result<(), Failure> {
+    let changed = ctx
+        .connection
+        .prepare_cached("UPDATE credentials SET secret = ?3 WHERE pool = ?1 AND name = ?2")?
+        .execute(params![ctx.pool, name, secret.expose()])?;
+    if changed == 0 {
+        return Err(Failure::Refused(unknown(ctx, name)));
+    }
+    Ok(())
+}
+

@@ -1,0 +1,272 @@
+//! The requests the store thread serves: a grant, a release, any other call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::credential::ReleaseOutcome;
+use crate::error::{Error, Result};
+use crate::ids::LeaseToken;
+use crate::store::{GrantAnswer, GrantAttempt, Receipt};
+use crate::time::{from_ms, to_ms};
+
+use super::leases;
+use super::writer::{Ctx, Failure, Job};
+
+/// A call other than a grant or a release, type-erased.
+pub(crate) trait CallJob: Send {
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()>;
+    fn fail(&mut self, error: Error);
+    fn finish(self: Box<Self>);
+}
+
+/// A job that runs `work` and sends its result to `reply`.
+pub(crate) struct Call<T, W> {
+    work: W,
+    reply: oneshot::Sender<Result<T>>,
+    result: Option<Result<T>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T, W> Call<T, W>
+where
+    T: Send + 'static,
+    W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
+{
+    pub(crate) fn job(
+        work: W,
+        reply: oneshot::Sender<Result<T>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Job {
+        Job::Call(Box::new(Self {
+            work,
+            reply,
+            result: None,
+            _permit: permit,
+        }))
+    }
+}
+
+impl<T, W> CallJob for Call<T, W>
+where
+    T: Send + 'static,
+    W: FnMut(&mut Ctx<'_>) -> std::result::Result<T, Failure> + Send + 'static,
+{
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        match (self.work)(ctx) {
+            Ok(value) => self.result = Some(Ok(value)),
+            Err(Failure::Refused(error)) => self.result = Some(Err(error)),
+            Err(Failure::Sql(error)) => return Err(error),
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.result = Some(Err(error));
+    }
+
+    fn finish(self: Box<Self>) {
+        if let Some(result) = self.result {
+            let _ = self.reply.send(result);
+        }
+    }
+}
+
+/// A release. It is never lost: when its transaction fails it is tried
+/// again, until it commits or is refused (the lease is not held). The
+/// caller hears the outcome, or, once it has failed for `patience`, that it
+/// is still pending; the receipt is completed when it is decided.
+pub(crate) struct ReleaseJob {
+    lease: LeaseToken,
+    outcome: ReleaseOutcome,
+    reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+    receipt: Option<Receipt>,
+    result: Option<Result<Arc<str>>>,
+    failed: Option<Error>,
+    first_failure: Option<Instant>,
+    patience: Duration,
+}
+
+impl ReleaseJob {
+    /// A release whose caller may wait for `reply`; its receipt is
+    /// completed when it is decided.
+    pub(crate) fn job(
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+        reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+        receipt: Receipt,
+        patience: Duration,
+    ) -> Job {
+        Job::Release(Box::new(Self {
+            lease,
+            outcome,
+            reply,
+            receipt: Some(receipt),
+            result: None,
+            failed: None,
+            first_failure: None,
+            patience,
+        }))
+    }
+
+    /// The release of a lease granted to a caller that left before the
+    /// reply came: no one waits for it, and no pool counted it.
+    pub(crate) fn unclaimed(lease: LeaseToken) -> Self {
+        Self {
+            lease,
+            outcome: ReleaseOutcome::Success,
+            reply: None,
+            receipt: None,
+            result: None,
+            failed: None,
+            first_failure: None,
+            patience: Duration::ZERO,
+        }
+    }
+
+    fn pending(&self, error: &Error) -> Error {
+        let (location, reason) = match error {
+            Error::Transaction { location, reason } => (location.clone(), reason.clone()),
+            other => (String::from("the SQLite store"), other.to_string()),
+        };
+        Error::ReleasePending {
+            location,
+            lease_id: self.lease.lease_id(),
+            reason,
+        }
+    }
+}
+
+impl ReleaseJob {
+    pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        self.failed = None;
+        self.result = Some(match leases::release(ctx, self.lease, &self.outcome) {
+            Ok(name) => Ok(name),
+            Err(Failure::Refused(error)) => Err(error),
+            Err(Failure::Sql(error)) => return Err(error),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn fail(&mut self, error: Error, transient: bool) {
+        if transient {
+            self.result = None;
+            self.failed = Some(error);
+            // Calls made from now on need not wait for this release.
+            if let Some(receipt) = self.receipt.as_mut() {
+                receipt.retrying();
+            }
+        } else {
+            // Trying again cannot help: the caller hears the error, and the
+            // lease comes back when it expires.
+            tracing::warn!(lease_id = %self.lease.lease_id(), %error, "a release failed for good; the lease comes back when it expires");
+            self.failed = None;
+            self.result = Some(Err(error));
+            self.receipt.take();
+        }
+    }
+
+    /// Replies and completes the receipt; returns the job when it must be
+    /// tried again.
+    pub(crate) fn finish(mut self: Box<Self>) -> Option<Box<Self>> {
+        if let Some(error) = self.failed.take() {
+            let first = *self.first_failure.get_or_insert_with(Instant::now);
+            if first.elapsed() >= self.patience {
+                if let Some(reply) = self.reply.take() {
+                    let _ = reply.send(Err(self.pending(&error)));
+                }
+            }
+            tracing::warn!(lease_id = %self.lease.lease_id(), %error, "a release could not be committed; trying again");
+            return Some(self);
+        }
+        let Some(result) = self.result.take() else {
+            return Some(self);
+        };
+        if let Some(receipt) = self.receipt.take() {
+            match &result {
+                Ok(name) => receipt.released(name),
+                Err(_) => receipt.refused(),
+            }
+        }
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+        None
+    }
+}
+
+/// A grant: like [`Call`], but a lease whose caller is gone comes back.
+pub(crate) struct GrantJob {
+    ttl: Option<Duration>,
+    reply: Option<oneshot::Sender<Result<GrantAnswer>>>,
+    result: Option<Result<GrantAnswer>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl GrantJob {
+    pub(crate) fn job(
+        ttl: Option<Duration>,
+        reply: oneshot::Sender<Result<GrantAnswer>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Job {
+        Job::Grant(Self {
+            ttl,
+            reply: Some(reply),
+            result: None,
+            _permit: permit,
+        })
+    }
+
+    pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        // A caller that left before its turn gets nothing: requests it sent
+        // later may be in this very batch, and must not see a lease it holds.
+        if self.reply.as_ref().is_none_or(oneshot::Sender::is_closed) {
+            return Ok(());
+        }
+        let expired = std::mem::take(&mut ctx.expired);
+        self.result = Some(match leases::grant(ctx, self.ttl) {
+            Ok(attempt) => Ok(GrantAnswer { attempt, expired }),
+            Err(Failure::Refused(error)) => Err(error),
+            Err(Failure::Sql(error)) => return Err(error),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn fail(&mut self, error: Error) {
+        self.result = Some(Err(error));
+    }
+
+    /// Replies; returns the lease when nobody took the reply.
+    pub(crate) fn finish(self) -> Option<LeaseToken> {
+        let (Some(reply), Some(result)) = (self.reply, self.result) else {
+            return None;
+        };
+        match reply.send(result) {
+            Ok(()) => None,
+            Err(Ok(GrantAnswer {
+                attempt: GrantAttempt::Granted(grant),
+                ..
+            })) => Some(grant.token()),
+            Err(_) => None,
+        }
+    }
+
+    /// When the store expects a change, for a grant that found nothing free.
+    pub(crate) fn busy_until(&self) -> Option<Option<i64>> {
+        match &self.result {
+            Some(Ok(GrantAnswer {
+                attempt: GrantAttempt::Busy { retry_at },
+                ..
+            })) => Some(retry_at.map(to_ms)),
+            _ => None,
+        }
+    }
+
+    /// Answers "busy" without running.
+    pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) {
+        let retry_at = retry_at.map(from_ms);
+        self.result = Some(Ok(GrantAttempt::Busy { retry_at }.into()));
+    }
+}
+

@@ -1,0 +1,147 @@
+//! The reads (`list`, `reveal`, `stats`) on a connection of their own.
+//!
+//! In WAL mode a reader never blocks the writer, nor the writer a reader:
+//! a `list` of a million credentials runs beside the store thread's grants
+//! instead of in front of them. Each read is one statement, so it sees one
+//! committed state. Before it, the store sends the thread an empty request
+//! and waits for its commit: every change sent before the read (a dropped
+//! lease's release, say) has then committed, and expired leases have been
+//! reclaimed, so a read shows what a grant would see.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, OpenFlags};
+
+use crate::credential::{CredentialInfo, NewCredential, StateKind, Stats, StoredCredential};
+use crate::error::{Error, Result};
+use crate::ids::CredentialId;
+use crate::time::{from_ms, now_ms};
+
+use super::schema::{self, unsigned};
+
+/// The connection the reads run on, on a thread of its own.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    connection: tokio_rusqlite::Connection,
+    pool: Arc<str>,
+    path: Arc<Path>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("path", &self.path).finish()
+    }
+}
+
+impl Reader {
+    /// Opens the store at `path`, which the writer has opened already, to read.
+    pub(crate) async fn open(path: &Path, pool: &str, busy_timeout: Duration) -> Result<Self> {
+        let connection = tokio_rusqlite::Connection::open_with_flags(
+            schema::plain_path(path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .await
+        .map_err(|error| schema::annotate(path, error))?;
+        let reader = Self {
+            connection,
+            pool: pool.into(),
+            path: path.into(),
+        };
+        reader
+            .read(move |connection, _, _| connection.busy_timeout(busy_timeout))
+            .await?;
+        Ok(reader)
+    }
+
+    /// Runs `read` on the reader's thread with the pool's name and the time.
+    async fn read<T, F>(&self, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection, &str, i64) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let answer = self
+            .connection
+            .call(move |connection| read(connection, &pool, now_ms()))
+            .await;
+        answer.map_err(|error| match error {
+            tokio_rusqlite::Error::Error(error) => schema::transaction_error(&self.path, &error),
+            other => Error::StoreUnavailable {
+                reason: format!(
+                    "the reading connection to {} has stopped: {other}",
+                    self.path.display()
+                ),
+            },
+        })
+    }
+
+    /// Every credential, without secrets, in id order.
+    pub(crate) async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        self.read(|connection, pool, now| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, name, capacity, holders, disabled_reason, cooling_until,
+                        extra IS NOT NULL, last_used_at, use_count, created_at
+                 FROM credentials WHERE pool = ?1 ORDER BY id",
+            )?;
+            let now = from_ms(now);
+            let rows = statement.query_map([pool], |row| {
+                let stored = StoredCredential {
+                    id: CredentialId::new(unsigned(row.get(0)?)?),
+                    name: row.get(1)?,
+                    capacity: row.get(2)?,
+                    holders: row.get(3)?,
+                    disabled_reason: row.get(4)?,
+                    cooling_until: row.get::<_, Option<i64>>(5)?.map(from_ms),
+                    has_extra: row.get(6)?,
+                    last_used_at: row.get::<_, Option<i64>>(7)?.map(from_ms),
+                    use_count: unsigned(row.get(8)?)?,
+                    created_at: from_ms(row.get(9)?),
+                };
+                Ok(CredentialInfo::new(stored, now))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Every credential's name, secret and extra text, in id order.
+    pub(crate) async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        self.read(|connection, pool, _| {
+            let mut statement = connection.prepare_cached(
+                "SELECT name, secret, extra, capacity FROM credentials WHERE pool = ?1 ORDER BY id",
+            )?;
+            let rows = statement.query_map([pool], |row| {
+                Ok(
+                    NewCredential::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?)
+                        .maybe_extra(row.get(2)?)
+                        .capacity(row.get(3)?),
+                )
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Counts by state. The statement groups the credentials by what
+    /// decides their state, and [`StateKind::of`] decides it, as for every store.
+    pub(crate) async fn stats(&self) -> Result<Stats> {
+        self.read(|connection, pool, now| {
+            let mut statement = connection.prepare_cached(
+                "SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > ?2,
+                        holders >= capacity, count(*), coalesce(sum(holders), 0)
+                 FROM credentials WHERE pool = ?1 GROUP BY 1, 2, 3",
+            )?;
+            let mut stats = Stats::default();
+            let mut rows = statement.query(params![pool, now])?;
+            while let Some(row) = rows.next()? {
+                // Read as u64: a negative count (a file edited by hand) is an error, not a wrap.
+                let kind = StateKind::of(row.get(0)?, row.get(1)?, row.get(2)?);
+                stats.add(kind, unsigned(row.get(3)?)?, unsigned(row.get(4)?)?);
+            }
+            Ok(stats)
+        })
+        .await
+    }
+}

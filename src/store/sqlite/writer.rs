@@ -1,0 +1,462 @@
+//! The store thread: owns the connection, runs every waiting request in one
+//! `BEGIN IMMEDIATE` transaction (group commit), and replies after the commit.
+//!
+//! The requests are [`Job`]s: a grant, a release, or any other call. The
+//! operations they run are in `leases.rs` and `admin.rs`; this file is the
+//! batch loop, the transaction, and the retrying of releases.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rusqlite::{CachedStatement, Connection};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::error::Error;
+use crate::ids::LeaseToken;
+use crate::store::ExpiredLease;
+
+use super::jobs::{CallJob, GrantJob, ReleaseJob};
+use super::leases::{reclaim, Hot, LeaseNames};
+
+/// The most requests one transaction takes.
+const MAX_BATCH: usize = 512;
+/// The first pause before a release that could not commit is tried again;
+/// it doubles up to [`MAX_RETRY_PAUSE`].
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long the thread keeps trying releases after the store was dropped,
+/// at the least (the busy timeout, if longer).
+const MIN_CLOSING_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Why a job did not produce its value.
+pub(crate) enum Failure {
+    /// Refused with an error the caller should see; nothing was changed.
+    Refused(Error),
+    /// SQLite failed: the whole batch is rolled back and retried job by job.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Sql(error)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Refused(error)
+    }
+}
+
+/// What a job sees while it runs inside the batch's transaction.
+pub(crate) struct Ctx<'a> {
+    pub(crate) connection: &'a Connection,
+    pub(crate) pool: &'a str,
+    pub(crate) now: i64,
+    /// Leases reclaimed at the start of the batch, handed to the first grant.
+    pub(crate) expired: Vec<ExpiredLease>,
+    /// The grant and release statements, looked up once per batch: the
+    /// statement cache hashes the SQL text on every lookup.
+    hot: [Option<CachedStatement<'a>>; Hot::COUNT],
+    pub(crate) names: &'a RefCell<LeaseNames>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        connection: &'a Connection,
+        pool: &'a str,
+        now: i64,
+        names: &'a RefCell<LeaseNames>,
+    ) -> Self {
+        Self {
+            connection,
+            pool,
+            now,
+            expired: Vec::new(),
+            hot: Default::default(),
+            names,
+        }
+    }
+
+    pub(crate) fn statement(&mut self, which: Hot) -> rusqlite::Result<&mut CachedStatement<'a>> {
+        let slot = &mut self.hot[which as usize];
+        if slot.is_none() {
+            *slot = Some(self.connection.prepare_cached(which.sql())?);
+        }
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// One request to the store thread.
+pub(crate) enum Job {
+    /// A grant: only grants can be answered "busy" without a transaction.
+    Grant(GrantJob),
+    /// A release, tried again until it commits or is refused.
+    Release(Box<ReleaseJob>),
+    /// Any other call.
+    Call(Box<dyn CallJob>),
+}
+
+impl Job {
+    /// Runs inside the open transaction; keeps its result for `finish`.
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        match self {
+            Job::Grant(job) => job.run(ctx),
+            Job::Release(job) => job.run(ctx),
+            Job::Call(job) => job.run(ctx),
+        }
+    }
+
+    /// Records that the transaction failed, so `finish` reports that instead.
+    /// `transient` says whether trying again may succeed (a lock, a full
+    /// disk) or not (a constraint, a corrupt file).
+    fn fail(&mut self, error: Error, transient: bool) {
+        match self {
+            Job::Grant(job) => job.fail(error),
+            Job::Release(job) => job.fail(error, transient),
+            Job::Call(job) => job.fail(error),
+        }
+    }
+
+    /// Replies to the caller. Says what the thread must do next: release
+    /// the lease of a grant whose caller is gone, or try a release again.
+    fn finish(self) -> Finished {
+        match self {
+            Job::Grant(job) => match job.finish() {
+                Some(lease) => Finished::Unclaimed(lease),
+                None => Finished::Done,
+            },
+            Job::Release(job) => match job.finish() {
+                Some(job) => Finished::Retry(Job::Release(job)),
+                None => Finished::Done,
+            },
+            Job::Call(job) => {
+                job.finish();
+                Finished::Done
+            }
+        }
+    }
+
+    /// Replies "busy" without a transaction, when the thread knows nothing
+    /// changed since the last time nothing was free; false if this is not
+    /// a grant.
+    fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
+        match self {
+            Job::Grant(job) => {
+                job.answer_busy(retry_at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// For a grant that found nothing free: when the store expects a change.
+    fn busy_until(&self) -> Option<Option<i64>> {
+        match self {
+            Job::Grant(job) => job.busy_until(),
+            _ => None,
+        }
+    }
+}
+
+/// What is left to do after a job replied.
+pub(crate) enum Finished {
+    Done,
+    /// A grant whose caller is gone: its lease must be released at once.
+    Unclaimed(LeaseToken),
+    /// A release that could not commit: it must be tried again.
+    Retry(Job),
+}
+
+/// Where a transaction failed.
+enum Stage {
+    /// Could not take the write lock (another process holds it past the busy timeout).
+    Begin(rusqlite::Error),
+    /// Failed after taking it; the transaction must be rolled back.
+    Inside(rusqlite::Error),
+}
+
+/// What the thread knows after a batch of grants found nothing free.
+struct Idle {
+    data_version: i64,
+    commits: u64,
+    retry_at: Option<i64>,
+}
+
+pub(crate) struct Worker {
+    connection: Connection,
+    names: RefCell<LeaseNames>,
+    pool: String,
+    path: PathBuf,
+    commits: u64,
+    idle: Option<Idle>,
+    /// Releases whose transaction failed, to be tried again.
+    retrying: Vec<Job>,
+    /// How long the releases waiting for retry are kept once the store is dropped.
+    closing_patience: Duration,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        connection: Connection,
+        pool: String,
+        path: PathBuf,
+        busy_timeout: Duration,
+    ) -> Self {
+        connection.set_prepared_statement_cache_capacity(64);
+        Self {
+            connection,
+            names: RefCell::default(),
+            pool,
+            path,
+            commits: 0,
+            idle: None,
+            retrying: Vec::new(),
+            closing_patience: busy_timeout.max(MIN_CLOSING_PATIENCE),
+        }
+    }
+
+    /// Serves requests until every sender is gone and no release is left to
+    /// try again (or, once the senders are gone, the closing patience is up).
+    pub(crate) fn run(mut self, mut requests: mpsc::UnboundedReceiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut pause = MIN_RETRY_PAUSE;
+        let mut closing: Option<Instant> = None;
+        loop {
+            if self.retrying.is_empty() {
+                match requests.blocking_recv() {
+                    Some(job) => batch.push(job),
+                    None => break,
+                }
+            } else {
+                // Wait out the pause, unless a new request comes first.
+                let until = Instant::now() + pause;
+                loop {
+                    match requests.try_recv() {
+                        Ok(job) => {
+                            batch.push(job);
+                            break;
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            closing.get_or_insert_with(|| Instant::now() + self.closing_patience);
+                        }
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    let now = Instant::now();
+                    if now >= until {
+                        break;
+                    }
+                    std::thread::sleep((until - now).min(Duration::from_millis(5)));
+                }
+                if closing.is_some_and(|deadline| Instant::now() >= deadline) {
+                    tracing::warn!(path = %self.path.display(), releases = self.retrying.len(), "the store is closing with releases not committed; their leases come back when they expire");
+                    // Dropping them drops their receipts, which tells their pools.
+                    self.retrying.clear();
+                    if batch.is_empty() {
+                        break;
+                    }
+                }
+                batch.splice(0..0, self.retrying.drain(..));
+            }
+            while batch.len() < MAX_BATCH {
+                match requests.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.serve(&mut batch);
+            pause = if self.retrying.is_empty() {
+                MIN_RETRY_PAUSE
+            } else {
+                (pause * 2).min(MAX_RETRY_PAUSE)
+            };
+        }
+    }
+
+    fn serve(&mut self, batch: &mut Vec<Job>) {
+        let now = crate::time::now_ms();
+        if self.nothing_changed(now) {
+            let retry_at = self.idle.as_ref().and_then(|idle| idle.retry_at);
+            if batch.iter_mut().all(|job| job.answer_busy(retry_at)) {
+                for job in batch.drain(..) {
+                    let _ = job.finish();
+                }
+                return;
+            }
+        }
+        let all_busy = self.run_batch(batch);
+        let unclaimed = self.finish_all(batch.drain(..));
+        self.idle = match all_busy {
+            Some((data_version, retry_at)) if unclaimed.is_empty() && self.retrying.is_empty() => {
+                Some(Idle {
+                    data_version,
+                    commits: self.commits,
+                    retry_at,
+                })
+            }
+            _ => None,
+        };
+        if !unclaimed.is_empty() {
+            self.release_unclaimed(unclaimed);
+        }
+    }
+
+    /// Replies to every job in order; keeps the releases to try again, and
+    /// returns the leases of grants whose callers left.
+    fn finish_all(&mut self, jobs: impl Iterator<Item = Job>) -> Vec<LeaseToken> {
+        let mut unclaimed = Vec::new();
+        for job in jobs {
+            match job.finish() {
+                Finished::Done => {}
+                Finished::Unclaimed(lease) => unclaimed.push(lease),
+                Finished::Retry(job) => self.retrying.push(job),
+            }
+        }
+        unclaimed
+    }
+
+    /// Whether no process changed the store since a batch found nothing free.
+    fn nothing_changed(&self, now: i64) -> bool {
+        let Some(idle) = &self.idle else {
+            return false;
+        };
+        idle.commits == self.commits
+            && idle.retry_at.is_none_or(|at| now < at)
+            && self
+                .data_version()
+                .is_ok_and(|version| version == idle.data_version)
+    }
+
+    fn data_version(&self) -> rusqlite::Result<i64> {
+        self.connection
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+    }
+
+    /// Runs the batch in one transaction; on an SQLite error, rolls it back
+    /// and runs each job in a transaction of its own. When every job was a
+    /// grant that found nothing free, returns the store's data version as of
+    /// that transaction and when the store expects a change.
+    fn run_batch(&mut self, batch: &mut [Job]) -> Option<(i64, Option<i64>)> {
+        match self.transaction(batch) {
+            Ok(data_version) => {
+                self.commits += 1;
+                let data_version = data_version?;
+                let mut retry_at = None;
+                for job in batch.iter() {
+                    retry_at = Some(job.busy_until()?);
+                }
+                retry_at.map(|retry_at| (data_version, retry_at))
+            }
+            // No lock within the busy timeout: everyone hears it at once,
+            // rather than each request waiting out the timeout in turn.
+            Err(Stage::Begin(error)) => {
+                self.fail_all(batch, &error);
+                None
+            }
+            Err(Stage::Inside(error)) => {
+                self.rollback();
+                if batch.len() == 1 {
+                    batch[0].fail(self.transaction_error(&error), transient(&error));
+                    return None;
+                }
+                tracing::warn!(path = %self.path.display(), error = %error, "batch failed; retrying its requests one by one");
+                for index in 0..batch.len() {
+                    match self.transaction(std::slice::from_mut(&mut batch[index])) {
+                        Ok(_) => self.commits += 1,
+                        Err(Stage::Inside(error)) => {
+                            self.rollback();
+                            batch[index].fail(self.transaction_error(&error), transient(&error));
+                        }
+                        Err(Stage::Begin(error)) => {
+                            self.fail_all(&mut batch[index..], &error);
+                            break;
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn fail_all(&self, jobs: &mut [Job], error: &rusqlite::Error) {
+        for job in jobs {
+            job.fail(self.transaction_error(error), transient(error));
+        }
+    }
+
+    /// Runs jobs in one transaction. When every job was a grant that found
+    /// nothing free, returns `PRAGMA data_version` as read under the write
+    /// lock, so no other process's commit can slip between that reading and
+    /// this commit.
+    ///
+    /// The batch's time is read once the write lock is held: taking the lock
+    /// may wait out another process's transaction, and a lease granted after
+    /// that wait must still live its whole TTL.
+    fn transaction(&self, jobs: &mut [Job]) -> Result<Option<i64>, Stage> {
+        self.connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(Stage::Begin)?;
+        let now = crate::time::now_ms();
+        let mut ctx = Ctx::new(&self.connection, &self.pool, now, &self.names);
+        let run = (|| {
+            reclaim(&mut ctx)?;
+            for job in jobs.iter_mut() {
+                job.run(&mut ctx)?;
+            }
+            drop(ctx);
+            let all_busy = jobs.iter().all(|job| job.busy_until().is_some());
+            let data_version = if all_busy {
+                Some(self.data_version()?)
+            } else {
+                None
+            };
+            self.connection.execute_batch("COMMIT")?;
+            Ok(data_version)
+        })();
+        run.map_err(Stage::Inside)
+    }
+
+    fn rollback(&self) {
+        self.names.borrow_mut().0.clear();
+        if !self.connection.is_autocommit() {
+            let _ = self.connection.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn transaction_error(&self, error: &rusqlite::Error) -> Error {
+        super::schema::transaction_error(&self.path, error)
+    }
+
+    /// Releases leases granted to callers that left before the reply came.
+    fn release_unclaimed(&mut self, leases: Vec<LeaseToken>) {
+        let mut jobs: Vec<Job> = leases
+            .into_iter()
+            .map(|lease| Job::Release(Box::new(ReleaseJob::unclaimed(lease))))
+            .collect();
+        tracing::debug!(count = jobs.len(), "releasing leases whose callers left");
+        self.run_batch(&mut jobs);
+        let unclaimed = self.finish_all(jobs.into_iter());
+        debug_assert!(unclaimed.is_empty(), "releases claim no lease");
+    }
+}
+
+/// Whether an SQLite failure may go away by itself, so that a release is
+/// worth trying again: a lock held elsewhere, a full disk, an I/O error.
+fn transient(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory
+                | ErrorCode::FileLockingProtocolFailed
+                | ErrorCode::ReadOnly
+        )
+    )
+}
