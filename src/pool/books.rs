@@ -77,12 +77,7 @@ impl Books {
         Receipt::new(self.clone(), token, false, None)
     }
 
-    fn send_release_events(
-        &self,
-        name: Arc<str>,
-        token: LeaseToken,
-        outcome: ReleaseOutcome,
-    ) {
+    fn send_release_events(&self, name: Arc<str>, token: LeaseToken, outcome: ReleaseOutcome) {
         let events = &self.events;
         match &outcome {
             ReleaseOutcome::CoolDown(pause) => events.send(Event::CooledDown {

@@ -17,9 +17,7 @@ use crate::credential::{
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::memory::MemoryStore;
-use crate::store::{
-    ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnDuplicate, Store,
-};
+use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnDuplicate, Store};
 
 use self::books::Books;
 use self::events::{Event, Events};

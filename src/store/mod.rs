@@ -25,8 +25,8 @@ mod receipt;
 pub mod sqlite;
 
 pub use self::options::{Options, StoreSettings};
-pub use self::receipt::Receipt;
 pub(crate) use self::receipt::Books;
+pub use self::receipt::Receipt;
 
 /// What a store granted: the credential and the lease's identity and times.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 use crate::error::Result;
-use crate::lease::Grant;
+use crate::store::Grant;
 
 /// The most grants one statement makes.
 pub(super) const MAX_BATCH: usize = 64;

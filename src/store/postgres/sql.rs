@@ -264,17 +264,13 @@ impl Sql {
         )
     }
 
-    /// `$1` pool. Total, disabled, cooling, leased, leases.
+    /// `$1` pool. One row per group of credentials alike in what decides
+    /// their state: disabled, cooling now, full; then how many, and their holders.
     pub(crate) fn stats(&self) -> String {
         format!(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE disabled_reason IS NOT NULL),
-                    count(*) FILTER (WHERE disabled_reason IS NULL AND cooling_until > {NOW}),
-                    count(*) FILTER (WHERE disabled_reason IS NULL
-                                       AND coalesce(cooling_until, 0) <= {NOW}
-                                       AND holders >= capacity),
-                    coalesce(sum(holders), 0)::bigint
-             FROM {} WHERE pool = $1",
+            "SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > {NOW},
+                    holders >= capacity, count(*), coalesce(sum(holders), 0)::bigint
+             FROM {} WHERE pool = $1 GROUP BY 1, 2, 3",
             self.credentials
         )
     }

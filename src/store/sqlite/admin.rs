@@ -126,4 +126,3 @@ pub(crate) fn update_secret(
     }
     Ok(())
 }
-

@@ -269,4 +269,3 @@ impl GrantJob {
         self.result = Some(Ok(GrantAttempt::Busy { retry_at }.into()));
     }
 }
-

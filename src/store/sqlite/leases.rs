@@ -147,7 +147,10 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
     Ok(earliest(cooling, expiry))
 }
 
-pub(crate) fn grant(ctx: &mut Ctx<'_>, ttl: Option<Duration>) -> std::result::Result<GrantAttempt, Failure> {
+pub(crate) fn grant(
+    ctx: &mut Ctx<'_>,
+    ttl: Option<Duration>,
+) -> std::result::Result<GrantAttempt, Failure> {
     let (pool, now) = (ctx.pool, ctx.now);
     let free = ctx
         .statement(Hot::Pick)?
@@ -272,4 +275,3 @@ pub(crate) fn renew(
     }
     Ok(expires_at.map(from_ms))
 }
-

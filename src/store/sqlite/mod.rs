@@ -260,7 +260,10 @@ impl GrantRoute {
     async fn grant(self, ttl: Option<Duration>) -> Result<GrantAnswer> {
         let permit = Channel::room(&self.permits, &self.path).await?;
         let (reply, answer) = oneshot::channel();
-        let sender = self.sender.upgrade().ok_or_else(|| unavailable(&self.path))?;
+        let sender = self
+            .sender
+            .upgrade()
+            .ok_or_else(|| unavailable(&self.path))?;
         sender
             .send(GrantJob::job(ttl, reply, permit))
             .map_err(|_| unavailable(&self.path))?;

@@ -1,0 +1,169 @@
+//! The administration and the reads on Postgres: add, remove, disable and
+//! enable, new secrets; list, reveal, stats.
+
+use std::collections::HashSet;
+
+use crate::credential::{CredentialInfo, NewCredential, StateKind, Stats, StoredCredential};
+use crate::error::{Error, Result};
+use crate::ids::CredentialId;
+use crate::store::OnDuplicate;
+use crate::time::from_ms;
+
+use super::connections;
+use super::leases::Inner;
+use super::rows::Columns;
+
+/// How many credentials one insert statement adds.
+const INSERT_CHUNK: usize = 5_000;
+
+impl Inner {
+    pub(super) async fn add_many(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        let mut client = connections::connect(&self.connections.config).await?;
+        let transaction = client.transaction().await?;
+        let insert = transaction.prepare(&self.sql.insert_many()).await?;
+        let mut added = 0;
+        for (chunk_index, chunk) in credentials.chunks(INSERT_CHUNK).enumerate() {
+            let names: Vec<&str> = chunk.iter().map(|c| c.name.as_str()).collect();
+            let secrets: Vec<&str> = chunk.iter().map(|c| c.secret.expose()).collect();
+            let extras: Vec<Option<&str>> = chunk.iter().map(|c| c.extra.as_deref()).collect();
+            let capacities: Vec<i32> = chunk.iter().map(|c| c.capacity as i32).collect();
+            let rows = transaction
+                .query(
+                    &insert,
+                    &[&self.pool, &names, &secrets, &extras, &capacities],
+                )
+                .await?;
+            if rows.len() < chunk.len() && on_duplicate == OnDuplicate::Fail {
+                // The first entry that was not added: its name was in the
+                // store, or earlier in the input.
+                let mut inserted: HashSet<String> = rows
+                    .iter()
+                    .map(|row| row.column(0, "credentials.name"))
+                    .collect::<Result<_>>()?;
+                let duplicate = chunk
+                    .iter()
+                    .position(|c| !inserted.remove(&c.name))
+                    .unwrap_or(0);
+                return Err(Error::DuplicateName {
+                    name: chunk[duplicate].name.clone(),
+                    pool: self.pool.clone(),
+                    entry: Some(chunk_index * INSERT_CHUNK + duplicate),
+                });
+            }
+            added += rows.len();
+        }
+        transaction.commit().await?;
+        Ok(added)
+    }
+
+    pub(super) fn unknown(&self, name: &str) -> Error {
+        Error::UnknownCredential {
+            name: name.to_string(),
+            pool: self.pool.clone(),
+        }
+    }
+
+    pub(super) async fn remove(&self, name: String, force: bool) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let removed = conn
+            .client
+            .query_opt(&self.sql.remove(), &[&self.pool, &name, &force])
+            .await?;
+        if removed.is_some() {
+            return Ok(());
+        }
+        let holders: Option<u32> = conn
+            .client
+            .query_opt(&self.sql.holders(), &[&self.pool, &name])
+            .await?
+            .map(|row| row.unsigned32(0, "credentials.holders"))
+            .transpose()?;
+        match holders {
+            Some(holders) => Err(Error::InUse { name, holders }),
+            None => Err(self.unknown(&name)),
+        }
+    }
+
+    pub(super) async fn update_one(
+        &self,
+        sql: String,
+        name: String,
+        value: Option<String>,
+    ) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let changed = conn
+            .client
+            .query_opt(&sql, &[&self.pool, &name, &value])
+            .await?;
+        match changed {
+            Some(_) => Ok(()),
+            None => Err(self.unknown(&name)),
+        }
+    }
+
+    pub(super) async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.list(), &[&self.pool]).await?;
+        rows.iter()
+            .map(|row| {
+                let stored = StoredCredential {
+                    id: CredentialId::new(row.unsigned(0, "credentials.id")?),
+                    name: row.column(1, "credentials.name")?,
+                    capacity: row.unsigned32(2, "credentials.capacity")?,
+                    holders: row.unsigned32(3, "credentials.holders")?,
+                    disabled_reason: row.column(4, "credentials.disabled_reason")?,
+                    cooling_until: row
+                        .column::<Option<i64>>(5, "credentials.cooling_until")?
+                        .map(from_ms),
+                    has_extra: row.column(6, "has extra")?,
+                    last_used_at: row
+                        .column::<Option<i64>>(7, "credentials.last_used_at")?
+                        .map(from_ms),
+                    use_count: row.unsigned(8, "credentials.use_count")?,
+                    created_at: from_ms(row.column(9, "credentials.created_at")?),
+                };
+                Ok(CredentialInfo::new(stored, from_ms(row.column(10, "now")?)))
+            })
+            .collect()
+    }
+
+    pub(super) async fn reveal(&self) -> Result<Vec<NewCredential>> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.reveal(), &[&self.pool]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NewCredential::new(
+                    row.column::<String>(0, "credentials.name")?,
+                    row.column::<String>(1, "credentials.secret")?,
+                )
+                .maybe_extra(row.column(2, "credentials.extra")?)
+                .capacity(row.unsigned32(3, "credentials.capacity")?))
+            })
+            .collect()
+    }
+
+    /// Counts by state: the statement groups the credentials by what decides
+    /// their state, and [`StateKind::of`] decides it, as for every store.
+    pub(super) async fn stats(&self) -> Result<Stats> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.stats(), &[&self.pool]).await?;
+        let mut stats = Stats::default();
+        for row in &rows {
+            let kind = StateKind::of(
+                row.column(0, "disabled")?,
+                row.column(1, "cooling")?,
+                row.column(2, "full")?,
+            );
+            stats.add(
+                kind,
+                row.unsigned(3, "a count")?,
+                row.unsigned(4, "a count")?,
+            );
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,477 @@
+//! The lease path on Postgres: grants (batched), releases (tried again
+//! until they commit), renewals, and the reclaiming of expired leases.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::oneshot;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::credential::{Credential, ReleaseOutcome, Secret};
+use crate::error::{Error, Result};
+use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Receipt};
+use crate::time::{duration_ms, earliest, from_ms, now_ms};
+
+use super::batch::{Asked, Batch, GrantQueue};
+use super::connections::{Conn, Connections};
+use super::rows::Columns;
+use super::sql::Sql;
+use super::RECLAIM_INTERVAL;
+
+/// How many times a grant asks again when a free credential was locked by
+/// another transaction at the moment it looked.
+const LOCKED_RETRIES: usize = 3;
+/// The longest duration, in ms, the store sends: now plus this still fits
+/// in a `bigint`, so `Duration::MAX` saturates instead of overflowing in SQL.
+const MAX_MS: i64 = i64::MAX / 4;
+/// How long a release that cannot commit keeps its caller waiting before
+/// the caller hears [`Error::ReleasePending`]; the store goes on trying.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What every task of the store shares.
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) connections: Connections,
+    pub(super) sql: Arc<Sql>,
+    pub(super) pool: String,
+    pub(super) location: String,
+    pub(super) channel: String,
+    /// `INSTANCE:POOL`: the listener ignores the notes this store sent.
+    pub(super) payload: String,
+    /// This store among all that share the schema.
+    pub(super) instance: String,
+    /// How long, in ms, an announcement that this store has waiters lasts;
+    /// the first waiter renews it at each poll.
+    pub(super) announce_for: i64,
+    /// When this store last announced that it has waiters, in ms.
+    pub(super) last_announced: AtomicI64,
+    /// When this process last reclaimed expired leases, in ms.
+    pub(super) last_reclaim: AtomicI64,
+    /// The grants waiting to share an acquire statement.
+    pub(super) grants: GrantQueue,
+    /// How many acquire statements were shared by more than one grant.
+    pub(super) shared_statements: AtomicU64,
+    /// The runtime the store was opened on: background work runs there, so
+    /// a lease dropped on a thread without a runtime is still released.
+    pub(super) runtime: tokio::runtime::Handle,
+    /// Set when the store is dropped: releases stop being tried again.
+    pub(super) closed: AtomicBool,
+}
+
+/// A duration in ms for SQL, saturated at [`MAX_MS`].
+pub(super) fn ms(duration: Duration) -> i64 {
+    duration_ms(duration).min(MAX_MS)
+}
+
+fn grant_from(row: &Row) -> Result<Grant> {
+    Ok(Grant {
+        credential: Credential::new(
+            CredentialId::new(row.unsigned(0, "credentials.id")?),
+            row.column::<String>(1, "credentials.name")?.into(),
+            Secret::new(row.column::<String>(2, "credentials.secret")?),
+            row.column(3, "credentials.extra")?,
+            row.unsigned32(4, "credentials.capacity")?,
+        ),
+        lease_id: LeaseId::new(row.unsigned(5, "leases.id")?),
+        acquired_at: from_ms(row.column(6, "leases.acquired_at")?),
+        expires_at: row
+            .column::<Option<i64>>(7, "leases.expires_at")?
+            .map(from_ms),
+    })
+}
+
+impl Inner {
+    /// Releases `lease` on a task of its own, on the store's runtime. When that runtime has shut
+    /// down, the task (and with it the receipt) is dropped, and the lease
+    /// comes back when it expires.
+    pub(super) fn release_in_background(self: &Arc<Self>, lease: LeaseToken, receipt: Receipt) {
+        let inner = self.clone();
+        self.runtime.spawn(async move {
+            inner
+                .release_until_done(lease, ReleaseOutcome::Success, receipt, None)
+                .await;
+        });
+    }
+
+    /// Releases `lease`, trying again with a growing pause while the server
+    /// cannot be reached or fails, until the release commits, is refused, or
+    /// the store is dropped. Completes the receipt then, and answers `reply`
+    /// with the outcome, or with [`Error::ReleasePending`] once it has
+    /// failed for [`RELEASE_PATIENCE`].
+    ///
+    /// Calls made later wait for the release only while its first attempt
+    /// runs ([`Receipt::retrying`]), so a release that waits out an outage
+    /// holds up no other call.
+    pub(super) async fn release_until_done(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+        mut receipt: Receipt,
+        mut reply: Option<oneshot::Sender<Result<Arc<str>>>>,
+    ) {
+        let started = tokio::time::Instant::now();
+        let mut pause = MIN_RETRY_PAUSE;
+        let mut attempts = 0;
+        let decided = loop {
+            attempts += 1;
+            match self.release(lease, outcome.clone()).await {
+                Ok(name) => {
+                    receipt.released(&name);
+                    break Ok(name);
+                }
+                // Found gone on a retry: most likely the attempt whose answer
+                // was lost had committed it (it may also have expired since).
+                Err(Error::LeaseLost { credential, .. }) if attempts > 1 => {
+                    let name: Arc<str> = credential.into();
+                    receipt.released(&name);
+                    break Ok(name);
+                }
+                Err(error @ Error::LeaseLost { .. }) => {
+                    receipt.refused();
+                    break Err(error);
+                }
+                Err(error) if !transient(&error) || self.closed.load(Ordering::SeqCst) => {
+                    // Trying again cannot help (the schema was changed, say),
+                    // or the store is gone: the lease expires in time.
+                    tracing::warn!(%error, lease_id = %lease.lease_id(), "a release failed for good; the lease comes back when it expires");
+                    drop(receipt);
+                    break Err(error);
+                }
+                Err(error) => {
+                    receipt.retrying();
+                    tracing::warn!(%error, lease_id = %lease.lease_id(), "a release could not be committed; trying again");
+                    if started.elapsed() >= RELEASE_PATIENCE {
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(Err(Error::ReleasePending {
+                                location: self.location.clone(),
+                                lease_id: lease.lease_id(),
+                                reason: error.to_string(),
+                            }));
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+            }
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(decided);
+        }
+    }
+
+    /// A grant: a lease on a free credential, or why there is none.
+    pub(super) async fn grant(self: &Arc<Self>, ttl: Option<Duration>) -> Result<GrantAnswer> {
+        let ttl = ttl.map(ms);
+        let (mut granted, mut expired) = self.acquire_and_reclaim_if_due(ttl).await?;
+        for _ in 0..LOCKED_RETRIES {
+            if let Some(grant) = granted {
+                return Ok(GrantAnswer {
+                    attempt: GrantAttempt::Granted(grant),
+                    expired,
+                });
+            }
+            match self.why_busy(&mut expired).await? {
+                Some(retry_at) => {
+                    return Ok(GrantAnswer {
+                        attempt: GrantAttempt::Busy { retry_at },
+                        expired,
+                    })
+                }
+                // Something was free after all: ask again.
+                None => granted = self.acquire(ttl).await?,
+            }
+        }
+        let attempt = match granted {
+            Some(grant) => GrantAttempt::Granted(grant),
+            // Free credentials stayed locked by other transactions: ask soon.
+            None => GrantAttempt::Busy {
+                retry_at: Some(SystemTime::now() + Duration::from_millis(2)),
+            },
+        };
+        Ok(GrantAnswer { attempt, expired })
+    }
+
+    /// Asks for a lease, and at most every [`RECLAIM_INTERVAL`] reclaims
+    /// expired leases beside it. The grant is queued at once, before any
+    /// wait for a connection, so that grants asked for together share a
+    /// statement.
+    async fn acquire_and_reclaim_if_due(
+        self: &Arc<Self>,
+        ttl: Option<i64>,
+    ) -> Result<(Option<Grant>, Vec<ExpiredLease>)> {
+        let now = now_ms();
+        let last_reclaim = self.last_reclaim.load(Ordering::Relaxed);
+        let due = now - last_reclaim >= ms(RECLAIM_INTERVAL)
+            && self
+                .last_reclaim
+                .compare_exchange(last_reclaim, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if !due {
+            return Ok((self.acquire(ttl).await?, Vec::new()));
+        }
+        let reclaim = async { self.reclaim(&*self.connections.get().await?).await };
+        let (granted, reclaimed) = tokio::join!(self.acquire(ttl), reclaim);
+        // Reclaiming by the way is optional (it is done again when nothing
+        // is free): its failure must not drop a lease just granted.
+        let expired = reclaimed.unwrap_or_else(|error| {
+            tracing::debug!(%error, "reclaiming expired leases failed");
+            Vec::new()
+        });
+        Ok((granted?, expired))
+    }
+
+    /// Why nothing was free: reclaims expired leases (adding them to
+    /// `expired`) and tells other stores that this one has waiters. Returns
+    /// when something changes by itself, or `None` when a credential is free
+    /// after all (it was locked by another transaction, or just reclaimed).
+    async fn why_busy(
+        &self,
+        expired: &mut Vec<ExpiredLease>,
+    ) -> Result<Option<Option<SystemTime>>> {
+        let conn = self.connections.get().await?;
+        let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
+        let (reclaimed, busy, announced) = tokio::join!(
+            self.reclaim(&conn),
+            conn.client.query_one(&conn.busy, &pool),
+            self.announce_waiters(&conn),
+        );
+        let reclaimed = reclaimed?;
+        let busy = busy?;
+        announced?;
+        if !busy.column::<bool>(0, "enabled")? {
+            return Err(Error::NoCredentials {
+                pool: self.pool.clone(),
+            });
+        }
+        let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
+        expired.extend(reclaimed);
+        if free_after_all {
+            return Ok(None);
+        }
+        let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
+        let expiry: Option<i64> = busy.column(3, "next expiry")?;
+        Ok(Some(earliest(cooling, expiry).map(from_ms)))
+    }
+
+    /// Says (at most once per half announcement) that this store has
+    /// waiters, so that releases in other stores notify it.
+    async fn announce_waiters(&self, conn: &Conn) -> Result<()> {
+        let now = now_ms();
+        if now - self.last_announced.load(Ordering::Relaxed) < self.announce_for / 2 {
+            return Ok(());
+        }
+        self.last_announced.store(now, Ordering::Relaxed);
+        conn.client
+            .execute(
+                &conn.announce,
+                &[&self.pool, &self.instance, &self.announce_for],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A lease, or none when nothing was free; the statement is shared with
+    /// the grants asked for at the same time.
+    async fn acquire(self: &Arc<Self>, ttl: Option<i64>) -> Result<Option<Grant>> {
+        let (reply, answer) = oneshot::channel();
+        if self.grants.push(Asked { ttl, reply }) {
+            // This task runs the first statement itself, so that a lone grant
+            // goes without a hand-off to another task, and leaves the rest to
+            // a task of its own. (It is a task of the store's: its caller
+            // leaving does not stop it.)
+            let mut runner = self.grants.runner();
+            if let Some(batch) = runner.next_batch() {
+                self.serve(batch).await;
+                if let Some(more) = runner.next_batch() {
+                    runner.hand_over();
+                    tokio::spawn(self.clone().run_grants(more));
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::StoreUnavailable {
+                reason: "a postgres grant was dropped before its statement ran".into(),
+            })
+        })
+    }
+
+    /// Takes over a runner's place with its next batch, and runs the queued
+    /// grants, a batch per statement, until none waits.
+    async fn run_grants(self: Arc<Self>, first: Batch) {
+        let mut runner = self.grants.runner();
+        let mut next = Some(first);
+        while let Some(batch) = next {
+            self.serve(batch).await;
+            next = runner.next_batch();
+        }
+    }
+
+    /// Makes the grants of `batch` in one statement and answers each.
+    async fn serve(self: &Arc<Self>, (ttl, batch): Batch) {
+        match self.acquire_batch(ttl, batch.len()).await {
+            Ok(grants) => {
+                let mut grants = grants.into_iter();
+                for asked in batch {
+                    if let Err(Ok(Some(grant))) = asked.reply.send(Ok(grants.next())) {
+                        self.release_in_background(
+                            grant.token(),
+                            Receipt::untracked(grant.token()),
+                        );
+                    }
+                }
+            }
+            Err(error) => {
+                for asked in batch {
+                    let _ = asked.reply.send(Err(share(&error)));
+                }
+            }
+        }
+    }
+
+    /// Up to `count` leases in one statement, in the order of their ids.
+    async fn acquire_batch(&self, ttl: Option<i64>, count: usize) -> Result<Vec<Grant>> {
+        let conn = self.connections.get().await?;
+        if count == 1 {
+            let row = conn
+                .client
+                .query_opt(&conn.acquire, &[&self.pool, &ttl])
+                .await?;
+            return row.as_ref().map(grant_from).into_iter().collect();
+        }
+        self.shared_statements.fetch_add(1, Ordering::Relaxed);
+        let rows = conn
+            .client
+            .query(&conn.acquire_many, &[&self.pool, &ttl, &(count as i64)])
+            .await?;
+        rows.iter().map(grant_from).collect()
+    }
+
+    /// Ends expired leases. A deadlock with another process reclaiming the
+    /// same leases is not an error: one of the two does it.
+    pub(super) async fn reclaim(&self, conn: &Conn) -> Result<Vec<ExpiredLease>> {
+        self.last_reclaim.store(now_ms(), Ordering::Relaxed);
+        match conn.client.query(&conn.reclaim, &[&self.pool]).await {
+            Ok(rows) => rows
+                .iter()
+                .map(|row| {
+                    Ok(ExpiredLease {
+                        lease_id: LeaseId::new(row.unsigned(0, "leases.id")?),
+                        name: row.column::<String>(1, "credentials.name")?.into(),
+                    })
+                })
+                .collect(),
+            Err(error)
+                if error.code()
+                    == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+        let conn = self.connections.get().await?;
+        let effect = outcome.effect();
+        let (cool, disable) = (effect.cool_for.map(ms), effect.disable);
+        let (lease_id, credential_id) = ids(lease);
+        let row = conn
+            .client
+            .query_opt(
+                &conn.release,
+                &[
+                    &lease_id,
+                    &credential_id,
+                    &self.pool,
+                    &cool,
+                    &disable,
+                    &self.channel,
+                    &self.payload,
+                    &self.instance,
+                ],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(row.column::<String>(0, "credentials.name")?.into()),
+            None => Err(self.lease_lost(&conn, lease).await?),
+        }
+    }
+
+    pub(super) async fn renew(
+        &self,
+        lease: LeaseToken,
+        ttl: Option<Duration>,
+    ) -> Result<Option<SystemTime>> {
+        let conn = self.connections.get().await?;
+        let (lease_id, credential_id) = ids(lease);
+        let ttl = ttl.map(ms);
+        let row = conn
+            .client
+            .query_opt(&conn.renew, &[&lease_id, &credential_id, &self.pool, &ttl])
+            .await?;
+        match row {
+            Some(row) => Ok(row
+                .column::<Option<i64>>(0, "leases.expires_at")?
+                .map(from_ms)),
+            None => Err(self.lease_lost(&conn, lease).await?),
+        }
+    }
+
+    async fn lease_lost(&self, conn: &Conn, lease: LeaseToken) -> Result<Error> {
+        let (_, credential_id) = ids(lease);
+        let name: Option<String> = conn
+            .client
+            .query_opt(&self.sql.name_of(), &[&credential_id, &self.pool])
+            .await?
+            .map(|row| row.get(0));
+        Ok(Error::LeaseLost {
+            credential: name.unwrap_or_else(|| lease.credential_id().to_string()),
+            lease_id: lease.lease_id(),
+        })
+    }
+}
+
+/// Whether a Postgres failure may go away by itself, so that a release is
+/// worth trying again: no connection (no SQLSTATE), a connection exception
+/// (08), a serialization failure or deadlock (40), too little room (53), a
+/// lock not available (55P03), an operator or crash shutdown (57), a
+/// system error (58).
+pub(super) fn transient(error: &Error) -> bool {
+    match error {
+        Error::Postgres { code: None, .. } | Error::StoreUnavailable { .. } => true,
+        Error::Postgres {
+            code: Some(code), ..
+        } => {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "55P03"
+        }
+        _ => false,
+    }
+}
+
+/// The same error again, for each caller of a shared statement.
+fn share(error: &Error) -> Error {
+    match error {
+        Error::Postgres { message, code } => Error::Postgres {
+            message: message.clone(),
+            code: code.clone(),
+        },
+        other => Error::StoreUnavailable {
+            reason: other.to_string(),
+        },
+    }
+}
+
+pub(super) fn ids(lease: LeaseToken) -> (i64, i64) {
+    (
+        lease.lease_id().get() as i64,
+        lease.credential_id().get() as i64,
+    )
+}
