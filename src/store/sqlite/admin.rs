@@ -6,7 +6,7 @@ use crate::credential::{NewCredential, Secret};
 use crate::error::Error;
 use crate::store::OnDuplicate;
 
-use super::writer::{Ctx, Failure};
+use super::ctx::{Ctx, Failure};
 
 pub(crate) fn add_many(
     ctx: &mut Ctx<'_>,

@@ -11,8 +11,8 @@ use crate::ids::LeaseToken;
 use crate::store::{GrantAnswer, GrantAttempt, Receipt};
 use crate::time::{from_ms, to_ms};
 
+use super::ctx::{Ctx, Failure};
 use super::leases;
-use super::writer::{Ctx, Failure, Job};
 
 /// A call other than a grant or a release, type-erased.
 pub(crate) trait CallJob: Send {
@@ -268,4 +268,85 @@ impl GrantJob {
         let retry_at = retry_at.map(from_ms);
         self.result = Some(Ok(GrantAttempt::Busy { retry_at }.into()));
     }
+}
+
+/// One request to the store thread.
+pub(crate) enum Job {
+    /// A grant: only grants can be answered "busy" without a transaction.
+    Grant(GrantJob),
+    /// A release, tried again until it commits or is refused.
+    Release(Box<ReleaseJob>),
+    /// Any other call.
+    Call(Box<dyn CallJob>),
+}
+
+impl Job {
+    /// Runs inside the open transaction; keeps its result for `finish`.
+    pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        match self {
+            Job::Grant(job) => job.run(ctx),
+            Job::Release(job) => job.run(ctx),
+            Job::Call(job) => job.run(ctx),
+        }
+    }
+
+    /// Records that the transaction failed, so `finish` reports that instead.
+    /// `transient` says whether trying again may succeed (a lock, a full
+    /// disk) or not (a constraint, a corrupt file).
+    pub(crate) fn fail(&mut self, error: Error, transient: bool) {
+        match self {
+            Job::Grant(job) => job.fail(error),
+            Job::Release(job) => job.fail(error, transient),
+            Job::Call(job) => job.fail(error),
+        }
+    }
+
+    /// Replies to the caller. Says what the thread must do next: release
+    /// the lease of a grant whose caller is gone, or try a release again.
+    pub(crate) fn finish(self) -> Finished {
+        match self {
+            Job::Grant(job) => match job.finish() {
+                Some(lease) => Finished::Unclaimed(lease),
+                None => Finished::Done,
+            },
+            Job::Release(job) => match job.finish() {
+                Some(job) => Finished::Retry(Job::Release(job)),
+                None => Finished::Done,
+            },
+            Job::Call(job) => {
+                job.finish();
+                Finished::Done
+            }
+        }
+    }
+
+    /// Replies "busy" without a transaction, when the thread knows nothing
+    /// changed since the last time nothing was free; false if this is not
+    /// a grant.
+    pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
+        match self {
+            Job::Grant(job) => {
+                job.answer_busy(retry_at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// For a grant that found nothing free: when the store expects a change.
+    pub(crate) fn busy_until(&self) -> Option<Option<i64>> {
+        match self {
+            Job::Grant(job) => job.busy_until(),
+            _ => None,
+        }
+    }
+}
+
+/// What is left to do after a job replied.
+pub(crate) enum Finished {
+    Done,
+    /// A grant whose caller is gone: its lease must be released at once.
+    Unclaimed(LeaseToken),
+    /// A release that could not commit: it must be tried again.
+    Retry(Job),
 }

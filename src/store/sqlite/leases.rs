@@ -1,7 +1,6 @@
 //! The lease path in SQL: grant, release, renew, and the reclaiming of
 //! expired leases and finished cool-downs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,76 +12,8 @@ use crate::ids::{CredentialId, LeaseId, LeaseToken};
 use crate::store::{ExpiredLease, Grant, GrantAttempt};
 use crate::time::{duration_ms, earliest, from_ms};
 
+use super::ctx::{Ctx, Failure, Hot};
 use super::schema::unsigned;
-use super::writer::{Ctx, Failure};
-
-/// The credential names of the leases this thread granted, by lease id, so
-/// that their releases need not look the name up. A credential's name never
-/// changes and its id is never reused, so an entry is right for as long as
-/// its lease lives; entries go when the lease is released, and all of them
-/// when a transaction is rolled back (its lease ids may be given again).
-#[derive(Debug, Default)]
-pub(crate) struct LeaseNames(pub(crate) HashMap<i64, Arc<str>>);
-
-impl LeaseNames {
-    /// More entries than this means leases were lost without a release
-    /// (a token kept and never used): start again.
-    const MAX: usize = 1 << 16;
-
-    fn insert(&mut self, lease_id: i64, name: Arc<str>) {
-        if self.0.len() >= Self::MAX {
-            self.0.clear();
-        }
-        self.0.insert(lease_id, name);
-    }
-}
-
-/// The statements every grant and release runs.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Hot {
-    Pick,
-    Mark,
-    Record,
-    Forget,
-    Return,
-    NameOf,
-}
-
-impl Hot {
-    pub(crate) const COUNT: usize = 6;
-
-    pub(crate) fn sql(self) -> &'static str {
-        match self {
-            // No RETURNING anywhere here: SQLite builds a temporary b-tree for
-            // it on every call, which profiling showed to cost more than a
-            // second statement. The batch holds the write lock throughout.
-            Hot::Pick => {
-                "SELECT id, name, secret, extra, capacity FROM credentials
-                 WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
-                   AND holders < capacity
-                 ORDER BY last_used_at, id LIMIT 1"
-            }
-            Hot::Mark => {
-                "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
-                        use_count = use_count + 1
-                 WHERE id = ?1"
-            }
-            Hot::Record => {
-                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4)"
-            }
-            Hot::Forget => "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
-            Hot::Return => {
-                "UPDATE credentials SET holders = holders - 1,
-                        cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
-                                             ELSE max(coalesce(cooling_until, 0), ?2) END,
-                        disabled_reason = coalesce(?3, disabled_reason)
-                 WHERE id = ?1"
-            }
-            Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
-        }
-    }
-}
 
 /// Ends finished cool-downs and reclaims expired leases.
 pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {

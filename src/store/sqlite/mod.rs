@@ -25,6 +25,7 @@
 //!   the lease right after the commit, before it takes its next batch.
 
 mod admin;
+mod ctx;
 mod jobs;
 mod leases;
 mod reads;
@@ -47,10 +48,12 @@ use crate::store::{
     Admin, GrantAnswer, Granting, Leases, OnDuplicate, Options, Receipt, StoreSettings,
 };
 
+use self::ctx::{Ctx, Failure};
+use self::jobs::Job;
 use self::jobs::{Call, GrantJob, ReleaseJob};
 use self::reads::Reader;
 use self::schema::ConnectionOptions;
-use self::writer::{Ctx, Failure, Job, Worker};
+use self::writer::Worker;
 
 pub use self::schema::SCHEMA_VERSION;
 

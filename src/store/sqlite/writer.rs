@@ -9,16 +9,16 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rusqlite::{CachedStatement, Connection};
+use rusqlite::Connection;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::Error;
 use crate::ids::LeaseToken;
-use crate::store::ExpiredLease;
 
-use super::jobs::{CallJob, GrantJob, ReleaseJob};
-use super::leases::{reclaim, Hot, LeaseNames};
+use super::ctx::{Ctx, LeaseNames};
+use super::jobs::{Finished, Job, ReleaseJob};
+use super::leases::reclaim;
 
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -29,146 +29,6 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long the thread keeps trying releases after the store was dropped,
 /// at the least (the busy timeout, if longer).
 const MIN_CLOSING_PATIENCE: Duration = Duration::from_secs(1);
-
-/// Why a job did not produce its value.
-pub(crate) enum Failure {
-    /// Refused with an error the caller should see; nothing was changed.
-    Refused(Error),
-    /// SQLite failed: the whole batch is rolled back and retried job by job.
-    Sql(rusqlite::Error),
-}
-
-impl From<rusqlite::Error> for Failure {
-    fn from(error: rusqlite::Error) -> Self {
-        Failure::Sql(error)
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Failure::Refused(error)
-    }
-}
-
-/// What a job sees while it runs inside the batch's transaction.
-pub(crate) struct Ctx<'a> {
-    pub(crate) connection: &'a Connection,
-    pub(crate) pool: &'a str,
-    pub(crate) now: i64,
-    /// Leases reclaimed at the start of the batch, handed to the first grant.
-    pub(crate) expired: Vec<ExpiredLease>,
-    /// The grant and release statements, looked up once per batch: the
-    /// statement cache hashes the SQL text on every lookup.
-    hot: [Option<CachedStatement<'a>>; Hot::COUNT],
-    pub(crate) names: &'a RefCell<LeaseNames>,
-}
-
-impl<'a> Ctx<'a> {
-    fn new(
-        connection: &'a Connection,
-        pool: &'a str,
-        now: i64,
-        names: &'a RefCell<LeaseNames>,
-    ) -> Self {
-        Self {
-            connection,
-            pool,
-            now,
-            expired: Vec::new(),
-            hot: Default::default(),
-            names,
-        }
-    }
-
-    pub(crate) fn statement(&mut self, which: Hot) -> rusqlite::Result<&mut CachedStatement<'a>> {
-        let slot = &mut self.hot[which as usize];
-        if slot.is_none() {
-            *slot = Some(self.connection.prepare_cached(which.sql())?);
-        }
-        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
-    }
-}
-
-/// One request to the store thread.
-pub(crate) enum Job {
-    /// A grant: only grants can be answered "busy" without a transaction.
-    Grant(GrantJob),
-    /// A release, tried again until it commits or is refused.
-    Release(Box<ReleaseJob>),
-    /// Any other call.
-    Call(Box<dyn CallJob>),
-}
-
-impl Job {
-    /// Runs inside the open transaction; keeps its result for `finish`.
-    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
-        match self {
-            Job::Grant(job) => job.run(ctx),
-            Job::Release(job) => job.run(ctx),
-            Job::Call(job) => job.run(ctx),
-        }
-    }
-
-    /// Records that the transaction failed, so `finish` reports that instead.
-    /// `transient` says whether trying again may succeed (a lock, a full
-    /// disk) or not (a constraint, a corrupt file).
-    fn fail(&mut self, error: Error, transient: bool) {
-        match self {
-            Job::Grant(job) => job.fail(error),
-            Job::Release(job) => job.fail(error, transient),
-            Job::Call(job) => job.fail(error),
-        }
-    }
-
-    /// Replies to the caller. Says what the thread must do next: release
-    /// the lease of a grant whose caller is gone, or try a release again.
-    fn finish(self) -> Finished {
-        match self {
-            Job::Grant(job) => match job.finish() {
-                Some(lease) => Finished::Unclaimed(lease),
-                None => Finished::Done,
-            },
-            Job::Release(job) => match job.finish() {
-                Some(job) => Finished::Retry(Job::Release(job)),
-                None => Finished::Done,
-            },
-            Job::Call(job) => {
-                job.finish();
-                Finished::Done
-            }
-        }
-    }
-
-    /// Replies "busy" without a transaction, when the thread knows nothing
-    /// changed since the last time nothing was free; false if this is not
-    /// a grant.
-    fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
-        match self {
-            Job::Grant(job) => {
-                job.answer_busy(retry_at);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// For a grant that found nothing free: when the store expects a change.
-    fn busy_until(&self) -> Option<Option<i64>> {
-        match self {
-            Job::Grant(job) => job.busy_until(),
-            _ => None,
-        }
-    }
-}
-
-/// What is left to do after a job replied.
-pub(crate) enum Finished {
-    Done,
-    /// A grant whose caller is gone: its lease must be released at once.
-    Unclaimed(LeaseToken),
-    /// A release that could not commit: it must be tried again.
-    Retry(Job),
-}
 
 /// Where a transaction failed.
 enum Stage {

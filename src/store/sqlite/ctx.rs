@@ -1,0 +1,138 @@
+//! What a request sees while it runs inside the store thread's
+//! transaction: the connection, the time, the cached hot statements.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::{CachedStatement, Connection};
+
+use crate::error::Error;
+use crate::store::ExpiredLease;
+
+/// Why a job did not produce its value.
+pub(crate) enum Failure {
+    /// Refused with an error the caller should see; nothing was changed.
+    Refused(Error),
+    /// SQLite failed: the whole batch is rolled back and retried job by job.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Failure::Sql(error)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        Failure::Refused(error)
+    }
+}
+
+/// What a job sees while it runs inside the batch's transaction.
+pub(crate) struct Ctx<'a> {
+    pub(crate) connection: &'a Connection,
+    pub(crate) pool: &'a str,
+    pub(crate) now: i64,
+    /// Leases reclaimed at the start of the batch, handed to the first grant.
+    pub(crate) expired: Vec<ExpiredLease>,
+    /// The grant and release statements, looked up once per batch: the
+    /// statement cache hashes the SQL text on every lookup.
+    hot: [Option<CachedStatement<'a>>; Hot::COUNT],
+    pub(crate) names: &'a RefCell<LeaseNames>,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        connection: &'a Connection,
+        pool: &'a str,
+        now: i64,
+        names: &'a RefCell<LeaseNames>,
+    ) -> Self {
+        Self {
+            connection,
+            pool,
+            now,
+            expired: Vec::new(),
+            hot: Default::default(),
+            names,
+        }
+    }
+
+    pub(crate) fn statement(&mut self, which: Hot) -> rusqlite::Result<&mut CachedStatement<'a>> {
+        let slot = &mut self.hot[which as usize];
+        if slot.is_none() {
+            *slot = Some(self.connection.prepare_cached(which.sql())?);
+        }
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// The credential names of the leases this thread granted, by lease id, so
+/// that their releases need not look the name up. A credential's name never
+/// changes and its id is never reused, so an entry is right for as long as
+/// its lease lives; entries go when the lease is released, and all of them
+/// when a transaction is rolled back (its lease ids may be given again).
+#[derive(Debug, Default)]
+pub(crate) struct LeaseNames(pub(crate) HashMap<i64, Arc<str>>);
+
+impl LeaseNames {
+    /// More entries than this means leases were lost without a release
+    /// (a token kept and never used): start again.
+    const MAX: usize = 1 << 16;
+
+    pub(crate) fn insert(&mut self, lease_id: i64, name: Arc<str>) {
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        self.0.insert(lease_id, name);
+    }
+}
+
+/// The statements every grant and release runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hot {
+    Pick,
+    Mark,
+    Record,
+    Forget,
+    Return,
+    NameOf,
+}
+
+impl Hot {
+    pub(crate) const COUNT: usize = 6;
+
+    pub(crate) fn sql(self) -> &'static str {
+        match self {
+            // No RETURNING anywhere here: SQLite builds a temporary b-tree for
+            // it on every call, which profiling showed to cost more than a
+            // second statement. The batch holds the write lock throughout.
+            Hot::Pick => {
+                "SELECT id, name, secret, extra, capacity FROM credentials
+                 WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
+                   AND holders < capacity
+                 ORDER BY last_used_at, id LIMIT 1"
+            }
+            Hot::Mark => {
+                "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
+                        use_count = use_count + 1
+                 WHERE id = ?1"
+            }
+            Hot::Record => {
+                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)"
+            }
+            Hot::Forget => "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
+            Hot::Return => {
+                "UPDATE credentials SET holders = holders - 1,
+                        cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
+                                             ELSE max(coalesce(cooling_until, 0), ?2) END,
+                        disabled_reason = coalesce(?3, disabled_reason)
+                 WHERE id = ?1"
+            }
+            Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
+        }
+    }
+}
