@@ -215,16 +215,6 @@ impl NewCredential {
         &self.secret
     }
 
-    /// The extra text.
-    pub fn extra_text(&self) -> Option<&str> {
-        self.extra.as_deref()
-    }
-
-    /// The capacity.
-    pub fn get_capacity(&self) -> u32 {
-        self.capacity
-    }
-
     /// Checks every field; the error names the field and the reason.
     pub fn validate(&self) -> Result<()> {
         let with_name = |mut invalid: InvalidInput| -> Error {

@@ -246,11 +246,6 @@ impl From<InvalidInput> for Error {
 }
 
 impl Error {
-    /// The message, with the batch position of the entry it concerns.
-    pub fn at_entry_message(self, index: usize) -> String {
-        self.at_entry(index).to_string()
-    }
-
     /// Attaches a batch position to an error about one entry of a batch.
     pub(crate) fn at_entry(self, index: usize) -> Self {
         match self {

@@ -115,6 +115,17 @@ fn progress(line: &str) {
 }
 
 /// Parses and checks every entry; any problem fails the whole file.
+/// An error about one entry, with the entry's position in the message.
+fn at_entry(error: Error, index: usize) -> String {
+    match error {
+        Error::InvalidInput(mut invalid) => {
+            invalid.entry = Some(index);
+            invalid.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
 pub(crate) fn parse(
     text: &str,
     label: &str,
@@ -133,7 +144,7 @@ pub(crate) fn parse(
         credential.validate().map_err(|error| {
             Failure(format!(
                 "{label}: {}; nothing was imported",
-                error.at_entry_message(index)
+                at_entry(error, index)
             ))
         })?;
         if let Some(first) = seen.get(credential.name()) {
@@ -224,8 +235,17 @@ mod tests {
                        {"name": "n1", "secret": "s1", "capacity": 3}]"#;
         let credentials = parse(text, "t", false).unwrap();
         assert_eq!(credentials.len(), 3);
-        assert_eq!(credentials[1].extra_text(), Some("c"));
-        assert_eq!(credentials[2].get_capacity(), 3);
+        // Read back as the pool keeps them.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let credentials = runtime.block_on(async {
+            let pool = Pool::in_memory();
+            pool.add_many(credentials).await.unwrap();
+            pool.reveal().await.unwrap()
+        });
+        assert_eq!(credentials[1].extra(), Some("c"));
+        assert_eq!(credentials[2].capacity(), 3);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub(crate) async fn list<S: Store>(pool: &Pool<S>, as_json: bool, show_secrets: 
                     c.name().to_string(),
                     (
                         c.secret().expose().to_string(),
-                        c.extra_text().map(str::to_string),
+                        c.extra().map(str::to_string),
                     ),
                 )
             })

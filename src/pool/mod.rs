@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::credential::{
-    validate_name, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats,
+    validate_name, Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats,
 };
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
@@ -639,7 +639,7 @@ impl<S: Store> Pool<S> {
 
     /// Every credential with its secret and extra text, for an operator who
     /// asked for them (`credpool list --show-secrets`) or for an export.
-    pub async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    pub async fn reveal(&self) -> Result<Vec<Credential>> {
         self.after_earlier_work().await;
         self.shared.store.reveal().await
     }

@@ -612,18 +612,13 @@ impl Admin for MemoryStore {
             .collect())
     }
 
-    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    async fn reveal(&self) -> Result<Vec<Credential>> {
         let state = self.lock();
         Ok(state
             .slots
             .iter()
             .flatten()
-            .map(|slot| {
-                let credential = &slot.credential;
-                NewCredential::new(credential.name(), credential.secret().clone())
-                    .maybe_extra(credential.extra().map(str::to_string))
-                    .capacity(credential.capacity())
-            })
+            .map(|slot| slot.credential.clone())
             .collect())
     }
 

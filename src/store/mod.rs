@@ -249,8 +249,8 @@ pub trait Admin: Send + Sync + 'static {
     /// Every credential, without secrets, in id order.
     fn list(&self) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send;
 
-    /// Every credential's name, secret and extra text, in id order.
-    fn reveal(&self) -> impl Future<Output = Result<Vec<NewCredential>>> + Send;
+    /// Every credential with its secret and extra text, in id order.
+    fn reveal(&self) -> impl Future<Output = Result<Vec<Credential>>> + Send;
 
     /// Counts by state (`waiters` is left at 0: the pool fills it in).
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;

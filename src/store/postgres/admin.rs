@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use crate::credential::{CredentialInfo, NewCredential, StateKind, Stats, StoredCredential};
+use crate::credential::{
+    Credential, CredentialInfo, NewCredential, Secret, StateKind, Stats, StoredCredential,
+};
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
 use crate::store::OnDuplicate;
@@ -131,17 +133,18 @@ impl Inner {
             .collect()
     }
 
-    pub(super) async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    pub(super) async fn reveal(&self) -> Result<Vec<Credential>> {
         let conn = self.connections.get().await?;
         let rows = conn.client.query(&self.sql.reveal(), &[&self.pool]).await?;
         rows.iter()
             .map(|row| {
-                Ok(NewCredential::new(
-                    row.column::<String>(0, "credentials.name")?,
-                    row.column::<String>(1, "credentials.secret")?,
-                )
-                .maybe_extra(row.column(2, "credentials.extra")?)
-                .capacity(row.unsigned32(3, "credentials.capacity")?))
+                Ok(Credential::new(
+                    CredentialId::new(row.unsigned(0, "credentials.id")?),
+                    row.column::<String>(1, "credentials.name")?.into(),
+                    Secret::new(row.column::<String>(2, "credentials.secret")?),
+                    row.column(3, "credentials.extra")?,
+                    row.unsigned32(4, "credentials.capacity")?,
+                ))
             })
             .collect()
     }

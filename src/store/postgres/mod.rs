@@ -54,7 +54,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
-use crate::credential::{CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
+use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
@@ -489,7 +489,7 @@ impl Admin for PostgresStore {
         .await
     }
 
-    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    async fn reveal(&self) -> Result<Vec<Credential>> {
         let inner = self.inner.clone();
         self.run(async move { inner.reveal().await }).await
     }

@@ -259,7 +259,7 @@ impl Sql {
     /// `$1` pool.
     pub(crate) fn reveal(&self) -> String {
         format!(
-            "SELECT name, secret, extra, capacity FROM {} WHERE pool = $1 ORDER BY id",
+            "SELECT id, name, secret, extra, capacity FROM {} WHERE pool = $1 ORDER BY id",
             self.credentials
         )
     }

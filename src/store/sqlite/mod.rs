@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::credential::{CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
+use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
@@ -511,7 +511,7 @@ impl Admin for SqliteStore {
         self.reader.list().await
     }
 
-    async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    async fn reveal(&self) -> Result<Vec<Credential>> {
         self.settle_for_read().await?;
         self.reader.reveal().await
     }

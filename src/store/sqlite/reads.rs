@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{params, OpenFlags};
 
-use crate::credential::{CredentialInfo, NewCredential, StateKind, Stats, StoredCredential};
+use crate::credential::{Credential, CredentialInfo, Secret, StateKind, Stats, StoredCredential};
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
 use crate::time::{from_ms, now_ms};
@@ -107,17 +107,19 @@ impl Reader {
     }
 
     /// Every credential's name, secret and extra text, in id order.
-    pub(crate) async fn reveal(&self) -> Result<Vec<NewCredential>> {
+    pub(crate) async fn reveal(&self) -> Result<Vec<Credential>> {
         self.read(|connection, pool, _| {
             let mut statement = connection.prepare_cached(
-                "SELECT name, secret, extra, capacity FROM credentials WHERE pool = ?1 ORDER BY id",
+                "SELECT id, name, secret, extra, capacity FROM credentials WHERE pool = ?1 ORDER BY id",
             )?;
             let rows = statement.query_map([pool], |row| {
-                Ok(
-                    NewCredential::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?)
-                        .maybe_extra(row.get(2)?)
-                        .capacity(row.get(3)?),
-                )
+                Ok(Credential::new(
+                    CredentialId::new(unsigned(row.get(0)?)?),
+                    row.get::<_, String>(1)?.into(),
+                    Secret::new(row.get::<_, String>(2)?),
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
             })?;
             rows.collect()
         })
