@@ -103,6 +103,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 struct Workers<S: Store> {
     /// How a process reaches the store; `None` runs workers as tasks.
     place: Option<ChildPlace>,
+    in_process: bool,
     pool: Pool<S>,
     logs: PathBuf,
     tasks: usize,
@@ -141,6 +142,13 @@ impl<S: Store> Workers<S> {
         self.logs.join(format!("worker-{index}.log"))
     }
 
+    /// The logs of every worker started, as far as each got.
+    fn logs_written(&self) -> Vec<String> {
+        (0..self.started)
+            .map(|index| std::fs::read_to_string(self.log(index)).unwrap_or_default())
+            .collect()
+    }
+
     fn spawn(&mut self) -> Result<Running, Failure> {
         let args = WorkerArgs {
             log: self.log(self.started),
@@ -173,6 +181,105 @@ impl<S: Store> Workers<S> {
 
 /// Runs the torture on the (empty) pool given, then checks and reports.
 pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArgs) -> Outcome {
+    let seed = args.seed.unwrap_or_else(|| now_ns() as u64);
+    let logs = prepare(&pool, &args).await?;
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let injected = Arc::new(Injected::default());
+    let mut faults = start_faults(place, &args, deadline, seed, &injected);
+    let child_place = faults.child_place.take();
+    let mut workers = Workers {
+        in_process: child_place.is_none(),
+        place: child_place,
+        pool: pool.clone(),
+        logs: logs.path.clone(),
+        tasks: args.tasks,
+        until_ms: (SystemTime::now() + args.duration)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        ttl_ms: args.ttl().as_millis() as u64,
+        seed: AtomicU64::new(seed),
+        started: 0,
+    };
+    let mut running = Vec::new();
+    for _ in 0..args.processes {
+        running.push(workers.spawn()?);
+    }
+    eprintln!(
+        "torture: {} {} x {} tasks on {} credentials in pool `{}` of {}, for {:?} (seed {seed})",
+        args.processes,
+        if workers.in_process {
+            "worker tasks"
+        } else {
+            "worker processes"
+        },
+        args.tasks,
+        args.credentials,
+        pool.name(),
+        place.describe(),
+        args.duration,
+    );
+    let churn = churn(&pool, &args, &mut workers, &mut running, deadline, seed).await?;
+    let hung = stop(running).await;
+    faults.stop().await;
+
+    let mut checked = check(&workers.logs_written());
+    if hung > 0 {
+        checked
+            .violations
+            .push(format!("{hung} workers did not stop at the deadline"));
+    }
+    let list = reconcile(&pool, &args, &churn, &mut checked).await?;
+    let lost: Vec<&str> = list
+        .iter()
+        .filter(|info| info.holders > 0)
+        .map(|info| info.name.as_str())
+        .collect();
+    report(
+        place,
+        &args,
+        &Summary {
+            started,
+            workers: &workers,
+            churn: &churn,
+            checked: &checked,
+            injected: &injected,
+            list: &list,
+            lost: &lost,
+        },
+    );
+
+    for info in &list {
+        let _ = pool.remove_forced(&info.name).await;
+    }
+    logs.finish();
+    if checked.violations.is_empty() && lost.is_empty() {
+        Ok(())
+    } else {
+        Err("torture found violations (see above)".into())
+    }
+}
+
+/// Where the workers' logs go, and whether they are removed at the end.
+struct Logs {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl Logs {
+    fn finish(self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        } else {
+            outln!("  logs               {}", self.path.display());
+        }
+    }
+}
+
+/// Checks the arguments and that the pool is empty, makes the logs'
+/// folder, and adds the credentials the run starts with.
+async fn prepare<S: Store>(pool: &Pool<S>, args: &TortureArgs) -> Result<Logs, Failure> {
     if args.processes == 0 || args.tasks == 0 || args.credentials == 0 {
         return Err("--processes, --tasks and --credentials must be at least 1".into());
     }
@@ -183,18 +290,18 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         )
         .into());
     }
-    let seed = args.seed.unwrap_or_else(|| now_ns() as u64);
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let temporary = args.logs.is_none();
-    let logs = args.logs.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
-            "credpool-torture-{}-{}",
-            std::process::id(),
-            now_ns()
-        ))
-    });
-    std::fs::create_dir_all(&logs)
-        .map_err(|error| Failure(format!("{}: {error}", logs.display())))?;
+    let logs = Logs {
+        temporary: args.logs.is_none(),
+        path: args.logs.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "credpool-torture-{}-{}",
+                std::process::id(),
+                now_ns()
+            ))
+        }),
+    };
+    std::fs::create_dir_all(&logs.path)
+        .map_err(|error| Failure(format!("{}: {error}", logs.path.display())))?;
     pool.add_many((0..args.credentials).map(|i| {
         NewCredential::new(format!("torture-{i}"), "secret").capacity(if i % 3 == 2 {
             2
@@ -203,24 +310,46 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         })
     }))
     .await?;
+    Ok(logs)
+}
 
-    let duration = args.duration;
-    let started = Instant::now();
-    let deadline = started + duration;
-    let until_ms = (SystemTime::now() + duration)
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    let injected = Arc::new(Injected::default());
+/// The faults running beside the workers, and how the workers reach the store.
+struct Faults {
+    child_place: Option<ChildPlace>,
+    background: Vec<JoinHandle<()>>,
+    lock_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Faults {
+    async fn stop(self) {
+        for task in self.background {
+            task.abort();
+        }
+        if let Some(thread) = self.lock_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Starts the faults `--faults` and `--restart-command` ask for.
+fn start_faults(
+    place: &Place,
+    args: &TortureArgs,
+    deadline: Instant,
+    seed: u64,
+    injected: &Arc<Injected>,
+) -> Faults {
     #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
-    let mut child_place = place.child_args();
-    let mut background: Vec<JoinHandle<()>> = Vec::new();
-    let mut lock_thread = None;
+    let mut faults = Faults {
+        child_place: place.child_args(),
+        background: Vec::new(),
+        lock_thread: None,
+    };
     match place {
         Place::File(path) if args.faults => {
-            lock_thread = Some(faults::hold_write_locks(
+            faults.lock_thread = Some(faults::hold_write_locks(
                 path.clone(),
-                std::time::Instant::now() + duration,
+                std::time::Instant::now() + args.duration,
                 seed,
                 injected.clone(),
             ));
@@ -228,7 +357,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         #[cfg(feature = "postgres")]
         Place::Postgres { url, .. } => {
             let application = format!("credpool-torture-{}", std::process::id());
-            if let Some(child) = &mut child_place {
+            if let Some(child) = &mut faults.child_place {
                 for (key, value) in &mut child.env {
                     if key == "CREDPOOL_URL" {
                         *value = faults::with_application_name(value, &application);
@@ -236,96 +365,99 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
                 }
             }
             if args.faults {
-                background.push(tokio::spawn(faults::terminate_connections(
-                    url.clone(),
-                    application.clone(),
-                    deadline,
-                    seed,
-                    injected.clone(),
-                )));
+                faults
+                    .background
+                    .push(tokio::spawn(faults::terminate_connections(
+                        url.clone(),
+                        application.clone(),
+                        deadline,
+                        seed,
+                        injected.clone(),
+                    )));
             }
         }
         _ => {}
     }
     if let (Some(command), Some(every)) = (&args.restart_command, args.restart_every) {
-        background.push(tokio::spawn(faults::restart_server(
+        faults.background.push(tokio::spawn(faults::restart_server(
             command.clone(),
             Duration::from_secs_f64(every.max(1.0)),
             deadline,
             injected.clone(),
         )));
     }
-    let in_process = child_place.is_none();
-    let mut workers = Workers {
-        place: child_place,
-        pool: pool.clone(),
-        logs: logs.clone(),
-        tasks: args.tasks,
-        until_ms,
-        ttl_ms: args.ttl().as_millis() as u64,
-        seed: AtomicU64::new(seed),
-        started: 0,
-    };
-    let mut running = Vec::new();
-    for _ in 0..args.processes {
-        running.push(workers.spawn()?);
-    }
-    eprintln!(
-        "torture: {} {} x {} tasks on {} credentials in pool `{}` of {}, for {duration:?} (seed {seed})",
-        args.processes,
-        if in_process { "worker tasks" } else { "worker processes" },
-        args.tasks,
-        args.credentials,
-        pool.name(),
-        place.describe()
-    );
+    faults
+}
 
-    // Kill a worker now and then; add and remove credentials as an operator would.
-    let (mut kills, mut replaced, mut added, mut removed) = (0, 0, 0, HashSet::new());
+/// What the run did to the workers and the pool until the deadline.
+struct Churn {
+    kills: usize,
+    replaced: usize,
+    added: usize,
+    removed: HashSet<String>,
+}
+
+/// Until the deadline: kills a worker now and then and starts another,
+/// replaces workers that stopped early, and adds and removes credentials
+/// as an operator would.
+async fn churn<S: Store>(
+    pool: &Pool<S>,
+    args: &TortureArgs,
+    workers: &mut Workers<S>,
+    running: &mut Vec<Running>,
+    deadline: Instant,
+    seed: u64,
+) -> Result<Churn, Failure> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut churn = Churn {
+        kills: 0,
+        replaced: 0,
+        added: 0,
+        removed: HashSet::new(),
+    };
+    let started = Instant::now();
     let kill_every = Duration::from_secs_f64(args.kill_every.max(0.1));
     let mut next_kill = started + kill_every;
     let mut next_admin = started + Duration::from_millis(700);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = Instant::now();
-        if args.kill_every > 0.0 && now >= next_kill && deadline - now > Duration::from_millis(500)
-        {
+        let well_before_the_end = deadline - now > Duration::from_millis(500);
+        if args.kill_every > 0.0 && now >= next_kill && well_before_the_end {
             next_kill = now + kill_every;
             running.swap_remove(rng.usize(..running.len())).kill();
-            kills += 1;
+            churn.kills += 1;
             running.push(workers.spawn()?);
         }
         // A worker that could not reach the store (its connection was ended
         // as it opened, the server was restarting) stops early: replace it.
-        if deadline - now > Duration::from_millis(500) {
+        if well_before_the_end {
             for slot in running.iter_mut() {
                 if slot.is_done() {
                     *slot = workers.spawn()?;
-                    replaced += 1;
+                    churn.replaced += 1;
                 }
             }
         }
         if now >= next_admin {
             next_admin = now + Duration::from_millis(700);
             // The store may be restarting or locked: an operator tries again later.
-            if pool
-                .add(NewCredential::new(
-                    format!("torture-added-{added}"),
-                    "secret",
-                ))
-                .await
-                .is_ok()
-            {
-                added += 1;
+            let name = format!("torture-added-{}", churn.added);
+            if pool.add(NewCredential::new(name, "secret")).await.is_ok() {
+                churn.added += 1;
             }
             let name = format!("torture-{}", rng.usize(..args.credentials));
-            if !removed.contains(&name) && pool.remove(&name).await.is_ok() {
-                removed.insert(name);
+            if !churn.removed.contains(&name) && pool.remove(&name).await.is_ok() {
+                churn.removed.insert(name);
             }
         }
     }
+    Ok(churn)
+}
 
-    // The workers stop by themselves at the deadline.
+/// Waits up to 20 s for the workers, which stop by themselves at the
+/// deadline; kills the rest and returns how many there were.
+async fn stop(running: Vec<Running>) -> usize {
     let grace = Instant::now() + Duration::from_secs(20);
     let mut hung = 0;
     for mut worker in running {
@@ -337,27 +469,19 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             worker.kill();
         }
     }
-    for task in background {
-        task.abort();
-    }
-    if let Some(thread) = lock_thread {
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }
+    hung
+}
 
-    let mut texts = Vec::new();
-    for index in 0..workers.started {
-        let path = workers.log(index);
-        texts.push(std::fs::read_to_string(&path).unwrap_or_default());
-    }
-    let mut checked = check(&texts);
-    if hung > 0 {
-        checked
-            .violations
-            .push(format!("{hung} workers did not stop at the deadline"));
-    }
-
-    // Every lease must come back: killed workers' leases when they expire.
-    // The store may still be recovering from a fault: ask again for a while.
+/// Waits for every lease to come back (killed workers' leases when they
+/// expire; the store may still be recovering from a fault), then holds the
+/// store's credentials and counts against what the run added, removed and
+/// logged. Returns the store's list.
+async fn reconcile<S: Store>(
+    pool: &Pool<S>,
+    args: &TortureArgs,
+    churn: &Churn,
+    checked: &mut check::Checked,
+) -> Result<Vec<credpool::CredentialInfo>, Failure> {
     let back_by = Instant::now() + args.ttl() + Duration::from_secs(10);
     let list = loop {
         match (pool.stats().await, pool.list().await) {
@@ -368,15 +492,10 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    let lost: Vec<&str> = list
-        .iter()
-        .filter(|info| info.holders > 0)
-        .map(|info| info.name.as_str())
-        .collect();
     let expected: HashSet<String> = (0..args.credentials)
         .map(|i| format!("torture-{i}"))
-        .filter(|name| !removed.contains(name))
-        .chain((0..added).map(|i| format!("torture-added-{i}")))
+        .filter(|name| !churn.removed.contains(name))
+        .chain((0..churn.added).map(|i| format!("torture-added-{i}")))
         .collect();
     let present: HashSet<String> = list.iter().map(|info| info.name.clone()).collect();
     let missing: Vec<&String> = expected.difference(&present).collect();
@@ -398,22 +517,47 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             ));
         }
     }
-    let uses: u64 = list.iter().map(|info| info.use_count).sum();
+    Ok(list)
+}
 
+/// What the report tells.
+struct Summary<'a, S: Store> {
+    started: Instant,
+    workers: &'a Workers<S>,
+    churn: &'a Churn,
+    checked: &'a check::Checked,
+    injected: &'a Injected,
+    list: &'a [credpool::CredentialInfo],
+    lost: &'a [&'a str],
+}
+
+fn report<S: Store>(place: &Place, args: &TortureArgs, summary: &Summary<'_, S>) {
+    let Summary {
+        started,
+        workers,
+        churn,
+        checked,
+        injected,
+        list,
+        lost,
+    } = summary;
+    let uses: u64 = list.iter().map(|info| info.use_count).sum();
     outln!(
         "torture on {} ({:.1?})",
         place.describe(),
         started.elapsed()
     );
     outln!(
-        "  workers            {} ({} started, {kills} killed{}, {replaced} stopped early and replaced)",
+        "  workers            {} ({} started, {} killed{}, {} stopped early and replaced)",
         args.processes,
         workers.started,
-        if in_process {
+        churn.kills,
+        if workers.in_process {
             ": tasks aborted"
         } else {
             " with SIGKILL"
-        }
+        },
+        churn.replaced
     );
     outln!(
         "  grants             {} logged, {uses} counted by the store (removed credentials' uses leave with them)",
@@ -434,8 +578,9 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         checked.killed
     );
     outln!(
-        "  admin changes      {added} added, {} removed",
-        removed.len()
+        "  admin changes      {} added, {} removed",
+        churn.added,
+        churn.removed.len()
     );
     outln!("  violations         {}", checked.violations.len());
     for violation in checked.violations.iter().take(10) {
@@ -450,18 +595,4 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             format!(" {lost:?}")
         }
     );
-
-    for info in &list {
-        let _ = pool.remove_forced(&info.name).await;
-    }
-    if temporary {
-        let _ = std::fs::remove_dir_all(&logs);
-    } else {
-        outln!("  logs               {}", logs.display());
-    }
-    if checked.violations.is_empty() && lost.is_empty() {
-        Ok(())
-    } else {
-        Err("torture found violations (see above)".into())
-    }
 }
