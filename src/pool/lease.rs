@@ -123,6 +123,7 @@ impl<S: Store> Lease<S> {
     ///
     /// Dropping the future may or may not have renewed the lease; the lease
     /// itself stays valid either way until its old or new expiry.
+    /// [`expires_at`](Lease::expires_at) then still says the old expiry.
     pub async fn renew(&mut self) -> Result<()> {
         let ttl = self.pool.lease_ttl();
         self.renew_inner(ttl).await

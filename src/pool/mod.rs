@@ -469,7 +469,9 @@ impl<S: Store> Pool<S> {
     ///
     /// The release is handed to the store when the future is first polled;
     /// dropping the future after that does not undo it, and waiters are
-    /// told when it takes effect.
+    /// told (and its events sent) when it takes effect. Dropping it before
+    /// then releases nothing: the lease stays held until it is released or
+    /// expires.
     pub async fn release_token(&self, token: LeaseToken, outcome: ReleaseOutcome) -> Result<()> {
         self.release_counted(token, outcome, false).await
     }
@@ -495,6 +497,10 @@ impl<S: Store> Pool<S> {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] naming the field, or [`Error::DuplicateName`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`add_many`](Pool::add_many).
     pub async fn add(&self, credential: NewCredential) -> Result<()> {
         self.add_many([credential]).await.map(|_| ())
     }
@@ -505,6 +511,18 @@ impl<S: Store> Pool<S> {
     ///
     /// [`Error::InvalidInput`] or [`Error::DuplicateName`] naming the first bad
     /// entry by position and name; then nothing was added.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request adds nothing. Dropping it after that may or may not add
+    /// the credentials, but never only some of them: the Postgres store
+    /// finishes the change on a task of its own even when the caller
+    /// leaves, and the SQLite store runs a request its thread has received.
+    /// The [`Event::Added`] events and the wake-ups of waiters are sent only
+    /// when the future completes: the credentials may have been added
+    /// without their events, and waiters are not woken for them.
     pub async fn add_many(
         &self,
         credentials: impl IntoIterator<Item = NewCredential>,
@@ -515,6 +533,10 @@ impl<S: Store> Pool<S> {
 
     /// Adds the credentials whose names are new and keeps the ones that exist;
     /// returns how many were added. Still all or nothing on invalid input.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`add_many`](Pool::add_many).
     pub async fn add_many_skip_existing(
         &self,
         credentials: impl IntoIterator<Item = NewCredential>,
@@ -554,12 +576,26 @@ impl<S: Store> Pool<S> {
     }
 
     /// Removes a credential; refused with [`Error::InUse`] while it is leased.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request changes nothing. Dropping it after that may or may not remove
+    /// the credential; the change is atomic. The [`Event::Removed`] event and
+    /// the wake-up of waiters are sent only when the future completes: the
+    /// change may have been made without its event, and waiters are not
+    /// woken for it.
     pub async fn remove(&self, name: &str) -> Result<()> {
         self.remove_with(name, false).await
     }
 
     /// Removes a credential even while it is leased; its holders' later
     /// releases fail with [`Error::LeaseLost`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`remove`](Pool::remove).
     pub async fn remove_forced(&self, name: &str) -> Result<()> {
         self.remove_with(name, true).await
     }
@@ -587,6 +623,16 @@ impl<S: Store> Pool<S> {
 
     /// Disables a credential: it is not handed out until enabled. Leases that
     /// hold it stay valid.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request changes nothing. Dropping it after that may or may not disable
+    /// the credential; the change is atomic. The [`Event::Disabled`] event and
+    /// the wake-up of waiters are sent only when the future completes: the
+    /// change may have been made without its event, and waiters are not
+    /// woken for it.
     pub async fn disable(&self, name: &str, reason: impl Into<String>) -> Result<()> {
         validate_name(name)?;
         let reason = reason.into();
@@ -607,6 +653,16 @@ impl<S: Store> Pool<S> {
     }
 
     /// Enables a disabled credential.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request changes nothing. Dropping it after that may or may not enable
+    /// the credential; the change is atomic. The [`Event::Enabled`] event and
+    /// the wake-up of waiters are sent only when the future completes: the
+    /// change may have been made without its event, and waiters are not
+    /// woken for it.
     pub async fn enable(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         self.after_earlier_work().await;
@@ -623,6 +679,14 @@ impl<S: Store> Pool<S> {
     }
 
     /// Replaces a credential's secret; leases out keep the old one.
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request changes nothing. Dropping it after that may or may not
+    /// replace the secret; the change is atomic. This method sends no event
+    /// either way.
     pub async fn update_secret(&self, name: &str, secret: impl Into<Secret>) -> Result<()> {
         validate_name(name)?;
         let secret = secret.into();
@@ -632,6 +696,11 @@ impl<S: Store> Pool<S> {
     }
 
     /// Every credential, without secrets.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing (the store may reclaim expired leases
+    /// on the way, as a grant would).
     pub async fn list(&self) -> Result<Vec<CredentialInfo>> {
         self.after_earlier_work().await;
         self.shared.store.list().await
@@ -639,12 +708,22 @@ impl<S: Store> Pool<S> {
 
     /// Every credential with its secret and extra text, for an operator who
     /// asked for them (`credpool list --show-secrets`) or for an export.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing (the store may reclaim expired leases
+    /// on the way, as a grant would).
     pub async fn reveal(&self) -> Result<Vec<Credential>> {
         self.after_earlier_work().await;
         self.shared.store.reveal().await
     }
 
     /// Counts by state, and the tasks of this process waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing (the store may reclaim expired leases
+    /// on the way, as a grant would).
     pub async fn stats(&self) -> Result<Stats> {
         self.after_earlier_work().await;
         let mut stats = self.shared.store.stats().await?;
@@ -684,7 +763,7 @@ impl<S: Store> Pool<S> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe.
+    /// Cancel safe: it only waits.
     pub async fn wait_for_leases(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let _watching = Watching::new(&self.shared.books.shutdown_watchers);

@@ -55,7 +55,8 @@ impl<S: Store> Drop for GrantTicket<'_, S> {
         let work = pool.shared.books.orphans.begin();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to finish the grant on: the store hears that nobody
-            // reads its answer, and a lease it granted expires in time.
+            // reads its answer and gives back what it granted (SQLite and
+            // Postgres do); else the lease comes back when its TTL ends.
             return;
         };
         runtime.spawn(async move {

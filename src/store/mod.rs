@@ -88,7 +88,10 @@ impl From<GrantAttempt> for GrantAnswer {
 /// answers [`Later`](Granting::Later) with a future that owns what it
 /// needs. The pool drives that future to its end even when its caller
 /// leaves, and releases what it granted then; the store has nothing to do
-/// for a cancelled caller.
+/// for a cancelled caller. Only when the caller's future is dropped outside
+/// a tokio runtime does the pool drop the store's future instead: a store
+/// should then give back a lease whose answer nobody reads, as the SQLite
+/// and Postgres stores do.
 #[non_exhaustive]
 pub enum Granting {
     /// The answer, decided.
@@ -179,6 +182,11 @@ pub trait Leases: Send + Sync + 'static {
     /// Resolves when the store hears that another process freed something
     /// (Postgres: a `NOTIFY`), so the first waiter asks again before its
     /// next poll. A store that hears nothing never resolves (the default).
+    ///
+    /// # Cancel safety
+    ///
+    /// The pool drops this future whenever another wake-up comes first, and
+    /// asks for a new one later: dropping it must change nothing.
     fn changed(&self) -> impl Future<Output = ()> + Send {
         std::future::pending()
     }
@@ -198,6 +206,13 @@ pub trait Leases: Send + Sync + 'static {
     /// [`Error::ReleasePending`](crate::Error::ReleasePending) when the
     /// release could not commit for a while; the store keeps it and the
     /// receipt until it does.
+    ///
+    /// # Cancel safety
+    ///
+    /// The release must take effect even if the future is dropped, also
+    /// before it is first polled (promise 6): send the request before
+    /// returning the future. Dropped or not, the receipt is completed once
+    /// the release is decided.
     fn release(
         &self,
         lease: LeaseToken,
@@ -210,6 +225,11 @@ pub trait Leases: Send + Sync + 'static {
     fn release_detached(&self, lease: LeaseToken, receipt: Receipt);
 
     /// Extends a lease to now + `ttl` (no expiry with `None`); returns the new expiry.
+    ///
+    /// # Cancel safety
+    ///
+    /// A renewal whose future is dropped before it completes may or may not
+    /// have renewed the lease; it must change nothing else about it.
     fn renew(
         &self,
         lease: LeaseToken,
@@ -224,6 +244,12 @@ pub trait Leases: Send + Sync + 'static {
 pub trait Admin: Send + Sync + 'static {
     /// Adds credentials, all or nothing; returns how many were added.
     /// The credentials were validated by the caller.
+    ///
+    /// # Cancel safety
+    ///
+    /// All or nothing even when the future is dropped before it completes:
+    /// every credential is added or none is. The change may still be made
+    /// after the future is dropped.
     fn add_many(
         &self,
         credentials: Vec<NewCredential>,
@@ -233,10 +259,22 @@ pub trait Admin: Send + Sync + 'static {
     /// Removes a credential; refused with [`Error::InUse`](crate::Error::InUse)
     /// while leased unless `force`, when its holders' later releases fail
     /// with [`Error::LeaseLost`](crate::Error::LeaseLost).
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes: the
+    /// change is made whole or not at all. It may still be made after the
+    /// future is dropped.
     fn remove(&self, name: &str, force: bool) -> impl Future<Output = Result<()>> + Send;
 
     /// Disables a credential (`Some(reason)`) or enables it (`None`). Leases
     /// that hold it stay valid.
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes: the
+    /// change is made whole or not at all. It may still be made after the
+    /// future is dropped.
     fn set_disabled(
         &self,
         name: &str,
@@ -244,15 +282,36 @@ pub trait Admin: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Replaces a credential's secret; leases out keep the old one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes: the
+    /// change is made whole or not at all. It may still be made after the
+    /// future is dropped.
     fn update_secret(&self, name: &str, secret: Secret) -> impl Future<Output = Result<()>> + Send;
 
     /// Every credential, without secrets, in id order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future must change nothing, except that the store may
+    /// have reclaimed expired leases, as a grant does.
     fn list(&self) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send;
 
     /// Every credential with its secret and extra text, in id order.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future must change nothing, except that the store may
+    /// have reclaimed expired leases, as a grant does.
     fn reveal(&self) -> impl Future<Output = Result<Vec<Credential>>> + Send;
 
     /// Counts by state (`waiters` is left at 0: the pool fills it in).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future must change nothing, except that the store may
+    /// have reclaimed expired leases, as a grant does.
     fn stats(&self) -> impl Future<Output = Result<Stats>> + Send;
 }
 
