@@ -49,7 +49,7 @@ impl fmt::Display for LeaseId {
 }
 
 /// A lease named by value, without the guard: what a lease becomes with
-/// [`Lease::into_token`], or what another process sends to have a lease released.
+/// [`Lease::into_token`](crate::Lease::into_token), or what another process sends to have a lease released.
 ///
 /// A store refuses a token for a lease it does not hold (fencing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
