@@ -134,6 +134,7 @@ impl EventSender {
     }
 
     /// Whether anyone listens; build events only when this is true.
+    #[inline]
     pub(crate) fn wanted(&self) -> bool {
         self.subscribers.load(Ordering::Relaxed) > 0
     }

@@ -429,6 +429,7 @@ impl<S: Store> Pool<S> {
             .map(|_| ())
     }
 
+    #[inline]
     pub(crate) fn release_dropped(&self, grant: &Grant) {
         let token = grant.token();
         let books = &self.shared.books;

@@ -136,20 +136,27 @@ impl WaitQueue {
 
     /// One unit of capacity was freed: wake the first waiter that is asleep
     /// (unless a waiter woken early is about to ask the store anyway).
+    #[inline]
     pub(crate) fn freed_one(&self) {
         self.epoch.fetch_add(1, SeqCst);
         if self.len.load(SeqCst) > 0 {
-            let mut list = self.lock();
-            if let Some(ticket) = list.woken_early.take() {
-                let still_to_ask = list
-                    .position(ticket)
-                    .is_some_and(|position| list.entries[position].awake);
-                if still_to_ask {
-                    return;
-                }
-            }
-            list.wake_first_asleep(false);
+            self.wake_for_one();
         }
+    }
+
+    /// [`freed_one`](WaitQueue::freed_one) with waiters in line.
+    #[inline(never)]
+    fn wake_for_one(&self) {
+        let mut list = self.lock();
+        if let Some(ticket) = list.woken_early.take() {
+            let still_to_ask = list
+                .position(ticket)
+                .is_some_and(|position| list.entries[position].awake);
+            if still_to_ask {
+                return;
+            }
+        }
+        list.wake_first_asleep(false);
     }
 
     /// Credentials were added or enabled, or one was disabled or removed:

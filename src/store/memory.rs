@@ -464,6 +464,7 @@ impl Leases for MemoryStore {
         std::future::ready(self.release_now(lease, outcome, receipt))
     }
 
+    #[inline]
     fn release_detached(&self, lease: LeaseToken, receipt: Receipt) {
         // A lease that was taken over or removed has nothing left to release.
         let _ = self.release_now(lease, ReleaseOutcome::Success, receipt);

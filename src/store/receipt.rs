@@ -76,6 +76,7 @@ impl Receipt {
     }
 
     /// Makes later calls wait for this release's first attempt.
+    #[inline]
     pub(crate) fn with_work(mut self, work: Option<Work>) -> Self {
         self.work = work;
         self
