@@ -354,8 +354,7 @@ impl<S: Store> Pool<S> {
         let shared = &self.shared;
         if !shared.in_order {
             // A grant sees the releases of leases dropped before it.
-            let releases = &shared.books.releases;
-            releases.finished_before(releases.mark()).await;
+            shared.books.releases.finished_before_now().await;
         }
         let answer = match shared.store.grant(shared.lease_ttl) {
             Granting::Now(answer) => answer,
@@ -371,10 +370,10 @@ impl<S: Store> Pool<S> {
     /// leases), so that this call sees its effect.
     async fn after_earlier_work(&self) {
         let books = &self.shared.books;
-        books.orphans.finished_before(books.orphans.mark()).await;
+        books.orphans.finished_before_now().await;
         if !self.shared.in_order {
             // Marked now, to take in the releases of those orphans too.
-            books.releases.finished_before(books.releases.mark()).await;
+            books.releases.finished_before_now().await;
         }
     }
 

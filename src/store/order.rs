@@ -82,6 +82,18 @@ impl InFlight {
             .is_none_or(|&first| first >= mark)
     }
 
+    /// Waits until every piece of work begun before now has finished. Costs
+    /// one atomic load when nothing runs; only a real wait is a boxed future,
+    /// so a caller's future does not carry the wait's state.
+    pub(crate) async fn finished_before_now(&self) {
+        let mark = self.mark();
+        if let Mark(Some(before)) = mark {
+            if !self.done_before(before) {
+                Box::pin(self.finished_before(mark)).await;
+            }
+        }
+    }
+
     /// Waits until every piece of work begun before `mark` has finished.
     pub(crate) async fn finished_before(&self, mark: Mark) {
         let Mark(Some(mark)) = mark else {
