@@ -69,12 +69,28 @@ impl Books {
         outcome: &ReleaseOutcome,
     ) -> Receipt {
         let for_event = self.events.wanted().then(|| outcome.clone());
-        Receipt::new(self.clone(), token, counted, for_event)
+        Receipt::new(self.clone(), token, counted, for_event, None)
+    }
+
+    /// A receipt for the release of a dropped lease; later calls wait for
+    /// `work` (the release's first attempt) when there is some.
+    #[inline]
+    pub(crate) fn dropped_receipt(
+        self: &Arc<Self>,
+        token: LeaseToken,
+        work: Option<crate::store::order::Work>,
+    ) -> Receipt {
+        let for_event = self.events.wanted().then_some(ReleaseOutcome::Success);
+        Receipt::new(self.clone(), token, true, for_event, work)
     }
 
     /// A receipt for a release that no one counted or heard of.
-    pub(crate) fn quiet_receipt(self: &Arc<Self>, token: LeaseToken) -> Receipt {
-        Receipt::new(self.clone(), token, false, None)
+    pub(crate) fn quiet_receipt(
+        self: &Arc<Self>,
+        token: LeaseToken,
+        work: crate::store::order::Work,
+    ) -> Receipt {
+        Receipt::new(self.clone(), token, false, None, Some(work))
     }
 
     fn send_release_events(&self, name: Arc<str>, token: LeaseToken, outcome: ReleaseOutcome) {

@@ -356,10 +356,18 @@ impl<S: Store> Pool<S> {
             // A grant sees the releases of leases dropped before it.
             shared.books.releases.finished_before_now().await;
         }
-        let answer = match shared.store.grant(shared.lease_ttl) {
-            Granting::Now(answer) => answer,
-            Granting::Later(future) => GrantTicket::new(self, future).await,
+        // The answer is not kept across the wait: a waiting task's future
+        // holds only the ticket.
+        let later = match shared.store.grant(shared.lease_ttl) {
+            Granting::Now(answer) => return self.answered(answer),
+            Granting::Later(future) => future,
         };
+        let answer = GrantTicket::new(self, later).await;
+        self.answered(answer)
+    }
+
+    #[inline]
+    fn answered(&self, answer: Result<GrantAnswer>) -> Result<GrantAttempt> {
         let GrantAnswer { attempt, expired } = answer?;
         self.report_expired(expired);
         Ok(attempt)
@@ -377,7 +385,15 @@ impl<S: Store> Pool<S> {
         }
     }
 
+    #[inline]
     pub(crate) fn report_expired(&self, expired: Vec<ExpiredLease>) {
+        // Nearly always none: no iterator to build and drop.
+        if !expired.is_empty() {
+            self.report_each_expired(expired);
+        }
+    }
+
+    fn report_each_expired(&self, expired: Vec<ExpiredLease>) {
         for ExpiredLease { name, lease_id } in expired {
             tracing::info!(pool = self.name(), credential = %name, lease_id = %lease_id, "lease expired and was reclaimed");
             if self.shared.books.events.wanted() {
@@ -432,13 +448,11 @@ impl<S: Store> Pool<S> {
     pub(crate) fn release_dropped(&self, grant: &Grant) {
         let token = grant.token();
         let books = &self.shared.books;
-        let receipt = books.receipt(token, true, &ReleaseOutcome::Success);
         // On a store that runs calls side by side, later calls wait for
         // this release's first attempt.
         let work = (!self.shared.in_order).then(|| books.releases.begin());
-        self.shared
-            .store
-            .release_detached(token, receipt.with_work(work));
+        let receipt = books.dropped_receipt(token, work);
+        self.shared.store.release_detached(token, receipt);
     }
 
     pub(crate) async fn renew_grant(

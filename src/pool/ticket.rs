@@ -68,10 +68,8 @@ impl<S: Store> Drop for GrantTicket<'_, S> {
                 let token = grant.token();
                 // The pool never counted this lease, nor told anyone of it;
                 // waiters hear when it is back.
-                let receipt = pool.shared.books.quiet_receipt(token);
-                pool.shared
-                    .store
-                    .release_detached(token, receipt.with_work(Some(work)));
+                let receipt = pool.shared.books.quiet_receipt(token, work);
+                pool.shared.store.release_detached(token, receipt);
             }
         });
     }

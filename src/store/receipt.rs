@@ -65,21 +65,15 @@ impl Receipt {
         token: LeaseToken,
         counted: bool,
         for_event: Option<ReleaseOutcome>,
+        work: Option<Work>,
     ) -> Self {
         Self {
             books: Some(books),
             token,
             counted,
             for_event,
-            work: None,
+            work,
         }
-    }
-
-    /// Makes later calls wait for this release's first attempt.
-    #[inline]
-    pub(crate) fn with_work(mut self, work: Option<Work>) -> Self {
-        self.work = work;
-        self
     }
 
     /// A receipt that tells no pool anything, for a store used without one
