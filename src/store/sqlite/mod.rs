@@ -260,6 +260,7 @@ impl Channel {
 }
 
 impl GrantRoute {
+    /// Waits for room, then sends the grant and waits for its reply.
     async fn grant(self, ttl: Option<Duration>) -> Result<GrantAnswer> {
         let permit = Channel::room(&self.permits, &self.path).await?;
         let (reply, answer) = oneshot::channel();
@@ -434,10 +435,27 @@ impl Leases for SqliteStore {
     }
 
     fn grant(&self, ttl: Option<Duration>) -> Granting {
-        match self.channel.grant_route() {
-            Some(route) => Granting::Later(Box::pin(route.grant(ttl))),
-            None => Granting::Now(Err(unavailable(&self.channel.path))),
+        // Sent now when there is room: the future only waits for the reply.
+        let permit = match self.channel.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => {
+                return Granting::Now(Err(unavailable(&self.channel.path)))
+            }
+            Err(TryAcquireError::NoPermits) => {
+                return match self.channel.grant_route() {
+                    Some(route) => Granting::Later(Box::pin(route.grant(ttl))),
+                    None => Granting::Now(Err(unavailable(&self.channel.path))),
+                }
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        if let Err(error) = self.channel.send(GrantJob::job(ttl, reply, permit)) {
+            return Granting::Now(Err(error));
         }
+        let path = self.channel.path.clone();
+        Granting::Later(Box::pin(async move {
+            answer.await.map_err(|_| unavailable(&path))?
+        }))
     }
 
     fn release(
