@@ -240,7 +240,21 @@ pub trait Leases: Send + Sync + 'static {
 /// The administration of a store, and its reads.
 ///
 /// Each change is atomic: it happens whole or not at all. Names were
-/// validated by the caller.
+/// validated by the caller. The conformance suite checks these promises
+/// too:
+///
+/// 1. `add_many` adds all or nothing; a name that exists already (or twice
+///    in the input) fails with [`Error::DuplicateName`](crate::Error::DuplicateName)
+///    naming its entry, unless [`OnDuplicate::Skip`].
+/// 2. A name that is not in the pool fails with
+///    [`Error::UnknownCredential`](crate::Error::UnknownCredential).
+/// 3. A new secret reaches the next lease; leases out keep the old one.
+/// 4. `stats` counts each credential in one state, in the order disabled,
+///    cooling down, leased (every unit out), available; `list` reports the
+///    same states.
+/// 5. No secret appears in a store's `Debug` output or in any error.
+/// 6. What a store keeps outlives it: reopened, it holds the same
+///    credentials (for stores that keep anything).
 pub trait Admin: Send + Sync + 'static {
     /// Adds credentials, all or nothing; returns how many were added.
     /// The credentials were validated by the caller.

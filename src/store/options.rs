@@ -24,6 +24,15 @@ impl StoreSettings {
         }
     }
 
+    /// The settings of a store shared by processes: the pool `default`,
+    /// leases that expire after `lease_ttl`, waiters that poll every
+    /// `poll_interval`.
+    pub fn shared(lease_ttl: Duration, poll_interval: Duration) -> Self {
+        Self::new("default")
+            .with_lease_ttl(Some(lease_ttl))
+            .with_poll_interval(Some(poll_interval))
+    }
+
     /// The same with a default lease TTL.
     pub fn with_lease_ttl(mut self, ttl: Option<Duration>) -> Self {
         self.lease_ttl = ttl;

@@ -304,11 +304,8 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Options for a store on the server `config` names.
     pub fn options(config: Config) -> PostgresOptions {
-        let settings = StoreSettings::new("default")
-            .with_lease_ttl(Some(DEFAULT_LEASE_TTL))
-            .with_poll_interval(Some(DEFAULT_POLL_INTERVAL));
         Options::new(
-            settings,
+            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL),
             Postgres {
                 config,
                 schema: "credpool".into(),

@@ -312,11 +312,8 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Options for the store at `path`.
     pub fn options(path: impl Into<PathBuf>) -> SqliteOptions {
-        let settings = StoreSettings::new("default")
-            .with_lease_ttl(Some(DEFAULT_LEASE_TTL))
-            .with_poll_interval(Some(DEFAULT_POLL_INTERVAL));
         Options::new(
-            settings,
+            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL),
             Sqlite {
                 path: path.into(),
                 synchronous: Synchronous::Normal,
