@@ -625,14 +625,18 @@ impl<S: Store> Pool<S> {
             "credential removed"
         );
         // Waiters learn at once if that was the last enabled credential.
+        self.credential_changed(|| Event::Removed { name: name.into() });
+        Ok(())
+    }
+
+    /// After an operator's change that may free units or take them away:
+    /// the first waiter asks the store (and wakes the next in turn), and
+    /// subscribers hear the event.
+    fn credential_changed(&self, event: impl FnOnce() -> Event) {
         self.shared.books.waiters.wake_in_turn();
         if self.shared.books.events.wanted() {
-            self.shared
-                .books
-                .events
-                .send(Event::Removed { name: name.into() });
+            self.shared.books.events.send(event());
         }
-        Ok(())
     }
 
     /// Disables a credential: it is not handed out until enabled. Leases that
@@ -656,13 +660,10 @@ impl<S: Store> Pool<S> {
             .set_disabled(name, Some(reason.clone()))
             .await?;
         tracing::info!(pool = self.name(), credential = name, reason = %reason, "credential disabled");
-        self.shared.books.waiters.wake_in_turn();
-        if self.shared.books.events.wanted() {
-            self.shared.books.events.send(Event::Disabled {
-                name: name.into(),
-                reason,
-            });
-        }
+        self.credential_changed(|| Event::Disabled {
+            name: name.into(),
+            reason,
+        });
         Ok(())
     }
 
@@ -682,13 +683,7 @@ impl<S: Store> Pool<S> {
         self.after_earlier_work().await;
         self.shared.store.set_disabled(name, None).await?;
         tracing::info!(pool = self.name(), credential = name, "credential enabled");
-        self.shared.books.waiters.wake_in_turn();
-        if self.shared.books.events.wanted() {
-            self.shared
-                .books
-                .events
-                .send(Event::Enabled { name: name.into() });
-        }
+        self.credential_changed(|| Event::Enabled { name: name.into() });
         Ok(())
     }
 
