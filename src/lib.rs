@@ -21,6 +21,6 @@ pub use pool::lease::Lease;
 pub use pool::{Pool, PoolBuilder};
 pub use store::memory::MemoryStore;
 pub use store::{
-    Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Options,
-    Receipt, Store, StoreSettings,
+    Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate,
+    Options, Receipt, Store, StoreSettings,
 };

@@ -581,12 +581,16 @@ impl<S: Store> Pool<S> {
             .store
             .add_many(credentials, on_duplicate)
             .await?;
-        tracing::info!(pool = self.name(), added, "credentials added");
+        tracing::info!(pool = self.name(), added = added.count, "credentials added");
         self.shared.books.waiters.wake_in_turn();
-        for name in names.into_iter().flatten() {
-            self.shared.books.events.send(Event::Added { name });
+        // Only the entries added: a skipped name was added long ago.
+        let mut skipped = added.skipped.iter().copied().peekable();
+        for (position, name) in names.into_iter().flatten().enumerate() {
+            if skipped.next_if_eq(&position).is_none() {
+                self.shared.books.events.send(Event::Added { name });
+            }
         }
-        Ok(added)
+        Ok(added.count)
     }
 
     /// Removes a credential; refused with [`Error::InUse`] while it is leased.

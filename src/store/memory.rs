@@ -13,8 +13,8 @@ use crate::credential::{
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
 use crate::store::{
-    Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Receipt,
-    StoreSettings,
+    Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate,
+    Receipt, StoreSettings,
 };
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
@@ -502,7 +502,7 @@ impl Admin for MemoryStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
-    ) -> Result<usize> {
+    ) -> Result<Added> {
         let now = now_ms();
         let mut state = self.lock();
         if on_duplicate == OnDuplicate::Fail {
@@ -518,11 +518,13 @@ impl Admin for MemoryStore {
                 }
             }
         }
-        let mut added = 0;
-        for new in credentials {
-            if !state.by_name.contains_key(new.name.as_str()) {
+        let mut added = Added::default();
+        for (position, new) in credentials.into_iter().enumerate() {
+            if state.by_name.contains_key(new.name.as_str()) {
+                added.skipped.push(position);
+            } else {
                 state.insert(new, now);
-                added += 1;
+                added.count += 1;
             }
         }
         Ok(added)

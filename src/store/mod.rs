@@ -118,6 +118,17 @@ pub struct ExpiredLease {
     pub lease_id: LeaseId,
 }
 
+/// What [`Admin::add_many`] added.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Added {
+    /// How many credentials were added.
+    pub count: usize,
+    /// The positions in the input of the entries that were not added, in
+    /// order: their names were in the pool already, or earlier in the
+    /// input ([`OnDuplicate::Skip`] only).
+    pub skipped: Vec<usize>,
+}
+
 /// What to do with a name that exists already when adding many credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDuplicate {
@@ -256,8 +267,8 @@ pub trait Leases: Send + Sync + 'static {
 /// 6. What a store keeps outlives it: reopened, it holds the same
 ///    credentials (for stores that keep anything).
 pub trait Admin: Send + Sync + 'static {
-    /// Adds credentials, all or nothing; returns how many were added.
-    /// The credentials were validated by the caller.
+    /// Adds credentials, all or nothing; returns how many were added and
+    /// which entries were skipped. The credentials were validated by the caller.
     ///
     /// # Cancel safety
     ///
@@ -268,7 +279,7 @@ pub trait Admin: Send + Sync + 'static {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
-    ) -> impl Future<Output = Result<usize>> + Send;
+    ) -> impl Future<Output = Result<Added>> + Send;
 
     /// Removes a credential; refused with [`Error::InUse`](crate::Error::InUse)
     /// while leased unless `force`, when its holders' later releases fail

@@ -54,6 +54,7 @@ macro_rules! conformance_suite {
             bad_input_is_refused_and_adds_nothing,
             duplicate_names_are_refused,
             add_many_skip_existing_merges,
+            skipped_names_are_not_announced,
             remove_is_refused_while_leased_unless_forced,
             unknown_names_are_reported,
             update_secret_reaches_the_next_lease,
@@ -903,6 +904,30 @@ pub async fn add_many_skip_existing_merges<F: Factory>(factory: &F) {
             "kept"
         );
     }
+}
+
+/// Merging announces only the credentials it added: a name it kept (it was
+/// in the pool, or earlier in the input) gets no `Added` event.
+pub async fn skipped_names_are_not_announced<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["alice"]).await;
+    let mut events = pool.subscribe();
+    let added = pool
+        .add_many_skip_existing([
+            NewCredential::new("alice", "new"),
+            NewCredential::new("bob", "s"),
+            NewCredential::new("bob", "again"),
+            NewCredential::new("carol", "s"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(added, 2);
+    let mut announced = Vec::new();
+    while let Some(event) = events.try_recv() {
+        if let Event::Added { name } = event {
+            announced.push(name.to_string());
+        }
+    }
+    assert_eq!(announced, ["bob", "carol"]);
 }
 
 pub async fn remove_is_refused_while_leased_unless_forced<F: Factory>(factory: &F) {

@@ -8,7 +8,7 @@ use crate::credential::{
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
-use crate::store::OnDuplicate;
+use crate::store::{Added, OnDuplicate};
 use crate::time::from_ms;
 
 use super::connections;
@@ -23,11 +23,11 @@ impl Inner {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
-    ) -> Result<usize> {
+    ) -> Result<Added> {
         let mut client = connections::connect(&self.connections.config).await?;
         let transaction = client.transaction().await?;
         let insert = transaction.prepare(&self.sql.insert_many()).await?;
-        let mut added = 0;
+        let mut added = Added::default();
         for (chunk_index, chunk) in credentials.chunks(INSERT_CHUNK).enumerate() {
             let names: Vec<&str> = chunk.iter().map(|c| c.name.as_str()).collect();
             let secrets: Vec<&str> = chunk.iter().map(|c| c.secret.expose()).collect();
@@ -39,24 +39,30 @@ impl Inner {
                     &[&self.pool, &names, &secrets, &extras, &capacities],
                 )
                 .await?;
-            if rows.len() < chunk.len() && on_duplicate == OnDuplicate::Fail {
-                // The first entry that was not added: its name was in the
-                // store, or earlier in the input.
-                let mut inserted: HashSet<String> = rows
-                    .iter()
-                    .map(|row| row.column(0, "credentials.name"))
-                    .collect::<Result<_>>()?;
-                let duplicate = chunk
-                    .iter()
-                    .position(|c| !inserted.remove(&c.name))
-                    .unwrap_or(0);
+            added.count += rows.len();
+            if rows.len() == chunk.len() {
+                continue;
+            }
+            // The entries not added: their names were in the store, or
+            // earlier in the input.
+            let mut inserted: HashSet<String> = rows
+                .iter()
+                .map(|row| row.column(0, "credentials.name"))
+                .collect::<Result<_>>()?;
+            let skipped = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !inserted.remove(&c.name))
+                .map(|(position, _)| chunk_index * INSERT_CHUNK + position);
+            if on_duplicate == OnDuplicate::Fail {
+                let duplicate = skipped.min().unwrap_or(chunk_index * INSERT_CHUNK);
                 return Err(Error::DuplicateName {
-                    name: chunk[duplicate].name.clone(),
+                    name: credentials[duplicate].name.clone(),
                     pool: self.pool.clone(),
-                    entry: Some(chunk_index * INSERT_CHUNK + duplicate),
+                    entry: Some(duplicate),
                 });
             }
-            added += rows.len();
+            added.skipped.extend(skipped);
         }
         transaction.commit().await?;
         Ok(added)

@@ -58,7 +58,7 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Admin, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Options, Receipt,
+    Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Options, Receipt,
     StoreSettings,
 };
 
@@ -445,7 +445,7 @@ impl Admin for PostgresStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
-    ) -> Result<usize> {
+    ) -> Result<Added> {
         let inner = self.inner.clone();
         self.run(async move { inner.add_many(credentials, on_duplicate).await })
             .await

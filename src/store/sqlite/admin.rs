@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::credential::{NewCredential, Secret};
 use crate::error::Error;
-use crate::store::OnDuplicate;
+use crate::store::{Added, OnDuplicate};
 
 use super::ctx::{Ctx, Failure};
 
@@ -12,10 +12,10 @@ pub(crate) fn add_many(
     ctx: &mut Ctx<'_>,
     credentials: &[NewCredential],
     on_duplicate: OnDuplicate,
-) -> std::result::Result<usize, Failure> {
+) -> std::result::Result<Added, Failure> {
     let connection = ctx.connection;
     connection.execute_batch("SAVEPOINT add_many")?;
-    let result = (|| -> std::result::Result<usize, Failure> {
+    let result = (|| -> std::result::Result<Added, Failure> {
         let sql = match on_duplicate {
             OnDuplicate::Fail => {
                 "INSERT INTO credentials (pool, name, secret, extra, capacity, created_at)
@@ -27,7 +27,7 @@ pub(crate) fn add_many(
             }
         };
         let mut insert = connection.prepare_cached(sql)?;
-        let mut added = 0;
+        let mut added = Added::default();
         for (index, credential) in credentials.iter().enumerate() {
             let inserted = insert.execute(params![
                 ctx.pool,
@@ -38,7 +38,8 @@ pub(crate) fn add_many(
                 ctx.now
             ]);
             match inserted {
-                Ok(count) => added += count,
+                Ok(0) => added.skipped.push(index),
+                Ok(count) => added.count += count,
                 Err(rusqlite::Error::SqliteFailure(failure, _))
                     if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
                 {

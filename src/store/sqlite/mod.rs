@@ -45,7 +45,7 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Admin, GrantAnswer, Granting, Leases, OnDuplicate, Options, Receipt, StoreSettings,
+    Added, Admin, GrantAnswer, Granting, Leases, OnDuplicate, Options, Receipt, StoreSettings,
 };
 
 use self::ctx::{Ctx, Failure};
@@ -499,7 +499,7 @@ impl Admin for SqliteStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
-    ) -> Result<usize> {
+    ) -> Result<Added> {
         self.call(move |ctx| admin::add_many(ctx, &credentials, on_duplicate))
             .await
     }
