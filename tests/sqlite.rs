@@ -414,14 +414,14 @@ fn a_lease_dropped_outside_any_runtime_is_released() {
         let lease = pool.acquire().await.unwrap();
         (pool, lease)
     });
-    common::drop_outside_any_runtime(lease);
-    runtime.block_on(async {
-        let lease = pool
-            .acquire_timeout(Duration::from_secs(5))
-            .await
-            .expect("released by the drop");
-        assert_eq!(lease.credential().name(), "a");
-    });
+    let lease = common::dropped_outside_any_runtime_comes_back(
+        &runtime,
+        &pool,
+        lease,
+        "released by the drop",
+    );
+    assert_eq!(lease.credential().name(), "a");
+    runtime.block_on(async move { drop(lease) });
 }
 
 /// Another process holds the write lock: callers wait within the busy

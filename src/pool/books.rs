@@ -11,7 +11,7 @@ use crate::credential::ReleaseOutcome;
 use crate::ids::LeaseToken;
 use crate::pool::events::{Event, EventSender};
 use crate::pool::wait::WaitQueue;
-use crate::store::order::InFlight;
+use crate::store::order::{InFlight, Work};
 use crate::store::{Books as ReceiptBooks, Receipt};
 
 /// What a pool keeps about itself, shared with the receipts of its releases.
@@ -60,36 +60,22 @@ impl Books {
         }
     }
 
-    /// A receipt for the release of `token`, reporting to these books.
+    /// A receipt for the release of `token`, reporting to these books;
+    /// later calls wait for `work` (the release's first attempt), if any.
     #[inline]
     pub(crate) fn receipt(
         self: &Arc<Self>,
         token: LeaseToken,
         counted: bool,
         outcome: &ReleaseOutcome,
+        work: Option<Work>,
     ) -> Receipt {
         let for_event = self.events.wanted().then(|| outcome.clone());
-        Receipt::new(self.clone(), token, counted, for_event, None)
-    }
-
-    /// A receipt for the release of a dropped lease; later calls wait for
-    /// `work` (the release's first attempt) when there is some.
-    #[inline]
-    pub(crate) fn dropped_receipt(
-        self: &Arc<Self>,
-        token: LeaseToken,
-        work: Option<crate::store::order::Work>,
-    ) -> Receipt {
-        let for_event = self.events.wanted().then_some(ReleaseOutcome::Success);
-        Receipt::new(self.clone(), token, true, for_event, work)
+        Receipt::new(self.clone(), token, counted, for_event, work)
     }
 
     /// A receipt for a release that no one counted or heard of.
-    pub(crate) fn quiet_receipt(
-        self: &Arc<Self>,
-        token: LeaseToken,
-        work: crate::store::order::Work,
-    ) -> Receipt {
+    pub(crate) fn quiet_receipt(self: &Arc<Self>, token: LeaseToken, work: Work) -> Receipt {
         Receipt::new(self.clone(), token, false, None, Some(work))
     }
 

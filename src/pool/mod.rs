@@ -436,7 +436,7 @@ impl<S: Store> Pool<S> {
         outcome: ReleaseOutcome,
         counted: bool,
     ) -> Result<()> {
-        let receipt = self.shared.books.receipt(token, counted, &outcome);
+        let receipt = self.shared.books.receipt(token, counted, &outcome, None);
         self.shared
             .store
             .release(token, outcome, receipt)
@@ -451,7 +451,7 @@ impl<S: Store> Pool<S> {
         // On a store that runs calls side by side, later calls wait for
         // this release's first attempt.
         let work = (!self.shared.in_order).then(|| books.releases.begin());
-        let receipt = books.dropped_receipt(token, work);
+        let receipt = books.receipt(token, true, &ReleaseOutcome::Success, work);
         self.shared.store.release_detached(token, receipt);
     }
 

@@ -42,7 +42,7 @@ pub(crate) struct Work {
 /// The work in flight when a call began: the call waits for it with
 /// [`InFlight::finished_before`].
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Mark(Option<u64>);
+struct Mark(Option<u64>);
 
 impl InFlight {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -68,7 +68,7 @@ impl InFlight {
     }
 
     /// Marks the start of a call. Costs one atomic load when nothing runs.
-    pub(crate) fn mark(&self) -> Mark {
+    fn mark(&self) -> Mark {
         if self.running.load(Ordering::SeqCst) == 0 {
             return Mark(None);
         }
@@ -95,7 +95,7 @@ impl InFlight {
     }
 
     /// Waits until every piece of work begun before `mark` has finished.
-    pub(crate) async fn finished_before(&self, mark: Mark) {
+    async fn finished_before(&self, mark: Mark) {
         let Mark(Some(mark)) = mark else {
             return;
         };

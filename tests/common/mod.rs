@@ -59,3 +59,21 @@ pub fn drop_outside_any_runtime<T: Send + 'static>(value: T) {
     .join()
     .unwrap();
 }
+
+/// Drops `lease` on a thread without a runtime, then checks on `runtime`
+/// that its credential can be acquired again within 5 s: the drop released
+/// it. Returns the new lease.
+pub fn dropped_outside_any_runtime_comes_back<S: credpool::Store>(
+    runtime: &tokio::runtime::Runtime,
+    pool: &credpool::Pool<S>,
+    lease: credpool::Lease<S>,
+    why: &str,
+) -> credpool::Lease<S> {
+    let name = lease.credential().name().to_string();
+    drop_outside_any_runtime(lease);
+    let again = runtime
+        .block_on(pool.acquire_timeout(std::time::Duration::from_secs(5)))
+        .expect(why);
+    assert_eq!(again.credential().name(), name);
+    again
+}

@@ -22,7 +22,6 @@ use crate::time::{from_ms, now_ms};
 use super::schema::{self, unsigned};
 
 /// The connection the reads run on, on a thread of its own.
-#[derive(Clone)]
 pub(crate) struct Reader {
     connection: tokio_rusqlite::Connection,
     pool: Arc<str>,
