@@ -307,7 +307,10 @@ async fn a_grant_whose_caller_left_is_released() {
         // second stall queue up and take them as one batch.
         let first = stall(Duration::from_millis(100));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let Granting::Later(mut grant) = pool.store().grant(Some(DEFAULT_LEASE_TTL)) else {
+        let Granting::Later(mut grant) = pool
+            .store()
+            .grant(Some(DEFAULT_LEASE_TTL), credpool::store::OnBusy::Answer)
+        else {
             panic!("a SQLite grant waits for the store thread");
         };
         tokio::select! {

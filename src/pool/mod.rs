@@ -17,7 +17,9 @@ use crate::credential::{
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::memory::MemoryStore;
-use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnDuplicate, Store};
+use crate::store::{
+    ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnBusy, OnDuplicate, Seat, Store,
+};
 
 use self::books::Books;
 use self::events::{Event, Events};
@@ -62,6 +64,10 @@ struct Shared<S> {
     store: S,
     lease_ttl: Option<Duration>,
     poll_interval: Option<Duration>,
+    /// The store's ticket TTL, when it keeps a waiting line of its own.
+    ticket_ttl: Option<Duration>,
+    /// Whether the store keeps a waiting line (tickets) of its own.
+    lined: bool,
     /// Whether the store runs calls in order by itself (see
     /// [`Leases::runs_calls_in_order`](crate::store::Leases::runs_calls_in_order)).
     in_order: bool,
@@ -147,6 +153,7 @@ impl<S: Store> PoolBuilder<S> {
         let poll_interval = settings
             .poll_interval()
             .map(|default| self.poll_interval.unwrap_or(default));
+        let ticket_ttl = settings.ticket_ttl();
         let books = Arc::new(Books::new(
             settings.pool(),
             poll_interval.is_some(),
@@ -158,6 +165,8 @@ impl<S: Store> PoolBuilder<S> {
                 store: self.store,
                 lease_ttl,
                 poll_interval,
+                ticket_ttl,
+                lined: ticket_ttl.is_some(),
                 closed: AtomicBool::new(false),
                 books,
             }),
@@ -177,6 +186,8 @@ impl Pool<MemoryStore> {
 enum Wake {
     Signal,
     Timer,
+    /// The store took this waiter's seat away: its ticket expired.
+    Lost,
 }
 
 impl<S: Store> Pool<S> {
@@ -240,7 +251,8 @@ impl<S: Store> Pool<S> {
     }
 
     /// Leases a free credential without waiting; `Ok(None)` when none is free
-    /// or when other tasks are already waiting in line (it never jumps the queue).
+    /// or when other tasks are already waiting in line (it never jumps the
+    /// queue, nor takes a ticket in a shared store's line).
     ///
     /// # Cancel safety
     ///
@@ -251,8 +263,13 @@ impl<S: Store> Pool<S> {
         if !self.shared.books.waiters.is_empty() {
             return Ok(None);
         }
-        match self.attempt().await? {
+        match self.attempt(OnBusy::Answer).await? {
             GrantAttempt::Granted(grant) => Ok(Some(self.lease(grant, Duration::ZERO))),
+            GrantAttempt::Queued { seat, .. } => {
+                // A store that queued a grant it was told not to: leave.
+                self.leave_seat(seat);
+                Ok(None)
+            }
             _ => Ok(None),
         }
     }
@@ -262,34 +279,57 @@ impl<S: Store> Pool<S> {
         self.check_ttl(self.shared.lease_ttl)?;
         let seen = self.shared.books.waiters.epoch();
         let mut retry_at = None;
-        if self.shared.books.waiters.is_empty() {
-            match self.attempt().await? {
+        let mut seat = SeatGuard::new(self);
+        // On a store with a waiting line of its own, a newcomer asks the
+        // store even with waiters here: the store serves the tickets in order
+        // and gives the newcomer a ticket behind them.
+        if self.shared.lined || self.shared.books.waiters.is_empty() {
+            match self.attempt(OnBusy::TakeTicket).await? {
                 GrantAttempt::Granted(grant) => return Ok(self.lease(grant, Duration::ZERO)),
                 GrantAttempt::Busy { retry_at: at } => retry_at = at,
+                GrantAttempt::Queued {
+                    seat: taken,
+                    retry_at: at,
+                } => {
+                    seat.take(taken);
+                    retry_at = at;
+                }
             }
         }
         // Boxed: the waiting state machine is large, and the fast path should
         // not pay for moving it around.
-        Box::pin(self.wait_in_line(seen, retry_at, deadline)).await
+        Box::pin(self.wait_in_line(seen, retry_at, seat, deadline)).await
     }
 
     async fn wait_in_line(
         &self,
         seen: u64,
         retry_at: Option<SystemTime>,
+        mut seat: SeatGuard<'_, S>,
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
         let (waiter, mut place) = self.shared.books.waiters.join(seen, retry_at);
         loop {
             let (first, retry_at) = place;
-            let timer = if first { self.timer(retry_at) } else { None };
+            let timer = if first {
+                self.timer(retry_at, seat.is_seated())
+            } else {
+                None
+            };
             // Boxed, and made only for the first in line: the store's future
             // (a Postgres store's `Notified`) would otherwise sit in every
             // waiting task's state.
             let changed = OnlyIf(first.then(|| Box::pin(self.shared.store.changed())));
             let wake = tokio::select! {
                 biased;
+                handed = seat.handed() => match handed {
+                    Some(grant) => {
+                        waiter.served(false);
+                        return Ok(self.lease(grant, started.elapsed()));
+                    }
+                    None => Wake::Lost,
+                },
                 () = waiter.woken() => Wake::Signal,
                 () = sleep_until(timer) => Wake::Timer,
                 () = changed => Wake::Timer,
@@ -300,6 +340,21 @@ impl<S: Store> Pool<S> {
             };
             self.check_open()?;
             let woken = waiter.trying();
+            if seat.is_seated() {
+                // The store hands this waiter its credential when its ticket's
+                // turn comes; releases here need not wake it. It asks the store
+                // only to poll (first in line) or when everyone or a change of
+                // credentials woke it.
+                if wake == Wake::Signal && !woken.all && !woken.relay {
+                    place = waiter.place();
+                    continue;
+                }
+                match self.poll_line().await {
+                    Ok(retry_at) => place = waiter.busy(retry_at),
+                    Err(error) => return Err(self.no_one_served(error, waiter, woken)),
+                }
+                continue;
+            }
             if wake == Wake::Signal && !woken.freed {
                 // Promoted to first in line: only the timer changes.
                 place = waiter.place();
@@ -308,7 +363,9 @@ impl<S: Store> Pool<S> {
             // A relay this waiter carries goes on if it fails or is cancelled
             // while it asks: the units it was woken for may still be free.
             let mut relay = RelayOnDrop::new(&self.shared.books.waiters, woken.relay);
-            match self.attempt().await {
+            // A waiter whose ticket was lost (its process stalled past the
+            // ticket TTL) takes a new one, behind those who kept theirs.
+            match self.attempt(OnBusy::TakeTicket).await {
                 Ok(GrantAttempt::Granted(grant)) => {
                     relay.disarm();
                     waiter.served(wake == Wake::Timer || woken.relay);
@@ -319,25 +376,63 @@ impl<S: Store> Pool<S> {
                     relay.disarm();
                     place = waiter.busy(retry_at);
                 }
-                Err(error @ Error::NoCredentials { .. }) => {
+                Ok(GrantAttempt::Queued {
+                    seat: taken,
+                    retry_at,
+                }) => {
                     relay.disarm();
-                    drop(waiter);
-                    // Nobody behind this waiter can be served either: tell
-                    // them all now, rather than each at its next wake-up
-                    // (once: a waiter woken so does not tell them again).
-                    if !woken.all {
-                        self.shared.books.waiters.wake_all();
-                    }
-                    return Err(error);
+                    seat.take(taken);
+                    place = waiter.busy(retry_at);
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    relay.disarm();
+                    return Err(self.no_one_served(error, waiter, woken));
+                }
             }
         }
     }
 
-    /// When the first waiter should ask the store again by itself.
-    fn timer(&self, retry_at: Option<SystemTime>) -> Option<Instant> {
-        if retry_at.is_none() && self.shared.poll_interval.is_none() {
+    /// A waiter's attempt failed with `error`. When the pool has no enabled
+    /// credential, nobody behind this waiter can be served either: tell them
+    /// all now, rather than each at its next wake-up (once: a waiter woken
+    /// so does not tell them again).
+    fn no_one_served(&self, error: Error, waiter: wait::Waiter<'_>, woken: wait::Woken) -> Error {
+        drop(waiter);
+        if matches!(error, Error::NoCredentials { .. }) && !woken.all {
+            self.shared.books.waiters.wake_all();
+        }
+        error
+    }
+
+    /// Asks a store with a waiting line for the credentials handed to this
+    /// store's tickets, and renews them.
+    async fn poll_line(&self) -> Result<Option<SystemTime>> {
+        self.shared.store.poll_line().await
+    }
+
+    /// Takes a seat out of the store's line: the ticket is removed, and a
+    /// grant that reached the seat too late goes back.
+    pub(crate) fn leave_seat(&self, mut seat: Seat) {
+        let ticket = seat.ticket();
+        // No grant can arrive after this; one that came before is taken.
+        seat.grant.close();
+        let late = seat.grant.try_recv().ok();
+        drop(seat);
+        self.shared.store.leave_line(ticket);
+        if let Some(grant) = late {
+            let token = grant.token();
+            let books = &self.shared.books;
+            // Nobody counted this lease; later calls see it back.
+            let receipt = books.quiet_receipt(token, books.orphans.begin());
+            self.shared.store.release_detached(token, receipt);
+        }
+    }
+
+    /// When the first waiter should ask the store again by itself; a seated
+    /// one also renews its store's tickets at least four times per TTL.
+    fn timer(&self, retry_at: Option<SystemTime>, seated: bool) -> Option<Instant> {
+        let heartbeat = self.shared.ticket_ttl.filter(|_| seated).map(|ttl| ttl / 4);
+        if retry_at.is_none() && self.shared.poll_interval.is_none() && heartbeat.is_none() {
             return None;
         }
         let now = Instant::now();
@@ -346,11 +441,12 @@ impl<S: Store> Pool<S> {
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         });
-        let poll = self.shared.poll_interval.map(|every| now + every);
+        let poll =
+            crate::time::earliest(self.shared.poll_interval, heartbeat).map(|every| now + every);
         crate::time::earliest(change, poll)
     }
 
-    async fn attempt(&self) -> Result<GrantAttempt> {
+    async fn attempt(&self, on_busy: OnBusy) -> Result<GrantAttempt> {
         let shared = &self.shared;
         if !shared.in_order {
             // A grant sees the releases of leases dropped before it.
@@ -358,7 +454,7 @@ impl<S: Store> Pool<S> {
         }
         // The answer is not kept across the wait: a waiting task's future
         // holds only the ticket.
-        let later = match shared.store.grant(shared.lease_ttl) {
+        let later = match shared.store.grant(shared.lease_ttl, on_busy) {
             Granting::Now(answer) => return self.answered(answer),
             Granting::Later(future) => future,
         };
@@ -740,7 +836,9 @@ impl<S: Store> Pool<S> {
     pub async fn stats(&self) -> Result<Stats> {
         self.after_earlier_work().await;
         let mut stats = self.shared.store.stats().await?;
-        stats.waiters = self.shared.books.waiters.len() as u64;
+        // A store with a waiting line counted the tickets of every process;
+        // the tasks here that are still on their way to one count too.
+        stats.waiters = stats.waiters.max(self.shared.books.waiters.len() as u64);
         Ok(stats)
     }
 
@@ -793,6 +891,59 @@ impl<S: Store> Pool<S> {
                     return Err(Error::Timeout { waited: timeout, what: "every lease to come back" });
                 }
             }
+        }
+    }
+}
+
+/// A waiter's seat in the store's line, if it has one: dropped, it leaves
+/// the line (see [`Pool::leave_seat`]).
+struct SeatGuard<'a, S: Store> {
+    pool: &'a Pool<S>,
+    seat: Option<Seat>,
+}
+
+impl<'a, S: Store> SeatGuard<'a, S> {
+    fn new(pool: &'a Pool<S>) -> Self {
+        Self { pool, seat: None }
+    }
+
+    fn take(&mut self, seat: Seat) {
+        if let Some(old) = self.seat.replace(seat) {
+            self.pool.leave_seat(old);
+        }
+    }
+
+    fn is_seated(&self) -> bool {
+        self.seat.is_some()
+    }
+
+    /// The grant the store hands to this seat; `None` when the store took
+    /// the seat away (its ticket expired), and then the waiter has no seat.
+    /// Never resolves without a seat.
+    async fn handed(&mut self) -> Option<Grant> {
+        let Some(seat) = self.seat.as_mut() else {
+            return std::future::pending().await;
+        };
+        match (&mut seat.grant).await {
+            Ok(grant) => {
+                // Delivered: the ticket is gone from the store.
+                self.seat = None;
+                Some(grant)
+            }
+            Err(_) => {
+                if let Some(seat) = self.seat.take() {
+                    self.pool.leave_seat(seat);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl<S: Store> Drop for SeatGuard<'_, S> {
+    fn drop(&mut self) {
+        if let Some(seat) = self.seat.take() {
+            self.pool.leave_seat(seat);
         }
     }
 }

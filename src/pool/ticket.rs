@@ -64,12 +64,17 @@ impl<S: Store> Drop for GrantTicket<'_, S> {
                 return;
             };
             pool.report_expired(expired);
-            if let GrantAttempt::Granted(grant) = attempt {
-                let token = grant.token();
-                // The pool never counted this lease, nor told anyone of it;
-                // waiters hear when it is back.
-                let receipt = pool.shared.books.quiet_receipt(token, work);
-                pool.shared.store.release_detached(token, receipt);
+            match attempt {
+                GrantAttempt::Granted(grant) => {
+                    let token = grant.token();
+                    // The pool never counted this lease, nor told anyone of it;
+                    // waiters hear when it is back.
+                    let receipt = pool.shared.books.quiet_receipt(token, work);
+                    pool.shared.store.release_detached(token, receipt);
+                }
+                // A ticket taken for nobody leaves the line at once.
+                GrantAttempt::Queued { seat, .. } => pool.leave_seat(seat),
+                _ => {}
             }
         });
     }

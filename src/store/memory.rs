@@ -13,8 +13,8 @@ use crate::credential::{
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
 use crate::store::{
-    Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate,
-    Receipt, StoreSettings,
+    Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy,
+    OnDuplicate, Receipt, StoreSettings,
 };
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
@@ -450,7 +450,8 @@ impl Leases for MemoryStore {
         true
     }
 
-    fn grant(&self, ttl: Option<Duration>) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, _on_busy: OnBusy) -> Granting {
+        // The pool's own line is the whole line: no tickets here.
         Granting::Now(self.grant_now(ttl))
     }
 

@@ -15,6 +15,7 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::Result;
 use crate::ids::{LeaseId, LeaseToken};
 
+mod line;
 pub mod memory;
 mod options;
 pub(crate) mod order;
@@ -24,6 +25,8 @@ mod receipt;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub(crate) use self::line::{Line, Undelivered};
+pub use self::line::{OnBusy, Seat, DEFAULT_TICKET_TTL};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;
 pub use self::receipt::Receipt;
@@ -58,6 +61,15 @@ pub enum GrantAttempt {
     Busy {
         /// The earliest time something changes by itself (a cool-down ends or
         /// a lease expires), when the store knows one.
+        retry_at: Option<SystemTime>,
+    },
+    /// Nothing was free, and the grant took a ticket in the store's waiting
+    /// line ([`OnBusy::TakeTicket`] on a store that keeps one): the store
+    /// hands a credential to the seat when the ticket's turn comes.
+    Queued {
+        /// The waiter's place in line.
+        seat: Seat,
+        /// As for [`Busy`](GrantAttempt::Busy).
         retry_at: Option<SystemTime>,
     },
 }
@@ -205,9 +217,38 @@ pub trait Leases: Send + Sync + 'static {
     /// Grants a lease on a free credential, if there is one. Reclaims expired
     /// leases first and returns them with the answer.
     ///
+    /// A store that keeps a waiting line grants nothing to a newcomer while
+    /// an older ticket waits; with [`OnBusy::TakeTicket`] a grant that finds
+    /// nothing free takes a ticket in the same transaction and answers
+    /// [`GrantAttempt::Queued`].
+    ///
     /// Fails with [`Error::NoCredentials`](crate::Error::NoCredentials) when
     /// the pool has no enabled credential.
-    fn grant(&self, ttl: Option<Duration>) -> Granting;
+    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting;
+
+    /// For a store that keeps a waiting line: renews this store's tickets
+    /// (the heartbeat that keeps them from expiring), hands the waiters
+    /// seated here the credentials other processes handed to their tickets,
+    /// and says when something changes by itself, as a busy grant does. The
+    /// first waiter in line calls it at every poll.
+    ///
+    /// Fails with [`Error::NoCredentials`](crate::Error::NoCredentials) when
+    /// the pool has no enabled credential.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future must lose nothing: a grant it had to hand to a
+    /// seat still reaches the seat, or its lease goes back.
+    fn poll_line(&self) -> impl Future<Output = Result<Option<SystemTime>>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// Takes a ticket out of the waiting line, from `Drop`: its waiter gave
+    /// up. A credential already handed to the ticket goes back (to the next
+    /// ticket, if one waits). No runtime may be there.
+    fn leave_line(&self, ticket: u64) {
+        let _ = ticket;
+    }
 
     /// Ends a lease with feedback; returns the credential's name. Completes
     /// `receipt` when the release is decided, whether or not the future is

@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use crate::error::Result;
 
+/// The shortest ticket TTL a store accepts.
+const MIN_TICKET_TTL: Duration = Duration::from_millis(100);
+
 /// The settings every store shares, as it was opened with them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     pool: String,
     lease_ttl: Option<Duration>,
     poll_interval: Option<Duration>,
+    ticket_ttl: Option<Duration>,
 }
 
 impl StoreSettings {
@@ -21,6 +25,7 @@ impl StoreSettings {
             pool: pool.into(),
             lease_ttl: None,
             poll_interval: None,
+            ticket_ttl: None,
         }
     }
 
@@ -46,6 +51,13 @@ impl StoreSettings {
         self
     }
 
+    /// The same with a waiting line kept in the store, whose tickets expire
+    /// `ttl` after their last heartbeat; `None` for a store without one.
+    pub fn with_ticket_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.ticket_ttl = ttl;
+        self
+    }
+
     /// The pool's name within the store.
     pub fn pool(&self) -> &str {
         &self.pool
@@ -62,12 +74,32 @@ impl StoreSettings {
         self.poll_interval
     }
 
+    /// For a store that keeps its waiting line in the store: how long a
+    /// ticket lives after its last heartbeat, and how long a credential
+    /// handed to a waiter in another process waits to be claimed. `None`
+    /// for a store whose waiters all live in one process.
+    pub fn ticket_ttl(&self) -> Option<Duration> {
+        self.ticket_ttl
+    }
+
     /// Refuses a bad pool name or a lease TTL too short to protect anything.
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn validate(&self) -> Result<()> {
         crate::credential::validate_pool_name(&self.pool)?;
         if let Some(ttl) = self.lease_ttl {
             crate::credential::validate_lease_ttl(ttl)?;
+        }
+        if let Some(ttl) = self.ticket_ttl {
+            if ttl < MIN_TICKET_TTL {
+                return Err(crate::error::InvalidInput::new(
+                    "ticket TTL",
+                    format!(
+                        "{ttl:?} is too short for a heartbeat to keep a ticket alive; \
+                         use at least {MIN_TICKET_TTL:?}"
+                    ),
+                )
+                .into());
+            }
         }
         Ok(())
     }
@@ -109,6 +141,20 @@ impl<K> Options<K> {
     /// (SQLite: 25 ms by default; Postgres, which also hears `NOTIFY`: 250 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = Some(interval);
+        self
+    }
+
+    /// How long a waiter's ticket lives after its last heartbeat on a store
+    /// that keeps its waiting line (default
+    /// [`DEFAULT_TICKET_TTL`](crate::store::DEFAULT_TICKET_TTL), 3 s), and
+    /// how long a credential handed to a ticket waits to be claimed. A
+    /// killed process's waiters hold up the others for at most this long;
+    /// a live process renews its tickets at every poll and at least four
+    /// times per TTL. The shortest is 100 ms.
+    pub fn ticket_ttl(mut self, ttl: Duration) -> Self {
+        if self.settings.ticket_ttl.is_some() {
+            self.settings.ticket_ttl = Some(ttl);
+        }
         self
     }
 

@@ -58,8 +58,8 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate, Options, Receipt,
-    StoreSettings,
+    Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy, OnDuplicate, Options,
+    Receipt, StoreSettings,
 };
 
 use self::batch::GrantQueue;
@@ -380,7 +380,7 @@ impl Leases for PostgresStore {
         self.changed.notified()
     }
 
-    fn grant(&self, ttl: Option<Duration>) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, _on_busy: OnBusy) -> Granting {
         // The grant runs on a task of the store's: it may serve other
         // grants' statement too, which must not stop when this caller leaves.
         let (reply, answer) = oneshot::channel();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rusqlite::{CachedStatement, Connection};
 
 use crate::error::Error;
-use crate::store::ExpiredLease;
+use crate::store::{ExpiredLease, Grant, Line};
 
 /// Why a job did not produce its value.
 pub(crate) enum Failure {
@@ -41,6 +41,17 @@ pub(crate) struct Ctx<'a> {
     /// statement cache hashes the SQL text on every lookup.
     hot: [Option<CachedStatement<'a>>; Hot::COUNT],
     pub(crate) names: &'a RefCell<LeaseNames>,
+    /// This store's seats in the waiting line.
+    pub(crate) line: &'a Arc<Line>,
+    /// How long a ticket lives without a heartbeat, in ms; also the claim
+    /// deadline of a credential handed to another process's ticket.
+    pub(crate) ticket_ttl: i64,
+    /// Whether tickets may be waiting in this pool's line: set when the
+    /// batch begins, and by a grant that takes one. While none wait, a
+    /// release hands nothing off and costs nothing more.
+    pub(crate) tickets: bool,
+    /// Grants handed to waiters seated here, to deliver after the commit.
+    pub(crate) deliveries: Vec<(u64, Grant)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -49,6 +60,8 @@ impl<'a> Ctx<'a> {
         pool: &'a str,
         now: i64,
         names: &'a RefCell<LeaseNames>,
+        line: &'a Arc<Line>,
+        ticket_ttl: i64,
     ) -> Self {
         Self {
             connection,
@@ -57,6 +70,10 @@ impl<'a> Ctx<'a> {
             expired: Vec::new(),
             hot: Default::default(),
             names,
+            line,
+            ticket_ttl,
+            tickets: false,
+            deliveries: Vec::new(),
         }
     }
 
@@ -99,10 +116,11 @@ pub(crate) enum Hot {
     Forget,
     Return,
     NameOf,
+    NextTicket,
 }
 
 impl Hot {
-    pub(crate) const COUNT: usize = 6;
+    pub(crate) const COUNT: usize = 7;
 
     pub(crate) fn sql(self) -> &'static str {
         match self {
@@ -133,6 +151,10 @@ impl Hot {
                  WHERE id = ?1"
             }
             Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
+            Hot::NextTicket => {
+                "SELECT id, owner FROM tickets WHERE pool = ?1 AND lease_id IS NULL
+                 ORDER BY id LIMIT 1"
+            }
         }
     }
 }

@@ -8,11 +8,11 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use crate::credential::ReleaseOutcome;
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
-use crate::store::{GrantAnswer, GrantAttempt, Receipt};
+use crate::store::{GrantAnswer, GrantAttempt, OnBusy, Receipt};
 use crate::time::{from_ms, to_ms};
 
 use super::ctx::{Ctx, Failure};
-use super::leases;
+use super::{leases, line};
 
 /// A call other than a grant or a release, type-erased.
 pub(crate) trait CallJob: Send {
@@ -142,7 +142,11 @@ impl ReleaseJob {
     pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
         self.failed = None;
         self.result = Some(match leases::release(ctx, self.lease, &self.outcome) {
-            Ok(name) => Ok(name),
+            Ok(name) => {
+                // The unit goes to the first ticket waiting, if one is.
+                line::serve(ctx)?;
+                Ok(name)
+            }
             Err(Failure::Refused(error)) => Err(error),
             Err(Failure::Sql(error)) => return Err(error),
         });
@@ -199,6 +203,7 @@ impl ReleaseJob {
 /// A grant: like [`Call`], but a lease whose caller is gone comes back.
 pub(crate) struct GrantJob {
     ttl: Option<Duration>,
+    on_busy: OnBusy,
     reply: Option<oneshot::Sender<Result<GrantAnswer>>>,
     result: Option<Result<GrantAnswer>>,
     _permit: OwnedSemaphorePermit,
@@ -207,11 +212,13 @@ pub(crate) struct GrantJob {
 impl GrantJob {
     pub(crate) fn job(
         ttl: Option<Duration>,
+        on_busy: OnBusy,
         reply: oneshot::Sender<Result<GrantAnswer>>,
         permit: OwnedSemaphorePermit,
     ) -> Job {
         Job::Grant(Self {
             ttl,
+            on_busy,
             reply: Some(reply),
             result: None,
             _permit: permit,
@@ -226,6 +233,10 @@ impl GrantJob {
         }
         let expired = std::mem::take(&mut ctx.expired);
         self.result = Some(match leases::grant(ctx, self.ttl) {
+            Ok(GrantAttempt::Busy { retry_at }) if self.on_busy == OnBusy::TakeTicket => {
+                let attempt = line::take_ticket(ctx, self.ttl, retry_at)?;
+                Ok(GrantAnswer { attempt, expired })
+            }
             Ok(attempt) => Ok(GrantAnswer { attempt, expired }),
             Err(Failure::Refused(error)) => Err(error),
             Err(Failure::Sql(error)) => return Err(error),
@@ -237,17 +248,29 @@ impl GrantJob {
         self.result = Some(Err(error));
     }
 
-    /// Replies; returns the lease when nobody took the reply.
-    pub(crate) fn finish(self) -> Option<LeaseToken> {
+    /// Replies; when nobody took the reply, returns the job that gives
+    /// back what the grant took: its lease, or its ticket.
+    pub(crate) fn finish(self) -> Option<Job> {
         let (Some(reply), Some(result)) = (self.reply, self.result) else {
             return None;
         };
         match reply.send(result) {
             Ok(()) => None,
-            Err(Ok(GrantAnswer {
-                attempt: GrantAttempt::Granted(grant),
-                ..
-            })) => Some(grant.token()),
+            Err(Ok(GrantAnswer { attempt, .. })) => match attempt {
+                GrantAttempt::Granted(grant) => {
+                    Some(Job::Release(Box::new(ReleaseJob::unclaimed(grant.token()))))
+                }
+                GrantAttempt::Queued { mut seat, .. } => {
+                    // Handed a credential in the batch that took the ticket:
+                    // the lease goes back; else the ticket leaves the line.
+                    seat.grant.close();
+                    Some(match seat.grant.try_recv() {
+                        Ok(grant) => Job::Release(Box::new(ReleaseJob::unclaimed(grant.token()))),
+                        Err(_) => Job::Leave(seat.ticket()),
+                    })
+                }
+                _ => None,
+            },
             Err(_) => None,
         }
     }
@@ -256,17 +279,51 @@ impl GrantJob {
     pub(crate) fn busy_until(&self) -> Option<Option<i64>> {
         match &self.result {
             Some(Ok(GrantAnswer {
-                attempt: GrantAttempt::Busy { retry_at },
+                attempt: GrantAttempt::Busy { retry_at } | GrantAttempt::Queued { retry_at, .. },
                 ..
             })) => Some(retry_at.map(to_ms)),
             _ => None,
         }
     }
 
-    /// Answers "busy" without running.
-    pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) {
+    /// Answers "busy" without running; false for a grant that must take a
+    /// ticket, which only a transaction can do.
+    pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
+        if self.on_busy == OnBusy::TakeTicket {
+            return false;
+        }
         let retry_at = retry_at.map(from_ms);
         self.result = Some(Ok(GrantAttempt::Busy { retry_at }.into()));
+        true
+    }
+}
+
+/// The first waiter's poll of the waiting line (see [`line::poll`]).
+pub(crate) struct PollJob {
+    reply: oneshot::Sender<Result<Option<i64>>>,
+    result: Option<Result<Option<i64>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PollJob {
+    pub(crate) fn job(
+        reply: oneshot::Sender<Result<Option<i64>>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Job {
+        Job::Poll(Self {
+            reply,
+            result: None,
+            _permit: permit,
+        })
+    }
+
+    fn run(&mut self, ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+        self.result = Some(match line::poll(ctx) {
+            Ok(retry_at) => Ok(retry_at),
+            Err(Failure::Refused(error)) => Err(error),
+            Err(Failure::Sql(error)) => return Err(error),
+        });
+        Ok(())
     }
 }
 
@@ -276,6 +333,11 @@ pub(crate) enum Job {
     Grant(GrantJob),
     /// A release, tried again until it commits or is refused.
     Release(Box<ReleaseJob>),
+    /// The first waiter's poll of the line: only polls can be answered
+    /// "busy" without a transaction, besides grants.
+    Poll(PollJob),
+    /// A ticket whose waiter gave up, to remove.
+    Leave(u64),
     /// Any other call.
     Call(Box<dyn CallJob>),
 }
@@ -286,6 +348,11 @@ impl Job {
         match self {
             Job::Grant(job) => job.run(ctx),
             Job::Release(job) => job.run(ctx),
+            Job::Poll(job) => job.run(ctx),
+            Job::Leave(ticket) => match line::leave(ctx, *ticket) {
+                Ok(()) | Err(Failure::Refused(_)) => Ok(()),
+                Err(Failure::Sql(error)) => Err(error),
+            },
             Job::Call(job) => job.run(ctx),
         }
     }
@@ -297,6 +364,9 @@ impl Job {
         match self {
             Job::Grant(job) => job.fail(error),
             Job::Release(job) => job.fail(error, transient),
+            Job::Poll(job) => job.result = Some(Err(error)),
+            // The ticket expires without its heartbeat.
+            Job::Leave(_) => {}
             Job::Call(job) => job.fail(error),
         }
     }
@@ -306,9 +376,16 @@ impl Job {
     pub(crate) fn finish(self) -> Finished {
         match self {
             Job::Grant(job) => match job.finish() {
-                Some(lease) => Finished::Unclaimed(lease),
+                Some(give_back) => Finished::Unclaimed(give_back),
                 None => Finished::Done,
             },
+            Job::Poll(job) => {
+                if let Some(result) = job.result {
+                    let _ = job.reply.send(result);
+                }
+                Finished::Done
+            }
+            Job::Leave(_) => Finished::Done,
             Job::Release(job) => match job.finish() {
                 Some(job) => Finished::Retry(Job::Release(job)),
                 None => Finished::Done,
@@ -325,8 +402,9 @@ impl Job {
     /// a grant.
     pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
         match self {
-            Job::Grant(job) => {
-                job.answer_busy(retry_at);
+            Job::Grant(job) => job.answer_busy(retry_at),
+            Job::Poll(job) => {
+                job.result = Some(Ok(retry_at));
                 true
             }
             _ => false,
@@ -337,6 +415,10 @@ impl Job {
     pub(crate) fn busy_until(&self) -> Option<Option<i64>> {
         match self {
             Job::Grant(job) => job.busy_until(),
+            Job::Poll(PollJob {
+                result: Some(Ok(retry_at)),
+                ..
+            }) => Some(*retry_at),
             _ => None,
         }
     }
@@ -345,8 +427,9 @@ impl Job {
 /// What is left to do after a job replied.
 pub(crate) enum Finished {
     Done,
-    /// A grant whose caller is gone: its lease must be released at once.
-    Unclaimed(LeaseToken),
+    /// A grant whose caller is gone: its lease must be released at once, or
+    /// its ticket removed; this job does it.
+    Unclaimed(Job),
     /// A release that could not commit: it must be tried again.
     Retry(Job),
 }

@@ -15,20 +15,26 @@ use crate::time::{duration_ms, earliest, from_ms};
 use super::ctx::{Ctx, Failure, Hot};
 use super::schema::unsigned;
 
-/// Ends finished cool-downs and reclaims expired leases.
+/// Ends finished cool-downs and reclaims expired leases; notes whether
+/// tickets wait (the line then hands out what came free, in `line.rs`).
 pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     // Most batches find nothing to do: one read says so, where the two
     // changes below would each cost a statement (and the second a temporary
     // table for its RETURNING).
-    let due: bool = ctx
+    // The same read says whether tickets wait in line.
+    let (due, tickets): (bool, bool) = ctx
         .connection
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1
                               AND cooling_until IS NOT NULL AND cooling_until <= ?2)
                  OR EXISTS (SELECT 1 FROM leases WHERE pool = ?1
-                              AND expires_at IS NOT NULL AND expires_at <= ?2)",
+                              AND expires_at IS NOT NULL AND expires_at <= ?2),
+                    EXISTS (SELECT 1 FROM tickets WHERE pool = ?1)",
         )?
-        .query_row(params![ctx.pool, ctx.now], |row| row.get(0))?;
+        .query_row(params![ctx.pool, ctx.now], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    ctx.tickets = tickets;
     if !due {
         return Ok(());
     }
@@ -78,48 +84,52 @@ fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>
     Ok(earliest(cooling, expiry))
 }
 
-pub(crate) fn grant(
-    ctx: &mut Ctx<'_>,
-    ttl: Option<Duration>,
-) -> std::result::Result<GrantAttempt, Failure> {
-    let (pool, now) = (ctx.pool, ctx.now);
-    let free = ctx
-        .statement(Hot::Pick)?
+/// A credential that can be leased now.
+pub(crate) struct Free {
+    id: i64,
+    name: String,
+    secret: String,
+    extra: Option<String>,
+    capacity: u32,
+}
+
+/// The least recently used credential with a unit free, if any.
+pub(crate) fn pick(ctx: &mut Ctx<'_>) -> rusqlite::Result<Option<Free>> {
+    let pool = ctx.pool;
+    ctx.statement(Hot::Pick)?
         .query_row([pool], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Option<String>>(3)?,
-                row.get::<_, u32>(4)?,
-            ))
+            Ok(Free {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                secret: row.get(2)?,
+                extra: row.get(3)?,
+                capacity: row.get(4)?,
+            })
         })
-        .optional()?;
-    let Some((id, name, secret, extra, capacity)) = free else {
-        let enabled: bool = ctx
-            .connection
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1 AND disabled_reason IS NULL)",
-            )?
-            .query_row([pool], |row| row.get(0))?;
-        if !enabled {
-            return Err(Failure::Refused(Error::NoCredentials {
-                pool: pool.to_string(),
-            }));
-        }
-        let retry_at = retry_at(ctx.connection, pool)?;
-        return Ok(GrantAttempt::Busy {
-            retry_at: retry_at.map(from_ms),
-        });
-    };
+        .optional()
+}
+
+/// Leases `free` until `expires_at` (ms; `None`: no expiry).
+pub(crate) fn lease(
+    ctx: &mut Ctx<'_>,
+    free: Free,
+    expires_at: Option<i64>,
+) -> rusqlite::Result<Grant> {
+    let (pool, now) = (ctx.pool, ctx.now);
+    let Free {
+        id,
+        name,
+        secret,
+        extra,
+        capacity,
+    } = free;
     ctx.statement(Hot::Mark)?.execute(params![id, now])?;
-    let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
     ctx.statement(Hot::Record)?
         .execute(params![pool, id, now, expires_at])?;
     let lease_id = ctx.connection.last_insert_rowid();
     let name: Arc<str> = name.into();
     ctx.names.borrow_mut().insert(lease_id, name.clone());
-    Ok(GrantAttempt::Granted(Grant {
+    Ok(Grant {
         credential: Credential::new(
             CredentialId::new(unsigned(id)?),
             name,
@@ -130,7 +140,74 @@ pub(crate) fn grant(
         lease_id: LeaseId::new(unsigned(lease_id)?),
         acquired_at: from_ms(now),
         expires_at: expires_at.map(from_ms),
-    }))
+    })
+}
+
+/// The grant of a lease that exists: the credential as it is now.
+pub(crate) fn granted(
+    ctx: &mut Ctx<'_>,
+    credential_id: i64,
+    lease_id: i64,
+    expires_at: Option<i64>,
+) -> rusqlite::Result<Grant> {
+    let (name, secret, extra, capacity): (String, String, Option<String>, u32) = ctx
+        .connection
+        .prepare_cached("SELECT name, secret, extra, capacity FROM credentials WHERE id = ?1")?
+        .query_row([credential_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+    let name: Arc<str> = name.into();
+    ctx.names.borrow_mut().insert(lease_id, name.clone());
+    Ok(Grant {
+        credential: Credential::new(
+            CredentialId::new(unsigned(credential_id)?),
+            name,
+            Secret::new(secret),
+            extra,
+            capacity,
+        ),
+        lease_id: LeaseId::new(unsigned(lease_id)?),
+        acquired_at: from_ms(ctx.now),
+        expires_at: expires_at.map(from_ms),
+    })
+}
+
+/// When a lease for `ttl` granted now expires, in ms.
+pub(crate) fn expiry(ctx: &Ctx<'_>, ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|ttl| ctx.now.saturating_add(duration_ms(ttl)))
+}
+
+pub(crate) fn grant(
+    ctx: &mut Ctx<'_>,
+    ttl: Option<Duration>,
+) -> std::result::Result<GrantAttempt, Failure> {
+    match pick(ctx)? {
+        Some(free) => {
+            let expires_at = expiry(ctx, ttl);
+            Ok(GrantAttempt::Granted(lease(ctx, free, expires_at)?))
+        }
+        None => Ok(GrantAttempt::Busy {
+            retry_at: why_busy(ctx)?.map(from_ms),
+        }),
+    }
+}
+
+/// Nothing is free: fails when nothing is enabled, else says when something
+/// changes by itself.
+pub(crate) fn why_busy(ctx: &Ctx<'_>) -> std::result::Result<Option<i64>, Failure> {
+    let pool = ctx.pool;
+    let enabled: bool = ctx
+        .connection
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1 AND disabled_reason IS NULL)",
+        )?
+        .query_row([pool], |row| row.get(0))?;
+    if !enabled {
+        return Err(Failure::Refused(Error::NoCredentials {
+            pool: pool.to_string(),
+        }));
+    }
+    Ok(retry_at(ctx.connection, pool)?)
 }
 
 pub(crate) fn lease_lost(ctx: &Ctx<'_>, lease: LeaseToken) -> std::result::Result<Error, Failure> {

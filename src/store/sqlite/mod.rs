@@ -28,6 +28,7 @@ mod admin;
 mod ctx;
 mod jobs;
 mod leases;
+mod line;
 mod reads;
 mod schema;
 mod writer;
@@ -45,15 +46,16 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Added, Admin, GrantAnswer, Granting, Leases, OnDuplicate, Options, Receipt, StoreSettings,
+    Added, Admin, GrantAnswer, Granting, Leases, Line, OnBusy, OnDuplicate, Options, Receipt,
+    StoreSettings, DEFAULT_TICKET_TTL,
 };
 
 use self::ctx::{Ctx, Failure};
 use self::jobs::Job;
-use self::jobs::{Call, GrantJob, ReleaseJob};
+use self::jobs::{Call, GrantJob, PollJob, ReleaseJob};
 use self::reads::Reader;
 use self::schema::ConnectionOptions;
-use self::writer::Worker;
+use self::writer::{Worker, WorkerSettings};
 
 pub use self::schema::SCHEMA_VERSION;
 
@@ -152,6 +154,14 @@ impl Options<Sqlite> {
         let path = own.path.clone();
         let pool = settings.pool().to_string();
         let busy_timeout = own.busy_timeout;
+        let line = Line::new();
+        let worker = WorkerSettings {
+            pool: pool.clone(),
+            path: path.clone(),
+            busy_timeout,
+            line: line.clone(),
+            ticket_ttl: settings.ticket_ttl().unwrap_or(DEFAULT_TICKET_TTL),
+        };
         let connection_options = ConnectionOptions {
             synchronous_full: own.synchronous == Synchronous::Full,
             busy_timeout,
@@ -162,7 +172,7 @@ impl Options<Sqlite> {
             .spawn(move || match schema::open(&path, &connection_options) {
                 Ok(connection) => {
                     let _ = opened.send(Ok(()));
-                    Worker::new(connection, pool, path, busy_timeout).run(requests);
+                    Worker::new(connection, worker).run(requests);
                 }
                 Err(error) => {
                     let _ = opened.send(Err(error));
@@ -261,7 +271,7 @@ impl Channel {
 
 impl GrantRoute {
     /// Waits for room, then sends the grant and waits for its reply.
-    async fn grant(self, ttl: Option<Duration>) -> Result<GrantAnswer> {
+    async fn grant(self, ttl: Option<Duration>, on_busy: OnBusy) -> Result<GrantAnswer> {
         let permit = Channel::room(&self.permits, &self.path).await?;
         let (reply, answer) = oneshot::channel();
         let sender = self
@@ -269,7 +279,7 @@ impl GrantRoute {
             .upgrade()
             .ok_or_else(|| unavailable(&self.path))?;
         sender
-            .send(GrantJob::job(ttl, reply, permit))
+            .send(GrantJob::job(ttl, on_busy, reply, permit))
             .map_err(|_| unavailable(&self.path))?;
         drop(sender);
         answer.await.map_err(|_| unavailable(&self.path))?
@@ -313,7 +323,8 @@ impl SqliteStore {
     /// Options for the store at `path`.
     pub fn options(path: impl Into<PathBuf>) -> SqliteOptions {
         Options::new(
-            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL),
+            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL)
+                .with_ticket_ttl(Some(DEFAULT_TICKET_TTL)),
             Sqlite {
                 path: path.into(),
                 synchronous: Synchronous::Normal,
@@ -431,7 +442,7 @@ impl Leases for SqliteStore {
         true
     }
 
-    fn grant(&self, ttl: Option<Duration>) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting {
         // Sent now when there is room: the future only waits for the reply.
         let permit = match self.channel.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -440,13 +451,16 @@ impl Leases for SqliteStore {
             }
             Err(TryAcquireError::NoPermits) => {
                 return match self.channel.grant_route() {
-                    Some(route) => Granting::Later(Box::pin(route.grant(ttl))),
+                    Some(route) => Granting::Later(Box::pin(route.grant(ttl, on_busy))),
                     None => Granting::Now(Err(unavailable(&self.channel.path))),
                 }
             }
         };
         let (reply, answer) = oneshot::channel();
-        if let Err(error) = self.channel.send(GrantJob::job(ttl, reply, permit)) {
+        if let Err(error) = self
+            .channel
+            .send(GrantJob::job(ttl, on_busy, reply, permit))
+        {
             return Granting::Now(Err(error));
         }
         let path = self.channel.path.clone();
@@ -492,6 +506,23 @@ impl Leases for SqliteStore {
     async fn renew(&self, lease: LeaseToken, ttl: Option<Duration>) -> Result<Option<SystemTime>> {
         self.call(move |ctx| leases::renew(ctx, lease, ttl)).await
     }
+
+    async fn poll_line(&self) -> Result<Option<SystemTime>> {
+        // The thread delivers what it claims whether or not this future is
+        // still there: dropping it loses nothing.
+        let permit = Channel::room(&self.channel.permits, &self.channel.path).await?;
+        let (reply, answer) = oneshot::channel();
+        self.channel.send(PollJob::job(reply, permit))?;
+        let retry_at = answer
+            .await
+            .map_err(|_| unavailable(&self.channel.path))??;
+        Ok(retry_at.map(crate::time::from_ms))
+    }
+
+    fn leave_line(&self, ticket: u64) {
+        // Without a thread to take it, the ticket expires without its heartbeat.
+        let _ = self.channel.send(Job::Leave(ticket));
+    }
 }
 
 impl Admin for SqliteStore {
@@ -500,8 +531,12 @@ impl Admin for SqliteStore {
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
     ) -> Result<Added> {
-        self.call(move |ctx| admin::add_many(ctx, &credentials, on_duplicate))
-            .await
+        self.call(move |ctx| {
+            let added = admin::add_many(ctx, &credentials, on_duplicate)?;
+            line::serve(ctx)?;
+            Ok(added)
+        })
+        .await
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
@@ -511,8 +546,13 @@ impl Admin for SqliteStore {
 
     async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {
         let name = name.to_string();
-        self.call(move |ctx| admin::set_disabled(ctx, &name, reason.as_deref()))
-            .await
+        self.call(move |ctx| {
+            admin::set_disabled(ctx, &name, reason.as_deref())?;
+            // An enabled credential goes to the first ticket waiting.
+            line::serve(ctx)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {

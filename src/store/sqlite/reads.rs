@@ -141,6 +141,13 @@ impl Reader {
                 let kind = StateKind::of(row.get(0)?, row.get(1)?, row.get(2)?);
                 stats.add(kind, unsigned(row.get(3)?)?, unsigned(row.get(4)?)?);
             }
+            drop(rows);
+            // The waiters of every process: their tickets.
+            stats.waiters = unsigned(
+                connection
+                    .prepare_cached(super::line::WAITING_TICKETS)?
+                    .query_row(params![pool, now], |row| row.get(0))?,
+            )?;
             Ok(stats)
         })
         .await

@@ -55,6 +55,23 @@ const MIGRATIONS: &[&str] = &[
     -- and release would pay to keep such an index.
     CREATE INDEX leases_by_expiry ON leases (pool, expires_at) WHERE expires_at IS NOT NULL;
     ",
+    // 1 -> 2: the waiting line, kept in the store for every process.
+    "
+    -- A waiter's numbered ticket (lower numbers are served first), renewed
+    -- by its process until `expires_at`. A credential that comes free goes
+    -- to the lowest ticket without a lease: to the waiter at once when it
+    -- is in the process that freed it, else as a lease that the ticket's
+    -- process claims (the lease expires at a short claim deadline).
+    CREATE TABLE tickets (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        pool          TEXT    NOT NULL,
+        owner         INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        lease_id      INTEGER,
+        credential_id INTEGER
+    );
+    CREATE INDEX tickets_in_line ON tickets (pool, id) WHERE lease_id IS NULL;
+    ",
 ];
 
 /// The store schema version this build writes, and the newest it reads.

@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -14,11 +15,13 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::error::Error;
-use crate::ids::LeaseToken;
+use crate::store::{Line, Undelivered};
+use crate::time::duration_ms;
 
 use super::ctx::{Ctx, LeaseNames};
 use super::jobs::{Finished, Job, ReleaseJob};
 use super::leases::reclaim;
+use super::line;
 
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -56,26 +59,48 @@ pub(crate) struct Worker {
     retrying: Vec<Job>,
     /// How long the releases waiting for retry are kept once the store is dropped.
     closing_patience: Duration,
+    /// This store's seats in the waiting line.
+    line: Arc<Line>,
+    ticket_ttl: Duration,
+    /// When this store last renewed its tickets.
+    last_heartbeat: Instant,
+    /// Grants a committed batch could not hand to their seats (the waiter
+    /// left): their leases go back.
+    undelivered: Vec<Job>,
+}
+
+/// Where the store thread gets its settings from.
+pub(crate) struct WorkerSettings {
+    pub(crate) pool: String,
+    pub(crate) path: PathBuf,
+    pub(crate) busy_timeout: Duration,
+    pub(crate) line: Arc<Line>,
+    pub(crate) ticket_ttl: Duration,
 }
 
 impl Worker {
-    pub(crate) fn new(
-        connection: Connection,
-        pool: String,
-        path: PathBuf,
-        busy_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(connection: Connection, settings: WorkerSettings) -> Self {
         connection.set_prepared_statement_cache_capacity(64);
         Self {
             connection,
             names: RefCell::default(),
-            pool,
-            path,
+            pool: settings.pool,
+            path: settings.path,
             commits: 0,
             idle: None,
             retrying: Vec::new(),
-            closing_patience: busy_timeout.max(MIN_CLOSING_PATIENCE),
+            closing_patience: settings.busy_timeout.max(MIN_CLOSING_PATIENCE),
+            line: settings.line,
+            ticket_ttl: settings.ticket_ttl,
+            last_heartbeat: Instant::now(),
+            undelivered: Vec::new(),
         }
+    }
+
+    /// Whether this store's tickets are due to be renewed: at least four
+    /// times per ticket TTL while waiters are seated here.
+    fn heartbeat_due(&self) -> bool {
+        self.last_heartbeat.elapsed() >= self.ticket_ttl / 4 && !self.line.is_empty()
     }
 
     /// Serves requests until every sender is gone and no release is left to
@@ -147,7 +172,8 @@ impl Worker {
             }
         }
         let all_busy = self.run_batch(batch);
-        let unclaimed = self.finish_all(batch.drain(..));
+        let mut unclaimed = self.finish_all(batch.drain(..));
+        unclaimed.append(&mut self.undelivered);
         self.idle = match all_busy {
             Some((data_version, retry_at)) if unclaimed.is_empty() && self.retrying.is_empty() => {
                 Some(Idle {
@@ -164,8 +190,8 @@ impl Worker {
     }
 
     /// Replies to every job in order; keeps the releases to try again, and
-    /// returns the leases of grants whose callers left.
-    fn finish_all(&mut self, jobs: impl Iterator<Item = Job>) -> Vec<LeaseToken> {
+    /// returns the jobs that give back what grants whose callers left took.
+    fn finish_all(&mut self, jobs: impl Iterator<Item = Job>) -> Vec<Job> {
         let mut unclaimed = Vec::new();
         for job in jobs {
             match job.finish() {
@@ -184,6 +210,7 @@ impl Worker {
         };
         idle.commits == self.commits
             && idle.retry_at.is_none_or(|at| now < at)
+            && !self.heartbeat_due()
             && self
                 .data_version()
                 .is_ok_and(|version| version == idle.data_version)
@@ -254,17 +281,32 @@ impl Worker {
     /// The batch's time is read once the write lock is held: taking the lock
     /// may wait out another process's transaction, and a lease granted after
     /// that wait must still live its whole TTL.
-    fn transaction(&self, jobs: &mut [Job]) -> Result<Option<i64>, Stage> {
+    ///
+    /// The grants handed to waiters seated here go to them after the commit.
+    fn transaction(&mut self, jobs: &mut [Job]) -> Result<Option<i64>, Stage> {
         self.connection
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(Stage::Begin)?;
         let now = crate::time::now_ms();
-        let mut ctx = Ctx::new(&self.connection, &self.pool, now, &self.names);
+        let heartbeat = self.heartbeat_due();
+        let mut ctx = Ctx::new(
+            &self.connection,
+            &self.pool,
+            now,
+            &self.names,
+            &self.line,
+            duration_ms(self.ticket_ttl),
+        );
         let run = (|| {
             reclaim(&mut ctx)?;
+            line::expire_and_serve(&mut ctx)?;
+            if heartbeat {
+                line::renew_tickets(&mut ctx)?;
+            }
             for job in jobs.iter_mut() {
                 job.run(&mut ctx)?;
             }
+            let deliveries = std::mem::take(&mut ctx.deliveries);
             drop(ctx);
             let all_busy = jobs.iter().all(|job| job.busy_until().is_some());
             let data_version = if all_busy {
@@ -273,9 +315,19 @@ impl Worker {
                 None
             };
             self.connection.execute_batch("COMMIT")?;
-            Ok(data_version)
+            Ok((data_version, deliveries))
         })();
-        run.map_err(Stage::Inside)
+        let (data_version, deliveries) = run.map_err(Stage::Inside)?;
+        if heartbeat {
+            self.last_heartbeat = Instant::now();
+        }
+        for (ticket, grant) in deliveries {
+            if let Err(Undelivered(grant)) = self.line.deliver(ticket, grant) {
+                self.undelivered
+                    .push(Job::Release(Box::new(ReleaseJob::unclaimed(grant.token()))));
+            }
+        }
+        Ok(data_version)
     }
 
     fn rollback(&self) {
@@ -289,16 +341,22 @@ impl Worker {
         super::schema::transaction_error(&self.path, error)
     }
 
-    /// Releases leases granted to callers that left before the reply came.
-    fn release_unclaimed(&mut self, leases: Vec<LeaseToken>) {
-        let mut jobs: Vec<Job> = leases
-            .into_iter()
-            .map(|lease| Job::Release(Box::new(ReleaseJob::unclaimed(lease))))
-            .collect();
-        tracing::debug!(count = jobs.len(), "releasing leases whose callers left");
-        self.run_batch(&mut jobs);
-        let unclaimed = self.finish_all(jobs.into_iter());
-        debug_assert!(unclaimed.is_empty(), "releases claim no lease");
+    /// Gives back what grants took for callers that left before the reply
+    /// came: their leases, their tickets; and the leases handed to seats
+    /// whose waiters had left.
+    fn release_unclaimed(&mut self, mut jobs: Vec<Job>) {
+        while !jobs.is_empty() {
+            tracing::debug!(
+                count = jobs.len(),
+                "giving back what callers who left were granted"
+            );
+            self.run_batch(&mut jobs);
+            let mut more = self.finish_all(jobs.drain(..));
+            debug_assert!(more.is_empty(), "releases and leaves claim nothing");
+            // Those releases may have handed units to seats left meanwhile.
+            more.append(&mut self.undelivered);
+            jobs = more;
+        }
     }
 }
 

@@ -1,0 +1,175 @@
+//! The waiting line a shared store keeps: numbered tickets, as Cats QMS
+//! hands out numbers, and the seats of this process's waiters.
+//!
+//! A waiter that finds nothing free takes a ticket in the store, in the same
+//! transaction as its failed grant. A credential that comes free while
+//! tickets wait goes to the lowest live ticket, in the transaction that
+//! freed it. When that ticket is one of this store's seats, the grant goes
+//! straight to the waiter (after the commit); when it belongs to another
+//! process, the lease is held for it until a short claim deadline, and that
+//! process collects it at its next poll.
+//!
+//! The [`Line`] holds this store's seats: the way to hand a grant to each
+//! waiting task. A [`Seat`] is the waiter's end.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::store::Grant;
+
+/// How long a ticket lives without a heartbeat, and how long a credential
+/// handed to a ticket in another process waits to be claimed, by default.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(3);
+
+/// What a grant does when nothing is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBusy {
+    /// Answer that nothing is free ([`try_acquire`](crate::Pool::try_acquire)).
+    Answer,
+    /// Take a ticket in the store's waiting line, where the store keeps
+    /// one; the answer is then [`GrantAttempt::Queued`](crate::store::GrantAttempt::Queued).
+    TakeTicket,
+}
+
+/// A waiter's place in a store's waiting line: its ticket, and the end of
+/// the channel on which the store hands it a grant.
+///
+/// Dropping a seat takes it out of the line in this process; the pool then
+/// asks the store to remove the ticket ([`Leases::leave_line`](crate::store::Leases::leave_line))
+/// and gives back a grant that came too late.
+pub struct Seat {
+    ticket: u64,
+    pub(crate) grant: oneshot::Receiver<Grant>,
+    line: Arc<Line>,
+}
+
+impl Seat {
+    /// The ticket's number in the store: lower numbers are served first.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+}
+
+impl fmt::Debug for Seat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Seat")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.line.unseat(self.ticket);
+    }
+}
+
+/// What the line keeps for a seat: where its grant goes, and the TTL its
+/// waiter asked for.
+struct Place {
+    sender: oneshot::Sender<Grant>,
+    ttl: Option<Duration>,
+}
+
+/// The seats of one store's waiters, by ticket number.
+pub(crate) struct Line {
+    /// This store among all that share the waiting line.
+    owner: i64,
+    seats: Mutex<HashMap<u64, Place>>,
+}
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Line")
+            .field("owner", &self.owner)
+            .field("seats", &self.lock().len())
+            .finish()
+    }
+}
+
+/// Why a grant could not be handed to its seat; the lease must go back.
+pub(crate) struct Undelivered(pub(crate) Grant);
+
+impl Line {
+    /// A line for a store opened now, with an owner number unlikely to be
+    /// any other store's.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            owner: owner_number(),
+            seats: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Place>> {
+        self.seats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This store's number in the tickets it takes.
+    pub(crate) fn owner(&self) -> i64 {
+        self.owner
+    }
+
+    /// Seats the waiter of a ticket just taken.
+    pub(crate) fn seat(self: &Arc<Self>, ticket: u64, ttl: Option<Duration>) -> Seat {
+        let (sender, grant) = oneshot::channel();
+        self.lock().insert(ticket, Place { sender, ttl });
+        Seat {
+            ticket,
+            grant,
+            line: self.clone(),
+        }
+    }
+
+    /// Takes a seat out of the line; its waiter is gone, or its ticket is.
+    pub(crate) fn unseat(&self, ticket: u64) {
+        self.lock().remove(&ticket);
+    }
+
+    /// The TTL the waiter of `ticket` asked for, if it is seated here.
+    pub(crate) fn seated(&self, ticket: u64) -> Option<Option<Duration>> {
+        self.lock().get(&ticket).map(|place| place.ttl)
+    }
+
+    /// The tickets seated here.
+    pub(crate) fn tickets(&self) -> Vec<u64> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Whether any waiter is seated here.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Hands `grant` to the waiter of `ticket`. Fails, giving the grant
+    /// back, when the waiter is gone.
+    pub(crate) fn deliver(&self, ticket: u64, grant: Grant) -> Result<(), Undelivered> {
+        let place = self.lock().remove(&ticket);
+        match place {
+            Some(place) => place.sender.send(grant).map_err(Undelivered),
+            None => Err(Undelivered(grant)),
+        }
+    }
+}
+
+/// A number for a store opened now: the process id in the high bits, the
+/// clock and a counter below, so stores in one process and in processes on
+/// other machines differ.
+fn owner_number() -> i64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    let count = OPENED.fetch_add(1, Ordering::Relaxed);
+    let mixed = (u64::from(std::process::id()) << 40)
+        ^ nanos.rotate_left(17)
+        ^ count.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // Positive, so it reads the same in every SQL client.
+    (mixed >> 1) as i64
+}
