@@ -37,10 +37,10 @@ pub(crate) struct Books {
 }
 
 impl Books {
-    pub(crate) fn new(pool: &str, polls: bool, event_capacity: usize) -> Self {
+    pub(crate) fn new(pool: &str, polls: bool, lined: bool, event_capacity: usize) -> Self {
         Self {
             pool: pool.into(),
-            waiters: WaitQueue::new(polls),
+            waiters: WaitQueue::new(polls, lined),
             outstanding: AtomicUsize::new(0),
             all_returned: Notify::new(),
             shutdown_watchers: AtomicUsize::new(0),

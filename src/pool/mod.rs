@@ -157,6 +157,7 @@ impl<S: Store> PoolBuilder<S> {
         let books = Arc::new(Books::new(
             settings.pool(),
             poll_interval.is_some(),
+            ticket_ttl.is_some(),
             self.event_capacity,
         ));
         Pool {
@@ -310,11 +311,16 @@ impl<S: Store> Pool<S> {
     ) -> Result<Lease<S>> {
         let started = Instant::now();
         let (waiter, mut place) = self.shared.books.waiters.join(seen, retry_at);
+        // When the first in line polls next: kept across wake-ups, so that
+        // wake-ups that come more often than the poll interval cannot put
+        // the poll off for ever.
+        let mut poll_at = None;
         loop {
             let (first, retry_at) = place;
             let timer = if first {
-                self.timer(retry_at, seat.is_seated())
+                self.timer(retry_at, seat.is_seated(), &mut poll_at)
             } else {
+                poll_at = None;
                 None
             };
             // Boxed, and made only for the first in line: the store's future
@@ -339,6 +345,10 @@ impl<S: Store> Pool<S> {
                 }
             };
             self.check_open()?;
+            if wake != Wake::Signal {
+                // Asking the store now: the next poll is an interval away.
+                poll_at = None;
+            }
             let woken = waiter.trying();
             if seat.is_seated() {
                 // The store hands this waiter its credential when its ticket's
@@ -430,9 +440,16 @@ impl<S: Store> Pool<S> {
 
     /// When the first waiter should ask the store again by itself; a seated
     /// one also renews its store's tickets at least four times per TTL.
-    fn timer(&self, retry_at: Option<SystemTime>, seated: bool) -> Option<Instant> {
+    /// `poll_at` keeps the next poll's time between calls.
+    fn timer(
+        &self,
+        retry_at: Option<SystemTime>,
+        seated: bool,
+        poll_at: &mut Option<Instant>,
+    ) -> Option<Instant> {
         let heartbeat = self.shared.ticket_ttl.filter(|_| seated).map(|ttl| ttl / 4);
-        if retry_at.is_none() && self.shared.poll_interval.is_none() && heartbeat.is_none() {
+        let every = crate::time::earliest(self.shared.poll_interval, heartbeat);
+        if retry_at.is_none() && every.is_none() {
             return None;
         }
         let now = Instant::now();
@@ -441,8 +458,7 @@ impl<S: Store> Pool<S> {
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
         });
-        let poll =
-            crate::time::earliest(self.shared.poll_interval, heartbeat).map(|every| now + every);
+        let poll = every.map(|every| *poll_at.get_or_insert(now + every));
         crate::time::earliest(change, poll)
     }
 

@@ -19,6 +19,9 @@ pub(crate) struct WaitQueue {
     /// Whether the first waiter always keeps a timer (the store polls for
     /// other processes' changes); if not, only while a change is expected.
     polls: bool,
+    /// Whether the store keeps the waiting line itself and hands freed units
+    /// to its tickets: then a release wakes no one here.
+    lined: bool,
     list: Mutex<List>,
     /// How many waiters are in line; read without the lock on the fast path.
     len: AtomicUsize,
@@ -105,10 +108,12 @@ impl List {
 
 impl WaitQueue {
     /// An empty line; `polls` says whether the store is polled for changes
-    /// made by other processes.
-    pub(crate) fn new(polls: bool) -> Self {
+    /// made by other processes, `lined` whether the store keeps a waiting
+    /// line of its own.
+    pub(crate) fn new(polls: bool, lined: bool) -> Self {
         Self {
             polls,
+            lined,
             ..Self::default()
         }
     }
@@ -139,7 +144,7 @@ impl WaitQueue {
     #[inline]
     pub(crate) fn freed_one(&self) {
         self.epoch.fetch_add(1, SeqCst);
-        if self.len.load(SeqCst) > 0 {
+        if !self.lined && self.len.load(SeqCst) > 0 {
             self.wake_for_one();
         }
     }
@@ -371,7 +376,7 @@ mod tests {
     /// second had asked, the third could take it first.
     #[test]
     fn an_announcement_during_a_poll_that_wins_wakes_only_the_next_waiter() {
-        let queue = WaitQueue::new(true);
+        let queue = WaitQueue::new(true, false);
         let epoch = queue.epoch();
         let (first, _) = queue.join(epoch, None);
         let (second, _) = queue.join(epoch, None);
@@ -395,7 +400,7 @@ mod tests {
 
     #[test]
     fn an_announcement_after_a_poll_does_not_wake_a_second_waiter() {
-        let queue = WaitQueue::new(true);
+        let queue = WaitQueue::new(true, false);
         let epoch = queue.epoch();
         let (first, _) = queue.join(epoch, None);
         let (second, _) = queue.join(epoch, None);
@@ -421,7 +426,7 @@ mod tests {
     /// Without polling (the memory store), every announcement wakes a waiter.
     #[test]
     fn without_polling_every_announcement_wakes_a_waiter() {
-        let queue = WaitQueue::new(false);
+        let queue = WaitQueue::new(false, false);
         let epoch = queue.epoch();
         let (first, _) = queue.join(epoch, None);
         let (_second, _) = queue.join(epoch, None);
