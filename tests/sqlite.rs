@@ -7,10 +7,17 @@ mod conformance;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use credpool::store::sqlite::{SqliteStore, Synchronous, DEFAULT_LEASE_TTL, SCHEMA_VERSION};
+use credpool::store::sqlite::{
+    SqliteOptions, SqliteStore, Synchronous, DEFAULT_LEASE_TTL, SCHEMA_VERSION,
+};
 use credpool::{Error, Granting, Leases, NewCredential, Pool};
 
-use common::processes;
+use common::{line, processes};
+
+/// The ticket TTL of the test where a waiting process is killed.
+const KILL_TICKET_TTL: Duration = Duration::from_secs(2);
+/// The ticket TTL of the test where a waiting process is stopped.
+const STOP_TICKET_TTL: Duration = Duration::from_millis(600);
 
 fn fresh_path(label: &str) -> PathBuf {
     common::fresh_path("sqlite-tests", label)
@@ -371,6 +378,37 @@ fn child_process_entry() {
                     .await
                     .unwrap();
             }
+            "queue-once" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                line::queue_once(pool).await;
+            }
+            "share" => {
+                let (path, start) = child.store.split_once(' ').unwrap();
+                let pool = Pool::new(SqliteStore::open(path).await.unwrap());
+                line::take_a_share(pool, start.parse().unwrap()).await;
+            }
+            "queue-and-hang" => {
+                let store = SqliteStore::options(&child.store)
+                    .ticket_ttl(KILL_TICKET_TTL)
+                    .open()
+                    .await
+                    .unwrap();
+                line::queue_and_hang(Pool::new(store), 3).await;
+            }
+            "queue-rarely-polling" => {
+                // Renews its ticket four times per TTL, and polls no more often.
+                let store = SqliteStore::options(&child.store)
+                    .ticket_ttl(STOP_TICKET_TTL)
+                    .poll_interval(Duration::from_secs(30))
+                    .open()
+                    .await
+                    .unwrap();
+                line::queue_once(Pool::new(store)).await;
+            }
+            "cancel-at-random" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                line::cancel_at_random(pool, &child.log.unwrap()).await;
+            }
             "open-relative" => {
                 let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
                 pool.add(NewCredential::new("mine", "s")).await.unwrap();
@@ -405,6 +443,275 @@ async fn a_killed_process_loses_its_leases_after_the_ttl() {
         .query_row("SELECT count(*) FROM credentials", [], |row| row.get(0))
         .unwrap();
     assert_eq!(count, 5);
+}
+
+// ---- the waiting line across processes -----------------------------------
+
+fn tickets_in(path: &Path) -> i64 {
+    let check = rusqlite::Connection::open(path).unwrap();
+    check
+        .query_row("SELECT count(*) FROM tickets", [], |row| row.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_four_processes_are_served_in_ticket_order() {
+    let db = fresh_path("ticket-order");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    line::waiters_are_served_in_ticket_order(&pool, |role| {
+        processes::spawn_child(role, db.to_str().unwrap(), None)
+    })
+    .await;
+    assert_eq!(tickets_in(&db), 0);
+}
+
+async fn equal_shares(processes_count: usize) {
+    let db = fresh_path("shares");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    line::processes_get_equal_shares(&pool, processes_count, |role, start| {
+        processes::spawn_child(role, &format!("{} {start}", db.display()), None)
+    })
+    .await;
+    assert_eq!(tickets_in(&db), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_get_equal_shares() {
+    equal_shares(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_get_equal_shares() {
+    equal_shares(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_waiter_delays_the_others_by_at_most_the_ticket_ttl() {
+    let db = fresh_path("killed-waiter");
+    let store = SqliteStore::options(&db)
+        .ticket_ttl(KILL_TICKET_TTL)
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::new(store);
+    line::a_killed_waiter_delays_the_others_by_at_most_the_ticket_ttl(
+        &pool,
+        KILL_TICKET_TTL,
+        |role| processes::spawn_child(role, db.to_str().unwrap(), None),
+    )
+    .await;
+    assert_eq!(tickets_in(&db), 0, "the dead process's tickets expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancellation_in_four_processes_leaves_nothing() {
+    let db = fresh_path("cancel-at-random");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    let log_of = |i: usize| db.with_extension(format!("log{i}"));
+    line::random_cancellation_leaves_nothing(
+        &pool,
+        |i| processes::spawn_child("cancel-at-random", db.to_str().unwrap(), Some(&log_of(i))),
+        log_of,
+    )
+    .await;
+    assert_eq!(tickets_in(&db), 0, "every ticket left the line");
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let leases: i64 = check
+        .query_row("SELECT count(*) FROM leases", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(leases, 0);
+}
+
+// ---- the waiting line, between two stores on one file ---------------------
+//
+// Two stores opened on one file keep their waiters apart as two processes
+// would: each has its own seats in the line the file keeps.
+
+async fn two_stores(
+    label: &str,
+    b: impl FnOnce(SqliteOptions) -> SqliteOptions,
+) -> (PathBuf, Pool<SqliteStore>, Pool<SqliteStore>) {
+    let db = fresh_path(label);
+    let a = pool_at(&db, &["only"]).await;
+    let b = Pool::new(b(SqliteStore::options(&db)).open().await.unwrap());
+    (db, a, b)
+}
+
+async fn waiters_counted(pool: &Pool<SqliteStore>, count: u64) {
+    for _ in 0..2000 {
+        if pool.stats().await.unwrap().waiters >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{count} waiters never showed in the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_never_overtakes_another_stores_ticket() {
+    let (_db, a, b) = two_stores("no-overtaking", |options| options).await;
+    let held = a.acquire().await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let lease = b.acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lease.release().await.unwrap();
+    });
+    waiters_counted(&a, 1).await;
+    held.release().await.unwrap();
+    assert!(
+        a.try_acquire().await.unwrap().is_none(),
+        "the credential went to the waiting ticket, not to the newcomer"
+    );
+    match a.acquire_timeout(Duration::from_millis(100)).await {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("the newcomer queues behind the ticket: {other:?}"),
+    }
+    waiter.await.unwrap();
+    assert!(a.acquire_timeout(Duration::from_secs(5)).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_the_waiters_of_every_store() {
+    let (db, a, b) = two_stores("waiters-everywhere", |options| options).await;
+    let held = a.acquire().await.unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire().await.map(|lease| lease.into_token()) })
+        })
+        .collect();
+    waiters_counted(&a, 3).await;
+    assert_eq!(
+        a.stats().await.unwrap().waiters,
+        3,
+        "three waiters, all in the other store"
+    );
+    for task in waiting {
+        task.abort();
+    }
+    drop(held);
+    // The tickets leave the line with their waiters.
+    for _ in 0..2000 {
+        if a.stats().await.unwrap().waiters == 0 && tickets_in(&db) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!(
+        "the cancelled waiters' tickets stayed: {:?}",
+        a.stats().await.unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_leaves_after_the_hand_off_gives_the_credential_back_at_once() {
+    // The other store hardly polls: the credential handed to its ticket would
+    // wait for its claim deadline, but its waiter gives up first.
+    let (_db, a, b) = two_stores("leave-after-hand-off", |options| {
+        options
+            .poll_interval(Duration::from_secs(30))
+            .ticket_ttl(Duration::from_secs(20))
+    })
+    .await;
+    let held = a.acquire().await.unwrap();
+    let waiter = tokio::spawn(async move { b.acquire().await.map(|lease| lease.into_token()) });
+    waiters_counted(&a, 1).await;
+    held.release().await.unwrap();
+    assert!(
+        a.try_acquire().await.unwrap().is_none(),
+        "handed to the other store's ticket"
+    );
+    waiter.abort();
+    let started = std::time::Instant::now();
+    let lease = a.acquire_timeout(Duration::from_secs(2)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "given back when its waiter left, not at the claim deadline"
+    );
+    lease.release().await.unwrap();
+}
+
+/// A process stopped (SIGSTOP) while it waits can neither renew its ticket
+/// nor claim what is handed to it: it loses its turn to the waiter behind
+/// it once the claim deadline passes, and when it runs again it takes a new
+/// ticket and is served in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_process_loses_its_turn_and_queues_again() {
+    let db = fresh_path("stopped-turn");
+    let a = Pool::new(
+        SqliteStore::options(&db)
+            .ticket_ttl(STOP_TICKET_TTL)
+            .open()
+            .await
+            .unwrap(),
+    );
+    a.add(NewCredential::new("only", "s")).await.unwrap();
+    let held = a.acquire().await.unwrap();
+    let child = processes::spawn_child("queue-rarely-polling", db.to_str().unwrap(), None);
+    waiters_counted(&a, 1).await;
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let a_waiter = {
+        let a = a.clone();
+        tokio::spawn(async move { a.acquire_timeout(Duration::from_secs(20)).await })
+    };
+    // Its ticket is taken at once, and the stopped process's is still live:
+    // renewed no longer than a quarter TTL ago.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let freed = std::time::Instant::now();
+    held.release().await.unwrap();
+    let outcome = a_waiter.await;
+    let waited = freed.elapsed();
+    // Running again before anything can fail, so no stopped process stays.
+    signal("-CONT");
+    let lease = outcome.unwrap().unwrap();
+    assert!(
+        waited >= STOP_TICKET_TTL / 2 && waited < STOP_TICKET_TTL * 3,
+        "served after {waited:?}: once the stopped process's claim deadline passed"
+    );
+    lease.release().await.unwrap();
+    // The stopped process's waiter lost its ticket, took a new one, and is served.
+    let (child, _) = tokio::time::timeout(Duration::from_secs(20), line::read_value(child, "GOT"))
+        .await
+        .expect("the stopped process is served once it runs again");
+    assert!(processes::wait_all(vec![child]).await[0].success());
+    assert_eq!(tickets_in(&db), 0);
+}
+
+#[tokio::test]
+async fn cancelled_waiters_leave_no_ticket_behind() {
+    let db = fresh_path("timeouts-leave");
+    let pool = pool_at(&db, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    for _ in 0..5 {
+        match pool.acquire_timeout(Duration::from_millis(20)).await {
+            Err(Error::Timeout { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pool.stats().await.unwrap().waiters, 0);
+    assert_eq!(tickets_in(&db), 0);
+    held.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ticket_ttl_too_short_to_renew_is_refused() {
+    let db = fresh_path("short-ticket-ttl");
+    match SqliteStore::options(&db)
+        .ticket_ttl(Duration::from_millis(5))
+        .open()
+        .await
+    {
+        Err(Error::InvalidInput(invalid)) => assert_eq!(invalid.field, "ticket TTL"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// A lease dropped where no runtime runs still goes back, through the store thread.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod line;
 pub mod processes;
 
 use std::path::{Path, PathBuf};

@@ -139,6 +139,7 @@ pub(crate) fn renew_tickets(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
                 ticket,
                 "a waiting ticket expired before its heartbeat; its waiter queues again"
             );
+            ctx.line.unseat(ticket);
         }
     }
     Ok(())
@@ -179,6 +180,7 @@ fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             .execute([ticket])?;
         let Some(credential_id) = row else {
             // The lease is gone (its credential was removed): queue again.
+            ctx.line.unseat(number);
             continue;
         };
         let grant = leases::granted(ctx, credential_id, lease_id, expires_at)?;
