@@ -17,7 +17,7 @@ use credpool::store::postgres::{PostgresStore, SCHEMA_VERSION};
 use credpool::{Error, NewCredential, Pool};
 
 use common::checker::HoldLog;
-use common::processes;
+use common::{line, processes};
 
 const URL_VARIABLE: &str = "CREDPOOL_TEST_POSTGRES_URL";
 
@@ -395,9 +395,125 @@ fn child_process_entry() {
                     .unwrap();
                 processes::hold_and_hang(Pool::new(store)).await;
             }
+            "queue-once" => line::queue_once(Pool::new(options.open().await.unwrap())).await,
+            "share" => {
+                // STORE is `SCHEMA START_NS`.
+                let (schema, start) = child.store.split_once(' ').unwrap();
+                let store = PostgresStore::options_url(&url())
+                    .unwrap()
+                    .schema(schema)
+                    .open()
+                    .await
+                    .unwrap();
+                line::take_a_share(Pool::new(store), start.parse().unwrap()).await;
+            }
+            "queue-and-hang" => {
+                let store = options.ticket_ttl(KILL_TICKET_TTL).open().await.unwrap();
+                line::queue_and_hang(Pool::new(store), 3).await;
+            }
+            "cancel-at-random" => {
+                let pool = Pool::new(options.open().await.unwrap());
+                line::cancel_at_random(pool, &child.log.unwrap()).await;
+            }
             other => panic!("unknown child role {other}"),
         }
     });
+}
+
+// ---- the waiting line across processes -----------------------------------
+
+/// The ticket TTL of the test where a waiting process is killed.
+const KILL_TICKET_TTL: Duration = Duration::from_secs(2);
+
+async fn tickets_in(schema: &str) -> i64 {
+    raw()
+        .await
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".tickets"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_four_processes_are_served_in_ticket_order() {
+    let schema = fresh_schema("ticket_order");
+    let pool = Pool::new(open(&schema).await);
+    line::waiters_are_served_in_ticket_order(&pool, |role| {
+        processes::spawn_child(role, &schema, None)
+    })
+    .await;
+    assert_eq!(tickets_in(&schema).await, 0);
+}
+
+async fn equal_shares(processes_count: usize) {
+    let schema = fresh_schema("shares");
+    let pool = Pool::new(open(&schema).await);
+    line::processes_get_equal_shares(&pool, processes_count, |role, start| {
+        processes::spawn_child(role, &format!("{schema} {start}"), None)
+    })
+    .await;
+    assert_eq!(tickets_in(&schema).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_get_equal_shares() {
+    equal_shares(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_get_equal_shares() {
+    equal_shares(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_waiter_delays_the_others_by_at_most_the_ticket_ttl() {
+    let schema = fresh_schema("killed_waiter");
+    let store = PostgresStore::options_url(&url())
+        .unwrap()
+        .schema(&schema)
+        .ticket_ttl(KILL_TICKET_TTL)
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::new(store);
+    line::a_killed_waiter_delays_the_others_by_at_most_the_ticket_ttl(
+        &pool,
+        KILL_TICKET_TTL,
+        |role| processes::spawn_child(role, &schema, None),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancellation_in_four_processes_leaves_nothing() {
+    let schema = fresh_schema("cancel_at_random");
+    let pool = Pool::new(open(&schema).await);
+    let dir = common::fresh_path("postgres-tests", "cancel-at-random");
+    let log_of = |i: usize| dir.with_extension(format!("log{i}"));
+    line::random_cancellation_leaves_nothing(
+        &pool,
+        // Each give-up costs the server a few statements under the line lock:
+        // far fewer holds than on SQLite when the suite runs beside it.
+        30,
+        |i| processes::spawn_child("cancel-at-random", &schema, Some(&log_of(i))),
+        log_of,
+    )
+    .await;
+    // A child that ended with removals still to send leaves tickets that
+    // expire by themselves: the stats above already count none waiting.
+    let live: i64 = raw()
+        .await
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM \"{schema}\".tickets
+                 WHERE expires_at > (extract(epoch FROM now()) * 1000)::bigint + 5000"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0, "no ticket outlives its TTL");
 }
 
 /// Grants asked for while a statement is in flight on every connection

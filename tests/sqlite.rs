@@ -510,6 +510,7 @@ async fn random_cancellation_in_four_processes_leaves_nothing() {
     let log_of = |i: usize| db.with_extension(format!("log{i}"));
     line::random_cancellation_leaves_nothing(
         &pool,
+        100,
         |i| processes::spawn_child("cancel-at-random", db.to_str().unwrap(), Some(&log_of(i))),
         log_of,
     )

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::memory::MemoryStore;
 use crate::store::{
-    ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, OnBusy, OnDuplicate, Seat, Store,
+    ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leaving, OnBusy, OnDuplicate, Seat,
+    Store,
 };
 
 use self::books::Books;
@@ -428,7 +429,10 @@ impl<S: Store> Pool<S> {
         seat.grant.close();
         let late = seat.grant.try_recv().ok();
         drop(seat);
-        self.shared.store.leave_line(ticket);
+        // On a store that runs calls side by side, later calls but grants
+        // wait for it (a grant behind a ticket on its way out just queues).
+        let work = (!self.shared.in_order).then(|| self.shared.books.orphans.begin());
+        self.shared.store.leave_line(ticket, Leaving::new(work));
         if let Some(grant) = late {
             let token = grant.token();
             let books = &self.shared.books;

@@ -19,7 +19,25 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::store::order::Work;
 use crate::store::Grant;
+
+/// Held by a store while it takes a ticket out of its line
+/// ([`Leases::leave_line`](crate::store::Leases::leave_line)): calls the pool
+/// makes later wait until the store drops it, so they see the ticket gone.
+pub struct Leaving(#[allow(dead_code)] Option<Work>);
+
+impl Leaving {
+    pub(crate) fn new(work: Option<Work>) -> Self {
+        Self(work)
+    }
+}
+
+impl fmt::Debug for Leaving {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Leaving")
+    }
+}
 
 /// How long a ticket lives without a heartbeat, and how long a credential
 /// handed to a ticket in another process waits to be claimed, by default.

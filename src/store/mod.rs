@@ -25,8 +25,8 @@ mod receipt;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use self::line::{Leaving, OnBusy, Seat, DEFAULT_TICKET_TTL};
 pub(crate) use self::line::{Line, Undelivered};
-pub use self::line::{OnBusy, Seat, DEFAULT_TICKET_TTL};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;
 pub use self::receipt::Receipt;
@@ -245,9 +245,10 @@ pub trait Leases: Send + Sync + 'static {
 
     /// Takes a ticket out of the waiting line, from `Drop`: its waiter gave
     /// up. A credential already handed to the ticket goes back (to the next
-    /// ticket, if one waits). No runtime may be there.
-    fn leave_line(&self, ticket: u64) {
-        let _ = ticket;
+    /// ticket, if one waits). No runtime may be there. Drops `leaving` once
+    /// the ticket is out (or the store gave up on it, and it expires).
+    fn leave_line(&self, ticket: u64, leaving: Leaving) {
+        let _ = (ticket, leaving);
     }
 
     /// Ends a lease with feedback; returns the credential's name. Completes

@@ -253,8 +253,12 @@ pub async fn four_hammers_never_hold_a_credential_twice<S: Store>(
     );
 
     let holds = check_hammer_logs(&logs);
+    // Only to show the processes worked. A credential freed in one process
+    // goes to the oldest ticket, most often another process's, which claims
+    // it a moment later: fewer grants than when the process that released
+    // kept re-granting to itself, and fairer ones.
     assert!(
-        holds.len() > 400,
+        holds.len() > 200,
         "the processes really worked: {} grants",
         holds.len()
     );

@@ -27,7 +27,8 @@ pub(crate) struct Conn {
     pub(crate) renew: Statement,
     pub(crate) reclaim: Statement,
     pub(crate) busy: Statement,
-    pub(crate) announce: Statement,
+    pub(crate) serve: Statement,
+    pub(crate) claim: Statement,
 }
 
 /// Opens a connection, driven by a task on the current runtime.
@@ -101,7 +102,8 @@ impl Connections {
             renew: client.prepare(&self.sql.renew).await?,
             reclaim: client.prepare(&self.sql.reclaim).await?,
             busy: client.prepare(&self.sql.busy).await?,
-            announce: client.prepare(&self.sql.announce).await?,
+            serve: client.prepare(&self.sql.serve).await?,
+            claim: client.prepare(&self.sql.claim).await?,
             client,
         });
         *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
@@ -110,18 +112,18 @@ impl Connections {
 }
 
 /// Listens on `channel` and wakes `changed` for every notification about
-/// `pool` that another store instance sent. Reconnects after a failure, and
+/// `pool` addressed to `owner` (a credential was handed to its ticket). Reconnects after a failure, and
 /// wakes `changed` once connected, for the releases it may have missed.
 pub(crate) async fn listen(
     config: Config,
     channel: String,
     pool: String,
-    instance: String,
+    owner: String,
     changed: Arc<Notify>,
 ) {
     let mut pause = Duration::from_millis(50);
     loop {
-        match listen_once(&config, &channel, &pool, &instance, &changed).await {
+        match listen_once(&config, &channel, &pool, &owner, &changed).await {
             Ok(()) => pause = Duration::from_millis(50),
             Err(error) => {
                 tracing::debug!(%error, "postgres listener failed; polling until it is back");
@@ -136,7 +138,7 @@ async fn listen_once(
     config: &Config,
     channel: &str,
     pool: &str,
-    instance: &str,
+    owner: &str,
     changed: &Notify,
 ) -> Result<()> {
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -152,9 +154,12 @@ async fn listen_once(
             }
             message = poll_fn(|cx| connection.poll_message(cx)) => match message {
                 Some(Ok(AsyncMessage::Notification(note))) => {
-                    if let Some((sender, about)) = note.payload().split_once(':') {
-                        if about == pool && sender != instance {
-                            changed.notify_waiters();
+                    if let Some((to, about)) = note.payload().split_once(':') {
+                        if about == pool && to == owner {
+                            // A permit, kept when no waiter listens right now
+                            // (the first is busy asking the store): the next
+                            // one to listen asks again at once.
+                            changed.notify_one();
                         }
                     }
                 }

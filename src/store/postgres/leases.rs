@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use crate::credential::{Credential, ReleaseOutcome, Secret};
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
-use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Receipt};
+use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Line, OnBusy, Receipt};
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
 use super::batch::{Asked, Batch, GrantQueue};
@@ -41,15 +41,6 @@ pub(super) struct Inner {
     pub(super) pool: String,
     pub(super) location: String,
     pub(super) channel: String,
-    /// `INSTANCE:POOL`: the listener ignores the notes this store sent.
-    pub(super) payload: String,
-    /// This store among all that share the schema.
-    pub(super) instance: String,
-    /// How long, in ms, an announcement that this store has waiters lasts;
-    /// the first waiter renews it at each poll.
-    pub(super) announce_for: i64,
-    /// When this store last announced that it has waiters, in ms.
-    pub(super) last_announced: AtomicI64,
     /// When this process last reclaimed expired leases, in ms.
     pub(super) last_reclaim: AtomicI64,
     /// The grants waiting to share an acquire statement.
@@ -61,6 +52,17 @@ pub(super) struct Inner {
     pub(super) runtime: tokio::runtime::Handle,
     /// Set when the store is dropped: releases stop being tried again.
     pub(super) closed: AtomicBool,
+    /// This store's waiters' seats in the line the database keeps.
+    pub(super) line: Arc<Line>,
+    /// How long a ticket lives without a heartbeat, and the claim deadline
+    /// of a credential handed to a ticket, in ms.
+    pub(super) ticket_ttl: i64,
+    /// When this store last renewed its tickets, in ms.
+    pub(super) last_heartbeat: AtomicI64,
+    /// When the first waiter last polled the whole line, in ms.
+    pub(super) last_poll: AtomicI64,
+    /// The seated tickets the last heartbeat found gone.
+    pub(super) missing_tickets: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 /// A duration in ms for SQL, saturated at [`MAX_MS`].
@@ -68,19 +70,24 @@ pub(super) fn ms(duration: Duration) -> i64 {
     duration_ms(duration).min(MAX_MS)
 }
 
-fn grant_from(row: &Row) -> Result<Grant> {
+pub(super) fn grant_from(row: &Row) -> Result<Grant> {
+    grant_from_at(row, 0)
+}
+
+/// A grant from the columns of `acquire`, starting at column `first`.
+pub(super) fn grant_from_at(row: &Row, first: usize) -> Result<Grant> {
     Ok(Grant {
         credential: Credential::new(
-            CredentialId::new(row.unsigned(0, "credentials.id")?),
-            row.column::<String>(1, "credentials.name")?.into(),
-            Secret::new(row.column::<String>(2, "credentials.secret")?),
-            row.column(3, "credentials.extra")?,
-            row.unsigned32(4, "credentials.capacity")?,
+            CredentialId::new(row.unsigned(first, "credentials.id")?),
+            row.column::<String>(first + 1, "credentials.name")?.into(),
+            Secret::new(row.column::<String>(first + 2, "credentials.secret")?),
+            row.column(first + 3, "credentials.extra")?,
+            row.unsigned32(first + 4, "credentials.capacity")?,
         ),
-        lease_id: LeaseId::new(row.unsigned(5, "leases.id")?),
-        acquired_at: from_ms(row.column(6, "leases.acquired_at")?),
+        lease_id: LeaseId::new(row.unsigned(first + 5, "leases.id")?),
+        acquired_at: from_ms(row.column(first + 6, "leases.acquired_at")?),
         expires_at: row
-            .column::<Option<i64>>(7, "leases.expires_at")?
+            .column::<Option<i64>>(first + 7, "leases.expires_at")?
             .map(from_ms),
     })
 }
@@ -120,8 +127,12 @@ impl Inner {
         let decided = loop {
             attempts += 1;
             match self.release(lease, outcome.clone()).await {
-                Ok(name) => {
+                Ok((name, line_waits)) => {
                     receipt.released(&name);
+                    if line_waits {
+                        // The unit goes to the first ticket waiting.
+                        self.serve_line_now().await;
+                    }
                     break Ok(name);
                 }
                 // Found gone on a retry: most likely the attempt whose answer
@@ -165,8 +176,12 @@ impl Inner {
     }
 
     /// A grant: a lease on a free credential, or why there is none.
-    pub(super) async fn grant(self: &Arc<Self>, ttl: Option<Duration>) -> Result<GrantAnswer> {
-        let ttl = ttl.map(ms);
+    pub(super) async fn grant(
+        self: &Arc<Self>,
+        asked_ttl: Option<Duration>,
+        on_busy: OnBusy,
+    ) -> Result<GrantAnswer> {
+        let ttl = asked_ttl.map(ms);
         let (mut granted, mut expired) = self.acquire_and_reclaim_if_due(ttl).await?;
         for _ in 0..LOCKED_RETRIES {
             if let Some(grant) = granted {
@@ -177,10 +192,11 @@ impl Inner {
             }
             match self.why_busy(&mut expired).await? {
                 Some(retry_at) => {
-                    return Ok(GrantAnswer {
-                        attempt: GrantAttempt::Busy { retry_at },
-                        expired,
-                    })
+                    let attempt = match on_busy {
+                        OnBusy::TakeTicket => self.take_ticket(asked_ttl, retry_at).await?,
+                        OnBusy::Answer => GrantAttempt::Busy { retry_at },
+                    };
+                    return Ok(GrantAnswer { attempt, expired });
                 }
                 // Something was free after all: ask again.
                 None => granted = self.acquire(ttl).await?,
@@ -235,14 +251,12 @@ impl Inner {
     ) -> Result<Option<Option<SystemTime>>> {
         let conn = self.connections.get().await?;
         let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
-        let (reclaimed, busy, announced) = tokio::join!(
+        let (reclaimed, busy) = tokio::join!(
             self.reclaim(&conn),
             conn.client.query_one(&conn.busy, &pool),
-            self.announce_waiters(&conn),
         );
         let reclaimed = reclaimed?;
         let busy = busy?;
-        announced?;
         if !busy.column::<bool>(0, "enabled")? {
             return Err(Error::NoCredentials {
                 pool: self.pool.clone(),
@@ -258,21 +272,18 @@ impl Inner {
         Ok(Some(earliest(cooling, expiry).map(from_ms)))
     }
 
-    /// Says (at most once per half announcement) that this store has
-    /// waiters, so that releases in other stores notify it.
-    async fn announce_waiters(&self, conn: &Conn) -> Result<()> {
-        let now = now_ms();
-        if now - self.last_announced.load(Ordering::Relaxed) < self.announce_for / 2 {
-            return Ok(());
+    /// For a waiter in line: fails when no credential is enabled, else says
+    /// when something changes by itself.
+    pub(super) async fn why_waiting(&self, conn: &Conn) -> Result<Option<SystemTime>> {
+        let busy = conn.client.query_one(&conn.busy, &[&self.pool]).await?;
+        if !busy.column::<bool>(0, "enabled")? {
+            return Err(Error::NoCredentials {
+                pool: self.pool.clone(),
+            });
         }
-        self.last_announced.store(now, Ordering::Relaxed);
-        conn.client
-            .execute(
-                &conn.announce,
-                &[&self.pool, &self.instance, &self.announce_for],
-            )
-            .await?;
-        Ok(())
+        let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
+        let expiry: Option<i64> = busy.column(3, "next expiry")?;
+        Ok(earliest(cooling, expiry).map(from_ms))
     }
 
     /// A lease, or none when nothing was free; the statement is shared with
@@ -375,7 +386,21 @@ impl Inner {
         }
     }
 
-    async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Arc<str>> {
+    /// Hands out what is free to the tickets waiting; a failure is only
+    /// logged (the first waiter's next poll does it again).
+    pub(super) async fn serve_line_now(&self) {
+        let served = async { self.serve_line(&*self.connections.get().await?).await };
+        if let Err(error) = served.await {
+            tracing::debug!(%error, "handing a credential to the waiting line failed");
+        }
+    }
+
+    /// Ends a lease; returns the credential's name, and whether tickets wait.
+    async fn release(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+    ) -> Result<(Arc<str>, bool)> {
         let conn = self.connections.get().await?;
         let effect = outcome.effect();
         let (cool, disable) = (effect.cool_for.map(ms), effect.disable);
@@ -384,20 +409,14 @@ impl Inner {
             .client
             .query_opt(
                 &conn.release,
-                &[
-                    &lease_id,
-                    &credential_id,
-                    &self.pool,
-                    &cool,
-                    &disable,
-                    &self.channel,
-                    &self.payload,
-                    &self.instance,
-                ],
+                &[&lease_id, &credential_id, &self.pool, &cool, &disable],
             )
             .await?;
         match row {
-            Some(row) => Ok(row.column::<String>(0, "credentials.name")?.into()),
+            Some(row) => Ok((
+                row.column::<String>(0, "credentials.name")?.into(),
+                row.column(1, "tickets waiting")?,
+            )),
             None => Err(self.lease_lost(&conn, lease).await?),
         }
     }

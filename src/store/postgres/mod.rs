@@ -40,6 +40,7 @@ mod admin;
 mod batch;
 mod connections;
 mod leases;
+mod line;
 mod rows;
 mod schema;
 mod sql;
@@ -58,8 +59,8 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy, OnDuplicate, Options,
-    Receipt, StoreSettings,
+    Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate,
+    Options, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
 };
 
 use self::batch::GrantQueue;
@@ -167,25 +168,20 @@ impl Options<Postgres> {
             .await
             .map_err(|error| at(&location, error))?;
         let channel = format!("credpool.{}", own.schema);
-        let instance = instance_id();
+        let line = Line::new();
         let changed = Arc::new(Notify::new());
         let pool = settings.pool().to_string();
         let listener = tokio::spawn(connections::listen(
             own.config.clone(),
             channel.clone(),
             pool.clone(),
-            instance.clone(),
+            line.owner().to_string(),
             changed.clone(),
         ));
-        let poll_interval = settings.poll_interval().unwrap_or(DEFAULT_POLL_INTERVAL);
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 connections,
                 sql,
-                payload: format!("{instance}:{pool}"),
-                instance,
-                announce_for: ms(poll_interval * 4).max(1_000),
-                last_announced: AtomicI64::new(0),
                 channel,
                 pool,
                 location,
@@ -194,6 +190,11 @@ impl Options<Postgres> {
                 shared_statements: AtomicU64::new(0),
                 runtime: tokio::runtime::Handle::current(),
                 closed: AtomicBool::new(false),
+                line,
+                ticket_ttl: ms(settings.ticket_ttl().unwrap_or(DEFAULT_TICKET_TTL)),
+                last_heartbeat: AtomicI64::new(0),
+                last_poll: AtomicI64::new(0),
+                missing_tickets: Default::default(),
             }),
             changed,
             listener,
@@ -233,21 +234,6 @@ fn validate_schema(schema: &str) -> Result<()> {
         ),
     )
     .into())
-}
-
-/// A name for this store among all that share the database.
-fn instance_id() -> String {
-    static OPENED: AtomicI64 = AtomicI64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "{:x}.{:x}.{:x}",
-        std::process::id(),
-        nanos,
-        OPENED.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Where the store is, for messages: never the password.
@@ -305,7 +291,8 @@ impl PostgresStore {
     /// Options for a store on the server `config` names.
     pub fn options(config: Config) -> PostgresOptions {
         Options::new(
-            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL),
+            StoreSettings::shared(DEFAULT_LEASE_TTL, DEFAULT_POLL_INTERVAL)
+                .with_ticket_ttl(Some(DEFAULT_TICKET_TTL)),
             Postgres {
                 config,
                 schema: "credpool".into(),
@@ -380,22 +367,38 @@ impl Leases for PostgresStore {
         self.changed.notified()
     }
 
-    fn grant(&self, ttl: Option<Duration>, _on_busy: OnBusy) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting {
         // The grant runs on a task of the store's: it may serve other
         // grants' statement too, which must not stop when this caller leaves.
         let (reply, answer) = oneshot::channel();
         let inner = self.inner.clone();
         self.inner.runtime.spawn(async move {
-            let result = inner.grant(ttl).await;
-            if let Err(Ok(GrantAnswer {
-                attempt: GrantAttempt::Granted(grant),
-                ..
-            })) = reply.send(result)
-            {
+            let result = inner.grant(ttl, on_busy).await;
+            match reply.send(result) {
                 // Nobody reads the answer (not even the pool): the lease goes
-                // back at once. No pool counted it.
-                let token = grant.token();
-                inner.release_in_background(token, Receipt::untracked(token));
+                // back at once, or the ticket leaves the line. No pool counted it.
+                Err(Ok(GrantAnswer {
+                    attempt: GrantAttempt::Granted(grant),
+                    ..
+                })) => {
+                    let token = grant.token();
+                    inner.release_in_background(token, Receipt::untracked(token));
+                }
+                Err(Ok(GrantAnswer {
+                    attempt: GrantAttempt::Queued { mut seat, .. },
+                    ..
+                })) => {
+                    seat.grant.close();
+                    let handed = seat.grant.try_recv().ok();
+                    let ticket = seat.ticket();
+                    drop(seat);
+                    if let Some(grant) = handed {
+                        let token = grant.token();
+                        inner.release_in_background(token, Receipt::untracked(token));
+                    }
+                    let _ = inner.leave_line(ticket).await;
+                }
+                _ => {}
             }
         });
         Granting::Later(Box::pin(async move {
@@ -438,6 +441,23 @@ impl Leases for PostgresStore {
         let inner = self.inner.clone();
         self.run(async move { inner.renew(lease, ttl).await }).await
     }
+
+    async fn poll_line(&self) -> Result<Option<SystemTime>> {
+        // On a task of the store's: a claim it makes reaches its seat even
+        // when the caller leaves.
+        let inner = self.inner.clone();
+        self.run(async move { inner.poll_line().await }).await
+    }
+
+    fn leave_line(&self, ticket: u64, leaving: Leaving) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            if let Err(error) = inner.leave_line(ticket).await {
+                tracing::debug!(%error, ticket, "removing a ticket failed; it expires without its heartbeat");
+            }
+            drop(leaving);
+        });
+    }
 }
 
 impl Admin for PostgresStore {
@@ -447,8 +467,12 @@ impl Admin for PostgresStore {
         on_duplicate: OnDuplicate,
     ) -> Result<Added> {
         let inner = self.inner.clone();
-        self.run(async move { inner.add_many(credentials, on_duplicate).await })
-            .await
+        self.run(async move {
+            let added = inner.add_many(credentials, on_duplicate).await?;
+            inner.serve_line_now().await;
+            Ok(added)
+        })
+        .await
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
@@ -461,7 +485,13 @@ impl Admin for PostgresStore {
         let (inner, name) = (self.inner.clone(), name.to_string());
         self.run(async move {
             let sql = inner.sql.set_disabled();
-            inner.update_one(sql, name, reason).await
+            let enable = reason.is_none();
+            inner.update_one(sql, name, reason).await?;
+            if enable {
+                // An enabled credential goes to the first ticket waiting.
+                inner.serve_line_now().await;
+            }
+            Ok(())
         })
         .await
     }
@@ -495,7 +525,9 @@ impl Admin for PostgresStore {
         let inner = self.inner.clone();
         self.run(async move {
             inner.reclaim(&*inner.connections.get().await?).await?;
-            inner.stats().await
+            let mut stats = inner.stats().await?;
+            stats.waiters = inner.waiting_tickets().await?;
+            Ok(stats)
         })
         .await
     }

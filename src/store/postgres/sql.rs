@@ -24,14 +24,10 @@ pub(crate) struct Sql {
     /// so on). Returns the same columns, one row per lease, by lease id.
     pub(crate) acquire_many: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` cool-down in ms,
-    /// `$5` disable reason, `$6` channel, `$7` payload, `$8` this store's
-    /// instance. Fenced: changes nothing unless the lease is still held and
-    /// not expired. Returns the name. Notifies only when another store has
-    /// said it has waiters: `NOTIFY` takes a lock that serialises commits.
+    /// `$5` disable reason. Fenced: changes nothing unless the lease is
+    /// still held and not expired. Returns the name, and whether tickets
+    /// wait in line (the freed unit is then handed to them, by `serve`).
     pub(crate) release: String,
-    /// `$1` pool, `$2` instance, `$3` how long in ms. Says that this store
-    /// has waiters, so releases elsewhere notify it.
-    pub(crate) announce: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` TTL in ms. Fenced as
     /// release. Returns the new expiry.
     pub(crate) renew: String,
@@ -42,8 +38,28 @@ pub(crate) struct Sql {
     /// whether one is free after all (it was locked by another transaction),
     /// and when the next cool-down ends and the next lease expires.
     pub(crate) busy: String,
+    /// `$1` pool, `$2` claim deadline in ms, `$3` this store's owner number,
+    /// `$4` channel. Hands one free credential to the lowest
+    /// live ticket without a lease, as a lease that expires at the claim
+    /// deadline; notifies the ticket's store (`OWNER:POOL`) when it is another. Returns the
+    /// ticket's id and owner, and `false`. The lowest ticket is locked, not
+    /// skipped, so that the line keeps its order: when another transaction
+    /// handed it out meanwhile, the one row says `true`, to ask again. No
+    /// row when no ticket waits or nothing is free.
+    pub(crate) serve: String,
+    /// `$1` ticket, `$2` TTL in ms (NULL: none), `$3` pool. Claims the lease
+    /// handed to a ticket: the ticket goes, the lease lives its TTL from now.
+    /// Returns the grant's columns, as `acquire`, all NULL when the lease is
+    /// gone; no row when the ticket was not there to claim (another call of
+    /// this store claimed it, or it expired).
+    pub(crate) claim: String,
     pub(crate) credentials: String,
     pub(crate) leases: String,
+    pub(crate) tickets: String,
+    /// A condition that holds the schema's line lock for the rest of the
+    /// transaction: every statement that changes tickets takes it first, so
+    /// that they never deadlock and hand out tickets in order.
+    gate: String,
 }
 
 impl Sql {
@@ -51,13 +67,20 @@ impl Sql {
     pub(crate) fn new(schema: &str) -> Self {
         let credentials = format!("\"{schema}\".credentials");
         let leases = format!("\"{schema}\".leases");
-        let waiting = format!("\"{schema}\".waiting");
+        let tickets = format!("\"{schema}\".tickets");
+        let gate = line_gate(schema);
+        // No newcomer takes a credential while a ticket waits in line.
+        let line_empty = format!(
+            "NOT EXISTS (SELECT 1 FROM {tickets}
+                         WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW})"
+        );
         Self {
             acquire: format!(
                 "WITH picked AS (
                      SELECT id FROM {credentials}
                      WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
                        AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                       AND {line_empty}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
@@ -83,6 +106,7 @@ impl Sql {
                      SELECT id, capacity - holders AS free, last_used_at FROM {credentials}
                      WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
                        AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                       AND {line_empty}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED
@@ -130,14 +154,9 @@ impl Sql {
                      RETURNING c.name
                  )
                  SELECT back.name,
-                        CASE WHEN EXISTS (SELECT 1 FROM {waiting}
-                                          WHERE pool = $3 AND instance <> $8 AND until > {NOW})
-                             THEN pg_notify($6, $7)::text END
+                        EXISTS (SELECT 1 FROM {tickets}
+                                WHERE pool = $3 AND lease_id IS NULL AND expires_at > {NOW})
                  FROM back"
-            ),
-            announce: format!(
-                "INSERT INTO {waiting} (pool, instance, until) VALUES ($1, $2, {NOW} + $3::bigint)
-                 ON CONFLICT (pool, instance) DO UPDATE SET until = excluded.until"
             ),
             renew: format!(
                 "UPDATE {leases} SET expires_at = {NOW} + $4::bigint
@@ -146,10 +165,7 @@ impl Sql {
                  RETURNING expires_at"
             ),
             reclaim: format!(
-                "WITH forgotten AS (
-                     DELETE FROM {waiting} WHERE pool = $1 AND until < {NOW} - 60000
-                 ),
-                 expired AS (
+                "WITH expired AS (
                      DELETE FROM {leases} WHERE id IN (
                          SELECT id FROM {leases}
                          WHERE pool = $1 AND expires_at <= {NOW}
@@ -173,15 +189,185 @@ impl Sql {
                              WHERE pool = $1 AND disabled_reason IS NULL),
                      EXISTS (SELECT 1 FROM {credentials}
                              WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                               AND (cooling_until IS NULL OR cooling_until <= {NOW})),
+                               AND (cooling_until IS NULL OR cooling_until <= {NOW}))
+                         AND {line_empty},
                      (SELECT min(cooling_until) FROM {credentials}
                       WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
                      (SELECT min(expires_at) FROM {leases}
                       WHERE pool = $1 AND expires_at IS NOT NULL)"
             ),
+            serve: format!(
+                "WITH next AS (
+                     SELECT id, owner FROM {tickets}
+                     WHERE {gate} AND pool = $1 AND lease_id IS NULL AND expires_at > {NOW}
+                     ORDER BY id LIMIT 1
+                     FOR UPDATE
+                 ),
+                 picked AS (
+                     SELECT id FROM {credentials}
+                     WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
+                       AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                       AND EXISTS (SELECT 1 FROM next)
+                     ORDER BY last_used_at NULLS FIRST, id
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED
+                 ),
+                 marked AS (
+                     UPDATE {credentials} AS c
+                     SET holders = c.holders + 1, last_used_at = {NOW},
+                         use_count = c.use_count + 1, cooling_until = NULL
+                     WHERE c.id = (SELECT id FROM picked)
+                     RETURNING c.id
+                 ),
+                 leased AS (
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint FROM marked
+                     RETURNING id, credential_id
+                 ),
+                 handed AS (
+                     UPDATE {tickets} AS t
+                     SET lease_id = leased.id, credential_id = leased.credential_id,
+                         expires_at = {NOW} + $2::bigint
+                     FROM leased WHERE t.id = (SELECT id FROM next)
+                     RETURNING t.id, t.owner
+                 )
+                 SELECT id, owner,
+                        CASE WHEN owner <> $3 THEN pg_notify($4, owner::text || ':' || $1)::text END,
+                        false
+                 FROM handed
+                 UNION ALL
+                 SELECT NULL, NULL, NULL, true
+                 WHERE NOT EXISTS (SELECT 1 FROM next)
+                   AND EXISTS (SELECT 1 FROM {tickets}
+                               WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW})
+                   AND EXISTS (SELECT 1 FROM {credentials}
+                               WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
+                                 AND (cooling_until IS NULL OR cooling_until <= {NOW}))"
+            ),
+            claim: format!(
+                "WITH mine AS (
+                     DELETE FROM {tickets}
+                     WHERE {gate} AND id = $1 AND pool = $3 AND lease_id IS NOT NULL
+                     RETURNING lease_id
+                 ),
+                 claimed AS (
+                     UPDATE {leases} SET expires_at = {NOW} + $2::bigint, acquired_at = {NOW}
+                     WHERE id = (SELECT lease_id FROM mine) AND expires_at > {NOW}
+                     RETURNING id, credential_id, acquired_at, expires_at
+                 )
+                 SELECT c.id, c.name, c.secret, c.extra, c.capacity,
+                        claimed.id, claimed.acquired_at, claimed.expires_at
+                 FROM mine
+                 LEFT JOIN claimed ON true
+                 LEFT JOIN {credentials} AS c ON c.id = claimed.credential_id"
+            ),
             credentials,
             leases,
+            tickets,
+            gate,
         }
+    }
+
+    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms. Takes a ticket at the
+    /// end of the line; returns its id, and whether a credential is free
+    /// (one that came free since the grant looked).
+    pub(crate) fn take_ticket(&self) -> String {
+        format!(
+            "WITH taken AS (
+                 INSERT INTO {} (pool, owner, expires_at) VALUES ($1, $2, {NOW} + $3::bigint)
+                 RETURNING id
+             )
+             SELECT id, EXISTS (SELECT 1 FROM {} WHERE pool = $1 AND disabled_reason IS NULL
+                                  AND holders < capacity
+                                  AND (cooling_until IS NULL OR cooling_until <= {NOW}))
+             FROM taken",
+            self.tickets, self.credentials
+        )
+    }
+
+    /// `$1` pool. Ends the tickets nobody renews, and those whose handed
+    /// lease is gone (its claim deadline passed, its credential removed);
+    /// skips those another transaction holds, so that two stores ending
+    /// tickets at once never deadlock.
+    pub(crate) fn expire_tickets(&self) -> String {
+        format!(
+            "DELETE FROM {tickets} WHERE id IN (
+                 SELECT id FROM {tickets} WHERE {gate} AND pool = $1
+                   AND (expires_at <= {NOW}
+                        OR (lease_id IS NOT NULL
+                            AND NOT EXISTS (SELECT 1 FROM {leases}
+                                            WHERE {leases}.id = {tickets}.lease_id)))
+                 ORDER BY id
+                 FOR UPDATE SKIP LOCKED)",
+            tickets = self.tickets,
+            leases = self.leases,
+            gate = self.gate
+        )
+    }
+
+    /// `$1` pool, `$2` ticket ids, `$3` ticket TTL in ms. Renews the tickets,
+    /// locking them in id order; returns the ids of those that still exist.
+    pub(crate) fn renew_tickets(&self) -> String {
+        format!(
+            "UPDATE {tickets} SET expires_at = {NOW} + $3::bigint
+             WHERE id IN (SELECT id FROM {tickets}
+                          WHERE {gate} AND pool = $1 AND id = ANY($2::bigint[])
+                          ORDER BY id FOR UPDATE)
+             RETURNING id",
+            tickets = self.tickets,
+            gate = self.gate
+        )
+    }
+
+    /// `$1` pool, `$2` owner, `$3` ticket ids, `$4` their waiters' TTLs in
+    /// ms (NULL: none). Claims every lease handed to those tickets: the
+    /// tickets go, each lease lives its TTL from now. Returns the ticket,
+    /// then the grant's columns as `acquire`, all NULL for a ticket whose
+    /// lease is gone (its claim deadline passed).
+    pub(crate) fn claim_handed(&self) -> String {
+        format!(
+            "WITH seats AS (
+                 SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS seat (id, ttl)
+             ),
+             mine AS (
+                 DELETE FROM {tickets} AS t USING seats
+                 WHERE {gate} AND t.pool = $1 AND t.owner = $2 AND t.lease_id IS NOT NULL
+                   AND t.id = seats.id
+                 RETURNING t.id, t.lease_id, seats.ttl
+             ),
+             claimed AS (
+                 UPDATE {leases} AS l SET expires_at = {NOW} + mine.ttl, acquired_at = {NOW}
+                 FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {NOW}
+                 RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at
+             )
+             SELECT mine.id, c.id, c.name, c.secret, c.extra, c.capacity,
+                    claimed.id, claimed.acquired_at, claimed.expires_at
+             FROM mine
+             LEFT JOIN claimed ON claimed.ticket = mine.id
+             LEFT JOIN {credentials} AS c ON c.id = claimed.credential_id",
+            tickets = self.tickets,
+            leases = self.leases,
+            credentials = self.credentials,
+            gate = self.gate
+        )
+    }
+
+    /// `$1` ticket, `$2` pool. Removes a ticket; returns the lease handed to
+    /// it, if any, and its credential. It locks one row and waits for nothing
+    /// while it holds it, so it needs no line lock.
+    pub(crate) fn leave(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE id = $1 AND pool = $2 RETURNING lease_id, credential_id",
+            self.tickets
+        )
+    }
+
+    /// `$1` pool. How many tickets wait, in every store.
+    pub(crate) fn waiting_tickets(&self) -> String {
+        format!(
+            "SELECT count(*) FROM {} WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW}",
+            self.tickets
+        )
     }
 
     /// `$1` pool, then arrays `$2` names, `$3` secrets, `$4` extras,
@@ -276,9 +462,39 @@ impl Sql {
     }
 }
 
-/// The schema's tables, created by the first migration.
+/// The condition that takes the line lock of `schema` (see `Sql::gate`):
+/// an uncorrelated subquery, so it runs once, before the statement locks a row.
+fn line_gate(schema: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(
+             hashtextextended('credpool line {schema}', 0))) AS line_lock) = 1"
+    )
+}
+
+/// The schema's tables: entry `n` takes a schema from version `n` to `n + 1`.
 pub(crate) fn migrations(schema: &str) -> Vec<String> {
-    vec![format!(
+    vec![
+        first_schema(schema),
+        // 1 -> 2: the waiting line, kept in the store for every process.
+        format!(
+            "CREATE TABLE \"{schema}\".tickets (
+                 id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 pool          text   NOT NULL,
+                 owner         bigint NOT NULL,
+                 expires_at    bigint NOT NULL,
+                 lease_id      bigint,
+                 credential_id bigint
+             );
+             CREATE INDEX tickets_in_line ON \"{schema}\".tickets (pool, id)
+                 WHERE lease_id IS NULL;
+             -- Stores no longer announce their waiters: the tickets say who waits.
+             DROP TABLE \"{schema}\".waiting;"
+        ),
+    ]
+}
+
+fn first_schema(schema: &str) -> String {
+    format!(
         "CREATE TABLE \"{schema}\".credentials (
              id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
              pool            text    NOT NULL,
@@ -318,5 +534,5 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
              until    bigint NOT NULL,
              PRIMARY KEY (pool, instance)
          );"
-    )]
+    )
 }

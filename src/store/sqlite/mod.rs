@@ -46,8 +46,8 @@ use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcom
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
-    Added, Admin, GrantAnswer, Granting, Leases, Line, OnBusy, OnDuplicate, Options, Receipt,
-    StoreSettings, DEFAULT_TICKET_TTL,
+    Added, Admin, GrantAnswer, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate, Options,
+    Receipt, StoreSettings, DEFAULT_TICKET_TTL,
 };
 
 use self::ctx::{Ctx, Failure};
@@ -519,9 +519,11 @@ impl Leases for SqliteStore {
         Ok(retry_at.map(crate::time::from_ms))
     }
 
-    fn leave_line(&self, ticket: u64) {
-        // Without a thread to take it, the ticket expires without its heartbeat.
+    fn leave_line(&self, ticket: u64, leaving: Leaving) {
+        // Without a thread to take it, the ticket expires without its
+        // heartbeat. (The thread runs calls in order: nobody waits for `leaving`.)
         let _ = self.channel.send(Job::Leave(ticket));
+        drop(leaving);
     }
 }
 

@@ -1,0 +1,304 @@
+//! The waiting line on Postgres: tickets taken, credentials handed to them,
+//! claimed, renewed, expired and given up.
+//!
+//! A credential that comes free while tickets wait goes to the lowest live
+//! ticket ([`Sql::serve`](super::sql::Sql)), as a lease with a short claim
+//! deadline. The store whose ticket it is claims it at once when the waiter
+//! is seated here; another store hears a `NOTIFY` and claims it at its
+//! first waiter's next poll.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Result;
+use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::store::{GrantAttempt, Receipt, Undelivered};
+use crate::time::now_ms;
+
+use super::connections::Conn;
+use super::leases::{grant_from_at, ms, transient, Inner};
+
+/// How soon the first waiter polls again after a poll that failed for a
+/// reason that passes (a deadlock with another store, a lost connection).
+const POLL_AGAIN: Duration = Duration::from_millis(20);
+/// How long after a whole poll, in ms, a poll only claims what was handed
+/// to this store's tickets.
+const LIGHT_POLL_WITHIN: i64 = 50;
+use super::rows::Columns;
+
+impl Inner {
+    /// Takes a ticket for a grant that found nothing free, and seats its
+    /// waiter here. A credential that came free since the grant looked goes
+    /// to the line at once.
+    pub(super) async fn take_ticket(
+        self: &Arc<Self>,
+        ttl: Option<Duration>,
+        retry_at: Option<SystemTime>,
+    ) -> Result<GrantAttempt> {
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_one(
+                &self.sql.take_ticket(),
+                &[&self.pool, &self.line.owner(), &self.ticket_ttl],
+            )
+            .await?;
+        let ticket = row.unsigned(0, "tickets.id")?;
+        let seat = self.line.seat(ticket, ttl);
+        if row.column::<bool>(1, "free")? {
+            // A failure here is made good by the first waiter's next poll.
+            if let Err(error) = self.serve_line(&conn).await {
+                tracing::debug!(%error, "handing a credential to the waiting line failed");
+            }
+        }
+        Ok(GrantAttempt::Queued { seat, retry_at })
+    }
+
+    /// Hands free credentials to the tickets waiting, lowest first, while
+    /// both last; claims at once those of tickets seated here.
+    pub(super) async fn serve_line(&self, conn: &Conn) -> Result<()> {
+        // Asking again is needed only when another transaction handed out
+        // the lowest ticket as this one looked; a few times is plenty.
+        let mut again = 8;
+        loop {
+            let handed = conn
+                .client
+                .query_opt(
+                    &conn.serve,
+                    &[
+                        &self.pool,
+                        &self.ticket_ttl,
+                        &self.line.owner(),
+                        &self.channel,
+                    ],
+                )
+                .await?;
+            let Some(row) = handed else {
+                return Ok(());
+            };
+            let Some(ticket) = row.column::<Option<i64>>(0, "tickets.id")? else {
+                again -= 1;
+                if again == 0 || !row.column::<bool>(3, "again")? {
+                    return Ok(());
+                }
+                continue;
+            };
+            let ticket = ticket as u64;
+            let owner: i64 = row.column(1, "tickets.owner")?;
+            if owner == self.line.owner() {
+                self.claim(conn, ticket).await?;
+            }
+        }
+    }
+
+    /// Claims the lease handed to `ticket`, when its waiter is seated here,
+    /// and hands it over.
+    async fn claim(&self, conn: &Conn, ticket: u64) -> Result<()> {
+        let Some(ttl) = self.line.seated(ticket) else {
+            // Its waiter left; the ticket's removal is on its way.
+            return Ok(());
+        };
+        let ttl = ttl.map(ms);
+        let row = conn
+            .client
+            .query_opt(&conn.claim, &[&(ticket as i64), &ttl, &self.pool])
+            .await?;
+        match row {
+            // Claimed by another call of this store, which hands it over.
+            None => Ok(()),
+            Some(row) => self.claimed(ticket, &row, 0).await,
+        }
+    }
+
+    /// Hands over what a claim found for `ticket`, in the row's columns from
+    /// `first` on: a grant, or NULLs when the lease was gone (its claim
+    /// deadline passed, or its credential was removed): then the waiter
+    /// queues again.
+    async fn claimed(&self, ticket: u64, row: &tokio_postgres::Row, first: usize) -> Result<()> {
+        if row
+            .column::<Option<i64>>(first, "credentials.id")?
+            .is_none()
+        {
+            self.line.unseat(ticket);
+            return Ok(());
+        }
+        self.hand_over(ticket, grant_from_at(row, first)?).await;
+        Ok(())
+    }
+
+    /// Gives a claimed grant to its seat; when the waiter left meanwhile,
+    /// the lease goes back (and on to the next ticket).
+    async fn hand_over(&self, ticket: u64, grant: crate::store::Grant) {
+        if let Err(Undelivered(grant)) = self.line.deliver(ticket, grant) {
+            // Its waiter left meanwhile: the lease goes back (and on).
+            let token = grant.token();
+            let release = self.release_until_done(
+                token,
+                crate::credential::ReleaseOutcome::Success,
+                Receipt::untracked(token),
+                None,
+            );
+            Box::pin(release).await;
+        }
+    }
+
+    /// The first waiter's poll: ends the tickets nobody renews, renews this
+    /// store's (at least four times per ticket TTL), hands out what is free,
+    /// claims what other stores handed to tickets seated here, and says when
+    /// something changes by itself.
+    pub(super) async fn poll_line(self: &Arc<Self>) -> Result<Option<SystemTime>> {
+        match self.poll_once().await {
+            // A deadlock, a lost connection: the next poll does it again.
+            Err(error) if transient(&error) => {
+                tracing::debug!(%error, "polling the waiting line failed; polling again soon");
+                Ok(Some(SystemTime::now() + POLL_AGAIN))
+            }
+            answer => answer,
+        }
+    }
+
+    async fn poll_once(self: &Arc<Self>) -> Result<Option<SystemTime>> {
+        let conn = self.connections.get().await?;
+        // Woken again soon after a whole poll (a `NOTIFY` that a credential
+        // was handed to a ticket here): claiming is all there is to do.
+        let now = now_ms();
+        if now - self.last_poll.load(Ordering::Relaxed) < LIGHT_POLL_WITHIN {
+            self.claim_handed(&conn).await?;
+            return Ok(None);
+        }
+        self.last_poll.store(now, Ordering::Relaxed);
+        // Pipelined on the one connection: one round trip for the three.
+        let expire = self.sql.expire_tickets();
+        let pool: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pool];
+        let (expired, renewed, reclaimed) = tokio::join!(
+            conn.client.execute(&expire, &pool),
+            self.renew_tickets(&conn),
+            self.reclaim(&conn),
+        );
+        expired?;
+        renewed?;
+        reclaimed?;
+        self.serve_line(&conn).await?;
+        let (claimed, waiting) = tokio::join!(self.claim_handed(&conn), self.why_waiting(&conn));
+        claimed?;
+        waiting
+    }
+
+    /// Claims the leases other stores handed to the tickets seated here, in
+    /// one statement, and hands them over.
+    async fn claim_handed(&self, conn: &Conn) -> Result<()> {
+        let seated = self.line.tickets();
+        if seated.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(seated.len());
+        let mut ttls = Vec::with_capacity(seated.len());
+        for ticket in seated {
+            if let Some(ttl) = self.line.seated(ticket) {
+                ids.push(ticket as i64);
+                ttls.push(ttl.map(ms));
+            }
+        }
+        let rows = conn
+            .client
+            .query(
+                &self.sql.claim_handed(),
+                &[&self.pool, &self.line.owner(), &ids, &ttls],
+            )
+            .await?;
+        for row in rows {
+            self.claimed(row.unsigned(0, "tickets.id")?, &row, 1)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Renews the tickets seated here when that is due; a seat whose ticket
+    /// is gone (it expired while this process stalled) loses its seat, and
+    /// its waiter takes a new ticket.
+    async fn renew_tickets(&self, conn: &Conn) -> Result<()> {
+        let now = now_ms();
+        let last = self.last_heartbeat.load(Ordering::Relaxed);
+        if now - last < self.ticket_ttl / 4 || self.line.is_empty() {
+            return Ok(());
+        }
+        self.last_heartbeat.store(now, Ordering::Relaxed);
+        let seated = self.line.tickets();
+        let ids: Vec<i64> = seated.iter().map(|&ticket| ticket as i64).collect();
+        let renewed = conn
+            .client
+            .query(
+                &self.sql.renew_tickets(),
+                &[&self.pool, &ids, &self.ticket_ttl],
+            )
+            .await?;
+        let mut alive = std::collections::HashSet::with_capacity(renewed.len());
+        for row in renewed {
+            alive.insert(row.unsigned(0, "tickets.id")?);
+        }
+        // A ticket found gone may be one whose claim is on its way to its
+        // seat: only one found gone twice in a row has lost its seat.
+        let mut missing = self
+            .missing_tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let was_missing = std::mem::take(&mut *missing);
+        for ticket in seated {
+            if alive.contains(&ticket) {
+                continue;
+            }
+            if !was_missing.contains(&ticket) {
+                missing.insert(ticket);
+            } else {
+                tracing::warn!(
+                    pool = %self.pool,
+                    ticket,
+                    "a waiting ticket expired before its heartbeat; its waiter queues again"
+                );
+                self.line.unseat(ticket);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a ticket whose waiter gave up; a lease already handed to it
+    /// goes back (and on to the next ticket).
+    pub(super) async fn leave_line(self: &Arc<Self>, ticket: u64) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_opt(&self.sql.leave(), &[&(ticket as i64), &self.pool])
+            .await?;
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let lease: Option<i64> = row.column(0, "tickets.lease_id")?;
+        let credential: Option<i64> = row.column(1, "tickets.credential_id")?;
+        if let (Some(lease), Some(credential)) = (lease, credential) {
+            let token = LeaseToken::new(
+                CredentialId::new(credential as u64),
+                LeaseId::new(lease as u64),
+            );
+            drop(conn);
+            self.release_until_done(
+                token,
+                crate::credential::ReleaseOutcome::Success,
+                Receipt::untracked(token),
+                None,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// How many tickets wait, in every store.
+    pub(super) async fn waiting_tickets(&self) -> Result<u64> {
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_one(&self.sql.waiting_tickets(), &[&self.pool])
+            .await?;
+        row.unsigned(0, "count")
+    }
+}
