@@ -12,6 +12,8 @@ pub(crate) struct Injected {
     pub(crate) long_write_locks: AtomicU64,
     pub(crate) terminated: AtomicU64,
     pub(crate) restarts: AtomicU64,
+    /// Workers killed while their tasks waited in line (their tickets became no-shows).
+    pub(crate) killed_in_line: AtomicU64,
 }
 
 impl Injected {
@@ -29,6 +31,12 @@ impl Injected {
             parts.push(format!(
                 "{} connections ended by pg_terminate_backend",
                 count(&self.terminated)
+            ));
+        }
+        if count(&self.killed_in_line) > 0 {
+            parts.push(format!(
+                "{} workers killed while their tasks waited in line",
+                count(&self.killed_in_line)
             ));
         }
         if count(&self.restarts) > 0 {

@@ -46,9 +46,10 @@ pub(crate) struct TortureArgs {
     /// place (0: never).
     #[arg(long, default_value_t = 2.0)]
     kill_every: f64,
-    /// Inject the store's faults too: on SQLite, another connection holding
-    /// the write lock (sometimes past the busy timeout); on Postgres, the
-    /// workers' connections ended with pg_terminate_backend.
+    /// Inject the store's faults too: workers killed while their tasks wait
+    /// in line (their tickets become no-shows); on SQLite, another
+    /// connection holding the write lock (sometimes past the busy timeout);
+    /// on Postgres, the workers' connections ended with pg_terminate_backend.
     #[arg(long)]
     faults: bool,
     /// A shell command that restarts the Postgres server, run every
@@ -220,7 +221,16 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         place.describe(),
         args.duration,
     );
-    let churn = churn(&pool, &args, &mut workers, &mut running, deadline, seed).await?;
+    let churn = churn(
+        &pool,
+        &args,
+        &mut workers,
+        &mut running,
+        deadline,
+        seed,
+        &injected,
+    )
+    .await?;
     let hung = stop(running).await;
     faults.stop().await;
 
@@ -407,8 +417,15 @@ async fn churn<S: Store>(
     running: &mut Vec<Running>,
     deadline: Instant,
     seed: u64,
+    injected: &Injected,
 ) -> Result<Churn, Failure> {
     let mut rng = fastrand::Rng::with_seed(seed);
+    // With --faults: now and then a worker joins, and is killed a moment
+    // later while its tasks wait at the back of the line. Its tickets are
+    // no-shows: they expire, and what was handed to them comes back at the
+    // claim deadline.
+    let mut queued: Vec<(Running, Instant)> = Vec::new();
+    let mut next_queuer = Instant::now() + Duration::from_millis(rng.u64(1_000..2_500));
     let mut churn = Churn {
         kills: 0,
         replaced: 0,
@@ -439,6 +456,17 @@ async fn churn<S: Store>(
                 }
             }
         }
+        if args.faults && now >= next_queuer && well_before_the_end {
+            next_queuer = now + Duration::from_millis(rng.u64(1_000..2_500));
+            let kill_at = now + Duration::from_millis(rng.u64(100..400));
+            queued.push((workers.spawn()?, kill_at));
+        }
+        for (queuer, _) in extract_due(&mut queued, now) {
+            queuer.kill();
+            injected
+                .killed_in_line
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if now >= next_admin {
             next_admin = now + Duration::from_millis(700);
             // The store may be restarting or locked: an operator tries again later.
@@ -452,7 +480,22 @@ async fn churn<S: Store>(
             }
         }
     }
+    for (queuer, _) in queued {
+        queuer.kill();
+        injected
+            .killed_in_line
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(churn)
+}
+
+/// Takes out the workers whose time to be killed has come.
+fn extract_due(queued: &mut Vec<(Running, Instant)>, now: Instant) -> Vec<(Running, Instant)> {
+    let (due, waiting) = std::mem::take(queued)
+        .into_iter()
+        .partition(|(_, at)| *at <= now);
+    *queued = waiting;
+    due
 }
 
 /// Waits up to 20 s for the workers, which stop by themselves at the
