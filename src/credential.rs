@@ -473,7 +473,9 @@ pub struct Stats {
     pub disabled: u64,
     /// Leases out now, across every process using the store.
     pub leases: u64,
-    /// Tasks of this process waiting in `acquire`.
+    /// Tasks waiting in `acquire`: in every process, on a store that keeps
+    /// its waiting line (SQLite, Postgres: their live tickets); in this
+    /// process, on the memory store.
     pub waiters: u64,
 }
 

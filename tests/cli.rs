@@ -634,3 +634,54 @@ fn import_and_add_validate_alike() {
     assert!(add_error.contains("empty") && import_error.contains("empty"));
     assert!(list_json(&db).is_empty(), "nothing was added");
 }
+
+/// `stats` and `watch` count the waiters of every process: here, three
+/// tasks of the test process, seen by the `credpool` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_watch_show_the_waiters_of_other_processes() {
+    let db = fresh_db("waiters-elsewhere");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    pool.add(credpool::NewCredential::new("only", "s"))
+        .await
+        .unwrap();
+    let held = pool.acquire().await.unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.acquire().await.map(|lease| lease.into_token()) })
+        })
+        .collect();
+    while pool.stats().await.unwrap().waiters < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let db_for_cli = db.clone();
+    let (json, line, watched) = tokio::task::spawn_blocking(move || {
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&run(&db_for_cli, &["stats", "--json"]))).unwrap();
+        let line = ok(&run(&db_for_cli, &["stats"]));
+        let watched = credpool(&db_for_cli)
+            .args(["watch", "--interval-ms", "200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let _ = Command::new("kill")
+            .args(["-INT", &watched.id().to_string()])
+            .status();
+        (json, line, watched.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(json["waiters"], 3, "{json}");
+    assert!(line.contains("waiting 3"), "{line}");
+    assert!(
+        text(&watched.stdout).contains("waiting 3"),
+        "{}",
+        text(&watched.stdout)
+    );
+    for task in waiting {
+        task.abort();
+    }
+    drop(held);
+}

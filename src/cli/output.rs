@@ -104,13 +104,14 @@ pub(crate) fn stats(stats: &Stats, as_json: bool) -> Outcome {
 /// The counts on one line, for `stats` and `watch`.
 pub(crate) fn stats_line(stats: &Stats) -> String {
     format!(
-        "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}",
+        "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}  waiting {}",
         stats.total,
         stats.available,
         stats.leased,
         stats.cooling_down,
         stats.disabled,
-        stats.leases
+        stats.leases,
+        stats.waiters
     )
 }
 
@@ -122,6 +123,7 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
         "cooling_down": stats.cooling_down,
         "disabled": stats.disabled,
         "leases": stats.leases,
+        "waiters": stats.waiters,
     })
 }
 

@@ -40,8 +40,10 @@ const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// A pool of credentials handed to concurrent workers, each credential to at
 /// most `capacity` leases at once.
 ///
-/// Cheap to clone: clones share the pool. Waiters in one process are served
-/// first come, first served; a new caller never overtakes a queued waiter.
+/// Cheap to clone: clones share the pool. Waiters are served first come,
+/// first served, and a new caller never overtakes a queued waiter: within
+/// this process, and on a store that keeps its waiting line (SQLite,
+/// Postgres) across every process and machine that shares it.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -847,7 +849,8 @@ impl<S: Store> Pool<S> {
         self.shared.store.reveal().await
     }
 
-    /// Counts by state, and the tasks of this process waiting.
+    /// Counts by state, and the tasks waiting (in every process, on a store
+    /// that keeps its waiting line).
     ///
     /// # Cancel safety
     ///

@@ -19,9 +19,16 @@
 //!   the next call opens a new one. No call is retried by itself: a grant
 //!   whose answer was lost may have been committed, and its lease then comes
 //!   back when it expires.
-//! - Waiters hear of releases in other processes by `LISTEN`/`NOTIFY` (one
-//!   listening connection per store), and poll every
-//!   [`DEFAULT_POLL_INTERVAL`] in case a notification was missed.
+//! - The waiting line is kept in the database: a waiter that finds nothing
+//!   free takes a numbered ticket, and a credential that comes free (a
+//!   release, an `add`, an `enable`, a cool-down's end or an expiry found by
+//!   a poll) goes to the lowest live ticket as a lease held until a short
+//!   claim deadline (the ticket TTL). The ticket's store claims it at once
+//!   when it handed it out itself, or when a `NOTIFY` addressed to it
+//!   arrives (one listening connection per store); its first waiter also
+//!   polls every [`DEFAULT_POLL_INTERVAL`], renewing the store's tickets.
+//!   Every statement that changes tickets takes the schema's line lock
+//!   first, so they never deadlock and the line keeps its order.
 //! - Each call runs in a task of its own, so cancelling a caller never
 //!   leaves a half-known state; the pool finishes a grant whose caller left
 //!   and gives its lease back. A [`Lease`](crate::Lease) dropped without release is

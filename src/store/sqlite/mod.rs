@@ -9,10 +9,17 @@
 //!   and the thread runs every request that is waiting in one
 //!   `BEGIN IMMEDIATE` transaction: one lock and one commit for many.
 //! - Across processes, every state change runs in `BEGIN IMMEDIATE` and no
-//!   process trusts its memory for who holds what. Waiters learn of releases
-//!   in their own process at once, and of releases in other processes by
-//!   polling, every [`DEFAULT_POLL_INTERVAL`] by default; a poll that finds
-//!   `PRAGMA data_version` unchanged costs no transaction.
+//!   process trusts its memory for who holds what.
+//! - The waiting line is kept in the file: a waiter that finds nothing free
+//!   takes a numbered ticket in the same transaction, and a credential that
+//!   comes free goes to the lowest live ticket in the transaction that freed
+//!   it: to the waiter at once in this process, or held for another
+//!   process's ticket, which the first waiter there claims at its next poll
+//!   (every [`DEFAULT_POLL_INTERVAL`] by default; a poll that finds `PRAGMA
+//!   data_version` unchanged costs no transaction). Polls renew the
+//!   process's tickets; a killed process's tickets expire after the ticket
+//!   TTL ([`DEFAULT_TICKET_TTL`](crate::store::DEFAULT_TICKET_TTL)), as does
+//!   what was handed to them.
 //! - Hand-out order: least recently used first (`last_used_at`, never-used
 //!   first, then id), served by an index.
 //! - Leases expire after [`DEFAULT_LEASE_TTL`] unless renewed, so the
