@@ -338,6 +338,9 @@ pub(crate) enum Job {
     Poll(PollJob),
     /// A ticket whose waiter gave up, to remove.
     Leave(u64),
+    /// The thread's own claim of what other processes handed to this
+    /// store's tickets; nobody waits for it.
+    Claim,
     /// Any other call.
     Call(Box<dyn CallJob>),
 }
@@ -353,6 +356,7 @@ impl Job {
                 Ok(()) | Err(Failure::Refused(_)) => Ok(()),
                 Err(Failure::Sql(error)) => Err(error),
             },
+            Job::Claim => line::claim_handed(ctx),
             Job::Call(job) => job.run(ctx),
         }
     }
@@ -365,8 +369,8 @@ impl Job {
             Job::Grant(job) => job.fail(error),
             Job::Release(job) => job.fail(error, transient),
             Job::Poll(job) => job.result = Some(Err(error)),
-            // The ticket expires without its heartbeat.
-            Job::Leave(_) => {}
+            // The ticket expires without its heartbeat; the next poll claims.
+            Job::Leave(_) | Job::Claim => {}
             Job::Call(job) => job.fail(error),
         }
     }
@@ -385,7 +389,7 @@ impl Job {
                 }
                 Finished::Done
             }
-            Job::Leave(_) => Finished::Done,
+            Job::Leave(_) | Job::Claim => Finished::Done,
             Job::Release(job) => match job.finish() {
                 Some(job) => Finished::Retry(Job::Release(job)),
                 None => Finished::Done,

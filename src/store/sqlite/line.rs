@@ -147,7 +147,7 @@ pub(crate) fn renew_tickets(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 
 /// Claims the leases other processes handed to tickets seated here: each
 /// gets its waiter's TTL from now and goes to the waiter after the commit.
-fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     let handed: Vec<(i64, i64)> = ctx
         .connection
         .prepare_cached(

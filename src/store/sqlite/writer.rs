@@ -23,6 +23,9 @@ use super::jobs::{Finished, Job, ReleaseJob};
 use super::leases::reclaim;
 use super::line;
 
+/// How often the thread looks at the file for credentials handed to its
+/// tickets while waiters are seated here and no request comes.
+const WATCH_PAUSE: Duration = Duration::from_millis(1);
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
 /// The first pause before a release that could not commit is tried again;
@@ -111,7 +114,7 @@ impl Worker {
         let mut closing: Option<Instant> = None;
         loop {
             if self.retrying.is_empty() {
-                match requests.blocking_recv() {
+                match self.next_request(&mut requests) {
                     Some(job) => batch.push(job),
                     None => break,
                 }
@@ -158,6 +161,47 @@ impl Worker {
                 (pause * 2).min(MAX_RETRY_PAUSE)
             };
         }
+    }
+
+    /// Waits for the next request. While waiters are seated here, it also
+    /// watches the file: when another process committed and handed a
+    /// credential to one of this store's tickets, it claims it at once
+    /// rather than at the first waiter's next poll.
+    fn next_request(&mut self, requests: &mut mpsc::UnboundedReceiver<Job>) -> Option<Job> {
+        let mut seen = None;
+        loop {
+            if self.line.is_empty() {
+                return requests.blocking_recv();
+            }
+            match requests.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let version = self.data_version().ok();
+            if version != seen {
+                seen = version;
+                if self.handed_here().unwrap_or(false) {
+                    let mut claim = vec![Job::Claim];
+                    self.serve(&mut claim);
+                    seen = self.data_version().ok();
+                }
+            }
+            std::thread::sleep(WATCH_PAUSE);
+        }
+    }
+
+    /// Whether a ticket of this store holds a lease another process handed
+    /// to it: one read, outside any transaction.
+    fn handed_here(&self) -> rusqlite::Result<bool> {
+        self.connection
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM tickets
+                                WHERE pool = ?1 AND owner = ?2 AND lease_id IS NOT NULL)",
+            )?
+            .query_row(rusqlite::params![self.pool, self.line.owner()], |row| {
+                row.get(0)
+            })
     }
 
     fn serve(&mut self, batch: &mut Vec<Job>) {
