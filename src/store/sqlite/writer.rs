@@ -23,8 +23,8 @@ use super::jobs::{Finished, Job, ReleaseJob};
 use super::leases::reclaim;
 use super::line;
 
-/// How often the thread looks at the file for credentials handed to its
-/// tickets while waiters are seated here and no request comes.
+/// How long the thread waits for a request, while waiters are seated here,
+/// before it looks at the file for credentials handed to their tickets.
 const WATCH_PAUSE: Duration = Duration::from_millis(1);
 /// The most requests one transaction takes.
 const MAX_BATCH: usize = 512;
@@ -70,6 +70,10 @@ pub(crate) struct Worker {
     /// Grants a committed batch could not hand to their seats (the waiter
     /// left): their leases go back.
     undelivered: Vec<Job>,
+    /// A timer for waiting on the requests with a timeout, while waiters
+    /// are seated here (see `next_request`); without it the thread only
+    /// blocks, and its waiters claim at their polls.
+    clock: Option<tokio::runtime::Runtime>,
 }
 
 /// Where the store thread gets its settings from.
@@ -97,6 +101,10 @@ impl Worker {
             ticket_ttl: settings.ticket_ttl,
             last_heartbeat: Instant::now(),
             undelivered: Vec::new(),
+            clock: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .ok(),
         }
     }
 
@@ -170,13 +178,16 @@ impl Worker {
     fn next_request(&mut self, requests: &mut mpsc::UnboundedReceiver<Job>) -> Option<Job> {
         let mut seen = None;
         loop {
-            if self.line.is_empty() {
+            let Some(clock) = self.clock.as_ref().filter(|_| !self.line.is_empty()) else {
                 return requests.blocking_recv();
-            }
-            match requests.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => {}
+            };
+            // Wakes at once for a request, else after the pause.
+            // (The timer is made inside the clock's runtime, which it needs.)
+            let next =
+                clock.block_on(async { tokio::time::timeout(WATCH_PAUSE, requests.recv()).await });
+            match next {
+                Ok(request) => return request,
+                Err(_elapsed) => {}
             }
             let version = self.data_version().ok();
             if version != seen {
@@ -187,7 +198,6 @@ impl Worker {
                     seen = self.data_version().ok();
                 }
             }
-            std::thread::sleep(WATCH_PAUSE);
         }
     }
 
