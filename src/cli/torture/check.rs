@@ -35,14 +35,17 @@ struct Hold {
 }
 
 impl Hold {
-    /// When the credential could have gone to someone else.
+    /// When the credential could have gone to someone else; never before
+    /// the holder heard of the lease (one that reached a stalled holder
+    /// after its expiry ends as it begins).
     fn end(&self) -> u128 {
-        match self.ended {
+        let end = match self.ended {
             Ended::Back(at) => at,
             Ended::Fenced(at) => at.min(self.expires),
             Ended::Pending(at) | Ended::Failed(at) => at,
             Ended::Expired => self.expires,
-        }
+        };
+        end.max(self.start)
     }
 
     /// The hold, for a violation's message.
@@ -203,6 +206,11 @@ pub(crate) fn check(texts: &[String]) -> Checked {
                 out.retain(|&other| other != index);
                 continue;
             }
+            // A hold that ends as it begins (its lease reached it expired)
+            // overlaps nothing, and is never out.
+            if holds[index].end() == holds[index].start {
+                continue;
+            }
             if out.len() >= capacity as usize {
                 let others: Vec<String> =
                     out.iter().map(|&other| holds[other].describe()).collect();
@@ -335,6 +343,21 @@ mod tests {
         let lost = check(&log(&["G a 1 1 100 9000", "E 1 200 released", "L 1"]));
         assert_eq!(lost.violations.len(), 1, "{:?}", lost.violations);
         assert!(lost.violations[0].contains("never took effect"));
+    }
+
+    /// A lease that reached its holder after it had expired ends there and
+    /// then: it does not stay out for ever and make every later grant of
+    /// its credential a violation.
+    #[test]
+    fn a_lease_expired_on_arrival_ends_as_it_begins() {
+        let checked = check(&log(&[
+            "G a 1 1 600 500",
+            "E 1 700 released",
+            "F 1",
+            "G a 1 2 900 9000",
+            "E 2 950 released",
+        ]));
+        assert!(checked.violations.is_empty(), "{:?}", checked.violations);
     }
 
     #[test]

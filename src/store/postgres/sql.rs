@@ -4,8 +4,13 @@
 //! round trip. Times are the server's clock, in milliseconds since the UNIX
 //! epoch, so machines whose clocks disagree still agree on expiries.
 
-/// The server's time in milliseconds, fixed for the whole statement.
+/// The server's time in milliseconds, fixed for the whole statement (its
+/// start).
 const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+/// The server's time in milliseconds when the expression is evaluated: for
+/// the times the line's statements write after waiting for the line lock
+/// or a row, so that a lease granted after a wait still lives its whole TTL.
+const CLOCK: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// The statements, for one schema.
 #[derive(Debug)]
@@ -221,13 +226,13 @@ impl Sql {
                  ),
                  leased AS (
                      INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
-                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint FROM marked
+                     SELECT $1, marked.id, {CLOCK}, {CLOCK} + $2::bigint FROM marked
                      RETURNING id, credential_id
                  ),
                  handed AS (
                      UPDATE {tickets} AS t
                      SET lease_id = leased.id, credential_id = leased.credential_id,
-                         expires_at = {NOW} + $2::bigint
+                         expires_at = {CLOCK} + $2::bigint
                      FROM leased WHERE t.id = (SELECT id FROM next)
                      RETURNING t.id, t.owner
                  )
@@ -251,8 +256,8 @@ impl Sql {
                      RETURNING lease_id
                  ),
                  claimed AS (
-                     UPDATE {leases} SET expires_at = {NOW} + $2::bigint, acquired_at = {NOW}
-                     WHERE id = (SELECT lease_id FROM mine) AND expires_at > {NOW}
+                     UPDATE {leases} SET expires_at = {CLOCK} + $2::bigint, acquired_at = {CLOCK}
+                     WHERE id = (SELECT lease_id FROM mine) AND expires_at > {CLOCK}
                      RETURNING id, credential_id, acquired_at, expires_at
                  )
                  SELECT c.id, c.name, c.secret, c.extra, c.capacity,
@@ -309,7 +314,7 @@ impl Sql {
     /// locking them in id order; returns the ids of those that still exist.
     pub(crate) fn renew_tickets(&self) -> String {
         format!(
-            "UPDATE {tickets} SET expires_at = {NOW} + $3::bigint
+            "UPDATE {tickets} SET expires_at = {CLOCK} + $3::bigint
              WHERE id IN (SELECT id FROM {tickets}
                           WHERE {gate} AND pool = $1 AND id = ANY($2::bigint[])
                           ORDER BY id FOR UPDATE)
@@ -336,8 +341,8 @@ impl Sql {
                  RETURNING t.id, t.lease_id, seats.ttl
              ),
              claimed AS (
-                 UPDATE {leases} AS l SET expires_at = {NOW} + mine.ttl, acquired_at = {NOW}
-                 FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {NOW}
+                 UPDATE {leases} AS l SET expires_at = {CLOCK} + mine.ttl, acquired_at = {CLOCK}
+                 FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {CLOCK}
                  RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at
              )
              SELECT mine.id, c.id, c.name, c.secret, c.extra, c.capacity,
