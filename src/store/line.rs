@@ -159,6 +159,11 @@ impl Line {
         self.lock().keys().copied().collect()
     }
 
+    /// The TTL some waiter seated here asked for, if one is seated.
+    pub(crate) fn any_ttl(&self) -> Option<Option<Duration>> {
+        self.lock().values().next().map(|place| place.ttl)
+    }
+
     /// Whether any waiter is seated here.
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().is_empty()

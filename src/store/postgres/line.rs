@@ -185,26 +185,19 @@ impl Inner {
         waiting
     }
 
-    /// Claims the leases other stores handed to the tickets seated here, in
-    /// one statement, and hands them over.
+    /// Claims the leases other stores handed to the tickets of this store,
+    /// in one statement, and hands them over; a lease whose waiter left
+    /// meanwhile goes back. (One pool owns the store, so every seat asked
+    /// for the same TTL.)
     async fn claim_handed(&self, conn: &Conn) -> Result<()> {
-        let seated = self.line.tickets();
-        if seated.is_empty() {
+        let Some(ttl) = self.line.any_ttl() else {
             return Ok(());
-        }
-        let mut ids = Vec::with_capacity(seated.len());
-        let mut ttls = Vec::with_capacity(seated.len());
-        for ticket in seated {
-            if let Some(ttl) = self.line.seated(ticket) {
-                ids.push(ticket as i64);
-                ttls.push(ttl.map(ms));
-            }
-        }
+        };
         let rows = conn
             .client
             .query(
                 &self.sql.claim_handed(),
-                &[&self.pool, &self.line.owner(), &ids, &ttls],
+                &[&self.pool, &self.line.owner(), &ttl.map(ms)],
             )
             .await?;
         for row in rows {

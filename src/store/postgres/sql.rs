@@ -56,7 +56,10 @@ pub(crate) struct Sql {
     /// handed to a ticket: the ticket goes, the lease lives its TTL from now.
     /// Returns the grant's columns, as `acquire`, all NULL when the lease is
     /// gone; no row when the ticket was not there to claim (another call of
-    /// this store claimed it, or it expired).
+    /// this store claimed it, or it expired). It takes no line lock: the
+    /// ticket is this store's and holds a lease, which no other statement
+    /// but the store's own claims and the skipping expiry touches, and the
+    /// lease is not yet anyone's, so it never waits while holding a row.
     pub(crate) claim: String,
     pub(crate) credentials: String,
     pub(crate) leases: String,
@@ -252,7 +255,7 @@ impl Sql {
             claim: format!(
                 "WITH mine AS (
                      DELETE FROM {tickets}
-                     WHERE {gate} AND id = $1 AND pool = $3 AND lease_id IS NOT NULL
+                     WHERE id = $1 AND pool = $3 AND lease_id IS NOT NULL
                      RETURNING lease_id
                  ),
                  claimed AS (
@@ -324,24 +327,20 @@ impl Sql {
         )
     }
 
-    /// `$1` pool, `$2` owner, `$3` ticket ids, `$4` their waiters' TTLs in
-    /// ms (NULL: none). Claims every lease handed to those tickets: the
-    /// tickets go, each lease lives its TTL from now. Returns the ticket,
-    /// then the grant's columns as `acquire`, all NULL for a ticket whose
-    /// lease is gone (its claim deadline passed).
+    /// `$1` pool, `$2` owner, `$3` the TTL of this store's leases in ms
+    /// (NULL: none). Claims every lease handed to a ticket of this store:
+    /// the tickets go, each lease lives its TTL from now. Returns the
+    /// ticket, then the grant's columns as `acquire`, all NULL for a ticket
+    /// whose lease is gone (its claim deadline passed).
     pub(crate) fn claim_handed(&self) -> String {
         format!(
-            "WITH seats AS (
-                 SELECT * FROM unnest($3::bigint[], $4::bigint[]) AS seat (id, ttl)
-             ),
-             mine AS (
-                 DELETE FROM {tickets} AS t USING seats
-                 WHERE {gate} AND t.pool = $1 AND t.owner = $2 AND t.lease_id IS NOT NULL
-                   AND t.id = seats.id
-                 RETURNING t.id, t.lease_id, seats.ttl
+            "WITH mine AS (
+                 DELETE FROM {tickets}
+                 WHERE {gate} AND pool = $1 AND owner = $2 AND lease_id IS NOT NULL
+                 RETURNING id, lease_id
              ),
              claimed AS (
-                 UPDATE {leases} AS l SET expires_at = {CLOCK} + mine.ttl, acquired_at = {CLOCK}
+                 UPDATE {leases} AS l SET expires_at = {CLOCK} + $3::bigint, acquired_at = {CLOCK}
                  FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {CLOCK}
                  RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at
              )
