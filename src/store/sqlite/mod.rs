@@ -18,7 +18,7 @@
 //!   (every [`DEFAULT_POLL_INTERVAL`] by default; a poll that finds `PRAGMA
 //!   data_version` unchanged costs no transaction). Polls renew the
 //!   process's tickets; a killed process's tickets expire after the ticket
-//!   TTL ([`DEFAULT_TICKET_TTL`](crate::store::DEFAULT_TICKET_TTL)), as does
+//!   TTL ([`DEFAULT_TICKET_TTL`]), as does
 //!   what was handed to them.
 //! - Hand-out order: least recently used first (`last_used_at`, never-used
 //!   first, then id), served by an index.
