@@ -12,6 +12,9 @@
 //! The [`Line`] holds this store's seats: the way to hand a grant to each
 //! waiting task. A [`Seat`] is the waiter's end.
 
+// Only the shared stores keep a line; the memory store uses none of it.
+#![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,6 +163,7 @@ impl Line {
     }
 
     /// The TTL some waiter seated here asked for, if one is seated.
+    #[cfg(feature = "postgres")]
     pub(crate) fn any_ttl(&self) -> Option<Option<Duration>> {
         self.lock().values().next().map(|place| place.ttl)
     }

@@ -26,6 +26,7 @@ mod receipt;
 pub mod sqlite;
 
 pub use self::line::{Leaving, OnBusy, Seat, DEFAULT_TICKET_TTL};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use self::line::{Line, Undelivered};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;

@@ -114,6 +114,7 @@ impl StoreSettings {
 #[derive(Debug, Clone)]
 pub struct Options<K> {
     pub(crate) settings: StoreSettings,
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) own: K,
 }
 
