@@ -425,12 +425,8 @@ impl<S: Store> Pool<S> {
 
     /// Takes a seat out of the store's line: the ticket is removed, and a
     /// grant that reached the seat too late goes back.
-    pub(crate) fn leave_seat(&self, mut seat: Seat) {
-        let ticket = seat.ticket();
-        // No grant can arrive after this; one that came before is taken.
-        seat.grant.close();
-        let late = seat.grant.try_recv().ok();
-        drop(seat);
+    pub(crate) fn leave_seat(&self, seat: Seat) {
+        let (ticket, late) = seat.close();
         // On a store that runs calls side by side, later calls but grants
         // wait for it (a grant behind a ticket on its way out just queues).
         let work = (!self.shared.in_order).then(|| self.shared.books.orphans.begin());

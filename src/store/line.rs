@@ -73,6 +73,14 @@ impl Seat {
     pub fn ticket(&self) -> u64 {
         self.ticket
     }
+
+    /// Leaves the seat: no grant can reach it after this. Returns the
+    /// ticket, and a grant that reached the seat before, which must go back.
+    pub(crate) fn close(mut self) -> (u64, Option<Grant>) {
+        self.grant.close();
+        let late = self.grant.try_recv().ok();
+        (self.ticket, late)
+    }
 }
 
 impl fmt::Debug for Seat {

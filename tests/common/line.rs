@@ -129,51 +129,7 @@ pub async fn queue_and_hang<S: Store>(pool: Pool<S>, count: usize) {
 /// short while (cancelled, or timed out), holds what it gets for a moment
 /// and logs the hold to `log` as `NAME LEASE_ID START_NS END_NS`.
 pub async fn cancel_at_random<S: Store>(pool: Pool<S>, log: &Path) {
-    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let tasks: Vec<_> = (0..16u64)
-        .map(|seed| {
-            let (pool, lines) = (pool.clone(), lines.clone());
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed ^ u64::from(std::process::id()));
-                while tokio::time::Instant::now() < deadline {
-                    let patience = Duration::from_micros(rng.u64(0..200_000));
-                    let lease = if rng.bool() {
-                        tokio::select! {
-                            lease = pool.acquire() => lease.unwrap(),
-                            () = tokio::time::sleep(patience) => continue,
-                        }
-                    } else {
-                        match pool.acquire_timeout(patience).await {
-                            Ok(lease) => lease,
-                            Err(credpool::Error::Timeout { .. }) => continue,
-                            Err(error) => panic!("{error}"),
-                        }
-                    };
-                    let start = now_ns();
-                    tokio::time::sleep(Duration::from_micros(rng.u64(100..1500))).await;
-                    let end = now_ns();
-                    lines.lock().unwrap().push(format!(
-                        "{} {} {start} {end}",
-                        lease.credential().name(),
-                        lease.id()
-                    ));
-                    if rng.bool() {
-                        lease.release().await.unwrap();
-                    } else {
-                        drop(lease);
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let mut file = std::fs::File::create(log).unwrap();
-    for line in lines.lock().unwrap().iter() {
-        writeln!(file, "{line}").unwrap();
-    }
+    super::processes::hammer_giving_up(pool, log, true).await;
 }
 
 // ---- the parent's side ----------------------------------------------------

@@ -131,6 +131,13 @@ fn now_ns() -> u128 {
 /// 16 tasks acquire and release for two seconds, logging every hold to `log`
 /// as `NAME LEASE_ID START_NS END_NS`.
 pub async fn hammer<S: Store>(pool: Pool<S>, log: &Path) {
+    hammer_giving_up(pool, log, false).await;
+}
+
+/// As [`hammer`]; with `give_up`, each acquire gives up after up to 200 ms
+/// (cancelled by `select!`, or timed out), and half the leases are dropped
+/// rather than released.
+pub async fn hammer_giving_up<S: Store>(pool: Pool<S>, log: &Path, give_up: bool) {
     let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let tasks: Vec<_> = (0..16u64)
@@ -139,7 +146,23 @@ pub async fn hammer<S: Store>(pool: Pool<S>, log: &Path) {
             tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(seed ^ u64::from(std::process::id()));
                 while tokio::time::Instant::now() < deadline {
-                    let lease = pool.acquire().await.unwrap();
+                    let lease = if give_up {
+                        let patience = Duration::from_micros(rng.u64(0..200_000));
+                        if rng.bool() {
+                            tokio::select! {
+                                lease = pool.acquire() => lease.unwrap(),
+                                () = tokio::time::sleep(patience) => continue,
+                            }
+                        } else {
+                            match pool.acquire_timeout(patience).await {
+                                Ok(lease) => lease,
+                                Err(credpool::Error::Timeout { .. }) => continue,
+                                Err(error) => panic!("{error}"),
+                            }
+                        }
+                    } else {
+                        pool.acquire().await.unwrap()
+                    };
                     let start = now_ns();
                     tokio::time::sleep(Duration::from_micros(rng.u64(100..1500))).await;
                     let end = now_ns();
@@ -148,7 +171,11 @@ pub async fn hammer<S: Store>(pool: Pool<S>, log: &Path) {
                         lease.credential().name(),
                         lease.id()
                     ));
-                    lease.release().await.unwrap();
+                    if give_up && rng.bool() {
+                        drop(lease);
+                    } else {
+                        lease.release().await.unwrap();
+                    }
                 }
             })
         })

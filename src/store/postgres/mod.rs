@@ -392,13 +392,10 @@ impl Leases for PostgresStore {
                     inner.release_in_background(token, Receipt::untracked(token));
                 }
                 Err(Ok(GrantAnswer {
-                    attempt: GrantAttempt::Queued { mut seat, .. },
+                    attempt: GrantAttempt::Queued { seat, .. },
                     ..
                 })) => {
-                    seat.grant.close();
-                    let handed = seat.grant.try_recv().ok();
-                    let ticket = seat.ticket();
-                    drop(seat);
+                    let (ticket, handed) = seat.close();
                     if let Some(grant) = handed {
                         let token = grant.token();
                         inner.release_in_background(token, Receipt::untracked(token));

@@ -68,6 +68,8 @@ pub(crate) struct Sql {
     /// transaction: every statement that changes tickets takes it first, so
     /// that they never deadlock and hand out tickets in order.
     gate: String,
+    /// The condition of a credential with a unit free now.
+    usable: String,
 }
 
 impl Sql {
@@ -77,6 +79,11 @@ impl Sql {
         let leases = format!("\"{schema}\".leases");
         let tickets = format!("\"{schema}\".tickets");
         let gate = line_gate(schema);
+        // A credential with a unit free now: what acquire and the line hand out.
+        let usable = format!(
+            "disabled_reason IS NULL AND holders < capacity
+             AND (cooling_until IS NULL OR cooling_until <= {NOW})"
+        );
         // No newcomer takes a credential while a ticket waits in line.
         let line_empty = format!(
             "NOT EXISTS (SELECT 1 FROM {tickets}
@@ -86,8 +93,7 @@ impl Sql {
             acquire: format!(
                 "WITH picked AS (
                      SELECT id FROM {credentials}
-                     WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                       AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                     WHERE pool = $1 AND {usable}
                        AND {line_empty}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
@@ -112,8 +118,7 @@ impl Sql {
             acquire_many: format!(
                 "WITH picked AS (
                      SELECT id, capacity - holders AS free, last_used_at FROM {credentials}
-                     WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                       AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                     WHERE pool = $1 AND {usable}
                        AND {line_empty}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT $3
@@ -196,8 +201,7 @@ impl Sql {
                      EXISTS (SELECT 1 FROM {credentials}
                              WHERE pool = $1 AND disabled_reason IS NULL),
                      EXISTS (SELECT 1 FROM {credentials}
-                             WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                               AND (cooling_until IS NULL OR cooling_until <= {NOW}))
+                             WHERE pool = $1 AND {usable})
                          AND {line_empty},
                      (SELECT min(cooling_until) FROM {credentials}
                       WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
@@ -213,8 +217,7 @@ impl Sql {
                  ),
                  picked AS (
                      SELECT id FROM {credentials}
-                     WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                       AND (cooling_until IS NULL OR cooling_until <= {NOW})
+                     WHERE pool = $1 AND {usable}
                        AND EXISTS (SELECT 1 FROM next)
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
@@ -249,8 +252,7 @@ impl Sql {
                    AND EXISTS (SELECT 1 FROM {tickets}
                                WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW})
                    AND EXISTS (SELECT 1 FROM {credentials}
-                               WHERE pool = $1 AND disabled_reason IS NULL AND holders < capacity
-                                 AND (cooling_until IS NULL OR cooling_until <= {NOW}))"
+                               WHERE pool = $1 AND {usable})"
             ),
             claim: format!(
                 "WITH mine AS (
@@ -273,6 +275,7 @@ impl Sql {
             leases,
             tickets,
             gate,
+            usable,
         }
     }
 
@@ -285,11 +288,9 @@ impl Sql {
                  INSERT INTO {} (pool, owner, expires_at) VALUES ($1, $2, {NOW} + $3::bigint)
                  RETURNING id
              )
-             SELECT id, EXISTS (SELECT 1 FROM {} WHERE pool = $1 AND disabled_reason IS NULL
-                                  AND holders < capacity
-                                  AND (cooling_until IS NULL OR cooling_until <= {NOW}))
+             SELECT id, EXISTS (SELECT 1 FROM {} WHERE pool = $1 AND {})
              FROM taken",
-            self.tickets, self.credentials
+            self.tickets, self.credentials, self.usable
         )
     }
 

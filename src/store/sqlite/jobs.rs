@@ -260,13 +260,14 @@ impl GrantJob {
                 GrantAttempt::Granted(grant) => {
                     Some(Job::Release(Box::new(ReleaseJob::unclaimed(grant.token()))))
                 }
-                GrantAttempt::Queued { mut seat, .. } => {
+                GrantAttempt::Queued { seat, .. } => {
                     // Handed a credential in the batch that took the ticket:
                     // the lease goes back; else the ticket leaves the line.
-                    seat.grant.close();
-                    Some(match seat.grant.try_recv() {
-                        Ok(grant) => Job::Release(Box::new(ReleaseJob::unclaimed(grant.token()))),
-                        Err(_) => Job::Leave(seat.ticket()),
+                    Some(match seat.close() {
+                        (_, Some(grant)) => {
+                            Job::Release(Box::new(ReleaseJob::unclaimed(grant.token())))
+                        }
+                        (ticket, None) => Job::Leave(ticket),
                     })
                 }
                 _ => None,

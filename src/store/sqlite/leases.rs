@@ -127,18 +127,40 @@ pub(crate) fn lease(
     ctx.statement(Hot::Record)?
         .execute(params![pool, id, now, expires_at])?;
     let lease_id = ctx.connection.last_insert_rowid();
-    let name: Arc<str> = name.into();
+    grant_of(
+        ctx,
+        Free {
+            id,
+            name,
+            secret,
+            extra,
+            capacity,
+        },
+        lease_id,
+        expires_at,
+    )
+}
+
+/// The grant of lease `lease_id` on `credential`, acquired now; its name
+/// is kept for the release.
+fn grant_of(
+    ctx: &Ctx<'_>,
+    credential: Free,
+    lease_id: i64,
+    expires_at: Option<i64>,
+) -> rusqlite::Result<Grant> {
+    let name: Arc<str> = credential.name.into();
     ctx.names.borrow_mut().insert(lease_id, name.clone());
     Ok(Grant {
         credential: Credential::new(
-            CredentialId::new(unsigned(id)?),
+            CredentialId::new(unsigned(credential.id)?),
             name,
-            Secret::new(secret),
-            extra,
-            capacity,
+            Secret::new(credential.secret),
+            credential.extra,
+            credential.capacity,
         ),
         lease_id: LeaseId::new(unsigned(lease_id)?),
-        acquired_at: from_ms(now),
+        acquired_at: from_ms(ctx.now),
         expires_at: expires_at.map(from_ms),
     })
 }
@@ -150,26 +172,19 @@ pub(crate) fn granted(
     lease_id: i64,
     expires_at: Option<i64>,
 ) -> rusqlite::Result<Grant> {
-    let (name, secret, extra, capacity): (String, String, Option<String>, u32) = ctx
+    let credential = ctx
         .connection
         .prepare_cached("SELECT name, secret, extra, capacity FROM credentials WHERE id = ?1")?
         .query_row([credential_id], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok(Free {
+                id: credential_id,
+                name: row.get(0)?,
+                secret: row.get(1)?,
+                extra: row.get(2)?,
+                capacity: row.get(3)?,
+            })
         })?;
-    let name: Arc<str> = name.into();
-    ctx.names.borrow_mut().insert(lease_id, name.clone());
-    Ok(Grant {
-        credential: Credential::new(
-            CredentialId::new(unsigned(credential_id)?),
-            name,
-            Secret::new(secret),
-            extra,
-            capacity,
-        ),
-        lease_id: LeaseId::new(unsigned(lease_id)?),
-        acquired_at: from_ms(ctx.now),
-        expires_at: expires_at.map(from_ms),
-    })
+    grant_of(ctx, credential, lease_id, expires_at)
 }
 
 /// When a lease for `ttl` granted now expires, in ms.
