@@ -516,6 +516,18 @@ async fn random_cancellation_in_four_processes_leaves_nothing() {
     assert_eq!(live, 0, "no ticket outlives its TTL");
 }
 
+/// What a program gave up on is back in the store when its graceful
+/// shutdown ends, before its runtime (and the store's work on it) stops.
+#[tokio::test]
+async fn a_graceful_shutdown_gives_back_what_was_given_up() {
+    let schema = fresh_schema("graceful_shutdown");
+    let observer = Pool::new(open(&schema).await);
+    processes::a_graceful_shutdown_gives_back_what_was_given_up(&observer, move || async move {
+        Pool::new(open(&schema).await)
+    })
+    .await;
+}
+
 /// Grants asked for while a statement is in flight on every connection
 /// share the next statement, which hands out each credential's free places
 /// in turns and never more than its capacity.

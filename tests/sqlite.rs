@@ -523,6 +523,18 @@ async fn random_cancellation_in_four_processes_leaves_nothing() {
     assert_eq!(leases, 0);
 }
 
+/// What a program gave up on is back in the file when its graceful
+/// shutdown ends, before its runtime stops.
+#[tokio::test]
+async fn a_graceful_shutdown_gives_back_what_was_given_up() {
+    let db = fresh_path("graceful-shutdown");
+    let observer = Pool::new(SqliteStore::open(&db).await.unwrap());
+    processes::a_graceful_shutdown_gives_back_what_was_given_up(&observer, move || async move {
+        Pool::new(SqliteStore::open(&db).await.unwrap())
+    })
+    .await;
+}
+
 // ---- the waiting line, between two stores on one file ---------------------
 //
 // Two stores opened on one file keep their waiters apart as two processes

@@ -885,32 +885,63 @@ impl<S: Store> Pool<S> {
     }
 
     /// Waits until every lease this pool handed out has come back, for
-    /// graceful shutdown: call [`close`](Pool::close) first.
+    /// graceful shutdown: call [`close`](Pool::close) first, and let the
+    /// runtime end only after this returns.
+    ///
+    /// "Back" takes in what the pool gives back by itself, in work of its
+    /// own: the releases of leases dropped without `release`, the leases
+    /// granted to acquires that were cancelled or timed out, and the tickets
+    /// of waiters that left the store's line. A runtime that ends before
+    /// that work is done leaves those leases held in the store until their
+    /// TTL ends (and tickets until theirs).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> credpool::Result<()> {
+    /// use std::time::Duration;
+    /// use credpool::{MemoryStore, NewCredential, Pool};
+    ///
+    /// let pool = Pool::new(MemoryStore::new());
+    /// pool.add(NewCredential::new("account-1", "secret")).await?;
+    /// drop(pool.acquire().await?); // given back in the background
+    ///
+    /// pool.close();
+    /// pool.wait_for_leases(Duration::from_secs(10)).await?;
+    /// assert_eq!(pool.leases_out(), 0);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] after `timeout` with leases still out.
+    /// [`Error::Timeout`] after `timeout` with leases still out, or with
+    /// that work still running.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only waits.
     pub async fn wait_for_leases(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let timed_out = || Error::Timeout {
+            waited: timeout,
+            what: "every lease to come back",
+        };
         let _watching = Watching::new(&self.shared.books.shutdown_watchers);
         loop {
             let returned = self.shared.books.all_returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
             if self.leases_out() == 0 {
-                return Ok(());
+                break;
             }
             tokio::select! {
                 () = returned => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Err(Error::Timeout { waited: timeout, what: "every lease to come back" });
-                }
+                () = tokio::time::sleep_until(deadline) => return Err(timed_out()),
             }
         }
+        // The leases nobody counted: those of cancelled grants, of seats
+        // that were left, and the releases they started.
+        tokio::time::timeout_at(deadline, self.after_earlier_work())
+            .await
+            .map_err(|_| timed_out())
     }
 }
 

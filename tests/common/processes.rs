@@ -183,6 +183,10 @@ pub async fn hammer_giving_up<S: Store>(pool: Pool<S>, log: &Path, give_up: bool
     for task in tasks {
         task.await.unwrap();
     }
+    // A graceful end: what the tasks gave up on is back before the runtime
+    // (and with it the store's work) stops.
+    pool.close();
+    pool.wait_for_leases(Duration::from_secs(20)).await.unwrap();
     let mut file = std::fs::File::create(log).unwrap();
     for line in lines.lock().unwrap().iter() {
         writeln!(file, "{line}").unwrap();
@@ -331,4 +335,85 @@ pub async fn a_killed_holder_loses_its_leases_after_the_ttl<S: Store>(pool: &Poo
         );
     }
     assert_eq!(all.len(), 5);
+}
+
+/// Runs a program on a runtime of its own, which ends when this returns:
+/// for a second, 16 tasks over the pool `open` gives acquire and give up at random, drop
+/// leases, and end by leaving an acquire just after it started; then the
+/// program closes the pool and waits for its leases, as a graceful
+/// shutdown does. The caller then checks, from outside, that the store
+/// holds no lease and no ticket. Returns how many holds the tasks had.
+pub fn give_up_then_shut_down<S, F>(open: impl FnOnce() -> F + Send + 'static) -> usize
+where
+    S: Store,
+    F: std::future::Future<Output = Pool<S>>,
+{
+    std::thread::spawn(move || {
+        child_runtime().block_on(async move {
+            let pool = open().await;
+            let holds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            let tasks: Vec<_> = (0..16u64)
+                .map(|seed| {
+                    let (pool, holds) = (pool.clone(), holds.clone());
+                    tokio::spawn(async move {
+                        let mut rng = fastrand::Rng::with_seed(seed);
+                        while tokio::time::Instant::now() < deadline {
+                            let patience = Duration::from_micros(rng.u64(0..20_000));
+                            let Ok(lease) = tokio::time::timeout(patience, pool.acquire()).await
+                            else {
+                                continue;
+                            };
+                            let lease = lease.unwrap();
+                            holds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_micros(rng.u64(0..500))).await;
+                            if rng.bool() {
+                                drop(lease);
+                            } else {
+                                lease.release().await.unwrap();
+                            }
+                        }
+                        // Gone just after asking: the grant is on its way.
+                        let _ = tokio::time::timeout(Duration::ZERO, pool.acquire()).await;
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            pool.close();
+            pool.wait_for_leases(Duration::from_secs(20)).await.unwrap();
+            holds.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A program that gives up on acquires and leases at random, then closes its
+/// pool and waits for its leases before its runtime ends
+/// ([`give_up_then_shut_down`]), leaves the store with every credential
+/// free and nobody in line, as `observer` (a pool over the same store, on
+/// the test's runtime) sees at once: nothing waits for a TTL.
+pub async fn a_graceful_shutdown_gives_back_what_was_given_up<S, F>(
+    observer: &Pool<S>,
+    open: impl FnOnce() -> F + Send + 'static,
+) where
+    S: Store,
+    F: std::future::Future<Output = Pool<S>>,
+{
+    observer
+        .add_many((0..3).map(|i| NewCredential::new(format!("account-{i}"), "s")))
+        .await
+        .unwrap();
+    let holds = tokio::task::spawn_blocking(move || give_up_then_shut_down(open))
+        .await
+        .unwrap();
+    assert!(holds >= 10, "the tasks really worked: {holds} holds");
+    let stats = observer.stats().await.unwrap();
+    assert_eq!(
+        (stats.available, stats.leases, stats.waiters),
+        (3, 0, 0),
+        "{stats:?}"
+    );
 }

@@ -33,9 +33,11 @@
 //!   leaves a half-known state; the pool finishes a grant whose caller left
 //!   and gives its lease back. A [`Lease`](crate::Lease) dropped without release is
 //!   released by a task on the runtime the store was opened on, even when it
-//!   is dropped on a thread outside any runtime; once that runtime has shut
-//!   down, it expires after its TTL ([`DEFAULT_LEASE_TTL`] unless the pool
-//!   sets another).
+//!   is dropped on a thread outside any runtime. That task ends with the
+//!   runtime: a program that ends calls [`Pool::close`](crate::Pool::close)
+//!   and [`Pool::wait_for_leases`](crate::Pool::wait_for_leases) first, or a
+//!   lease whose release had not committed expires after its TTL
+//!   ([`DEFAULT_LEASE_TTL`] unless the pool sets another).
 //! - A release is never lost: while the server cannot be reached it is tried
 //!   again, with a pause growing to a second, until it commits (or the store
 //!   is dropped). The caller waits up to five seconds, then hears
