@@ -91,9 +91,12 @@ impl Connections {
         let client = connect(&self.config).await?;
         // Plan each statement once: a custom plan per call (the default for
         // the first calls, and for good when the generic plan looks costlier)
-        // costs more server time than the statement itself.
+        // costs more server time than the statement itself. And never
+        // JIT-compile one: each touches a few rows, and compiling costs a
+        // hundred milliseconds or more (the plans are kept cheap enough that
+        // a server with JIT on would not, which a test checks).
         client
-            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .batch_execute("SET plan_cache_mode = force_generic_plan; SET jit = off")
             .await?;
         let conn = Arc::new(Conn {
             acquire: client.prepare(&self.sql.acquire).await?,

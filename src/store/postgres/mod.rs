@@ -50,6 +50,8 @@ mod batch;
 mod connections;
 mod leases;
 mod line;
+#[cfg(test)]
+mod plans;
 mod rows;
 mod schema;
 mod sql;
