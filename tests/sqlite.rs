@@ -535,6 +535,127 @@ async fn a_graceful_shutdown_gives_back_what_was_given_up() {
     .await;
 }
 
+// ---- plans at scale -------------------------------------------------------
+
+/// A guard on the plans at scale: every statement the store thread runs for
+/// grants, releases (plain, cooling down, disabling), renewals, expiries,
+/// cool-downs ending, the waiting line and the calls that name a
+/// credential, recorded while they run on a file of 200,000 credentials
+/// (analyzed), is planned by SQLite, and none may scan `credentials` or
+/// `leases`: each must find its rows through an index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_statement_of_the_lease_path_scans_a_table_at_scale() {
+    let db = fresh_path("plans");
+    drop(SqliteStore::open(&db).await.unwrap());
+    let seed = rusqlite::Connection::open(&db).unwrap();
+    seed.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+         INSERT INTO credentials (pool, name, secret, capacity, disabled_reason, last_used_at, created_at)
+         SELECT 'default', 'seeded-' || i, 's', 1, 'seeded', i, 0 FROM n;
+         ANALYZE;",
+    )
+    .unwrap();
+    drop(seed);
+
+    let store = SqliteStore::options(&db)
+        .ticket_ttl(Duration::from_millis(300))
+        .open()
+        .await
+        .unwrap();
+    store.record_statements_for_tests().await.unwrap();
+    let pool = Pool::builder(store)
+        .lease_ttl(Duration::from_secs(60))
+        .build();
+    pool.add_many((0..2).map(|i| NewCredential::new(format!("live-{i}"), "s")))
+        .await
+        .unwrap();
+    // The lease path: plain, renewed, cooling down, disabling, expiring.
+    let mut lease = pool.acquire().await.unwrap();
+    lease.renew().await.unwrap();
+    lease.release().await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .release_with(credpool::ReleaseOutcome::CoolDown(Duration::from_millis(
+            30,
+        )))
+        .await
+        .unwrap();
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .release_with(credpool::ReleaseOutcome::Disable("banned".into()))
+        .await
+        .unwrap();
+    pool.enable("live-0").await.unwrap();
+    pool.enable("live-1").await.unwrap();
+    let mut short = pool.acquire().await.unwrap();
+    short.renew_for(Duration::from_millis(20)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Contention: waiters in line, hand-offs, give-ups, an expiry found.
+    let tasks: Vec<_> = (0..8u64)
+        .map(|seed| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed);
+                for _ in 0..20 {
+                    let patience = Duration::from_micros(rng.u64(0..3_000));
+                    if let Ok(lease) = tokio::time::timeout(patience, pool.acquire()).await {
+                        let lease = lease.unwrap();
+                        tokio::time::sleep(Duration::from_micros(rng.u64(0..500))).await;
+                        lease.release().await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(pool.try_acquire().await.unwrap().is_some() || pool.leases_out() > 0);
+    assert!(matches!(
+        short.release().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    pool.update_secret("live-0", "t").await.unwrap();
+    pool.disable("live-1", "paused").await.unwrap();
+    pool.add(NewCredential::new("live-2", "s")).await.unwrap();
+    pool.close();
+    pool.wait_for_leases(Duration::from_secs(10)).await.unwrap();
+
+    let statements = SqliteStore::recorded_statements_for_tests();
+    assert!(
+        statements
+            .iter()
+            .filter(|sql| sql.contains("credentials"))
+            .count()
+            >= 8,
+        "the statements were recorded: {statements:#?}"
+    );
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let mut faults = Vec::new();
+    for sql in &statements {
+        let mut explain = check.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // Unbound parameters are NULL: the plan is the same.
+        let mut rows = explain.raw_query();
+        let mut steps = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            steps.push(row.get::<_, String>(3).unwrap());
+        }
+        for step in &steps {
+            if ["SCAN credentials", "SCAN leases"]
+                .iter()
+                .any(|scan| step.starts_with(scan))
+            {
+                faults.push(format!("{sql}\n  -> {}", steps.join("\n  -> ")));
+            }
+        }
+    }
+    assert!(
+        faults.is_empty(),
+        "statements that scan a table:\n{}",
+        faults.join("\n\n")
+    );
+}
+
 // ---- the waiting line, between two stores on one file ---------------------
 //
 // Two stores opened on one file keep their waiters apart as two processes

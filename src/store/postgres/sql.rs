@@ -97,7 +97,7 @@ impl Sql {
         );
         let any_enabled = format!(
             "(SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
-              ORDER BY pool, name LIMIT 1) IS NOT NULL"
+              ORDER BY id LIMIT 1) IS NOT NULL"
         );
         // No newcomer takes a credential while a ticket waits in line.
         let line_empty = format!(
@@ -516,10 +516,14 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
              -- Stores no longer announce their waiters: the tickets say who waits.
              DROP TABLE \"{schema}\".waiting;"
         ),
-        // 2 -> 3: when the next cool-down ends, without reading every row.
+        // 2 -> 3: when the next cool-down ends, and whether any credential
+        // is enabled (asked when none is free), without reading every row
+        // of a pool that is mostly cooling down or disabled.
         format!(
             "CREATE INDEX credentials_cooling ON \"{schema}\".credentials (pool, cooling_until)
-                 WHERE disabled_reason IS NULL AND cooling_until IS NOT NULL;"
+                 WHERE disabled_reason IS NULL AND cooling_until IS NOT NULL;
+             CREATE INDEX credentials_enabled ON \"{schema}\".credentials (pool, id)
+                 WHERE disabled_reason IS NULL;"
         ),
     ]
 }

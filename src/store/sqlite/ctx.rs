@@ -143,13 +143,10 @@ impl Hot {
                  VALUES (?1, ?2, ?3, ?4)"
             }
             Hot::Forget => "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
-            Hot::Return => {
-                "UPDATE credentials SET holders = holders - 1,
-                        cooling_until = CASE WHEN ?2 IS NULL THEN cooling_until
-                                             ELSE max(coalesce(cooling_until, 0), ?2) END,
-                        disabled_reason = coalesce(?3, disabled_reason)
-                 WHERE id = ?1"
-            }
+            // Only `holders`: SQLite updates an index only when the
+            // statement sets a column it names (or its condition does), so
+            // a plain release keeps `credentials_free` alone up to date.
+            Hot::Return => "UPDATE credentials SET holders = holders - 1 WHERE id = ?1",
             Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
             Hot::NextTicket => {
                 "SELECT id, owner FROM tickets WHERE pool = ?1 AND lease_id IS NULL

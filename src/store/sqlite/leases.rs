@@ -260,8 +260,20 @@ pub(crate) fn release(
         .cool_for
         .map(|pause| now.saturating_add(duration_ms(pause)));
     let disable = effect.disable;
-    ctx.statement(Hot::Return)?
-        .execute(params![credential_id, cool_until, disable])?;
+    ctx.statement(Hot::Return)?.execute([credential_id])?;
+    if let Some(until) = cool_until {
+        ctx.connection
+            .prepare_cached(
+                "UPDATE credentials SET cooling_until = max(coalesce(cooling_until, 0), ?2)
+                 WHERE id = ?1",
+            )?
+            .execute(params![credential_id, until])?;
+    }
+    if let Some(reason) = disable {
+        ctx.connection
+            .prepare_cached("UPDATE credentials SET disabled_reason = ?2 WHERE id = ?1")?
+            .execute(params![credential_id, reason])?;
+    }
     let known = ctx
         .names
         .borrow_mut()

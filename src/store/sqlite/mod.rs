@@ -388,6 +388,42 @@ impl SqliteStore {
         self.call(|_ctx| Ok(())).await
     }
 
+    /// Records the text of every statement the store thread runs from now
+    /// on, for a test that checks their plans
+    /// ([`recorded_statements_for_tests`](Self::recorded_statements_for_tests)).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub async fn record_statements_for_tests(&self) -> Result<()> {
+        fn record(event: rusqlite::trace::TraceEvent<'_>) {
+            if let rusqlite::trace::TraceEvent::Stmt(statement, _) = event {
+                recorded_statements()
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(statement.sql().into_owned());
+            }
+        }
+        self.call(|ctx| -> std::result::Result<(), Failure> {
+            ctx.connection.trace_v2(
+                rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+                Some(record),
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// The statements recorded so far, by every store recording them.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn recorded_statements_for_tests() -> Vec<String> {
+        recorded_statements()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Makes the store thread panic, to test that callers get an error.
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
@@ -409,6 +445,13 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+#[cfg(feature = "test-hooks")]
+fn recorded_statements() -> &'static std::sync::Mutex<std::collections::BTreeSet<String>> {
+    static RECORDED: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =
+        std::sync::OnceLock::new();
+    RECORDED.get_or_init(Default::default)
 }
 
 impl Drop for SqliteStore {

@@ -72,6 +72,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tickets_in_line ON tickets (pool, id) WHERE lease_id IS NULL;
     ",
+    // 2 -> 3: whether any credential is enabled, asked when none is free,
+    // without reading every row of a pool that is mostly disabled. Grants
+    // and releases do not set `disabled_reason`, so they never touch it.
+    "
+    CREATE INDEX credentials_enabled ON credentials (pool) WHERE disabled_reason IS NULL;
+    ",
 ];
 
 /// The store schema version this build writes, and the newest it reads.
