@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use credpool::store::sqlite::ceiling::Ceiling;
 use credpool::store::sqlite::SqliteStore;
 use credpool::{NewCredential, Pool};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -131,6 +132,27 @@ fn contended(c: &mut Criterion) {
                 started.elapsed()
             })
         });
+
+        if credentials == tasks {
+            // The ceiling: the store's own statements for the same pairs,
+            // `tasks` pairs per transaction as a full batch runs them, on
+            // this thread, with no store thread and no tasks.
+            let path = dir.path().join(format!("ceiling-{tasks}-{credentials}.db"));
+            drop(runtime.block_on(credpool_pool(&path, credentials)));
+            let ceiling = Ceiling::open(&path).unwrap();
+            group.bench_function(
+                "ceiling_store_statements_one_transaction_per_64_pairs",
+                |b| {
+                    b.iter_custom(|iterations| {
+                        let started = Instant::now();
+                        for _ in 0..iterations * PAIRS_PER_TASK as u64 {
+                            ceiling.pairs(tasks).unwrap();
+                        }
+                        started.elapsed()
+                    })
+                },
+            );
+        }
 
         let pool = runtime.block_on(credpool_pool(
             &dir.path()

@@ -32,6 +32,9 @@
 //!   the lease right after the commit, before it takes its next batch.
 
 mod admin;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod ceiling;
 mod ctx;
 mod jobs;
 mod leases;
