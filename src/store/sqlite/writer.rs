@@ -179,7 +179,7 @@ impl Worker {
         let mut seen = None;
         loop {
             let Some(clock) = self.clock.as_ref().filter(|_| !self.line.is_empty()) else {
-                return requests.blocking_recv();
+                return spin_then_recv(requests);
             };
             // Wakes at once for a request, else after the pause.
             // (The timer is made inside the clock's runtime, which it needs.)
@@ -431,4 +431,23 @@ fn transient(error: &rusqlite::Error) -> bool {
                 | ErrorCode::ReadOnly
         )
     )
+}
+
+/// How long the store thread looks for the next request before it sleeps:
+/// a caller that sends its next request within this (a release right
+/// after its grant's reply) finds the thread awake, and neither side pays
+/// for waking the other.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// The next request, looked for without sleeping for up to [`SPIN`] first.
+fn spin_then_recv(requests: &mut mpsc::UnboundedReceiver<Job>) -> Option<Job> {
+    let started = Instant::now();
+    loop {
+        match requests.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if started.elapsed() < SPIN => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => return requests.blocking_recv(),
+        }
+    }
 }
