@@ -5,6 +5,7 @@ mod common;
 mod conformance;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use credpool::store::sqlite::{
@@ -118,6 +119,75 @@ async fn the_log_is_checkpointed_while_the_store_works() {
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .unwrap();
     assert_eq!(check, "ok");
+}
+
+/// A long read (another connection's transaction, as a backup or a
+/// `list` of a million rows would hold) keeps SQLite from copying the log
+/// past its snapshot while two stores (two store threads, as two
+/// processes) write: the log grows. SQLite never shrinks the file again by
+/// itself; the store empties it once the read is over and the log is past
+/// its limit (16 MiB), and every change is in the file at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_emptied_after_a_long_read_let_it_grow() {
+    let db = fresh_path("long-read-log");
+    let wal = PathBuf::from(format!("{}-wal", db.display()));
+    let log_size = || std::fs::metadata(&wal).map_or(0, |meta| meta.len());
+    let first = pool_at(&db, &["a", "b", "c", "d"]).await;
+    let second = Pool::new(SqliteStore::open(&db).await.unwrap());
+    let reader = rusqlite::Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM credentials", [], |row| row.get(0))
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for pool in [first.clone(), second.clone()] {
+        for _ in 0..8 {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut pairs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pool.acquire().await.unwrap().release().await.unwrap();
+                    pairs += 1;
+                }
+                pairs
+            }));
+        }
+    }
+    // Until the log is well past the limit, or 20 s.
+    let started = std::time::Instant::now();
+    while log_size() < 24 << 20 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grown = log_size();
+    assert!(
+        grown >= 24 << 20,
+        "the long read let the log grow: {grown} bytes"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    // The stores go on writing: the log is emptied within a few seconds.
+    let ended = std::time::Instant::now();
+    while log_size() >= 16 << 20 && ended.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = log_size();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pairs = 0;
+    for task in tasks {
+        pairs += task.await.unwrap();
+    }
+    assert!(
+        after < 16 << 20,
+        "the log was {grown} bytes when the read ended and {after} bytes 10 s later"
+    );
+    drop((first, second));
+    let connection = rusqlite::Connection::open(&db).unwrap();
+    let uses: i64 = connection
+        .query_row("SELECT sum(use_count) FROM credentials", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(uses as u64, pairs);
 }
 
 #[tokio::test]

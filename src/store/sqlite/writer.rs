@@ -36,6 +36,25 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// at the least (the busy timeout, if longer).
 const MIN_CLOSING_PATIENCE: Duration = Duration::from_secs(1);
 
+/// Past this size the store thread empties the write-ahead log itself.
+///
+/// SQLite's own checkpoints (in the commit that takes the log past 1,000
+/// pages) copy the log into the file, but the log starts again from its
+/// beginning only when a writer begins while all of it is copied. While a
+/// reader holds an old snapshot (a long `list`, a backup), nothing past it
+/// can be copied and the log grows; and the file never shrinks by
+/// itself once it grew. A `TRUNCATE` checkpoint holds the other writers off
+/// while it copies the rest, then empties the file.
+const LOG_LIMIT: u64 = 16 << 20;
+/// How often, at most, the thread looks at the log's size, in commits.
+const LOG_CHECK_EVERY: u64 = 16;
+/// How long the truncating checkpoint waits for other processes' readers
+/// and writers (their transactions are short)...
+const LOG_PATIENCE: Duration = Duration::from_millis(20);
+/// ...and how long it waits before it tries again when they took longer (a
+/// long read holds an old snapshot: nothing can be copied past it).
+const LOG_RETRY: Duration = Duration::from_secs(1);
+
 /// Where a transaction failed.
 enum Stage {
     /// Could not take the write lock (another process holds it past the busy timeout).
@@ -70,6 +89,12 @@ pub(crate) struct Worker {
     /// Grants a committed batch could not hand to their seats (the waiter
     /// left): their leases go back.
     undelivered: Vec<Job>,
+    /// The write-ahead log's file, and the commit count when it was last
+    /// looked at (see [`LOG_LIMIT`]).
+    log: PathBuf,
+    log_checked_at: u64,
+    log_retry_at: Option<Instant>,
+    busy_timeout: Duration,
     /// A timer for waiting on the requests with a timeout, while waiters
     /// are seated here (see `next_request`); without it the thread only
     /// blocks, and its waiters claim at their polls.
@@ -92,6 +117,14 @@ impl Worker {
             connection,
             names: RefCell::default(),
             pool: settings.pool,
+            log: {
+                let mut log = settings.path.clone().into_os_string();
+                log.push("-wal");
+                log.into()
+            },
+            log_checked_at: 0,
+            log_retry_at: None,
+            busy_timeout: settings.busy_timeout,
             path: settings.path,
             commits: 0,
             idle: None,
@@ -227,6 +260,7 @@ impl Worker {
         }
         let all_busy = self.run_batch(batch);
         let mut unclaimed = self.finish_all(batch.drain(..));
+        self.bound_log();
         unclaimed.append(&mut self.undelivered);
         self.idle = match all_busy {
             Some((data_version, retry_at)) if unclaimed.is_empty() && self.retrying.is_empty() => {
@@ -240,6 +274,40 @@ impl Worker {
         };
         if !unclaimed.is_empty() {
             self.release_unclaimed(unclaimed);
+        }
+    }
+
+    /// Empties the write-ahead log when it has grown past [`LOG_LIMIT`]:
+    /// looked at every [`LOG_CHECK_EVERY`] commits, after the replies.
+    fn bound_log(&mut self) {
+        if self.commits < self.log_checked_at + LOG_CHECK_EVERY
+            || self.log_retry_at.is_some_and(|at| Instant::now() < at)
+        {
+            return;
+        }
+        self.log_checked_at = self.commits;
+        let size = std::fs::metadata(&self.log).map_or(0, |meta| meta.len());
+        if size <= LOG_LIMIT {
+            return;
+        }
+        let _ = self.connection.busy_timeout(LOG_PATIENCE);
+        let outcome = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        let _ = self.connection.busy_timeout(self.busy_timeout);
+        self.log_retry_at = (outcome.as_ref().ok() != Some(&0)).then(|| Instant::now() + LOG_RETRY);
+        match outcome {
+            Ok(0) => {
+                tracing::debug!(path = %self.path.display(), bytes = size, "the write-ahead log was emptied")
+            }
+            Ok(_) => {
+                tracing::debug!(path = %self.path.display(), bytes = size, "the write-ahead log is in use; emptying it later")
+            }
+            Err(error) => {
+                tracing::debug!(path = %self.path.display(), %error, "emptying the write-ahead log failed; trying later")
+            }
         }
     }
 
