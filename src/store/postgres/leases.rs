@@ -61,21 +61,8 @@ pub(super) struct Inner {
     pub(super) last_heartbeat: AtomicI64,
     /// When the first waiter last polled the whole line, in ms.
     pub(super) last_poll: AtomicI64,
-    /// Whether the last release found tickets waiting: the next one then
-    /// hands its unit on in the same statement.
-    pub(super) tickets_seen: AtomicBool,
     /// The seated tickets the last heartbeat found gone.
     pub(super) missing_tickets: std::sync::Mutex<std::collections::HashSet<u64>>,
-}
-
-/// What a release found.
-pub(super) struct Released {
-    name: Arc<str>,
-    /// Tickets wait that nothing was handed to: `serve` should run.
-    line_waits: bool,
-    /// The ticket of a waiter seated here that the release handed the
-    /// freed unit to, and its grant, to hand over.
-    claimed: Option<(u64, Grant)>,
 }
 
 /// A duration in ms for SQL, saturated at [`MAX_MS`].
@@ -140,16 +127,8 @@ impl Inner {
         let decided = loop {
             attempts += 1;
             match self.release(lease, outcome.clone()).await {
-                Ok(Released {
-                    name,
-                    line_waits,
-                    claimed,
-                }) => {
+                Ok((name, line_waits)) => {
                     receipt.released(&name);
-                    if let Some((ticket, grant)) = claimed {
-                        // Handed to a waiter seated here, in the release.
-                        Box::pin(self.hand_over(ticket, grant)).await;
-                    }
                     if line_waits {
                         // The unit goes to the first ticket waiting.
                         self.serve_line_now().await;
@@ -416,74 +395,30 @@ impl Inner {
         }
     }
 
-    /// Ends a lease. While tickets wait (this store's, or others' as the
-    /// last release found), the freed unit goes straight to the first of
-    /// them in the same statement ([`Sql::release_handing`]).
-    async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Released> {
+    /// Ends a lease; returns the credential's name, and whether tickets wait.
+    async fn release(
+        &self,
+        lease: LeaseToken,
+        outcome: ReleaseOutcome,
+    ) -> Result<(Arc<str>, bool)> {
         let conn = self.connections.get().await?;
         let effect = outcome.effect();
         let (cool, disable) = (effect.cool_for.map(ms), effect.disable);
         let (lease_id, credential_id) = ids(lease);
-        let handing = !self.line.is_empty() || self.tickets_seen.load(Ordering::Relaxed);
-        if !handing {
-            let row = conn
-                .client
-                .query_opt(
-                    &conn.release,
-                    &[&lease_id, &credential_id, &self.pool, &cool, &disable],
-                )
-                .await?;
-            let Some(row) = row else {
-                return Err(self.lease_lost(&conn, lease).await?);
-            };
-            let line_waits = row.column(1, "tickets waiting")?;
-            self.tickets_seen.store(line_waits, Ordering::Relaxed);
-            return Ok(Released {
-                name: row.column::<String>(0, "credentials.name")?.into(),
-                line_waits,
-                claimed: None,
-            });
-        }
-        // Claimed here only for a seated waiter, with its seats' TTL.
-        let (owner, ttl) = match self.line.any_ttl() {
-            Some(ttl) => (self.line.owner(), ttl.map(ms)),
-            None => (-1, None),
-        };
         let row = conn
             .client
             .query_opt(
-                &conn.release_handing,
-                &[
-                    &lease_id,
-                    &credential_id,
-                    &self.pool,
-                    &cool,
-                    &disable,
-                    &self.ticket_ttl,
-                    &owner,
-                    &self.channel,
-                    &ttl,
-                ],
+                &conn.release,
+                &[&lease_id, &credential_id, &self.pool, &cool, &disable],
             )
             .await?;
-        let Some(row) = row else {
-            return Err(self.lease_lost(&conn, lease).await?);
-        };
-        let ticket: Option<i64> = row.column(1, "tickets.id")?;
-        let line_waits: bool = row.column(12, "tickets waiting")?;
-        self.tickets_seen
-            .store(ticket.is_some() || line_waits, Ordering::Relaxed);
-        let claimed = match ticket {
-            Some(ticket) if row.column::<i64>(2, "tickets.owner")? == owner => {
-                Some((ticket as u64, grant_from_at(&row, 4)?))
-            }
-            _ => None,
-        };
-        Ok(Released {
-            name: row.column::<String>(0, "credentials.name")?.into(),
-            line_waits,
-            claimed,
-        })
+        match row {
+            Some(row) => Ok((
+                row.column::<String>(0, "credentials.name")?.into(),
+                row.column(1, "tickets waiting")?,
+            )),
+            None => Err(self.lease_lost(&conn, lease).await?),
+        }
     }
 
     pub(super) async fn renew(

@@ -129,7 +129,7 @@ impl Inner {
 
     /// Gives a claimed grant to its seat; when the waiter left meanwhile,
     /// the lease goes back (and on to the next ticket).
-    pub(super) async fn hand_over(&self, ticket: u64, grant: crate::store::Grant) {
+    async fn hand_over(&self, ticket: u64, grant: crate::store::Grant) {
         if let Err(Undelivered(grant)) = self.line.deliver(ticket, grant) {
             // Its waiter left meanwhile: the lease goes back (and on).
             let token = grant.token();
