@@ -181,6 +181,14 @@ impl Inner {
         asked_ttl: Option<Duration>,
         on_busy: OnBusy,
     ) -> Result<GrantAnswer> {
+        // Waiters of this store are in line already, so the line is not
+        // empty and no grant would be made: take a ticket behind them at
+        // once (the first waiter's polls reclaim, and say when nothing is
+        // enabled).
+        if on_busy == OnBusy::TakeTicket && !self.line.is_empty() {
+            let attempt = self.take_ticket(asked_ttl, None).await?;
+            return Ok(attempt.into());
+        }
         let ttl = asked_ttl.map(ms);
         let (mut granted, mut expired) = self.acquire_and_reclaim_if_due(ttl).await?;
         for _ in 0..LOCKED_RETRIES {
