@@ -939,7 +939,11 @@ impl<S: Store> Pool<S> {
         }
         // The leases nobody counted: those of cancelled grants, of seats
         // that were left, and the releases they started.
-        tokio::time::timeout_at(deadline, self.after_earlier_work())
+        let settled = async {
+            self.after_earlier_work().await;
+            self.shared.store.settled().await;
+        };
+        tokio::time::timeout_at(deadline, settled)
             .await
             .map_err(|_| timed_out())
     }

@@ -215,6 +215,16 @@ pub trait Leases: Send + Sync + 'static {
         std::future::pending()
     }
 
+    /// Resolves once the work the store runs by itself on the pool's
+    /// behalf has finished: handing credentials to the line and giving back
+    /// what reached a waiter that had left. [`Pool::wait_for_leases`]
+    /// (crate::Pool::wait_for_leases) waits for it, so that a graceful
+    /// shutdown leaves nothing held. A store whose calls finish before they
+    /// answer has none (the default).
+    fn settled(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
     /// Grants a lease on a free credential, if there is one. Reclaims expired
     /// leases first and returns them with the answer.
     ///

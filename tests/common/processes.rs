@@ -338,7 +338,7 @@ pub async fn a_killed_holder_loses_its_leases_after_the_ttl<S: Store>(pool: &Poo
 }
 
 /// Runs a program on a runtime of its own, which ends when this returns:
-/// for a second, 16 tasks over the pool `open` gives acquire and give up at random, drop
+/// for a second (or until they held 10 leases), 16 tasks over the pool `open` gives acquire and give up at random, drop
 /// leases, and end by leaving an acquire just after it started; then the
 /// program closes the pool and waits for its leases, as a graceful
 /// shutdown does. The caller then checks, from outside, that the store
@@ -352,13 +352,22 @@ where
         child_runtime().block_on(async move {
             let pool = open().await;
             let holds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            // A second, or until the tasks held 10 leases (a busy machine),
+            // but at most 20 s.
+            let started = tokio::time::Instant::now();
+            let deadline = started + Duration::from_secs(1);
+            let limit = started + Duration::from_secs(20);
             let tasks: Vec<_> = (0..16u64)
                 .map(|seed| {
                     let (pool, holds) = (pool.clone(), holds.clone());
                     tokio::spawn(async move {
                         let mut rng = fastrand::Rng::with_seed(seed);
-                        while tokio::time::Instant::now() < deadline {
+                        loop {
+                            let now = tokio::time::Instant::now();
+                            let enough = holds.load(std::sync::atomic::Ordering::Relaxed) >= 10;
+                            if now >= limit || (now >= deadline && enough) {
+                                break;
+                            }
                             let patience = Duration::from_micros(rng.u64(0..20_000));
                             let Ok(lease) = tokio::time::timeout(patience, pool.acquire()).await
                             else {

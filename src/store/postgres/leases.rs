@@ -61,8 +61,49 @@ pub(super) struct Inner {
     pub(super) last_heartbeat: AtomicI64,
     /// When the first waiter last polled the whole line, in ms.
     pub(super) last_poll: AtomicI64,
+    /// The store's own work on the pool's behalf, while it runs.
+    pub(super) background: Arc<Background>,
     /// The seated tickets the last heartbeat found gone.
     pub(super) missing_tickets: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+/// The store's own work on the pool's behalf that is running: handing
+/// credentials to the line, and giving back what reached a waiter that had
+/// left (see [`Leases::settled`](crate::store::Leases::settled)).
+#[derive(Debug, Default)]
+pub(super) struct Background {
+    running: std::sync::atomic::AtomicUsize,
+    finished: tokio::sync::Notify,
+}
+
+/// One piece of [`Background`] work, counted until dropped.
+pub(super) struct BackgroundWork(Arc<Background>);
+
+impl Background {
+    pub(super) fn begin(self: &Arc<Self>) -> BackgroundWork {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BackgroundWork(self.clone())
+    }
+
+    pub(super) async fn settled(&self) {
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            finished.await;
+        }
+    }
+}
+
+impl Drop for BackgroundWork {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.finished.notify_waiters();
+        }
+    }
 }
 
 /// A duration in ms for SQL, saturated at [`MAX_MS`].
@@ -98,7 +139,9 @@ impl Inner {
     /// comes back when it expires.
     pub(super) fn release_in_background(self: &Arc<Self>, lease: LeaseToken, receipt: Receipt) {
         let inner = self.clone();
+        let work = self.background.begin();
         self.runtime.spawn(async move {
+            let _work = work;
             inner
                 .release_until_done(lease, ReleaseOutcome::Success, receipt, None)
                 .await;
@@ -128,6 +171,9 @@ impl Inner {
             attempts += 1;
             match self.release(lease, outcome.clone()).await {
                 Ok((name, line_waits)) => {
+                    // Counted before the pool hears of the release, so that a
+                    // graceful shutdown waits for the hand-off too.
+                    let _work = line_waits.then(|| self.background.begin());
                     receipt.released(&name);
                     if line_waits {
                         // The unit goes to the first ticket waiting.

@@ -58,6 +58,7 @@ impl Inner {
     /// Hands free credentials to the tickets waiting, lowest first, while
     /// both last; claims at once those of tickets seated here.
     pub(super) async fn serve_line(&self, conn: &Conn) -> Result<()> {
+        let _work = self.background.begin();
         // Asking again is needed only when another transaction handed out
         // the lowest ticket as this one looked; a few times is plenty.
         let mut again = 8;
@@ -190,6 +191,7 @@ impl Inner {
     /// meanwhile goes back. (One pool owns the store, so every seat asked
     /// for the same TTL.)
     async fn claim_handed(&self, conn: &Conn) -> Result<()> {
+        let _work = self.background.begin();
         let Some(ttl) = self.line.any_ttl() else {
             return Ok(());
         };
@@ -258,6 +260,7 @@ impl Inner {
     /// Removes a ticket whose waiter gave up; a lease already handed to it
     /// goes back (and on to the next ticket).
     pub(super) async fn leave_line(self: &Arc<Self>, ticket: u64) -> Result<()> {
+        let _work = self.background.begin();
         let conn = self.connections.get().await?;
         let row = conn
             .client

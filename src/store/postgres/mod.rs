@@ -206,6 +206,7 @@ impl Options<Postgres> {
                 last_heartbeat: AtomicI64::new(0),
                 last_poll: AtomicI64::new(0),
                 missing_tickets: Default::default(),
+                background: Default::default(),
             }),
             changed,
             listener,
@@ -457,9 +458,16 @@ impl Leases for PostgresStore {
         self.run(async move { inner.poll_line().await }).await
     }
 
+    fn settled(&self) -> impl Future<Output = ()> + Send {
+        let inner = self.inner.clone();
+        async move { inner.background.settled().await }
+    }
+
     fn leave_line(&self, ticket: u64, leaving: Leaving) {
         let inner = self.inner.clone();
+        let work = self.inner.background.begin();
         self.inner.runtime.spawn(async move {
+            let _work = work;
             if let Err(error) = inner.leave_line(ticket).await {
                 tracing::debug!(%error, ticket, "removing a ticket failed; it expires without its heartbeat");
             }
