@@ -1,6 +1,7 @@
 //! The lease path on Postgres: grants (batched), releases (tried again
 //! until they commit), renewals, and the reclaiming of expired leases.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -139,12 +140,20 @@ impl Inner {
     /// comes back when it expires.
     pub(super) fn release_in_background(self: &Arc<Self>, lease: LeaseToken, receipt: Receipt) {
         let inner = self.clone();
-        let work = self.background.begin();
-        self.runtime.spawn(async move {
-            let _work = work;
+        self.spawn_background(async move {
             inner
                 .release_until_done(lease, ReleaseOutcome::Success, receipt, None)
                 .await;
+        });
+    }
+
+    /// Runs `work` on the store's runtime, counted in [`Background`] from
+    /// now until it ends, so that a graceful shutdown waits for it.
+    pub(super) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        let counted = self.background.begin();
+        self.runtime.spawn(async move {
+            let _counted = counted;
+            work.await;
         });
     }
 

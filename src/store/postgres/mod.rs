@@ -465,9 +465,7 @@ impl Leases for PostgresStore {
 
     fn leave_line(&self, ticket: u64, leaving: Leaving) {
         let inner = self.inner.clone();
-        let work = self.inner.background.begin();
-        self.inner.runtime.spawn(async move {
-            let _work = work;
+        self.inner.spawn_background(async move {
             if let Err(error) = inner.leave_line(ticket).await {
                 tracing::debug!(%error, ticket, "removing a ticket failed; it expires without its heartbeat");
             }

@@ -15,7 +15,8 @@ use crate::time::{duration_ms, now_ms};
 
 use super::ctx::{Ctx, Failure, LeaseNames};
 use super::schema::{self, ConnectionOptions};
-use super::{leases, line, DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_TTL};
+use super::writer::start_batch;
+use super::{leases, DEFAULT_BUSY_TIMEOUT, DEFAULT_LEASE_TTL};
 
 /// A connection to a store's file that runs the store's grant and release
 /// statements itself, on the caller's thread.
@@ -77,8 +78,7 @@ impl Ceiling {
             duration_ms(DEFAULT_TICKET_TTL),
         );
         let run = (|| -> std::result::Result<(), Failure> {
-            leases::reclaim(&mut ctx)?;
-            line::expire_and_serve(&mut ctx)?;
+            start_batch(&mut ctx)?;
             let mut tokens = Vec::with_capacity(pairs);
             for _ in 0..pairs {
                 match leases::grant(&mut ctx, Some(DEFAULT_LEASE_TTL))? {

@@ -375,7 +375,7 @@ fn inspect_without_writing(path: &Path) -> Result<(i64, i32, i64, bool)> {
 }
 
 /// The file SQLite keeps the log of `path` in.
-fn wal_path(path: &Path) -> std::path::PathBuf {
+pub(crate) fn wal_path(path: &Path) -> std::path::PathBuf {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     wal.into()

@@ -117,11 +117,7 @@ impl Worker {
             connection,
             names: RefCell::default(),
             pool: settings.pool,
-            log: {
-                let mut log = settings.path.clone().into_os_string();
-                log.push("-wal");
-                log.into()
-            },
+            log: super::schema::wal_path(&settings.path),
             log_checked_at: 0,
             log_retry_at: None,
             busy_timeout: settings.busy_timeout,
@@ -420,8 +416,7 @@ impl Worker {
             duration_ms(self.ticket_ttl),
         );
         let run = (|| {
-            reclaim(&mut ctx)?;
-            line::expire_and_serve(&mut ctx)?;
+            start_batch(&mut ctx)?;
             if heartbeat {
                 line::renew_tickets(&mut ctx)?;
             }
@@ -499,6 +494,14 @@ fn transient(error: &rusqlite::Error) -> bool {
                 | ErrorCode::ReadOnly
         )
     )
+}
+
+/// What every batch does first: ends finished cool-downs and reclaims
+/// expired leases, then ends the tickets nobody renews and hands what is
+/// free to the line.
+pub(crate) fn start_batch(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    reclaim(ctx)?;
+    line::expire_and_serve(ctx)
 }
 
 /// How long the store thread looks for the next request before it sleeps:
