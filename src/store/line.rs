@@ -15,7 +15,7 @@
 // Only the shared stores keep a line; the memory store uses none of it.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -108,7 +108,7 @@ struct Place {
 pub(crate) struct Line {
     /// This store among all that share the waiting line.
     owner: i64,
-    seats: Mutex<HashMap<u64, Place>>,
+    seats: Mutex<BTreeMap<u64, Place>>,
 }
 
 impl fmt::Debug for Line {
@@ -133,7 +133,7 @@ impl Line {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Place>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Place>> {
         self.seats
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -168,6 +168,12 @@ impl Line {
     /// The tickets seated here.
     pub(crate) fn tickets(&self) -> Vec<u64> {
         self.lock().keys().copied().collect()
+    }
+
+    /// The `count` lowest tickets seated here, lowest first.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn first_tickets(&self, count: usize) -> Vec<u64> {
+        self.lock().keys().take(count).copied().collect()
     }
 
     /// The TTL some waiter seated here asked for, if one is seated.

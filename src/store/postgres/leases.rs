@@ -64,6 +64,9 @@ pub(super) struct Inner {
     pub(super) last_poll: AtomicI64,
     /// The store's own work on the pool's behalf, while it runs.
     pub(super) background: Arc<Background>,
+    /// Whether the last release found tickets waiting: the next one then
+    /// hands its unit on in the same statement.
+    pub(super) tickets_seen: AtomicBool,
     /// The seated tickets the last heartbeat found gone.
     pub(super) missing_tickets: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
@@ -106,6 +109,21 @@ impl Drop for BackgroundWork {
         }
     }
 }
+
+/// What a release found.
+pub(super) struct Released {
+    name: Arc<str>,
+    /// Tickets wait that nothing was handed to: `serve` should run.
+    line_waits: bool,
+    /// The ticket of a waiter seated here that the release handed the
+    /// freed unit to, and its grant, to hand over.
+    claimed: Option<(u64, Grant)>,
+}
+
+/// How many of the lowest tickets seated here a release may claim in its
+/// own statement; the lowest ticket waiting is nearly always among them,
+/// and one that is not is handed its lease and claimed a moment later.
+const CLAIMABLE_IN_RELEASE: usize = 32;
 
 /// A duration in ms for SQL, saturated at [`MAX_MS`].
 pub(super) fn ms(duration: Duration) -> i64 {
@@ -179,11 +197,19 @@ impl Inner {
         let decided = loop {
             attempts += 1;
             match self.release(lease, outcome.clone()).await {
-                Ok((name, line_waits)) => {
+                Ok(Released {
+                    name,
+                    line_waits,
+                    claimed,
+                }) => {
                     // Counted before the pool hears of the release, so that a
                     // graceful shutdown waits for the hand-off too.
-                    let _work = line_waits.then(|| self.background.begin());
+                    let _work = (line_waits || claimed.is_some()).then(|| self.background.begin());
                     receipt.released(&name);
+                    if let Some((ticket, grant)) = claimed {
+                        // Handed to a waiter seated here, in the release.
+                        Box::pin(self.hand_over(ticket, grant)).await;
+                    }
                     if line_waits {
                         // The unit goes to the first ticket waiting.
                         self.serve_line_now().await;
@@ -458,30 +484,76 @@ impl Inner {
         }
     }
 
-    /// Ends a lease; returns the credential's name, and whether tickets wait.
-    async fn release(
-        &self,
-        lease: LeaseToken,
-        outcome: ReleaseOutcome,
-    ) -> Result<(Arc<str>, bool)> {
+    /// Ends a lease. While tickets wait (this store's, or others' as the
+    /// last release found), the freed unit goes straight to the first of
+    /// them in the same statement ([`Sql::release_handing`]).
+    async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Released> {
         let conn = self.connections.get().await?;
         let effect = outcome.effect();
         let (cool, disable) = (effect.cool_for.map(ms), effect.disable);
         let (lease_id, credential_id) = ids(lease);
+        let handing = !self.line.is_empty() || self.tickets_seen.load(Ordering::Relaxed);
+        if !handing {
+            let row = conn
+                .client
+                .query_opt(
+                    &conn.release,
+                    &[&lease_id, &credential_id, &self.pool, &cool, &disable],
+                )
+                .await?;
+            let Some(row) = row else {
+                return Err(self.lease_lost(&conn, lease).await?);
+            };
+            let line_waits = row.column(1, "tickets waiting")?;
+            self.tickets_seen.store(line_waits, Ordering::Relaxed);
+            return Ok(Released {
+                name: row.column::<String>(0, "credentials.name")?.into(),
+                line_waits,
+                claimed: None,
+            });
+        }
+        // Claimed here only for a waiter seated already, with its seats'
+        // TTL: a ticket whose waiter is not seated yet (its `take_ticket`
+        // has committed, its answer is on the way) is handed its lease until
+        // the claim deadline, as another store's is, and claimed when seated.
+        let claimable = self.line.first_tickets(CLAIMABLE_IN_RELEASE);
+        let ttl = self.line.any_ttl().flatten().map(ms);
+        let claimable_ids: Vec<i64> = claimable.iter().map(|&ticket| ticket as i64).collect();
         let row = conn
             .client
             .query_opt(
-                &conn.release,
-                &[&lease_id, &credential_id, &self.pool, &cool, &disable],
+                &conn.release_handing,
+                &[
+                    &lease_id,
+                    &credential_id,
+                    &self.pool,
+                    &cool,
+                    &disable,
+                    &self.ticket_ttl,
+                    &claimable_ids,
+                    &self.channel,
+                    &ttl,
+                ],
             )
             .await?;
-        match row {
-            Some(row) => Ok((
-                row.column::<String>(0, "credentials.name")?.into(),
-                row.column(1, "tickets waiting")?,
-            )),
-            None => Err(self.lease_lost(&conn, lease).await?),
-        }
+        let Some(row) = row else {
+            return Err(self.lease_lost(&conn, lease).await?);
+        };
+        let ticket: Option<i64> = row.column(1, "tickets.id")?;
+        let line_waits: bool = row.column(12, "tickets waiting")?;
+        self.tickets_seen
+            .store(ticket.is_some() || line_waits, Ordering::Relaxed);
+        let claimed = match ticket {
+            Some(ticket) if claimable.contains(&(ticket as u64)) => {
+                Some((ticket as u64, grant_from_at(&row, 4)?))
+            }
+            _ => None,
+        };
+        Ok(Released {
+            name: row.column::<String>(0, "credentials.name")?.into(),
+            line_waits,
+            claimed,
+        })
     }
 
     pub(super) async fn renew(

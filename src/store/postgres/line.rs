@@ -25,6 +25,9 @@ const POLL_AGAIN: Duration = Duration::from_millis(20);
 /// How long after a whole poll, in ms, a poll only claims what was handed
 /// to this store's tickets.
 const LIGHT_POLL_WITHIN: i64 = 50;
+/// How many of the lowest tickets seated here a poll claims for: those
+/// served first; one beyond them is claimed at a later poll.
+const CLAIMABLE_BY_POLL: usize = 1024;
 use super::rows::Columns;
 
 impl Inner {
@@ -130,7 +133,7 @@ impl Inner {
 
     /// Gives a claimed grant to its seat; when the waiter left meanwhile,
     /// the lease goes back (and on to the next ticket).
-    async fn hand_over(&self, ticket: u64, grant: crate::store::Grant) {
+    pub(super) async fn hand_over(&self, ticket: u64, grant: crate::store::Grant) {
         if let Err(Undelivered(grant)) = self.line.deliver(ticket, grant) {
             // Its waiter left meanwhile: the lease goes back (and on).
             let token = grant.token();
@@ -195,11 +198,17 @@ impl Inner {
         let Some(ttl) = self.line.any_ttl() else {
             return Ok(());
         };
+        let seated: Vec<i64> = self
+            .line
+            .first_tickets(CLAIMABLE_BY_POLL)
+            .into_iter()
+            .map(|ticket| ticket as i64)
+            .collect();
         let rows = conn
             .client
             .query(
                 &self.sql.claim_handed(),
-                &[&self.pool, &self.line.owner(), &ttl.map(ms)],
+                &[&self.pool, &self.line.owner(), &ttl.map(ms), &seated],
             )
             .await?;
         for row in rows {

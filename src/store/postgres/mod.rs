@@ -23,12 +23,16 @@
 //!   free takes a numbered ticket, and a credential that comes free (a
 //!   release, an `add`, an `enable`, a cool-down's end or an expiry found by
 //!   a poll) goes to the lowest live ticket as a lease held until a short
-//!   claim deadline (the ticket TTL). The ticket's store claims it at once
-//!   when it handed it out itself, or when a `NOTIFY` addressed to it
-//!   arrives (one listening connection per store); its first waiter also
-//!   polls every [`DEFAULT_POLL_INTERVAL`], renewing the store's tickets.
-//!   Every statement that changes tickets takes the schema's line lock
-//!   first, so they never deadlock and the line keeps its order.
+//!   claim deadline (the ticket TTL). A release while tickets wait hands its
+//!   unit on in its own statement, and claims it there when the ticket's
+//!   waiter is seated in this store. The ticket's store claims the others at once when it
+//!   handed them out itself, or when a `NOTIFY` addressed to it arrives (one
+//!   listening connection per store); its first waiter also polls every
+//!   [`DEFAULT_POLL_INTERVAL`], renewing the store's tickets. The
+//!   statements that hand out, renew and end tickets take the schema's line
+//!   lock first; a release takes rows in the same order (credential, then
+//!   ticket) and waits for none while it holds a ticket, so none deadlock
+//!   and the line keeps its order.
 //! - Each call runs in a task of its own, so cancelling a caller never
 //!   leaves a half-known state; the pool finishes a grant whose caller left
 //!   and gives its lease back. A [`Lease`](crate::Lease) dropped without release is
@@ -207,6 +211,7 @@ impl Options<Postgres> {
                 last_poll: AtomicI64::new(0),
                 missing_tickets: Default::default(),
                 background: Default::default(),
+                tickets_seen: AtomicBool::new(false),
             }),
             changed,
             listener,

@@ -35,6 +35,21 @@ pub(crate) struct Sql {
     /// still held and not expired. Returns the name, and whether tickets
     /// wait in line (the freed unit is then handed to them, by `serve`).
     pub(crate) release: String,
+    /// As `release`, for when tickets wait, with `$6` the claim deadline in
+    /// ms, `$7` the tickets seated in this store that a release may claim
+    /// (its lowest seated ones; a ticket taken but not seated yet is not
+    /// among them), `$8` channel, `$9` the TTL in ms of this store's leases
+    /// (NULL: none). When the release has no outcome and the credential
+    /// could be handed out (enabled, not cooling down), its unit goes
+    /// straight to the lowest live ticket: a ticket in `$7` is claimed (it
+    /// goes, and the lease lives `$9`), any other is handed the lease until
+    /// the claim deadline and its store notified (this one too, when the
+    /// ticket is its own but not in `$7`). One statement for what
+    /// `release`, `serve` and `claim` do in three. Returns the name; the
+    /// ticket and its owner, or NULLs; the grant's columns (as `acquire`),
+    /// or NULLs; and whether tickets wait still, unserved (then `serve`
+    /// runs).
+    pub(crate) release_handing: String,
     /// `$1` lease id, `$2` credential id, `$3` pool, `$4` TTL in ms. Fenced as
     /// release. Returns the new expiry.
     pub(crate) renew: String,
@@ -197,6 +212,79 @@ impl Sql {
                                 WHERE pool = $3 AND lease_id IS NULL AND expires_at > {NOW})
                  FROM back"
             ),
+            release_handing: format!(
+                "WITH gone AS (
+                     DELETE FROM {leases}
+                     WHERE id = $1 AND credential_id = $2 AND pool = $3
+                       AND (expires_at IS NULL OR expires_at > {NOW})
+                     RETURNING credential_id
+                 ),
+                 freed AS (
+                     SELECT c.id, c.name, c.secret, c.extra, c.capacity,
+                            $4::bigint IS NULL AND $5::text IS NULL AND c.disabled_reason IS NULL
+                            AND (c.cooling_until IS NULL OR c.cooling_until <= {NOW}) AS usable
+                     FROM {credentials} AS c
+                     WHERE c.id = (SELECT credential_id FROM gone)
+                     FOR UPDATE
+                 ),
+                 -- No line lock: a release waits for no row while it holds
+                 -- a ticket, and takes the others' rows in the order the
+                 -- line's statements do (credential, then ticket; they skip
+                 -- locked credentials), so releases hand out side by side.
+                 -- A ticket another release locked and handed out is passed
+                 -- over after the wait, for the next one.
+                 next AS (
+                     SELECT id, owner FROM {tickets}
+                     WHERE (SELECT usable FROM freed)
+                       AND pool = $3 AND lease_id IS NULL AND expires_at > {NOW}
+                     ORDER BY id LIMIT 1
+                     FOR UPDATE
+                 ),
+                 back AS (
+                     UPDATE {credentials} AS c
+                     SET holders = c.holders - CASE WHEN EXISTS (SELECT 1 FROM next) THEN 0 ELSE 1 END,
+                         last_used_at = CASE WHEN EXISTS (SELECT 1 FROM next) THEN {NOW}
+                                             ELSE c.last_used_at END,
+                         use_count = c.use_count + CASE WHEN EXISTS (SELECT 1 FROM next) THEN 1 ELSE 0 END,
+                         cooling_until = CASE WHEN $4::bigint IS NULL THEN c.cooling_until
+                             ELSE greatest(coalesce(c.cooling_until, 0), {NOW} + $4::bigint) END,
+                         disabled_reason = coalesce($5::text, c.disabled_reason)
+                     WHERE c.id = (SELECT id FROM freed)
+                     RETURNING c.name
+                 ),
+                 leased AS (
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
+                     SELECT $3, freed.id, {CLOCK},
+                            {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN $9::bigint ELSE $6::bigint END
+                     FROM freed, next
+                     RETURNING id, acquired_at, expires_at
+                 ),
+                 handed AS (
+                     UPDATE {tickets} AS t
+                     SET lease_id = leased.id, credential_id = (SELECT id FROM freed),
+                         expires_at = {CLOCK} + $6::bigint
+                     FROM leased, next
+                     WHERE t.id = next.id AND NOT (next.id = ANY($7::bigint[]))
+                     RETURNING t.id
+                 ),
+                 claimed AS (
+                     DELETE FROM {tickets} AS t USING next
+                     WHERE t.id = next.id AND next.id = ANY($7::bigint[])
+                     RETURNING t.id
+                 )
+                 SELECT back.name, next.id, next.owner,
+                        CASE WHEN NOT (next.id = ANY($7::bigint[]))
+                             THEN pg_notify($8, next.owner::text || ':' || $3)::text END,
+                        freed.id, freed.name, freed.secret, freed.extra, freed.capacity,
+                        leased.id, leased.acquired_at, leased.expires_at,
+                        next.id IS NULL
+                        AND EXISTS (SELECT 1 FROM {tickets}
+                                    WHERE pool = $3 AND lease_id IS NULL AND expires_at > {NOW}),
+                        (SELECT count(*) FROM handed) + (SELECT count(*) FROM claimed)
+                 FROM back CROSS JOIN freed
+                 LEFT JOIN next ON true
+                 LEFT JOIN leased ON true"
+            ),
             renew: format!(
                 "UPDATE {leases} SET expires_at = {NOW} + $4::bigint
                  WHERE id = $1 AND credential_id = $2 AND pool = $3
@@ -350,7 +438,9 @@ impl Sql {
     }
 
     /// `$1` pool, `$2` owner, `$3` the TTL of this store's leases in ms
-    /// (NULL: none). Claims every lease handed to a ticket of this store:
+    /// (NULL: none), `$4` the tickets seated here (a ticket taken but not
+    /// seated yet waits for the next claim). Claims every lease handed to
+    /// one of them:
     /// the tickets go, each lease lives its TTL from now. Returns the
     /// ticket, then the grant's columns as `acquire`, all NULL for a ticket
     /// whose lease is gone (its claim deadline passed).
@@ -359,6 +449,7 @@ impl Sql {
             "WITH mine AS (
                  DELETE FROM {tickets}
                  WHERE {gate} AND pool = $1 AND owner = $2 AND lease_id IS NOT NULL
+                   AND id = ANY($4::bigint[])
                  RETURNING id, lease_id
              ),
              claimed AS (
