@@ -685,3 +685,104 @@ async fn stats_and_watch_show_the_waiters_of_other_processes() {
     }
     drop(held);
 }
+
+/// Every duration flag reads one format: a number with units (humantime's
+/// `250ms`, `10s`, `1h30m`) or a bare number of seconds; a bad one is a
+/// usage error naming the flag and the way to write it.
+#[test]
+fn every_duration_flag_reads_one_format() {
+    let db = fresh_db("durations");
+    ok(&run(&db, &["init"]));
+    ok(&run(
+        &db,
+        &[
+            "demo",
+            "--workers",
+            "2",
+            "--credentials",
+            "2",
+            "--duration",
+            "300ms",
+        ],
+    ));
+    ok(&run(&db, &["watch", "--count", "2", "--interval", "100ms"]));
+    ok(&run(
+        &db,
+        &["watch", "--count", "1", "--interval-ms", "100"],
+    ));
+    let torture = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .args([
+            "--memory",
+            "torture",
+            "--duration",
+            "1s",
+            "--processes",
+            "2",
+        ])
+        .args(["--tasks", "2", "--kill-every", "500ms"])
+        .output()
+        .unwrap();
+    ok(&torture);
+    for (command, flag) in [
+        ("demo", "--duration"),
+        ("torture", "--duration"),
+        ("torture", "--kill-every"),
+        ("watch", "--interval"),
+    ] {
+        let output = run(&db, &[command, flag, "10 parsecs"]);
+        assert_eq!(output.status.code(), Some(2), "{command} {flag}");
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("1h30m"),
+            "{command} {flag}: {stderr}"
+        );
+    }
+    for zero in ["0", "0s"] {
+        let output = run(&db, &["watch", "--interval", zero]);
+        assert_eq!(output.status.code(), Some(2), "{zero}");
+        assert!(text(&output.stderr).contains("more than 0"));
+    }
+}
+
+/// `RUST_LOG` and `-v` show every acquire (with its wait) and release (with
+/// its outcome) on stderr, and never a secret; by default, and with `-q`,
+/// the demo logs nothing of the kind.
+#[test]
+fn logs_show_acquires_and_releases_but_never_a_secret() {
+    let db = fresh_db("logs");
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin"],
+        "hunter2-secret\n",
+    ));
+    let demo = ["demo", "--workers", "2", "--duration", "300ms"];
+    let quiet = ok_output(credpool(&db).args(demo).env_remove("RUST_LOG"));
+    assert!(!quiet.contains("acquired"), "{quiet}");
+    let quieter = ok_output(credpool(&db).args(["-q"]).args(demo).env("RUST_LOG", ""));
+    assert!(!quieter.contains("acquired"), "{quieter}");
+    for logged in [
+        ok_output(credpool(&db).args(demo).env("RUST_LOG", "credpool=debug")),
+        ok_output(
+            credpool(&db)
+                .args(["-vv"])
+                .args(demo)
+                .env_remove("RUST_LOG"),
+        ),
+    ] {
+        assert!(logged.contains("acquired"), "{logged}");
+        assert!(logged.contains("waited_us"), "{logged}");
+        assert!(logged.contains("released"), "{logged}");
+        assert!(logged.contains("outcome=Success"), "{logged}");
+        assert!(!logged.contains("hunter2"), "a secret was logged");
+    }
+    let bad = ok_output(credpool(&db).args(demo).env("RUST_LOG", "credpool=[[["));
+    assert!(bad.contains("RUST_LOG"), "{bad}");
+}
+
+/// Runs `command`, which must succeed; returns its stderr.
+#[track_caller]
+fn ok_output(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    ok(&output);
+    text(&output.stderr)
+}

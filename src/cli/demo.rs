@@ -22,25 +22,10 @@ pub(crate) struct DemoArgs {
     /// How long one piece of work takes, in milliseconds: MIN..MAX.
     #[arg(long, default_value = "20..200", value_parser = parse_range)]
     work_ms: (u64, u64),
-    /// Stop after this many seconds, e.g. 10 or 2.5 (default: run until
-    /// Ctrl-C, SIGTERM or SIGHUP).
-    #[arg(long, value_parser = parse_seconds, value_name = "SECONDS")]
+    /// Stop after this long, e.g. 30s, 10m or 2.5 (seconds) (default: run
+    /// until Ctrl-C, SIGTERM or SIGHUP).
+    #[arg(long, value_parser = super::duration::parse, value_name = "DURATION")]
     duration: Option<Duration>,
-}
-
-/// A number of seconds: finite, not negative, and one a `Duration` holds.
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds: write e.g. 10 or 2.5"))?;
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!(
-            "{text:?} is not a duration: give a finite number of seconds, 0 or more"
-        ));
-    }
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| format!("{text:?} seconds is longer than a duration can be"))
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {

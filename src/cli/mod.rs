@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod demo;
+mod duration;
 mod import;
 mod output;
 mod torture;
@@ -94,6 +95,15 @@ struct Args {
     /// The pool within the store.
     #[arg(long, global = true, default_value = "default")]
     pool: String,
+
+    /// More log lines on stderr: -v what changes, -vv every acquire and
+    /// release, -vvv everything (RUST_LOG, when set, decides instead).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Log only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -191,11 +201,14 @@ enum Command {
     },
 
     /// A live view of the pool, refreshed in place.
-    #[command(after_help = "Example:\n  credpool watch --interval-ms 500")]
+    #[command(after_help = "Example:\n  credpool watch --interval 500ms")]
     Watch {
-        /// Refresh interval in milliseconds.
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
+        /// How often to refresh: 500ms, 2s, or seconds (at least 50ms).
+        #[arg(long, default_value = "1s", value_parser = duration::parse_positive, value_name = "DURATION")]
+        interval: Duration,
+        /// The refresh interval in milliseconds (older spelling of --interval).
+        #[arg(long, hide = true, conflicts_with = "interval")]
+        interval_ms: Option<u64>,
         /// Stop after this many refreshes (default: until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
@@ -204,7 +217,7 @@ enum Command {
     /// Worker processes hammer the store while some are killed; a checker
     /// proves from their logs that no credential was held twice or lost.
     #[command(
-        after_help = "Runs in a pool of its own (torture-PID), emptied at the end. Exits with 1 on any violation.\n\nExamples:\n  credpool --db /tmp/t.db torture --duration 10\n  credpool --db /tmp/t.db torture --duration 600 --processes 4 --tasks 32 --kill-every 3"
+        after_help = "Runs in a pool of its own (torture-PID), emptied at the end. Exits with 1 on any violation.\n\nExamples:\n  credpool --db /tmp/t.db torture --duration 10s\n  credpool --db /tmp/t.db torture --duration 10m --processes 4 --tasks 32 --kill-every 3s"
     )]
     Torture(torture::TortureArgs),
 
@@ -214,13 +227,14 @@ enum Command {
 
     /// Run N workers that acquire, work a random while, and release, until stopped.
     #[command(
-        after_help = "Ctrl-C, SIGTERM or SIGHUP stop it gracefully: every credential comes back.\n\nExamples:\n  credpool demo\n  credpool demo --workers 50 --credentials 10 --work-ms 5..20 --duration 10"
+        after_help = "Ctrl-C, SIGTERM or SIGHUP stop it gracefully: every credential comes back.\n\nExamples:\n  credpool demo\n  credpool demo --workers 50 --credentials 10 --work-ms 5..20 --duration 30s"
     )]
     Demo(demo::DemoArgs),
 }
 
 pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
+    start_logging(args.verbose, args.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -436,6 +450,33 @@ macro_rules! with_pool {
     };
 }
 
+/// Log lines go to stderr, never with a secret in them: warnings by default,
+/// more with `-v`, only errors with `-q`; `RUST_LOG` (tracing's `EnvFilter`
+/// syntax, e.g. `credpool=debug`) decides instead when it is set.
+fn start_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "warn,credpool=info",
+        (false, 2) => "info,credpool=debug",
+        (false, _) => "debug,credpool=trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(wanted) if !wanted.trim().is_empty() => EnvFilter::try_new(&wanted).unwrap_or_else(|error| {
+            eprintln!("warning: RUST_LOG={wanted:?} is not a log filter ({error}); write e.g. RUST_LOG=credpool=debug");
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 async fn run(args: Args) -> Outcome {
     let place = Place::from_args(&args)?;
     let name = args.pool.as_str();
@@ -545,8 +586,13 @@ async fn execute<S: Store>(
             Ok(())
         }
         Command::Stats { json } => output::stats(&pool.stats().await?, json),
-        Command::Watch { interval_ms, count } => {
-            watch::run(&pool, Duration::from_millis(interval_ms.max(50)), count).await
+        Command::Watch {
+            interval,
+            interval_ms,
+            count,
+        } => {
+            let interval = interval_ms.map_or(interval, Duration::from_millis);
+            watch::run(&pool, interval.max(Duration::from_millis(50)), count).await
         }
         Command::Demo(demo_args) => demo::run(pool, place, demo_args).await,
         Command::Import { .. }

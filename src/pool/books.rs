@@ -70,7 +70,9 @@ impl Books {
         outcome: &ReleaseOutcome,
         work: Option<Work>,
     ) -> Receipt {
-        let for_event = self.events.wanted().then(|| outcome.clone());
+        // Kept for the events, and for the debug log line of the release.
+        let wanted = self.events.wanted() || tracing::enabled!(tracing::Level::DEBUG);
+        let for_event = wanted.then(|| outcome.clone());
         Receipt::new(self.clone(), token, counted, for_event, work)
     }
 
@@ -115,9 +117,13 @@ impl ReceiptBooks for Books {
             self.lease_returned();
         }
         self.waiters.freed_one();
-        tracing::debug!(pool = &*self.pool, credential = %name, lease_id = %token.lease_id(), "released");
         if let Some(outcome) = outcome {
-            self.send_release_events(name.clone(), token, outcome);
+            tracing::debug!(pool = &*self.pool, credential = %name, lease_id = %token.lease_id(), ?outcome, "released");
+            if self.events.wanted() {
+                self.send_release_events(name.clone(), token, outcome);
+            }
+        } else {
+            tracing::debug!(pool = &*self.pool, credential = %name, lease_id = %token.lease_id(), "released");
         }
     }
 

@@ -30,8 +30,8 @@ use super::{ChildPlace, Failure, Outcome, Place};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct TortureArgs {
-    /// How long the workers run: seconds, or with a unit (90s, 10m, 1h).
-    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    /// How long the workers run: 90s, 10m, 1h, or seconds.
+    #[arg(long, default_value = "10s", value_parser = super::duration::parse_positive, value_name = "DURATION")]
     duration: Duration,
     /// How many workers run at once (processes; tasks with --memory).
     #[arg(long, default_value_t = 4)]
@@ -42,10 +42,10 @@ pub(crate) struct TortureArgs {
     /// How many credentials the run starts with (every third has capacity 2).
     #[arg(long, default_value_t = 8)]
     credentials: usize,
-    /// Kill a random worker this often, in seconds, and start another in its
-    /// place (0: never).
-    #[arg(long, default_value_t = 2.0)]
-    kill_every: f64,
+    /// Kill a random worker this often (2s, 500ms, or seconds), and start
+    /// another in its place (0: never).
+    #[arg(long, default_value = "2s", value_parser = super::duration::parse, value_name = "DURATION")]
+    kill_every: Duration,
     /// Inject the store's faults too: workers killed while their tasks wait
     /// in line (their tickets become no-shows); on SQLite, another
     /// connection holding the write lock (sometimes past the busy timeout);
@@ -53,13 +53,13 @@ pub(crate) struct TortureArgs {
     #[arg(long)]
     faults: bool,
     /// A shell command that restarts the Postgres server, run every
-    /// --restart-every seconds (scripts/with-postgres.sh exports one as
+    /// --restart-every (scripts/with-postgres.sh exports one as
     /// $CREDPOOL_TEST_POSTGRES_CTL).
     #[arg(long, requires = "restart_every")]
     restart_command: Option<String>,
-    /// How often to run --restart-command, in seconds.
-    #[arg(long, requires = "restart_command")]
-    restart_every: Option<f64>,
+    /// How often to run --restart-command: 60s, 2m, or seconds.
+    #[arg(long, requires = "restart_command", value_parser = super::duration::parse_positive, value_name = "DURATION")]
+    restart_every: Option<Duration>,
     /// The lease TTL, in milliseconds: how long a killed worker's leases stay out.
     #[arg(long, default_value_t = 1500)]
     ttl_ms: u64,
@@ -75,29 +75,6 @@ impl TortureArgs {
     pub(crate) fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms.max(100))
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
-    };
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: write 600, 90s, 10m or 1h"))?;
-    if !(number.is_finite() && number > 0.0) {
-        return Err(format!("{text:?}: the duration must be more than 0"));
-    }
-    Ok(Duration::from_secs_f64(number * scale))
 }
 
 /// Starts workers: processes running `credpool torture-worker`, or tasks.
@@ -391,7 +368,7 @@ fn start_faults(
     if let (Some(command), Some(every)) = (&args.restart_command, args.restart_every) {
         faults.background.push(tokio::spawn(faults::restart_server(
             command.clone(),
-            Duration::from_secs_f64(every.max(1.0)),
+            every.max(Duration::from_secs(1)),
             deadline,
             injected.clone(),
         )));
@@ -433,14 +410,14 @@ async fn churn<S: Store>(
         removed: HashSet::new(),
     };
     let started = Instant::now();
-    let kill_every = Duration::from_secs_f64(args.kill_every.max(0.1));
+    let kill_every = args.kill_every.max(Duration::from_millis(100));
     let mut next_kill = started + kill_every;
     let mut next_admin = started + Duration::from_millis(700);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = Instant::now();
         let well_before_the_end = deadline - now > Duration::from_millis(500);
-        if args.kill_every > 0.0 && now >= next_kill && well_before_the_end {
+        if !args.kill_every.is_zero() && now >= next_kill && well_before_the_end {
             next_kill = now + kill_every;
             running.swap_remove(rng.usize(..running.len())).kill();
             churn.kills += 1;
