@@ -786,3 +786,35 @@ fn ok_output(command: &mut Command) -> String {
     ok(&output);
     text(&output.stderr)
 }
+
+/// `completions` prints a script for each shell that knows every command,
+/// and `man` a manual page; neither opens a store.
+#[test]
+fn completions_and_the_manual_page() {
+    let db = fresh_db("completions");
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef credpool"),
+        ("fish", "complete -c credpool"),
+    ] {
+        let script = ok(&run(&db, &["completions", shell]));
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["import", "watch", "torture", "demo"] {
+            assert!(script.contains(command), "{shell} misses {command}");
+        }
+    }
+    let page = ok(&run(&db, &["man"]));
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH credpool"),
+        "{page}"
+    );
+    assert!(page.contains("import"), "{page}");
+    let unknown = run(&db, &["completions", "cmd.exe"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("bash"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    assert!(!db.exists(), "no store was opened");
+}

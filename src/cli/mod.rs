@@ -230,11 +230,44 @@ enum Command {
         after_help = "Ctrl-C, SIGTERM or SIGHUP stop it gracefully: every credential comes back.\n\nExamples:\n  credpool demo\n  credpool demo --workers 50 --credentials 10 --work-ms 5..20 --duration 30s"
     )]
     Demo(demo::DemoArgs),
+
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  credpool completions bash > ~/.local/share/bash-completion/completions/credpool\n  credpool completions zsh > ~/.zfunc/_credpool\n  credpool completions fish > ~/.config/fish/completions/credpool.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff), for `man`.
+    #[command(after_help = "Example:\n  credpool man > credpool.1 && man ./credpool.1")]
+    Man,
 }
 
 pub(crate) fn main() -> ExitCode {
     let args = Args::parse();
     start_logging(args.verbose, args.quiet);
+    match &args.command {
+        Command::Completions { shell } => {
+            let mut command = <Args as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "credpool", &mut script);
+            write_stdout(format_args!("{}", String::from_utf8_lossy(&script)));
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let command = <Args as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            if let Err(error) = clap_mangen::Man::new(command).render(&mut page) {
+                eprintln!("error: cannot write the manual page: {error}");
+                return ExitCode::FAILURE;
+            }
+            write_stdout(format_args!("{}", String::from_utf8_lossy(&page)));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -600,6 +633,9 @@ async fn execute<S: Store>(
         | Command::Torture(_)
         | Command::TortureWorker(_) => {
             unreachable!("run opens the pool for these itself")
+        }
+        Command::Completions { .. } | Command::Man => {
+            unreachable!("main prints these before any store is opened")
         }
     }
 }
