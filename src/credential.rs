@@ -224,6 +224,17 @@ impl NewCredential {
             invalid.into()
         };
         validate_name(&self.name)?;
+        if self.name.trim() != self.name {
+            // No table shows the space, so nobody could type the name.
+            return Err(InvalidInput::new(
+                "name",
+                format!(
+                    "{:?} starts or ends with a space, which no list shows: remove it",
+                    self.name
+                ),
+            )
+            .into());
+        }
         if self.capacity == 0 {
             return Err(with_name(InvalidInput::new(
                 "capacity",

@@ -818,3 +818,33 @@ fn completions_and_the_manual_page() {
     );
     assert!(!db.exists(), "no store was opened");
 }
+
+/// A name no list could show (a space at either end) and a disable without
+/// a reason are refused with a message that says what to change; nothing
+/// changes.
+#[test]
+fn invisible_names_and_blank_reasons_are_refused() {
+    let db = fresh_db("blank");
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin"],
+        "pw\n",
+    ));
+    let spaced = run_with_stdin(&db, &["add", " bob", "--secret-stdin"], "pw\n");
+    assert_eq!(spaced.status.code(), Some(1));
+    assert!(
+        text(&spaced.stderr).contains("space"),
+        "{}",
+        text(&spaced.stderr)
+    );
+    let blank = run(&db, &["disable", "alice", "--reason", ""]);
+    assert_eq!(blank.status.code(), Some(1));
+    assert!(
+        text(&blank.stderr).contains("reason"),
+        "{}",
+        text(&blank.stderr)
+    );
+    let listed = ok(&run(&db, &["list"]));
+    assert!(!listed.contains("bob"), "{listed}");
+    assert!(!listed.contains("disabled"), "{listed}");
+}

@@ -772,6 +772,13 @@ impl<S: Store> Pool<S> {
     pub async fn disable(&self, name: &str, reason: impl Into<String>) -> Result<()> {
         validate_name(name)?;
         let reason = reason.into();
+        if reason.trim().is_empty() {
+            return Err(crate::error::InvalidInput::new(
+                "reason",
+                "must not be empty: say why the credential is disabled (banned, say)",
+            )
+            .into());
+        }
         self.after_earlier_work().await;
         self.shared
             .store
@@ -817,7 +824,9 @@ impl<S: Store> Pool<S> {
     pub async fn update_secret(&self, name: &str, secret: impl Into<Secret>) -> Result<()> {
         validate_name(name)?;
         let secret = secret.into();
-        NewCredential::new(name, secret.clone()).validate()?;
+        // The secret's rules; the name's are those of a lookup (a name from
+        // before the rule against surrounding spaces still works).
+        NewCredential::new(name.trim(), secret.clone()).validate()?;
         self.after_earlier_work().await;
         self.shared.store.update_secret(name, secret).await
     }

@@ -57,6 +57,7 @@ macro_rules! conformance_suite {
             skipped_names_are_not_announced,
             remove_is_refused_while_leased_unless_forced,
             unknown_names_are_reported,
+            a_disable_without_a_reason_is_refused,
             update_secret_reaches_the_next_lease,
             stats_count_by_state,
             events_report_what_happens,
@@ -808,6 +809,9 @@ pub async fn bad_input_is_refused_and_adds_nothing<F: Factory>(factory: &F) {
         (NewCredential::new("bad\u{7}name", "s"), "name"),
         (NewCredential::new("new\nline", "s"), "name"),
         (NewCredential::new(long.as_str(), "s"), "name"),
+        (NewCredential::new(" lead", "s"), "name"),
+        (NewCredential::new("trail ", "s"), "name"),
+        (NewCredential::new("wide\u{3000}", "s"), "name"),
         (NewCredential::new("zero", "s").capacity(0), "capacity"),
         (
             NewCredential::new("huge", "s".repeat(credpool::MAX_SECRET_BYTES + 1)),
@@ -1383,4 +1387,20 @@ pub async fn events_of_a_credential_come_in_commit_order<F: Factory>(factory: &F
         }
     }
     assert_eq!((acquired, released), (16 * 20, 16 * 20));
+}
+
+/// A disable must say why: an empty or blank reason is refused, and the
+/// credential stays enabled.
+pub async fn a_disable_without_a_reason_is_refused<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["alice"]).await;
+    for blank in ["", "   "] {
+        match pool.disable("alice", blank).await {
+            Err(Error::InvalidInput(invalid)) => assert_eq!(invalid.field, "reason"),
+            other => panic!("a blank reason was taken: {other:?}"),
+        }
+    }
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.disabled, stats.available), (0, 1), "{stats:?}");
+    pool.disable("alice", "banned").await.unwrap();
+    assert_eq!(pool.stats().await.unwrap().disabled, 1);
 }
