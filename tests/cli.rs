@@ -848,3 +848,29 @@ fn invisible_names_and_blank_reasons_are_refused() {
     assert!(!listed.contains("bob"), "{listed}");
     assert!(!listed.contains("disabled"), "{listed}");
 }
+
+/// Import and add speak of what the user gave: a file that holds no array
+/// says what it holds, a byte-order mark is no content, and a single `add`
+/// names no entry.
+#[test]
+fn import_and_add_messages_speak_of_what_was_given() {
+    let db = fresh_db("messages");
+    let dir = tempfile::tempdir().unwrap();
+    let object = dir.path().join("object.json");
+    std::fs::write(&object, r#"{"name": "alice", "secret": "pw"}"#).unwrap();
+    let refused = run(&db, &["import", object.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = text(&refused.stderr);
+    assert!(message.contains("a JSON object, not an array"), "{message}");
+    let bom = dir.path().join("bom.json");
+    std::fs::write(&bom, "\u{feff}[{\"name\": \"bom\", \"secret\": \"pw\"}]").unwrap();
+    ok(&run(&db, &["import", bom.to_str().unwrap()]));
+    assert!(ok(&run(&db, &["list"])).contains("bom"));
+    for (name, why) in [("", "empty"), ("bom", "exists")] {
+        let added = run_with_stdin(&db, &["add", name, "--secret-stdin"], "pw\n");
+        assert_eq!(added.status.code(), Some(1), "{name:?}");
+        let message = text(&added.stderr);
+        assert!(!message.contains("entry"), "{name:?}: {message}");
+        assert!(message.contains(why), "{name:?}: {message}");
+    }
+}

@@ -131,6 +131,14 @@ pub(crate) fn parse(
     label: &str,
     skip_existing: bool,
 ) -> Result<Vec<NewCredential>, Failure> {
+    // A byte-order mark, as some editors on Windows write, is no content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(kind) = not_an_array(text) {
+        return Err(Failure(format!(
+            "{label}: the file holds {kind}, not an array of credentials: write \
+             [{{\"name\": \"alice\", \"secret\": \"…\"}}, …]; nothing was imported"
+        )));
+    }
     let entries: Vec<Entry> =
         serde_json::from_str(text).map_err(|error| json_error(label, &error))?;
     let mut credentials = Vec::with_capacity(entries.len());
@@ -160,6 +168,23 @@ pub(crate) fn parse(
         credentials.push(credential);
     }
     Ok(credentials)
+}
+
+/// What the JSON text holds at the top when it is JSON but not an array
+/// ("a JSON object", say); `None` when it may be an array, or is no JSON
+/// (serde's error says where it goes wrong).
+fn not_an_array(text: &str) -> Option<&'static str> {
+    if text.trim_start().starts_with('[') {
+        return None;
+    }
+    Some(match serde_json::from_str::<serde_json::Value>(text).ok()? {
+        serde_json::Value::Array(_) => return None,
+        serde_json::Value::Object(_) => "a JSON object",
+        serde_json::Value::String(_) => "a JSON string",
+        serde_json::Value::Bool(_) => "a JSON true or false",
+        serde_json::Value::Null => "a JSON null",
+        serde_json::Value::Number(_) => "a JSON number",
+    })
 }
 
 fn convert(entry: Entry) -> Result<NewCredential, String> {

@@ -630,7 +630,22 @@ impl<S: Store> Pool<S> {
     ///
     /// As for [`add_many`](Pool::add_many).
     pub async fn add(&self, credential: NewCredential) -> Result<()> {
-        self.add_many([credential]).await.map(|_| ())
+        // One credential is no list: its errors name no entry.
+        self.add_many([credential])
+            .await
+            .map(|_| ())
+            .map_err(|error| match error {
+                Error::InvalidInput(mut invalid) => {
+                    invalid.entry = None;
+                    Error::InvalidInput(invalid)
+                }
+                Error::DuplicateName { name, pool, .. } => Error::DuplicateName {
+                    name,
+                    pool,
+                    entry: None,
+                },
+                other => other,
+            })
     }
 
     /// Adds many credentials, all or nothing; returns how many were added.
