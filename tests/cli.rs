@@ -255,7 +255,8 @@ fn remove_disable_enable() {
         (pool, lease.into_token(), name)
     });
     let (_pool, _token, name) = lease;
-    fails(&run(&db, &["remove", &name]), "--force");
+    let refused = fails(&run(&db, &["remove", &name]), "--force");
+    assert_eq!(refused.matches("force").count(), 1, "said once: {refused}");
     ok(&run(&db, &["remove", &name, "--force"]));
     ok(&run(&db, &["remove", "user3"]));
     let stats: serde_json::Value =

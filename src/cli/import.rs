@@ -177,14 +177,16 @@ fn not_an_array(text: &str) -> Option<&'static str> {
     if text.trim_start().starts_with('[') {
         return None;
     }
-    Some(match serde_json::from_str::<serde_json::Value>(text).ok()? {
-        serde_json::Value::Array(_) => return None,
-        serde_json::Value::Object(_) => "a JSON object",
-        serde_json::Value::String(_) => "a JSON string",
-        serde_json::Value::Bool(_) => "a JSON true or false",
-        serde_json::Value::Null => "a JSON null",
-        serde_json::Value::Number(_) => "a JSON number",
-    })
+    Some(
+        match serde_json::from_str::<serde_json::Value>(text).ok()? {
+            serde_json::Value::Array(_) => return None,
+            serde_json::Value::Object(_) => "a JSON object",
+            serde_json::Value::String(_) => "a JSON string",
+            serde_json::Value::Bool(_) => "a JSON true or false",
+            serde_json::Value::Null => "a JSON null",
+            serde_json::Value::Number(_) => "a JSON number",
+        },
+    )
 }
 
 fn convert(entry: Entry) -> Result<NewCredential, String> {

@@ -599,9 +599,12 @@ async fn execute<S: Store>(
                 pool.remove_forced(&name).await?;
             } else {
                 pool.remove(&name).await.map_err(|error| match error {
-                    Error::InUse { .. } => {
-                        Failure(format!("{error}: add --force to remove it anyway"))
-                    }
+                    // The library's "remove it with force" is a Rust call;
+                    // here the way is the flag, said once.
+                    Error::InUse { name, holders } => Failure(format!(
+                        "credential {name:?} is in use by {holders} lease(s): wait for it to \
+                         be released, or add --force to remove it anyway"
+                    )),
                     other => other.into(),
                 })?;
             }
