@@ -875,3 +875,54 @@ fn import_and_add_messages_speak_of_what_was_given() {
         assert!(message.contains(why), "{name:?}: {message}");
     }
 }
+
+/// `enable --all` and `remove --disabled` (twscrape's `delete_inactive`) act
+/// on every disabled credential; `remove --disabled` removes none while one
+/// of them is leased, unless forced; `-j` is `--json`.
+#[test]
+fn enable_all_and_remove_disabled() {
+    let db = fresh_db("bulk");
+    ok(&run(&db, &["import", FIXTURE]));
+    for name in ["user1", "user2", "user3"] {
+        ok(&run(&db, &["disable", name, "--reason", "banned"]));
+    }
+    let stats = |db: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&run(db, &["stats", "-j"]))).unwrap()
+    };
+    assert_eq!(stats(&db)["disabled"], 3);
+    let enabled = ok(&run(&db, &["enable", "--all"]));
+    assert_eq!(enabled.lines().count(), 3, "{enabled}");
+    assert_eq!(stats(&db)["disabled"], 0);
+    assert!(ok(&run(&db, &["enable", "--all"])).contains("no disabled credential"));
+
+    for name in ["user1", "user2"] {
+        ok(&run(&db, &["disable", name, "--reason", "banned"]));
+    }
+    // A lease on a disabled credential, held by another process.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_pool, _token) = runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        let lease = loop {
+            let lease = pool.acquire().await.unwrap();
+            if lease.credential().name() == "user3" {
+                break lease;
+            }
+            lease.release().await.unwrap();
+        };
+        pool.disable("user3", "banned").await.unwrap();
+        (pool, lease.into_token())
+    });
+    fails(&run(&db, &["remove", "--disabled"]), "nothing was removed");
+    assert_eq!(stats(&db)["total"], 1000, "none removed");
+    let removed = ok(&run(&db, &["remove", "--disabled", "--force"]));
+    assert_eq!(removed.lines().count(), 3, "{removed}");
+    assert_eq!(stats(&db)["total"], 997);
+    let listed: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["list", "-j"]))).unwrap();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|entry| !["user1", "user2", "user3"].contains(&entry["name"].as_str().unwrap())));
+    let usage = run(&db, &["remove"]);
+    assert_eq!(usage.status.code(), Some(2));
+}

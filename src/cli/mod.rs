@@ -158,7 +158,7 @@ enum Command {
     )]
     List {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(short, long)]
         json: bool,
         /// Print secrets and extra text too.
         #[arg(long)]
@@ -166,10 +166,16 @@ enum Command {
     },
 
     /// Remove a credential (refused while it is leased, unless --force).
-    #[command(after_help = "Example:\n  credpool remove alice")]
+    #[command(
+        after_help = "Examples:\n  credpool remove alice\n  credpool remove --disabled        # every disabled credential, as twscrape's delete_inactive"
+    )]
     Remove {
         /// The credential's name.
-        name: String,
+        #[arg(required_unless_present = "disabled", conflicts_with = "disabled")]
+        name: Option<String>,
+        /// Remove every disabled credential instead of one by name.
+        #[arg(long)]
+        disabled: bool,
         /// Remove it even while leased; its holders' releases will fail.
         #[arg(long)]
         force: bool,
@@ -186,17 +192,21 @@ enum Command {
     },
 
     /// Enable a disabled credential.
-    #[command(after_help = "Example:\n  credpool enable alice")]
+    #[command(after_help = "Examples:\n  credpool enable alice\n  credpool enable --all")]
     Enable {
         /// The credential's name.
-        name: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        name: Option<String>,
+        /// Enable every disabled credential.
+        #[arg(long)]
+        all: bool,
     },
 
     /// Counts by state.
     #[command(after_help = "Example:\n  credpool stats --json")]
     Stats {
         /// Print JSON.
-        #[arg(long)]
+        #[arg(short, long)]
         json: bool,
     },
 
@@ -594,21 +604,34 @@ async fn execute<S: Store>(
             Ok(())
         }
         Command::List { json, show_secrets } => output::list(&pool, json, show_secrets).await,
-        Command::Remove { name, force } => {
-            if force {
-                pool.remove_forced(&name).await?;
-            } else {
-                pool.remove(&name).await.map_err(|error| match error {
-                    // The library's "remove it with force" is a Rust call;
-                    // here the way is the flag, said once.
-                    Error::InUse { name, holders } => Failure(format!(
-                        "credential {name:?} is in use by {holders} lease(s): wait for it to \
-                         be released, or add --force to remove it anyway"
-                    )),
-                    other => other.into(),
-                })?;
+        Command::Remove {
+            name,
+            disabled,
+            force,
+        } => {
+            let names = match name {
+                Some(name) => vec![name],
+                None if disabled => {
+                    let disabled = disabled_credentials(&pool).await?;
+                    // All or none: a leased one stops the removal before it starts.
+                    if let Some(held) = disabled.iter().find(|info| info.holders > 0 && !force) {
+                        return Err(Failure(format!(
+                            "disabled credential {:?} is in use by {} lease(s): wait for it to \
+                             be released, or add --force to remove it anyway; nothing was removed",
+                            held.name, held.holders
+                        )));
+                    }
+                    disabled.into_iter().map(|info| info.name).collect()
+                }
+                None => unreachable!("clap requires a name or --disabled"),
+            };
+            for name in &names {
+                remove_one(&pool, name, force).await?;
+                outln!("removed {name:?}");
             }
-            outln!("removed {name:?}");
+            if disabled && names.is_empty() {
+                outln!("no disabled credential in pool `{}`", pool.name());
+            }
             Ok(())
         }
         Command::Disable { name, reason } => {
@@ -616,9 +639,23 @@ async fn execute<S: Store>(
             outln!("disabled {name:?}");
             Ok(())
         }
-        Command::Enable { name } => {
-            pool.enable(&name).await?;
-            outln!("enabled {name:?}");
+        Command::Enable { name, all } => {
+            let names = match name {
+                Some(name) => vec![name],
+                None if all => disabled_credentials(&pool)
+                    .await?
+                    .into_iter()
+                    .map(|info| info.name)
+                    .collect(),
+                None => unreachable!("clap requires a name or --all"),
+            };
+            for name in &names {
+                pool.enable(name).await?;
+                outln!("enabled {name:?}");
+            }
+            if all && names.is_empty() {
+                outln!("no disabled credential in pool `{}`", pool.name());
+            }
             Ok(())
         }
         Command::Stats { json } => output::stats(&pool.stats().await?, json),
@@ -641,6 +678,35 @@ async fn execute<S: Store>(
             unreachable!("main prints these before any store is opened")
         }
     }
+}
+
+/// The pool's disabled credentials, in list order.
+async fn disabled_credentials<S: Store>(
+    pool: &Pool<S>,
+) -> Result<Vec<credpool::CredentialInfo>, Failure> {
+    Ok(pool
+        .list()
+        .await?
+        .into_iter()
+        .filter(|info| matches!(info.state, credpool::CredentialState::Disabled { .. }))
+        .collect())
+}
+
+/// Removes one credential; a leased one only with `force`.
+async fn remove_one<S: Store>(pool: &Pool<S>, name: &str, force: bool) -> Outcome {
+    if force {
+        pool.remove_forced(name).await?;
+        return Ok(());
+    }
+    pool.remove(name).await.map_err(|error| match error {
+        // The library's "remove it with force" is a Rust call; here the way
+        // is the flag, said once.
+        Error::InUse { name, holders } => Failure(format!(
+            "credential {name:?} is in use by {holders} lease(s): wait for it to \
+             be released, or add --force to remove it anyway"
+        )),
+        other => other.into(),
+    })
 }
 
 /// Reads a secret from stdin or an environment variable.
