@@ -926,3 +926,48 @@ fn enable_all_and_remove_disabled() {
     let usage = run(&db, &["remove"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+/// `show NAME` prints one credential whole, its secret only when asked; an
+/// unknown name is an error naming the pool.
+#[test]
+fn show_prints_one_credential() {
+    let db = fresh_db("show");
+    ok(&run_with_stdin(
+        &db,
+        &[
+            "add",
+            "alice",
+            "--secret-stdin",
+            "--extra",
+            "cookie=1",
+            "--capacity",
+            "2",
+        ],
+        "hunter2-show\n",
+    ));
+    ok(&run(
+        &db,
+        &["disable", "alice", "--reason", "banned by the site"],
+    ));
+    let shown = ok(&run(&db, &["show", "alice"]));
+    for expected in ["alice", "disabled", "0/2", "banned by the site", "never"] {
+        assert!(shown.contains(expected), "{expected}: {shown}");
+    }
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["show", "alice", "-j"]))).unwrap();
+    assert_eq!(json["name"], "alice");
+    assert_eq!(json["capacity"], 2);
+    assert!(json.get("secret").is_none(), "{json}");
+    let revealed: serde_json::Value = serde_json::from_str(&ok(&run(
+        &db,
+        &["show", "alice", "--json", "--show-secrets"],
+    )))
+    .unwrap();
+    assert_eq!(revealed["secret"], "hunter2-show");
+    assert_eq!(revealed["extra"], "cookie=1");
+    fails(
+        &run(&db, &["show", "bob"]),
+        "no credential named \"bob\" in pool `default`",
+    );
+}

@@ -165,6 +165,19 @@ enum Command {
         show_secrets: bool,
     },
 
+    /// Show one credential: state, holders, uses, reason (never its secret unless --show-secrets).
+    #[command(after_help = "Examples:\n  credpool show alice\n  credpool show alice --json")]
+    Show {
+        /// The credential's name.
+        name: String,
+        /// Print JSON.
+        #[arg(short, long)]
+        json: bool,
+        /// Print its secret and extra text too.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+
     /// Remove a credential (refused while it is leased, unless --force).
     #[command(
         after_help = "Examples:\n  credpool remove alice\n  credpool remove --disabled        # every disabled credential, as twscrape's delete_inactive"
@@ -659,6 +672,11 @@ async fn execute<S: Store>(
             Ok(())
         }
         Command::Stats { json } => output::stats(&pool.stats().await?, json),
+        Command::Show {
+            name,
+            json,
+            show_secrets,
+        } => output::show(&pool, &name, json, show_secrets).await,
         Command::Watch {
             interval,
             interval_ms,

@@ -127,6 +127,72 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
     })
 }
 
+/// One credential, whole: its fields one a line (or JSON), never its
+/// secret unless asked.
+pub(crate) async fn show<S: Store>(
+    pool: &Pool<S>,
+    name: &str,
+    as_json: bool,
+    show_secrets: bool,
+) -> Outcome {
+    credpool::validate_name(name)?;
+    let Some(info) = pool.list().await?.into_iter().find(|c| c.name == name) else {
+        return Err(format!("no credential named {name:?} in pool `{}`", pool.name()).into());
+    };
+    let revealed = if show_secrets {
+        pool.reveal().await?.into_iter().find(|c| c.name() == name)
+    } else {
+        None
+    };
+    if as_json {
+        let mut row = info_json(&info);
+        if let Some(credential) = &revealed {
+            row["secret"] = json!(credential.secret().expose());
+            row["extra"] = json!(credential.extra());
+        }
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&row).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let now = SystemTime::now();
+    let mut lines = vec![
+        ("name", printable(&info.name)),
+        ("state", info.state.label().to_string()),
+        ("held", format!("{}/{}", info.holders, info.capacity)),
+        (
+            "last used",
+            info.last_used_at
+                .map_or_else(|| "never".to_string(), |at| ago(now, at)),
+        ),
+        ("uses", info.use_count.to_string()),
+        ("added", ago(now, info.created_at)),
+        (
+            "extra",
+            if info.has_extra { "yes" } else { "none" }.to_string(),
+        ),
+    ];
+    match &info.state {
+        CredentialState::CoolingDown { until } => lines.push((
+            "cooling for",
+            span(until.duration_since(now).unwrap_or_default()),
+        )),
+        CredentialState::Disabled { reason } => lines.push(("reason", printable(reason))),
+        _ => {}
+    }
+    if let Some(credential) = &revealed {
+        lines.push(("secret", printable(credential.secret().expose())));
+        if let Some(extra) = credential.extra() {
+            lines.push(("extra text", printable(extra)));
+        }
+    }
+    for (key, value) in lines {
+        outln!("{:<12} {value}", format!("{key}:"));
+    }
+    Ok(())
+}
+
 fn info_json(c: &CredentialInfo) -> Value {
     let (reason, until) = match &c.state {
         CredentialState::Disabled { reason } => (Some(reason.clone()), None),
