@@ -971,3 +971,38 @@ fn show_prints_one_credential() {
         "no credential named \"bob\" in pool `default`",
     );
 }
+
+/// `demo --lease-ttl` sets how long its leases live: those of a demo killed
+/// with SIGKILL come back after that TTL, not the store's 5 minutes.
+#[test]
+fn a_killed_demos_leases_come_back_after_its_lease_ttl() {
+    let db = fresh_db("demo-ttl");
+    ok(&run(&db, &["init"]));
+    let mut demo = credpool(&db)
+        .args(["demo", "--workers", "1", "--credentials", "1"])
+        .args(["--work-ms", "60000..60000", "--lease-ttl", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let listed = run(&db, &["list", "-j"]);
+        listed.status.success() && text(&listed.stdout).contains("\"holders\": 1")
+    });
+    assert!(held, "the demo took its lease");
+    demo.kill().unwrap(); // SIGKILL
+    demo.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        pool.acquire_timeout(Duration::from_secs(20))
+            .await
+            .expect("the killed demo's lease came back after its TTL")
+            .release()
+            .await
+            .unwrap();
+    });
+    assert!(killed_at.elapsed() < Duration::from_secs(20));
+}

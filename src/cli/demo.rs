@@ -26,6 +26,11 @@ pub(crate) struct DemoArgs {
     /// until Ctrl-C, SIGTERM or SIGHUP).
     #[arg(long, value_parser = super::duration::parse, value_name = "DURATION")]
     duration: Option<Duration>,
+    /// How long a lease lives unless renewed: a killed demo's leases come
+    /// back after this, e.g. 30s (default: the store's, 5 minutes on a
+    /// file or Postgres, none in memory).
+    #[arg(long, value_parser = super::duration::parse_positive, value_name = "DURATION")]
+    pub(crate) lease_ttl: Option<Duration>,
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {

@@ -589,7 +589,11 @@ async fn run(args: Args) -> Outcome {
             // Only these may create a store; the rest open a ready one and
             // never create, adopt or migrate it (list must not write).
             let create = matches!(command, Command::Init | Command::Demo(_));
-            with_pool!(&place, name, create, |pool| {
+            let ttl = match &command {
+                Command::Demo(demo_args) => demo_args.lease_ttl,
+                _ => None,
+            };
+            with_pool!(&place, name, create, ttl, |pool| {
                 execute(pool, &place, existed, command).await
             })
         }
