@@ -1006,3 +1006,38 @@ fn a_killed_demos_leases_come_back_after_its_lease_ttl() {
     });
     assert!(killed_at.elapsed() < Duration::from_secs(20));
 }
+
+/// `demo --credentials N` on a pool that has credentials says it is ignored,
+/// and changes nothing in the pool.
+#[test]
+fn demo_says_when_credentials_is_ignored() {
+    let db = fresh_db("demo-given-count");
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin"],
+        "pw\n",
+    ));
+    let demo = run(
+        &db,
+        &[
+            "demo",
+            "--credentials",
+            "50",
+            "--workers",
+            "1",
+            "--duration",
+            "200ms",
+        ],
+    );
+    ok(&demo);
+    let stderr = text(&demo.stderr);
+    assert!(stderr.contains("--credentials 50 is ignored"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["stats", "-j"]))).unwrap();
+    assert_eq!(stats["total"], 1);
+    let quiet = run(&db, &["demo", "--workers", "1", "--duration", "200ms"]);
+    assert!(
+        !text(&quiet.stderr).contains("is ignored"),
+        "{}",
+        text(&quiet.stderr)
+    );
+}

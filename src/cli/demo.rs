@@ -16,9 +16,10 @@ pub(crate) struct DemoArgs {
     /// How many workers run at once.
     #[arg(long, default_value_t = 300)]
     workers: usize,
-    /// How many demo credentials to create when the pool is empty.
-    #[arg(long, default_value_t = 100)]
-    credentials: usize,
+    /// How many demo credentials to create when the pool is empty
+    /// [default: 100].
+    #[arg(long)]
+    credentials: Option<usize>,
     /// How long one piece of work takes, in milliseconds: MIN..MAX.
     #[arg(long, default_value = "20..200", value_parser = parse_range)]
     work_ms: (u64, u64),
@@ -109,17 +110,21 @@ async fn count_failed_release<S: Store>(
     }
 }
 
+/// How many credentials a demo makes in an empty pool, unless told.
+const DEFAULT_CREDENTIALS: usize = 100;
+
 pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) -> Outcome {
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
     let before = pool.stats().await?;
     if before.total == 0 {
-        if args.credentials == 0 {
+        let credentials = args.credentials.unwrap_or(DEFAULT_CREDENTIALS);
+        if credentials == 0 {
             return Err("the pool is empty and --credentials is 0: nothing to hand out".into());
         }
         let mut rng = fastrand::Rng::new();
-        let demo = (1..=args.credentials).map(|i| {
+        let demo = (1..=credentials).map(|i| {
             let secret: String = std::iter::repeat_with(|| rng.alphanumeric())
                 .take(16)
                 .collect();
@@ -127,11 +132,17 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
         });
         pool.add_many_skip_existing(demo).await?;
         eprintln!(
-            "created {} demo credentials in {} (remove them to start over)",
-            args.credentials,
+            "created {credentials} demo credentials in {} (remove them to start over)",
             place.describe()
         );
     } else {
+        if let Some(asked) = args.credentials {
+            eprintln!(
+                "--credentials {asked} is ignored: the pool has {} credentials already \
+                 (remove them, or pick another pool with --pool)",
+                before.total
+            );
+        }
         eprintln!(
             "using the {} credentials in {}",
             before.total,
