@@ -247,15 +247,7 @@ impl NewCredential {
                 format!("must be at most {MAX_CAPACITY}"),
             )));
         }
-        if self.secret.expose().is_empty() {
-            return Err(with_name(InvalidInput::new("secret", "must not be empty")));
-        }
-        if self.secret.expose().contains('\0') {
-            return Err(with_name(InvalidInput::new(
-                "secret",
-                "contains a NUL byte, which a store cannot keep",
-            )));
-        }
+        check_secret(&self.secret).map_err(with_name)?;
         if self
             .extra
             .as_deref()
@@ -264,12 +256,6 @@ impl NewCredential {
             return Err(with_name(InvalidInput::new(
                 "extra",
                 "contains a NUL byte, which a store cannot keep",
-            )));
-        }
-        if self.secret.expose().len() > MAX_SECRET_BYTES {
-            return Err(with_name(InvalidInput::new(
-                "secret",
-                format!("longer than {MAX_SECRET_BYTES} bytes"),
             )));
         }
         if let Some(extra) = &self.extra {
@@ -282,6 +268,22 @@ impl NewCredential {
         }
         Ok(())
     }
+}
+
+/// The rules of a secret, for a new credential and a new secret alike: not
+/// empty, no NUL byte, at most [`MAX_SECRET_BYTES`].
+pub(crate) fn check_secret(secret: &Secret) -> std::result::Result<(), InvalidInput> {
+    let secret = secret.expose();
+    let reason = if secret.is_empty() {
+        "must not be empty".to_string()
+    } else if secret.contains('\0') {
+        "contains a NUL byte, which a store cannot keep".to_string()
+    } else if secret.len() > MAX_SECRET_BYTES {
+        format!("longer than {MAX_SECRET_BYTES} bytes")
+    } else {
+        return Ok(());
+    };
+    Err(InvalidInput::new("secret", reason))
 }
 
 impl fmt::Debug for NewCredential {

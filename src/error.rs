@@ -248,16 +248,18 @@ impl From<InvalidInput> for Error {
 impl Error {
     /// Attaches a batch position to an error about one entry of a batch.
     pub(crate) fn at_entry(self, index: usize) -> Self {
+        self.with_entry(Some(index))
+    }
+
+    /// Sets (or, with `None`, takes away: one credential is no batch) the
+    /// batch position of an error about one entry.
+    pub(crate) fn with_entry(self, entry: Option<usize>) -> Self {
         match self {
             Error::InvalidInput(mut invalid) => {
-                invalid.entry = Some(index);
+                invalid.entry = entry;
                 Error::InvalidInput(invalid)
             }
-            Error::DuplicateName { name, pool, .. } => Error::DuplicateName {
-                name,
-                pool,
-                entry: Some(index),
-            },
+            Error::DuplicateName { name, pool, .. } => Error::DuplicateName { name, pool, entry },
             other => other,
         }
     }

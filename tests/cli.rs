@@ -44,6 +44,16 @@ fn run_with_stdin(db: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Adds the credential `alice` with `secret`, as a user would.
+#[track_caller]
+fn add_alice(db: &Path, secret: &str) {
+    ok(&run_with_stdin(
+        db,
+        &["add", "alice", "--secret-stdin"],
+        secret,
+    ));
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -511,11 +521,7 @@ fn flags_beat_the_environment() {
 fn write_errors_on_stdout_fail_the_command() {
     let db = fresh_db("dev-full");
     ok(&run(&db, &["init"]));
-    ok(&run_with_stdin(
-        &db,
-        &["add", "alice", "--secret-stdin"],
-        "s\n",
-    ));
+    add_alice(&db, "s\n");
     for args in [
         &["list"][..],
         &["stats", "--json"],
@@ -751,11 +757,7 @@ fn every_duration_flag_reads_one_format() {
 #[test]
 fn logs_show_acquires_and_releases_but_never_a_secret() {
     let db = fresh_db("logs");
-    ok(&run_with_stdin(
-        &db,
-        &["add", "alice", "--secret-stdin"],
-        "hunter2-secret\n",
-    ));
+    add_alice(&db, "hunter2-secret\n");
     let demo = ["demo", "--workers", "2", "--duration", "300ms"];
     let quiet = ok_output(credpool(&db).args(demo).env_remove("RUST_LOG"));
     assert!(!quiet.contains("acquired"), "{quiet}");
@@ -826,11 +828,7 @@ fn completions_and_the_manual_page() {
 #[test]
 fn invisible_names_and_blank_reasons_are_refused() {
     let db = fresh_db("blank");
-    ok(&run_with_stdin(
-        &db,
-        &["add", "alice", "--secret-stdin"],
-        "pw\n",
-    ));
+    add_alice(&db, "pw\n");
     let spaced = run_with_stdin(&db, &["add", " bob", "--secret-stdin"], "pw\n");
     assert_eq!(spaced.status.code(), Some(1));
     assert!(
@@ -1012,11 +1010,7 @@ fn a_killed_demos_leases_come_back_after_its_lease_ttl() {
 #[test]
 fn demo_says_when_credentials_is_ignored() {
     let db = fresh_db("demo-given-count");
-    ok(&run_with_stdin(
-        &db,
-        &["add", "alice", "--secret-stdin"],
-        "pw\n",
-    ));
+    add_alice(&db, "pw\n");
     let demo = run(
         &db,
         &[

@@ -634,18 +634,7 @@ impl<S: Store> Pool<S> {
         self.add_many([credential])
             .await
             .map(|_| ())
-            .map_err(|error| match error {
-                Error::InvalidInput(mut invalid) => {
-                    invalid.entry = None;
-                    Error::InvalidInput(invalid)
-                }
-                Error::DuplicateName { name, pool, .. } => Error::DuplicateName {
-                    name,
-                    pool,
-                    entry: None,
-                },
-                other => other,
-            })
+            .map_err(|error| error.with_entry(None))
     }
 
     /// Adds many credentials, all or nothing; returns how many were added.
@@ -839,9 +828,12 @@ impl<S: Store> Pool<S> {
     pub async fn update_secret(&self, name: &str, secret: impl Into<Secret>) -> Result<()> {
         validate_name(name)?;
         let secret = secret.into();
-        // The secret's rules; the name's are those of a lookup (a name from
-        // before the rule against surrounding spaces still works).
-        NewCredential::new(name.trim(), secret.clone()).validate()?;
+        // A lookup's name rules (a name from before the rule against
+        // surrounding spaces still takes a new secret), a new secret's rules.
+        crate::credential::check_secret(&secret).map_err(|mut invalid| {
+            invalid.name = Some(name.to_string());
+            Error::from(invalid)
+        })?;
         self.after_earlier_work().await;
         self.shared.store.update_secret(name, secret).await
     }

@@ -18,6 +18,7 @@ use crate::time::now_ms;
 
 use super::connections::Conn;
 use super::leases::{grant_from_at, ms, transient, Inner};
+use super::rows::Columns;
 
 /// How soon the first waiter polls again after a poll that failed for a
 /// reason that passes (a deadlock with another store, a lost connection).
@@ -28,7 +29,6 @@ const LIGHT_POLL_WITHIN: i64 = 50;
 /// How many of the lowest tickets seated here a poll claims for: those
 /// served first; one beyond them is claimed at a later poll.
 const CLAIMABLE_BY_POLL: usize = 1024;
-use super::rows::Columns;
 
 impl Inner {
     /// Takes a ticket for a grant that found nothing free, and seats its

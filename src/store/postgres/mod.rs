@@ -25,10 +25,10 @@
 //!   a poll) goes to the lowest live ticket as a lease held until a short
 //!   claim deadline (the ticket TTL). A release while tickets wait hands its
 //!   unit on in its own statement, and claims it there when the ticket's
-//!   waiter is seated in this store. The ticket's store claims the others at once when it
-//!   handed them out itself, or when a `NOTIFY` addressed to it arrives (one
-//!   listening connection per store); its first waiter also polls every
-//!   [`DEFAULT_POLL_INTERVAL`], renewing the store's tickets. The
+//!   waiter is seated in this store. The ticket's store claims the others
+//!   at once when it handed them out itself, or when a `NOTIFY` addressed to
+//!   it arrives (one listening connection per store); its first waiter also
+//!   polls every [`DEFAULT_POLL_INTERVAL`], renewing the store's tickets. The
 //!   statements that hand out, renew and end tickets take the schema's line
 //!   lock first; a release takes rows in the same order (credential, then
 //!   ticket) and waits for none while it holds a ticket, so none deadlock
