@@ -379,8 +379,8 @@ fn a_short_torture_run_finds_nothing_wrong() {
             "8",
             "--kill-every",
             "0.8",
-            "--ttl-ms",
-            "700",
+            "--lease-ttl",
+            "700ms",
         ],
     ));
     common::assert_clean_torture_report(&report);

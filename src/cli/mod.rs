@@ -96,6 +96,13 @@ struct Args {
     #[arg(long, global = true, default_value = "default")]
     pool: String,
 
+    /// How long a waiter's ticket in the store's waiting line outlives its
+    /// last heartbeat (SQLite and Postgres; e.g. 1s, 500ms): a killed
+    /// process's waiters hold up the others for at most this long
+    /// [default: 3s; torture: its --lease-ttl].
+    #[arg(long, global = true, value_parser = duration::parse_positive, value_name = "DURATION")]
+    ticket_ttl: Option<Duration>,
+
     /// More log lines on stderr: -v what changes, -vv every acquire and
     /// release, -vvv everything (RUST_LOG, when set, decides instead).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -413,7 +420,7 @@ impl Place {
         path: &Path,
         pool: &str,
         create: bool,
-        ttl: Option<Duration>,
+        tuning: Tuning,
     ) -> Result<Pool<SqliteStore>, Failure> {
         if !create && !path.exists() {
             return Err(Failure(format!(
@@ -422,18 +429,18 @@ impl Place {
             )));
         }
         let shared_before = shared_mode(path);
-        let store = SqliteStore::options(path)
-            .pool(pool)
-            .create(create)
-            .open()
-            .await?;
+        let mut options = SqliteStore::options(path).pool(pool).create(create);
+        if let Some(ttl) = tuning.ticket_ttl {
+            options = options.ticket_ttl(ttl);
+        }
+        let store = options.open().await?;
         if shared_before && !shared_mode(path) {
             eprintln!(
                 "note: {} was readable by other users; credpool made it private (mode 0600) before writing secrets to it",
                 path.display()
             );
         }
-        Ok(with_ttl(store, ttl))
+        Ok(tuning.pool(store))
     }
 
     #[cfg(feature = "postgres")]
@@ -441,14 +448,15 @@ impl Place {
         url: &str,
         schema: &str,
         pool: &str,
-        ttl: Option<Duration>,
+        tuning: Tuning,
     ) -> Result<Pool<credpool::store::postgres::PostgresStore>, Failure> {
-        let store = credpool::store::postgres::PostgresStore::options_url(url)?
+        let mut options = credpool::store::postgres::PostgresStore::options_url(url)?
             .schema(schema)
-            .pool(pool)
-            .open()
-            .await?;
-        Ok(with_ttl(store, ttl))
+            .pool(pool);
+        if let Some(ttl) = tuning.ticket_ttl {
+            options = options.ticket_ttl(ttl);
+        }
+        Ok(tuning.pool(options.open().await?))
     }
 }
 
@@ -467,11 +475,23 @@ fn shared_mode(path: &Path) -> bool {
     }
 }
 
-/// A pool over `store`, with the lease TTL given, or the store's default.
-fn with_ttl<S: Store>(store: S, ttl: Option<Duration>) -> Pool<S> {
-    match ttl {
-        Some(ttl) => Pool::builder(store).lease_ttl(ttl).build(),
-        None => Pool::new(store),
+/// The times a command sets on the store and pool it opens; `None` leaves
+/// the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tuning {
+    /// The lease TTL of the pool's leases.
+    pub(crate) lease_ttl: Option<Duration>,
+    /// The ticket TTL of a store that keeps a waiting line.
+    pub(crate) ticket_ttl: Option<Duration>,
+}
+
+impl Tuning {
+    /// A pool over `store`, with the lease TTL asked for, or the store's default.
+    fn pool<S: Store>(self, store: S) -> Pool<S> {
+        match self.lease_ttl {
+            Some(ttl) => Pool::builder(store).lease_ttl(ttl).build(),
+            None => Pool::new(store),
+        }
     }
 }
 
@@ -485,21 +505,21 @@ pub(crate) struct ChildPlace {
 /// whichever store it is (the body is compiled once per store type).
 macro_rules! with_pool {
     ($place:expr, $name:expr, $create:expr, |$pool:ident| $body:expr) => {
-        with_pool!($place, $name, $create, None, |$pool| $body)
+        with_pool!($place, $name, $create, Tuning::default(), |$pool| $body)
     };
-    ($place:expr, $name:expr, $create:expr, $ttl:expr, |$pool:ident| $body:expr) => {
+    ($place:expr, $name:expr, $create:expr, $tuning:expr, |$pool:ident| $body:expr) => {
         match $place {
             Place::File(path) => {
-                let $pool = Place::open_file(path, $name, $create, $ttl).await?;
+                let $pool = Place::open_file(path, $name, $create, $tuning).await?;
                 $body
             }
             Place::Memory => {
-                let $pool = with_ttl(credpool::MemoryStore::with_pool_name($name), $ttl);
+                let $pool = $tuning.pool(credpool::MemoryStore::with_pool_name($name));
                 $body
             }
             #[cfg(feature = "postgres")]
             Place::Postgres { url, schema } => {
-                let $pool = Place::open_postgres(url, schema, $name, $ttl).await?;
+                let $pool = Place::open_postgres(url, schema, $name, $tuning).await?;
                 $body
             }
         }
@@ -571,16 +591,26 @@ async fn run(args: Args) -> Outcome {
                 Ok(())
             })
         }
-        Command::Torture(torture_args) => {
+        Command::Torture(mut torture_args) => {
             let name = format!("torture-{}", std::process::id());
-            let ttl = Some(torture_args.ttl());
-            with_pool!(&place, &name, true, ttl, |pool| {
+            // A killed worker's tickets hold the line up no longer than its
+            // leases stay out, unless asked otherwise.
+            let ticket_ttl = args.ticket_ttl.unwrap_or(torture_args.ttl());
+            torture_args.ticket_ttl = Some(ticket_ttl);
+            let tuning = Tuning {
+                lease_ttl: Some(torture_args.ttl()),
+                ticket_ttl: Some(ticket_ttl),
+            };
+            with_pool!(&place, &name, true, tuning, |pool| {
                 torture::run(pool, &place, torture_args).await
             })
         }
         Command::TortureWorker(worker_args) => {
-            let ttl = Some(worker_args.ttl());
-            with_pool!(&place, name, false, ttl, |pool| {
+            let tuning = Tuning {
+                lease_ttl: Some(worker_args.ttl()),
+                ticket_ttl: args.ticket_ttl,
+            };
+            with_pool!(&place, name, false, tuning, |pool| {
                 torture::worker(pool, worker_args).await
             })
         }
@@ -589,11 +619,14 @@ async fn run(args: Args) -> Outcome {
             // Only these may create a store; the rest open a ready one and
             // never create, adopt or migrate it (list must not write).
             let create = matches!(command, Command::Init | Command::Demo(_));
-            let ttl = match &command {
-                Command::Demo(demo_args) => demo_args.lease_ttl,
-                _ => None,
+            let tuning = Tuning {
+                lease_ttl: match &command {
+                    Command::Demo(demo_args) => demo_args.lease_ttl,
+                    _ => None,
+                },
+                ticket_ttl: args.ticket_ttl,
             };
-            with_pool!(&place, name, create, ttl, |pool| {
+            with_pool!(&place, name, create, tuning, |pool| {
                 execute(pool, &place, existed, command).await
             })
         }

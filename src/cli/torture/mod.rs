@@ -60,9 +60,16 @@ pub(crate) struct TortureArgs {
     /// How often to run --restart-command: 60s, 2m, or seconds.
     #[arg(long, requires = "restart_command", value_parser = super::duration::parse_positive, value_name = "DURATION")]
     restart_every: Option<Duration>,
-    /// The lease TTL, in milliseconds: how long a killed worker's leases stay out.
-    #[arg(long, default_value_t = 1500)]
-    ttl_ms: u64,
+    /// The lease TTL (1500ms, 2s): how long a killed worker's leases stay
+    /// out; a killed worker's tickets live as long, unless --ticket-ttl says.
+    #[arg(long, default_value = "1500ms", value_parser = lease_ttl, value_name = "DURATION")]
+    pub(crate) lease_ttl: Duration,
+    /// The lease TTL in milliseconds (the older spelling of --lease-ttl).
+    #[arg(long, hide = true, conflicts_with = "lease_ttl", value_parser = clap::value_parser!(u64).range(100..))]
+    ttl_ms: Option<u64>,
+    /// The ticket TTL the workers use (the global --ticket-ttl).
+    #[arg(skip)]
+    pub(crate) ticket_ttl: Option<Duration>,
     /// Keep the workers' logs in this folder (default: a temporary folder, removed).
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -72,9 +79,22 @@ pub(crate) struct TortureArgs {
 }
 
 impl TortureArgs {
+    /// The lease TTL asked for, by either spelling.
     pub(crate) fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms.max(100))
+        self.ttl_ms.map_or(self.lease_ttl, Duration::from_millis)
     }
+}
+
+/// A lease TTL for the torture: at least credpool's shortest.
+fn lease_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = super::duration::parse_positive(text)?;
+    if ttl < credpool::MIN_LEASE_TTL {
+        return Err(format!(
+            "{text} is shorter than the shortest lease TTL, {:?}",
+            credpool::MIN_LEASE_TTL
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Starts workers: processes running `credpool torture-worker`, or tasks.
@@ -87,6 +107,7 @@ struct Workers<S: Store> {
     tasks: usize,
     until_ms: u64,
     ttl_ms: u64,
+    ticket_ttl: Option<Duration>,
     seed: AtomicU64,
     started: usize,
 }
@@ -150,6 +171,11 @@ impl<S: Store> Workers<S> {
             .args(["--until-ms", &args.until_ms.to_string()])
             .args(["--ttl-ms", &args.ttl_ms.to_string()])
             .args(["--seed", &args.seed.to_string()])
+            .args(
+                self.ticket_ttl
+                    .into_iter()
+                    .flat_map(|ttl| ["--ticket-ttl".to_string(), format!("{}ms", ttl.as_millis())]),
+            )
             .stdin(std::process::Stdio::null())
             .spawn()
             .map(Running::Process)
@@ -177,6 +203,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
             .unwrap_or_default()
             .as_millis() as u64,
         ttl_ms: args.ttl().as_millis() as u64,
+        ticket_ttl: args.ticket_ttl,
         seed: AtomicU64::new(seed),
         started: 0,
     };
