@@ -236,6 +236,46 @@ async fn many_stores_opening_one_new_schema_at_once_all_succeed() {
     assert_eq!(i64::from(version), SCHEMA_VERSION);
 }
 
+/// A schema of version 3 (before the stores' heartbeats had a table of
+/// their own) is migrated when a store opens it: its credentials stay, and
+/// its waiting line works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_schema_is_migrated_and_its_line_works() {
+    let schema = fresh_schema("from_v3");
+    let pool = pool_in(&schema, &["kept"]).await;
+    drop(pool);
+    raw()
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".ticket_owners;
+             UPDATE \"{schema}\".schema_version SET version = 3;"
+        ))
+        .await
+        .unwrap();
+    let pool = Pool::new(open(&schema).await);
+    let version: i32 = raw()
+        .await
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(i64::from(version), SCHEMA_VERSION);
+    let held = pool.acquire().await.unwrap();
+    assert_eq!(held.credential().name(), "kept");
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(10)).await }
+    });
+    eventually("the waiter has a ticket", async || {
+        tickets_in(&schema).await == 1
+    })
+    .await;
+    assert_eq!(pool.stats().await.unwrap().waiters, 1);
+    held.release().await.unwrap();
+    let lease = waiter.await.unwrap().unwrap();
+    assert_eq!(lease.credential().name(), "kept");
+}
+
 /// A waiter hears of a release made through another store (another process,
 /// as far as it knows) by NOTIFY, long before its next poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +472,93 @@ async fn tickets_in(schema: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Waits until `check` holds, for at most 10 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A waiter that gave up is passed over while its ticket's removal is on
+/// its way. Here a foreign transaction holds the ticket's row, so the
+/// removal waits for it; a release meanwhile hands its credential to the
+/// next waiter instead of to the ticket that left (which would keep it
+/// until the removal), and never waits for that row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_passes_over_a_ticket_whose_waiter_left() {
+    let schema = fresh_schema("left_ticket");
+    let pool = pool_in(&schema, &["only"]).await;
+    let held = pool.acquire().await.unwrap();
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await }
+    });
+    eventually("the first waiter has a ticket", async || {
+        tickets_in(&schema).await == 1
+    })
+    .await;
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
+    });
+    eventually("the second waiter has a ticket", async || {
+        tickets_in(&schema).await == 2
+    })
+    .await;
+    let mut foreign = raw().await;
+    let transaction = foreign.transaction().await.unwrap();
+    transaction
+        .query(
+            &format!("SELECT id FROM \"{schema}\".tickets ORDER BY id LIMIT 1 FOR UPDATE"),
+            &[],
+        )
+        .await
+        .unwrap();
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let watcher = raw().await;
+    eventually(
+        "the ticket's removal waits for the foreign lock",
+        async || {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%tickets%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            waiting == 1
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), held.release())
+        .await
+        .expect("the release waited for the ticket that left")
+        .unwrap();
+    let lease = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the credential went to the ticket that left, not to the next waiter")
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.credential().name(), "only");
+    transaction.rollback().await.unwrap();
+    lease.release().await.unwrap();
+    eventually("the ticket that left is gone", async || {
+        tickets_in(&schema).await == 0
+    })
+    .await;
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(
+        (stats.available, stats.leases, stats.waiters),
+        (1, 0, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,7 +816,7 @@ fn a_short_torture_run_finds_nothing_wrong() {
         .args(["--url", &url(), "--schema", &schema])
         .args(["torture", "--faults", "--duration", "5", "--processes", "3"])
         .args(["--tasks", "8"])
-        .args(["--kill-every", "0.8", "--ttl-ms", "700"])
+        .args(["--kill-every", "0.8", "--lease-ttl", "700ms"])
         .env_remove("CREDPOOL_DB")
         .output()
         .unwrap();

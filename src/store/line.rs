@@ -15,7 +15,7 @@
 // Only the shared stores keep a line; the memory store uses none of it.
 #![cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -45,6 +45,10 @@ impl fmt::Debug for Leaving {
 /// How long a ticket lives without a heartbeat, and how long a credential
 /// handed to a ticket in another process waits to be claimed, by default.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(3);
+
+/// How many of the tickets leaving a hand-off passes over by name.
+#[cfg(feature = "postgres")]
+const LEAVING_PASSED_OVER: usize = 64;
 
 /// What a grant does when nothing is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +113,10 @@ pub(crate) struct Line {
     /// This store among all that share the waiting line.
     owner: i64,
     seats: Mutex<BTreeMap<u64, Place>>,
+    /// Tickets whose waiter left, until their removal commits: nothing is
+    /// handed to them meanwhile (a lease handed to one would wait for that
+    /// removal, and under load a line of them would take every lease).
+    leaving: Mutex<BTreeSet<u64>>,
 }
 
 impl fmt::Debug for Line {
@@ -130,6 +138,7 @@ impl Line {
         Arc::new(Self {
             owner: owner_number(),
             seats: Mutex::default(),
+            leaving: Mutex::default(),
         })
     }
 
@@ -185,6 +194,44 @@ impl Line {
     /// Whether any waiter is seated here.
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().is_empty()
+    }
+
+    /// Marks `ticket` as leaving: its waiter is gone and its removal on the
+    /// way. Until [`left`](Self::left), nothing is handed to it.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn leaving(&self, ticket: u64) {
+        self.leaving_lock().insert(ticket);
+    }
+
+    /// The removal of `ticket` has committed (or failed; the ticket then
+    /// expires without its heartbeat).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn left(&self, ticket: u64) {
+        self.leaving_lock().remove(&ticket);
+    }
+
+    /// The `count` lowest tickets leaving, lowest first: the ones a hand-off
+    /// would otherwise meet first.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn first_leaving(&self, count: usize) -> Vec<u64> {
+        self.leaving_lock().iter().take(count).copied().collect()
+    }
+
+    /// The lowest tickets leaving, as a statement's array: those a hand-off
+    /// would meet first (one beyond them is met, and waits for its removal).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn leaving_ids(&self) -> Vec<i64> {
+        self.first_leaving(LEAVING_PASSED_OVER)
+            .into_iter()
+            .map(|ticket| ticket as i64)
+            .collect()
+    }
+
+    #[cfg(feature = "postgres")]
+    fn leaving_lock(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Hands `grant` to the waiter of `ticket`. Fails, giving the grant

@@ -519,6 +519,7 @@ impl Inner {
         let claimable = self.line.first_tickets(CLAIMABLE_IN_RELEASE);
         let ttl = self.line.any_ttl().flatten().map(ms);
         let claimable_ids: Vec<i64> = claimable.iter().map(|&ticket| ticket as i64).collect();
+        let leaving = self.line.leaving_ids();
         let row = conn
             .client
             .query_opt(
@@ -533,6 +534,7 @@ impl Inner {
                     &claimable_ids,
                     &self.channel,
                     &ttl,
+                    &leaving,
                 ],
             )
             .await?;

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
-use crate::store::{GrantAttempt, Receipt, Undelivered};
+use crate::store::{GrantAttempt, Line, Receipt, Undelivered};
 use crate::time::now_ms;
 
 use super::connections::Conn;
@@ -40,13 +40,21 @@ impl Inner {
         retry_at: Option<SystemTime>,
     ) -> Result<GrantAttempt> {
         let conn = self.connections.get().await?;
-        let row = conn
+        // The first ticket after a while renews the store's heartbeat too,
+        // so that it is alive from the start; the first waiter's polls keep
+        // it so.
+        let beat = self.heartbeat_due();
+        let taken = conn
             .client
             .query_one(
                 &self.sql.take_ticket(),
-                &[&self.pool, &self.line.owner(), &self.ticket_ttl],
+                &[&self.pool, &self.line.owner(), &self.ticket_ttl, &beat],
             )
-            .await?;
+            .await;
+        if beat && taken.is_err() {
+            self.last_heartbeat.store(0, Ordering::Relaxed);
+        }
+        let row = taken?;
         let ticket = row.unsigned(0, "tickets.id")?;
         let seat = self.line.seat(ticket, ttl);
         if row.column::<bool>(1, "free")? {
@@ -65,6 +73,7 @@ impl Inner {
         // Asking again is needed only when another transaction handed out
         // the lowest ticket as this one looked; a few times is plenty.
         let mut again = 8;
+        let leaving = self.line.leaving_ids();
         loop {
             let handed = conn
                 .client
@@ -75,6 +84,7 @@ impl Inner {
                         &self.ticket_ttl,
                         &self.line.owner(),
                         &self.channel,
+                        &leaving,
                     ],
                 )
                 .await?;
@@ -218,25 +228,39 @@ impl Inner {
         Ok(())
     }
 
-    /// Renews the tickets seated here when that is due; a seat whose ticket
-    /// is gone (it expired while this process stalled) loses its seat, and
-    /// its waiter takes a new ticket.
-    async fn renew_tickets(&self, conn: &Conn) -> Result<()> {
+    /// Whether this store's heartbeat is due (a quarter of the ticket TTL
+    /// since the last); when it is, the caller renews it, and this counts
+    /// as renewed now.
+    fn heartbeat_due(&self) -> bool {
         let now = now_ms();
         let last = self.last_heartbeat.load(Ordering::Relaxed);
-        if now - last < self.ticket_ttl / 4 || self.line.is_empty() {
+        now - last >= self.ticket_ttl / 4
+            && self
+                .last_heartbeat
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Renews this store's heartbeat, and so its tickets, when that is due;
+    /// a seat whose ticket is gone (it expired while this process stalled)
+    /// loses its seat, and its waiter takes a new ticket.
+    async fn renew_tickets(&self, conn: &Conn) -> Result<()> {
+        if self.line.is_empty() || !self.heartbeat_due() {
             return Ok(());
         }
-        self.last_heartbeat.store(now, Ordering::Relaxed);
         let seated = self.line.tickets();
         let ids: Vec<i64> = seated.iter().map(|&ticket| ticket as i64).collect();
         let renewed = conn
             .client
             .query(
                 &self.sql.renew_tickets(),
-                &[&self.pool, &ids, &self.ticket_ttl],
+                &[&self.pool, &self.line.owner(), &self.ticket_ttl, &ids],
             )
-            .await?;
+            .await;
+        if renewed.is_err() {
+            self.last_heartbeat.store(0, Ordering::Relaxed);
+        }
+        let renewed = renewed?;
         let mut alive = std::collections::HashSet::with_capacity(renewed.len());
         for row in renewed {
             alive.insert(row.unsigned(0, "tickets.id")?);
@@ -268,13 +292,19 @@ impl Inner {
 
     /// Removes a ticket whose waiter gave up; a lease already handed to it
     /// goes back (and on to the next ticket).
+    ///
+    /// The caller marked the ticket leaving ([`Line::leaving`]), so that no
+    /// hand-off meets it meanwhile; it stops being so here, however this
+    /// ends.
     pub(super) async fn leave_line(self: &Arc<Self>, ticket: u64) -> Result<()> {
         let _work = self.background.begin();
-        let conn = self.connections.get().await?;
-        let row = conn
-            .client
-            .query_opt(&self.sql.leave(), &[&(ticket as i64), &self.pool])
-            .await?;
+        let row = {
+            let _left = Left(&self.line, ticket);
+            let conn = self.connections.get().await?;
+            conn.client
+                .query_opt(&self.sql.leave(), &[&(ticket as i64), &self.pool])
+                .await?
+        };
         let Some(row) = row else {
             return Ok(());
         };
@@ -285,7 +315,6 @@ impl Inner {
                 CredentialId::new(credential as u64),
                 LeaseId::new(lease as u64),
             );
-            drop(conn);
             self.release_until_done(
                 token,
                 crate::credential::ReleaseOutcome::Success,
@@ -305,5 +334,15 @@ impl Inner {
             .query_one(&self.sql.waiting_tickets(), &[&self.pool])
             .await?;
         row.unsigned(0, "count")
+    }
+}
+
+/// Ends a ticket's leaving in its line when dropped: its removal has
+/// committed, failed, or was given up.
+struct Left<'a>(&'a Line, u64);
+
+impl Drop for Left<'_> {
+    fn drop(&mut self) {
+        self.0.left(self.1);
     }
 }

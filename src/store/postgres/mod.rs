@@ -469,6 +469,8 @@ impl Leases for PostgresStore {
     }
 
     fn leave_line(&self, ticket: u64, leaving: Leaving) {
+        // Passed over by hand-offs from now until its removal commits.
+        self.inner.line.leaving(ticket);
         let inner = self.inner.clone();
         self.inner.spawn_background(async move {
             if let Err(error) = inner.leave_line(ticket).await {

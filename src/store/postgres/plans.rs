@@ -35,19 +35,23 @@ fn statements(sql: &Sql) -> Vec<(&'static str, String, &'static str)> {
         (
             "release_handing",
             sql.release_handing.clone(),
-            "1, 1, 'default', NULL, NULL, 3000, ARRAY[1, 2]::bigint[], 'credpool', 300000",
+            "1, 1, 'default', NULL, NULL, 3000, ARRAY[1, 2]::bigint[], 'credpool', 300000, ARRAY[3]::bigint[]",
         ),
         ("renew", sql.renew.clone(), "1, 1, 'default', 300000"),
         ("reclaim", sql.reclaim.clone(), "'default'"),
         ("busy", sql.busy.clone(), "'default'"),
-        ("serve", sql.serve.clone(), "'default', 3000, 1, 'credpool'"),
+        (
+            "serve",
+            sql.serve.clone(),
+            "'default', 3000, 1, 'credpool', ARRAY[3]::bigint[]",
+        ),
         ("claim", sql.claim.clone(), "1, 300000, 'default'"),
-        ("take_ticket", sql.take_ticket(), "'default', 1, 3000"),
+        ("take_ticket", sql.take_ticket(), "'default', 1, 3000, true"),
         ("expire_tickets", sql.expire_tickets(), "'default'"),
         (
             "renew_tickets",
             sql.renew_tickets(),
-            "'default', ARRAY[1, 2]::bigint[], 3000",
+            "'default', 1, 3000, ARRAY[1, 2]::bigint[]",
         ),
         (
             "claim_handed",

@@ -3,16 +3,27 @@
 //! Each state change is one statement, so it is one transaction and one
 //! round trip. Times are the server's clock, in milliseconds since the UNIX
 //! epoch, so machines whose clocks disagree still agree on expiries.
+//!
+//! The waiting line takes no lock of its own. A ticket's row is locked
+//! only by the statements that hand it a credential, claim it or remove
+//! it: a store's heartbeat renews one row of its own, in `ticket_owners`.
+//! So a ticket another transaction holds is on its way out of the line,
+//! and a hand-off skips it for the next: releases hand out side by side,
+//! in ticket order. None of them waits for another row while it holds a
+//! ticket (a release locks its credential first, `serve` skips locked
+//! credentials), so they never deadlock.
 
 /// The server's time in milliseconds, fixed for the whole statement (its
 /// start).
 const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 /// The server's time in milliseconds when the expression is evaluated: for
-/// the times the line's statements write after waiting for the line lock
-/// or a row, so that a lease granted after a wait still lives its whole TTL.
+/// the times the line's statements write after waiting for a row, so that a lease granted after a wait still lives its whole TTL.
 const CLOCK: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 use super::batch::MAX_BATCH;
+
+/// How a heartbeat ([`Sql::beat`]) meets the store's row.
+const ON_BEAT: &str = "ON CONFLICT (pool, owner) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 
 /// The statements, for one schema.
 #[derive(Debug)]
@@ -39,7 +50,8 @@ pub(crate) struct Sql {
     /// ms, `$7` the tickets seated in this store that a release may claim
     /// (its lowest seated ones; a ticket taken but not seated yet is not
     /// among them), `$8` channel, `$9` the TTL in ms of this store's leases
-    /// (NULL: none). When the release has no outcome and the credential
+    /// (NULL: none), `$10` tickets of this store whose waiters left (passed
+    /// over: their removal is on its way). When the release has no outcome and the credential
     /// could be handed out (enabled, not cooling down), its unit goes
     /// straight to the lowest live ticket: a ticket in `$7` is claimed (it
     /// goes, and the lease lives `$9`), any other is handed the lease until
@@ -61,19 +73,22 @@ pub(crate) struct Sql {
     /// and when the next cool-down ends and the next lease expires.
     pub(crate) busy: String,
     /// `$1` pool, `$2` claim deadline in ms, `$3` this store's owner number,
-    /// `$4` channel. Hands one free credential to the lowest
+    /// `$4` channel, `$5` tickets of this store whose waiters left (passed
+    /// over). Hands one free credential to the lowest
     /// live ticket without a lease, as a lease that expires at the claim
     /// deadline; notifies the ticket's store (`OWNER:POOL`) when it is another. Returns the
-    /// ticket's id and owner, and `false`. The lowest ticket is locked, not
-    /// skipped, so that the line keeps its order: when another transaction
-    /// handed it out meanwhile, the one row says `true`, to ask again. No
+    /// ticket's id and owner, and `false`. It locks the credential first and
+    /// then the lowest ticket that no other transaction holds (one held is
+    /// being handed a credential, or removed), so hand-offs run side by
+    /// side. When it handed nothing though tickets wait and a credential is
+    /// free (others held them), the one row says `true`, to ask again. No
     /// row when no ticket waits or nothing is free.
     pub(crate) serve: String,
     /// `$1` ticket, `$2` TTL in ms (NULL: none), `$3` pool. Claims the lease
     /// handed to a ticket: the ticket goes, the lease lives its TTL from now.
     /// Returns the grant's columns, as `acquire`, all NULL when the lease is
     /// gone; no row when the ticket was not there to claim (another call of
-    /// this store claimed it, or it expired). It takes no line lock: the
+    /// this store claimed it, or it expired). It never waits: the
     /// ticket is this store's and holds a lease, which no other statement
     /// but the store's own claims and the skipping expiry touches, and the
     /// lease is not yet anyone's, so it never waits while holding a row.
@@ -81,10 +96,10 @@ pub(crate) struct Sql {
     pub(crate) credentials: String,
     pub(crate) leases: String,
     pub(crate) tickets: String,
-    /// A condition that holds the schema's line lock for the rest of the
-    /// transaction: every statement that changes tickets takes it first, so
-    /// that they never deadlock and hand out tickets in order.
-    gate: String,
+    /// The stores that have tickets, each with its heartbeat's expiry.
+    pub(crate) owners: String,
+    /// The condition on a row of `tickets` that it waits for a credential.
+    waiting: String,
     /// Whether a credential has a unit free now.
     free_now: String,
 }
@@ -95,7 +110,17 @@ impl Sql {
         let credentials = format!("\"{schema}\".credentials");
         let leases = format!("\"{schema}\".leases");
         let tickets = format!("\"{schema}\".tickets");
-        let gate = line_gate(schema);
+        let owners = format!("\"{schema}\".ticket_owners");
+        // A ticket that waits for a credential: none handed to it yet, and
+        // its store alive (its heartbeat renews the store's row in
+        // `ticket_owners`, never the ticket's own row, so that no heartbeat
+        // holds a ticket that a hand-off would have to skip or wait for).
+        let waiting = format!(
+            "{tickets}.lease_id IS NULL
+             AND EXISTS (SELECT 1 FROM {owners} AS o
+                         WHERE o.pool = {tickets}.pool AND o.owner = {tickets}.owner
+                           AND o.expires_at > {NOW})"
+        );
         // A credential with a unit free now: what acquire and the line hand out.
         let usable = format!(
             "disabled_reason IS NULL AND holders < capacity
@@ -115,10 +140,8 @@ impl Sql {
               ORDER BY id LIMIT 1) IS NOT NULL"
         );
         // No newcomer takes a credential while a ticket waits in line.
-        let line_empty = format!(
-            "NOT EXISTS (SELECT 1 FROM {tickets}
-                         WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW})"
-        );
+        let line_empty =
+            format!("NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting})");
         Self {
             acquire: format!(
                 "WITH picked AS (
@@ -209,7 +232,7 @@ impl Sql {
                  )
                  SELECT back.name,
                         EXISTS (SELECT 1 FROM {tickets}
-                                WHERE pool = $3 AND lease_id IS NULL AND expires_at > {NOW})
+                                WHERE pool = $3 AND {waiting})
                  FROM back"
             ),
             release_handing: format!(
@@ -227,18 +250,17 @@ impl Sql {
                      WHERE c.id = (SELECT credential_id FROM gone)
                      FOR UPDATE
                  ),
-                 -- No line lock: a release waits for no row while it holds
-                 -- a ticket, and takes the others' rows in the order the
-                 -- line's statements do (credential, then ticket; they skip
-                 -- locked credentials), so releases hand out side by side.
-                 -- A ticket another release locked and handed out is passed
-                 -- over after the wait, for the next one.
+                 -- The credential is locked before the ticket, and a ticket
+                 -- another transaction holds is being handed a credential
+                 -- or removed: it is skipped, so releases hand out side by
+                 -- side, each to the lowest ticket still free.
                  next AS (
                      SELECT id, owner FROM {tickets}
                      WHERE (SELECT usable FROM freed)
-                       AND pool = $3 AND lease_id IS NULL AND expires_at > {NOW}
+                       AND pool = $3 AND {waiting}
+                       AND NOT (id = ANY($10::bigint[]))
                      ORDER BY id LIMIT 1
-                     FOR UPDATE
+                     FOR UPDATE SKIP LOCKED
                  ),
                  back AS (
                      UPDATE {credentials} AS c
@@ -279,7 +301,8 @@ impl Sql {
                         leased.id, leased.acquired_at, leased.expires_at,
                         next.id IS NULL
                         AND EXISTS (SELECT 1 FROM {tickets}
-                                    WHERE pool = $3 AND lease_id IS NULL AND expires_at > {NOW}),
+                                    WHERE pool = $3 AND {waiting}
+                                      AND NOT (id = ANY($10::bigint[]))),
                         (SELECT count(*) FROM handed) + (SELECT count(*) FROM claimed)
                  FROM back CROSS JOIN freed
                  LEFT JOIN next ON true
@@ -320,25 +343,26 @@ impl Sql {
                       WHERE pool = $1 AND expires_at IS NOT NULL)"
             ),
             serve: format!(
-                "WITH next AS (
-                     SELECT id, owner FROM {tickets}
-                     WHERE {gate} AND pool = $1 AND lease_id IS NULL AND expires_at > {NOW}
-                     ORDER BY id LIMIT 1
-                     FOR UPDATE
-                 ),
-                 picked AS (
+                "WITH picked AS (
                      SELECT id FROM {credentials}
                      WHERE pool = $1 AND {usable}
-                       AND EXISTS (SELECT 1 FROM next)
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
+                     FOR UPDATE SKIP LOCKED
+                 ),
+                 next AS (
+                     SELECT id, owner FROM {tickets}
+                     WHERE EXISTS (SELECT 1 FROM picked)
+                       AND pool = $1 AND {waiting}
+                       AND NOT (id = ANY($5::bigint[]))
+                     ORDER BY id LIMIT 1
                      FOR UPDATE SKIP LOCKED
                  ),
                  marked AS (
                      UPDATE {credentials} AS c
                      SET holders = c.holders + 1, last_used_at = {NOW},
                          use_count = c.use_count + 1, cooling_until = NULL
-                     WHERE c.id = (SELECT id FROM picked)
+                     WHERE c.id = (SELECT id FROM picked) AND EXISTS (SELECT 1 FROM next)
                      RETURNING c.id
                  ),
                  leased AS (
@@ -359,9 +383,10 @@ impl Sql {
                  FROM handed
                  UNION ALL
                  SELECT NULL, NULL, NULL, true
-                 WHERE NOT EXISTS (SELECT 1 FROM next)
+                 WHERE NOT EXISTS (SELECT 1 FROM handed)
                    AND EXISTS (SELECT 1 FROM {tickets}
-                               WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW})
+                               WHERE pool = $1 AND {waiting}
+                                 AND NOT (id = ANY($5::bigint[])))
                    AND {free_now}"
             ),
             claim: format!(
@@ -384,56 +409,83 @@ impl Sql {
             credentials,
             leases,
             tickets,
-            gate,
+            owners,
+            waiting,
             free_now,
         }
     }
 
-    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms. Takes a ticket at the
-    /// end of the line; returns its id, and whether a credential is free
-    /// (one that came free since the grant looked).
+    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` whether to renew
+    /// this store's heartbeat too (the first ticket after a while without
+    /// one). Takes a ticket at the end of the line; returns its id, and
+    /// whether a credential is free (one that came free since the grant
+    /// looked).
     pub(crate) fn take_ticket(&self) -> String {
         format!(
-            "WITH taken AS (
-                 INSERT INTO {} (pool, owner, expires_at) VALUES ($1, $2, {NOW} + $3::bigint)
+            "WITH beat AS (
+                 {beat} WHERE $4::boolean {on_beat}
+             ),
+             taken AS (
+                 INSERT INTO {tickets} (pool, owner, expires_at) VALUES ($1, $2, {NOW} + $3::bigint)
                  RETURNING id
              )
-             SELECT id, {} FROM taken",
-            self.tickets, self.free_now
+             SELECT id, {free_now} FROM taken",
+            beat = self.beat(),
+            on_beat = ON_BEAT,
+            tickets = self.tickets,
+            free_now = self.free_now
         )
     }
 
-    /// `$1` pool. Ends the tickets nobody renews, and those whose handed
-    /// lease is gone (its claim deadline passed, its credential removed);
-    /// skips those another transaction holds, so that two stores ending
-    /// tickets at once never deadlock.
+    /// The start of the statement that renews a store's heartbeat, `$1`
+    /// pool, `$2` owner, `$3` ticket TTL in ms; a `WHERE` may follow, then
+    /// [`ON_BEAT`].
+    fn beat(&self) -> String {
+        format!(
+            "INSERT INTO {} (pool, owner, expires_at) SELECT $1, $2, {CLOCK} + $3::bigint",
+            self.owners
+        )
+    }
+
+    /// `$1` pool. Ends the tickets of stores whose heartbeat stopped, and
+    /// those whose handed lease is gone (its claim deadline passed, its
+    /// credential removed); skips those another transaction holds (they
+    /// are being handed out, claimed or removed), so that it never waits.
+    /// Forgets the stores whose heartbeat stopped a minute ago.
     pub(crate) fn expire_tickets(&self) -> String {
         format!(
-            "DELETE FROM {tickets} WHERE id IN (
-                 SELECT id FROM {tickets} WHERE {gate} AND pool = $1
-                   AND (expires_at <= {NOW}
-                        OR (lease_id IS NOT NULL
-                            AND NOT EXISTS (SELECT 1 FROM {leases}
-                                            WHERE {leases}.id = {tickets}.lease_id)))
+            "WITH forgotten AS (
+                 DELETE FROM {owners} WHERE pool = $1 AND expires_at <= {NOW} - 60000
+             )
+             DELETE FROM {tickets} WHERE id IN (
+                 SELECT id FROM {tickets} WHERE pool = $1
+                   AND CASE WHEN lease_id IS NULL
+                            THEN NOT {waiting}
+                            ELSE expires_at <= {NOW}
+                                 OR NOT EXISTS (SELECT 1 FROM {leases}
+                                                WHERE {leases}.id = {tickets}.lease_id) END
                  ORDER BY id
                  FOR UPDATE SKIP LOCKED)",
+            owners = self.owners,
             tickets = self.tickets,
             leases = self.leases,
-            gate = self.gate
+            waiting = self.waiting,
         )
     }
 
-    /// `$1` pool, `$2` ticket ids, `$3` ticket TTL in ms. Renews the tickets,
-    /// locking them in id order; returns the ids of those that still exist.
+    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` ticket ids. The
+    /// store's heartbeat: its tickets live another TTL. It writes one row,
+    /// the store's own, and no ticket, so it never waits for a hand-off nor
+    /// holds one up. Returns the ids of the tickets that still exist.
     pub(crate) fn renew_tickets(&self) -> String {
         format!(
-            "UPDATE {tickets} SET expires_at = {CLOCK} + $3::bigint
-             WHERE id IN (SELECT id FROM {tickets}
-                          WHERE {gate} AND pool = $1 AND id = ANY($2::bigint[])
-                          ORDER BY id FOR UPDATE)
-             RETURNING id",
+            "WITH beat AS (
+                 {beat} {on_beat}
+             )
+             SELECT id FROM {tickets} WHERE pool = $1 AND id = ANY($4::bigint[])",
+            beat = self.beat(),
+            on_beat = ON_BEAT,
             tickets = self.tickets,
-            gate = self.gate
         )
     }
 
@@ -448,7 +500,7 @@ impl Sql {
         format!(
             "WITH mine AS (
                  DELETE FROM {tickets}
-                 WHERE {gate} AND pool = $1 AND owner = $2 AND lease_id IS NOT NULL
+                 WHERE pool = $1 AND owner = $2 AND lease_id IS NOT NULL
                    AND id = ANY($4::bigint[])
                  RETURNING id, lease_id
              ),
@@ -465,13 +517,12 @@ impl Sql {
             tickets = self.tickets,
             leases = self.leases,
             credentials = self.credentials,
-            gate = self.gate
         )
     }
 
     /// `$1` ticket, `$2` pool. Removes a ticket; returns the lease handed to
     /// it, if any, and its credential. It locks one row and waits for nothing
-    /// while it holds it, so it needs no line lock.
+    /// while it holds it.
     pub(crate) fn leave(&self) -> String {
         format!(
             "DELETE FROM {} WHERE id = $1 AND pool = $2 RETURNING lease_id, credential_id",
@@ -482,8 +533,8 @@ impl Sql {
     /// `$1` pool. How many tickets wait, in every store.
     pub(crate) fn waiting_tickets(&self) -> String {
         format!(
-            "SELECT count(*) FROM {} WHERE pool = $1 AND lease_id IS NULL AND expires_at > {NOW}",
-            self.tickets
+            "SELECT count(*) FROM {} WHERE pool = $1 AND {}",
+            self.tickets, self.waiting
         )
     }
 
@@ -579,15 +630,6 @@ impl Sql {
     }
 }
 
-/// The condition that takes the line lock of `schema` (see `Sql::gate`):
-/// an uncorrelated subquery, so it runs once, before the statement locks a row.
-fn line_gate(schema: &str) -> String {
-    format!(
-        "(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(
-             hashtextextended('credpool line {schema}', 0))) AS line_lock) = 1"
-    )
-}
-
 /// The schema's tables: entry `n` takes a schema from version `n` to `n + 1`.
 pub(crate) fn migrations(schema: &str) -> Vec<String> {
     vec![
@@ -615,6 +657,16 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
                  WHERE disabled_reason IS NULL AND cooling_until IS NOT NULL;
              CREATE INDEX credentials_enabled ON \"{schema}\".credentials (pool, id)
                  WHERE disabled_reason IS NULL;"
+        ),
+        // 3 -> 4: a store's heartbeat keeps all its tickets alive in one row
+        // of its own, rather than in each ticket's row, which hand-offs lock.
+        format!(
+            "CREATE TABLE \"{schema}\".ticket_owners (
+                 pool       text   NOT NULL,
+                 owner      bigint NOT NULL,
+                 expires_at bigint NOT NULL,
+                 PRIMARY KEY (pool, owner)
+             );"
         ),
     ]
 }
