@@ -174,17 +174,26 @@ pub struct NewCredential {
     pub(crate) secret: Secret,
     pub(crate) extra: Option<String>,
     pub(crate) capacity: u32,
+    pub(crate) disabled: Option<String>,
 }
 
 impl NewCredential {
-    /// A credential with capacity 1 and no extra text.
+    /// A credential with capacity 1 and no extra text, enabled.
     pub fn new(name: impl Into<String>, secret: impl Into<Secret>) -> Self {
         Self {
             name: name.into(),
             secret: secret.into(),
             extra: None,
             capacity: 1,
+            disabled: None,
         }
+    }
+
+    /// Adds the credential disabled, for this reason (as an export
+    /// recorded it): it is not handed out until enabled.
+    pub fn disabled(mut self, reason: impl Into<String>) -> Self {
+        self.disabled = Some(reason.into());
+        self
     }
 
     /// Sets the extra text (a cookie, say).
@@ -248,6 +257,16 @@ impl NewCredential {
             )));
         }
         check_secret(&self.secret).map_err(with_name)?;
+        if self
+            .disabled
+            .as_deref()
+            .is_some_and(|reason| reason.trim().is_empty())
+        {
+            return Err(with_name(InvalidInput::new(
+                "disabled",
+                "a disabled credential needs a reason: say why it is disabled",
+            )));
+        }
         if self
             .extra
             .as_deref()
@@ -467,6 +486,23 @@ impl StateKind {
         } else {
             StateKind::Available
         }
+    }
+}
+
+/// A pool in a store, and how many credentials it holds
+/// ([`Pool::pools`](crate::Pool::pools)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolSummary {
+    /// The pool's name.
+    pub name: String,
+    /// Credentials in the pool.
+    pub credentials: u64,
+}
+
+impl PoolSummary {
+    pub(crate) fn new(name: String, credentials: u64) -> Self {
+        Self { name, credentials }
     }
 }
 

@@ -10,8 +10,8 @@ pub mod store;
 mod time;
 
 pub use credential::{
-    validate_name, Credential, CredentialInfo, CredentialState, NewCredential, ReleaseOutcome,
-    Secret, Stats, StoredCredential, MAX_CAPACITY, MAX_EXTRA_BYTES, MAX_NAME_BYTES,
+    validate_name, Credential, CredentialInfo, CredentialState, NewCredential, PoolSummary,
+    ReleaseOutcome, Secret, Stats, StoredCredential, MAX_CAPACITY, MAX_EXTRA_BYTES, MAX_NAME_BYTES,
     MAX_SECRET_BYTES, MIN_LEASE_TTL,
 };
 pub use error::{Error, InvalidInput, Result};

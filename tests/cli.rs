@@ -340,7 +340,7 @@ fn demo_stops_gracefully_on(signal: &str) {
         .expect("a grant count in the summary");
     assert!(grants > 40, "the demo did work: {stdout}");
     let stats: serde_json::Value =
-        serde_json::from_str(&ok(&run(&db, &["stats", "--json"]))).unwrap();
+        serde_json::from_str(&ok(&run(&db, &["--pool", "demo", "stats", "--json"]))).unwrap();
     assert_eq!(stats["leases"], 0, "the store has no lease left");
     assert_eq!(stats["total"], 8);
 }
@@ -620,7 +620,10 @@ fn a_removed_credential_is_reported_as_removed() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1200));
-    ok(&run(&db, &["remove", "demo-0001", "--force"]));
+    ok(&run(
+        &db,
+        &["--pool", "demo", "remove", "demo-0001", "--force"],
+    ));
     let output = demo.wait_with_output().unwrap();
     let stdout = text(&output.stdout);
     assert!(stdout.contains("the credential was removed"), "{stdout}");
@@ -970,27 +973,49 @@ fn show_prints_one_credential() {
     );
 }
 
+/// Starts a one-worker demo in the default pool of `db` (with `args`),
+/// waits until its worker holds its lease, and kills it with SIGKILL.
+/// Returns the name of the credential it held.
+fn kill_a_demo_holding_a_lease(db: &Path, args: &[&str]) -> String {
+    let mut demo = credpool(db)
+        .args(["--pool", "default", "demo", "--workers", "1"])
+        .args(["--credentials", "1", "--work-ms", "60000..60000"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut held = None;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        let listed = run(db, &["list", "-j"]);
+        if !listed.status.success() {
+            continue;
+        }
+        let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+        if let Some(entry) = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["holders"] == 1)
+        {
+            held = Some(entry["name"].as_str().unwrap().to_string());
+            break;
+        }
+    }
+    let held = held.expect("the demo took its lease");
+    demo.kill().unwrap(); // SIGKILL
+    demo.wait().unwrap();
+    held
+}
+
 /// `demo --lease-ttl` sets how long its leases live: those of a demo killed
 /// with SIGKILL come back after that TTL, not the store's 5 minutes.
 #[test]
 fn a_killed_demos_leases_come_back_after_its_lease_ttl() {
     let db = fresh_db("demo-ttl");
     ok(&run(&db, &["init"]));
-    let mut demo = credpool(&db)
-        .args(["demo", "--workers", "1", "--credentials", "1"])
-        .args(["--work-ms", "60000..60000", "--lease-ttl", "1s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let held = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        let listed = run(&db, &["list", "-j"]);
-        listed.status.success() && text(&listed.stdout).contains("\"holders\": 1")
-    });
-    assert!(held, "the demo took its lease");
-    demo.kill().unwrap(); // SIGKILL
-    demo.wait().unwrap();
+    kill_a_demo_holding_a_lease(&db, &["--lease-ttl", "1s"]);
     let killed_at = std::time::Instant::now();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -1005,6 +1030,36 @@ fn a_killed_demos_leases_come_back_after_its_lease_ttl() {
     assert!(killed_at.elapsed() < Duration::from_secs(20));
 }
 
+/// `revoke NAME` frees at once the credential a killed process held: no
+/// wait for the 5-minute lease TTL.
+#[test]
+fn revoke_frees_what_a_killed_process_held() {
+    let db = fresh_db("revoke");
+    ok(&run(&db, &["init"]));
+    let name = kill_a_demo_holding_a_lease(&db, &[]);
+    let revoked = ok(&run(&db, &["revoke", &name]));
+    assert!(revoked.contains("revoked 1 lease"), "{revoked}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        let lease = pool
+            .acquire_timeout(Duration::from_secs(2))
+            .await
+            .expect("the revoked credential is free at once");
+        assert_eq!(lease.credential().name(), name);
+        lease.release().await.unwrap();
+    });
+    let again = ok(&run(&db, &["revoke", &name]));
+    assert!(again.contains("no lease out"), "{again}");
+    let unknown = run(&db, &["revoke", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        text(&unknown.stderr).contains("nobody"),
+        "{}",
+        text(&unknown.stderr)
+    );
+}
+
 /// `demo --credentials N` on a pool that has credentials says it is ignored,
 /// and changes nothing in the pool.
 #[test]
@@ -1014,6 +1069,8 @@ fn demo_says_when_credentials_is_ignored() {
     let demo = run(
         &db,
         &[
+            "--pool",
+            "default",
             "demo",
             "--credentials",
             "50",
@@ -1028,10 +1085,282 @@ fn demo_says_when_credentials_is_ignored() {
     assert!(stderr.contains("--credentials 50 is ignored"), "{stderr}");
     let stats: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["stats", "-j"]))).unwrap();
     assert_eq!(stats["total"], 1);
-    let quiet = run(&db, &["demo", "--workers", "1", "--duration", "200ms"]);
+    let quiet = run(
+        &db,
+        &[
+            "--pool",
+            "default",
+            "demo",
+            "--workers",
+            "1",
+            "--duration",
+            "200ms",
+        ],
+    );
     assert!(
         !text(&quiet.stderr).contains("is ignored"),
         "{}",
         text(&quiet.stderr)
     );
+}
+
+/// Without `--pool`, `demo` works in a pool of its own, `demo`: the real
+/// credentials of the default pool are neither used nor joined by demo rows.
+#[test]
+fn demo_keeps_to_a_pool_of_its_own() {
+    let db = fresh_db("demo-own-pool");
+    add_alice(&db, "pw\n");
+    ok(&run(
+        &db,
+        &[
+            "demo",
+            "--workers",
+            "2",
+            "--credentials",
+            "3",
+            "--duration",
+            "300ms",
+        ],
+    ));
+    let default: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["list", "-j"]))).unwrap();
+    let default = default.as_array().unwrap();
+    assert_eq!(default.len(), 1, "{default:?}");
+    assert_eq!(default[0]["name"], "alice");
+    assert_eq!(
+        default[0]["use_count"], 0,
+        "the demo used a real credential"
+    );
+    let demo: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["--pool", "demo", "stats", "-j"]))).unwrap();
+    assert_eq!(demo["total"], 3, "{demo}");
+}
+
+/// `export --show-secrets` writes credpool's own JSON that `import` reads
+/// back exactly: capacity, extra text, disabled state and reason. A file it
+/// is redirected to is made private first. Without the flag no secret is
+/// written, and importing that says why nothing was imported.
+#[test]
+fn export_and_import_round_trip() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = fresh_db("export");
+    add_alice(&db, "alice-secret-1\n");
+    ok(&run_with_stdin(
+        &db,
+        &[
+            "add",
+            "bot-7",
+            "--secret-stdin",
+            "--capacity",
+            "4",
+            "--extra",
+            "session=cookie-7",
+        ],
+        "bot-secret-7\n",
+    ));
+    ok(&run(
+        &db,
+        &["disable", "bot-7", "--reason", "banned until May"],
+    ));
+    let file = db.with_extension("export.json");
+    let _ = std::fs::remove_file(&file);
+    std::fs::write(&file, "").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = credpool(&db)
+        .args(["export", "--show-secrets"])
+        .stdout(std::fs::OpenOptions::new().write(true).open(&file).unwrap())
+        .output()
+        .unwrap();
+    ok(&output);
+    assert!(
+        text(&output.stderr).contains("private"),
+        "{}",
+        text(&output.stderr)
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the export file is readable by others: {mode:o}"
+    );
+    let exported = std::fs::read_to_string(&file).unwrap();
+    let entries: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(
+        entries,
+        serde_json::json!([
+            {"name": "alice", "secret": "alice-secret-1", "capacity": 1},
+            {"name": "bot-7", "secret": "bot-secret-7", "extra": "session=cookie-7",
+             "capacity": 4, "disabled": "banned until May"}
+        ])
+    );
+    let copy = fresh_db("export-copy");
+    ok(&run(&copy, &["import", file.to_str().unwrap()]));
+    assert_eq!(ok(&run(&copy, &["export", "--show-secrets"])), exported);
+    let shown = ok(&run(&copy, &["show", "bot-7", "-j"]));
+    assert!(shown.contains("banned until May"), "{shown}");
+
+    let bare = ok(&run(&db, &["export"]));
+    assert!(!bare.contains("secret"), "{bare}");
+    assert!(bare.contains("\"disabled\""), "{bare}");
+    let bare_file = db.with_extension("bare.json");
+    std::fs::write(&bare_file, &bare).unwrap();
+    let empty = fresh_db("export-bare");
+    ok(&run(&empty, &["init"]));
+    let refused = run(&empty, &["import", bare_file.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("--show-secrets") && stderr.contains("nothing was imported"),
+        "{stderr}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(&empty, &["stats", "-j"]))).unwrap();
+    assert_eq!(stats["total"], 0);
+}
+
+/// `pools` lists the pools of a store with their counts; `list` and `stats`
+/// of an empty pool, while others hold credentials, say so on stderr.
+#[test]
+fn pools_are_listed_and_an_empty_pool_says_where_the_credentials_are() {
+    let db = fresh_db("pools");
+    ok(&run_with_stdin(
+        &db,
+        &["--pool", "ops", "add", "alice", "--secret-stdin"],
+        "pw\n",
+    ));
+    ok(&run_with_stdin(
+        &db,
+        &["--pool", "ops", "add", "bob", "--secret-stdin"],
+        "pw\n",
+    ));
+    ok(&run_with_stdin(
+        &db,
+        &["--pool", "scrapers", "add", "carol", "--secret-stdin"],
+        "pw\n",
+    ));
+    let table = ok(&run(&db, &["pools"]));
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            vec!["POOL", "CREDENTIALS"],
+            vec!["ops", "2"],
+            vec!["scrapers", "1"]
+        ],
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["pools", "-j"]))).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"name": "ops", "credentials": 2}, {"name": "scrapers", "credentials": 1}])
+    );
+    for command in [&["list"][..], &["stats"], &["list", "-j"]] {
+        let output = run(&db, command);
+        ok(&output);
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains("pool `default` is empty")
+                && stderr.contains("`ops` (2)")
+                && stderr.contains("--pool"),
+            "{command:?}: {stderr}"
+        );
+    }
+    let named = run(&db, &["--pool", "ops", "list"]);
+    assert!(text(&named.stderr).is_empty(), "{}", text(&named.stderr));
+}
+
+/// The table's columns line up after wide (CJK) names: each takes two
+/// columns on a terminal a character.
+#[test]
+fn list_columns_align_after_wide_names() {
+    let db = fresh_db("wide-names");
+    for name in ["日本語のアカウント", "alice", "ünïcödé"] {
+        ok(&run_with_stdin(
+            &db,
+            &["add", name, "--secret-stdin"],
+            "pw\n",
+        ));
+    }
+    let table = ok(&run(&db, &["list"]));
+    let starts: Vec<usize> = table
+        .lines()
+        .map(|line| {
+            let at = line
+                .find("available")
+                .or_else(|| line.find("STATE"))
+                .unwrap_or_else(|| panic!("no state in {line:?}"));
+            unicode_width::UnicodeWidthStr::width(&line[..at])
+        })
+        .collect();
+    assert_eq!(starts.len(), 4, "{table}");
+    assert!(
+        starts.windows(2).all(|w| w[0] == w[1]),
+        "{starts:?}\n{table}"
+    );
+}
+
+/// `add --secret-stdin` at a terminal asks for the secret and does not show
+/// it as it is typed (run under `script`, which gives the command a
+/// terminal and records everything the terminal shows).
+#[test]
+fn a_secret_typed_at_a_terminal_is_not_shown() {
+    use std::io::Write;
+    let db = fresh_db("typed-secret");
+    ok(&run(&db, &["init"]));
+    let command = format!(
+        "{} --db {} add typed --secret-stdin",
+        env!("CARGO_BIN_EXE_credpool"),
+        db.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_remove("CREDPOOL_DB")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1), of util-linux, gives a command a terminal");
+    // Everything the terminal shows, as it comes.
+    let mut stdout = child.stdout.take().unwrap();
+    let (sender, shown) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buffer = [0u8; 256];
+        while let Ok(count) = stdout.read(&mut buffer) {
+            if count == 0 || sender.send(buffer[..count].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Typed once the prompt is there (and echo is off), as a person would.
+    let mut screen = Vec::new();
+    while !text(&screen).contains("not shown") {
+        let chunk = shown
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no prompt: {:?}", text(&screen)));
+        screen.extend(chunk);
+    }
+    // The prompt is written just before echo is turned off.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed-s3cr3t\n").unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    screen.extend(shown.try_iter().flatten());
+    let screen = text(&screen);
+    assert!(status.success(), "{screen}");
+    assert!(
+        !screen.contains("typed-s3cr3t"),
+        "the secret was shown: {screen:?}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let secret = runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        let lease = pool.acquire().await.unwrap();
+        lease.credential().secret().expose().to_string()
+    });
+    assert_eq!(secret, "typed-s3cr3t");
 }

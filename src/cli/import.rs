@@ -25,6 +25,8 @@ struct Entry {
     secret: Option<String>,
     extra: Option<String>,
     capacity: Option<u32>,
+    /// Why it is disabled; absent when it is enabled.
+    disabled: Option<String>,
 }
 
 /// An import file read and checked, not yet written.
@@ -199,6 +201,7 @@ fn convert(entry: Entry) -> Result<NewCredential, String> {
             secret: None,
             extra: None,
             capacity: None,
+            disabled: None,
         } => {
             let password = password.ok_or_else(|| format!("{username:?} has no \"password\""))?;
             Ok(NewCredential::new(username, password).maybe_extra(cookie))
@@ -208,14 +211,24 @@ fn convert(entry: Entry) -> Result<NewCredential, String> {
             secret,
             extra,
             capacity,
+            disabled,
             username: None,
             password: None,
             cookie: None,
         } => {
-            let secret = secret.ok_or_else(|| format!("{name:?} has no \"secret\""))?;
-            Ok(NewCredential::new(name, secret)
+            let secret = secret.ok_or_else(|| {
+                format!(
+                    "{name:?} has no \"secret\" (an export holds the secrets only when made \
+                     with --show-secrets)"
+                )
+            })?;
+            let credential = NewCredential::new(name, secret)
                 .maybe_extra(extra)
-                .capacity(capacity.unwrap_or(1)))
+                .capacity(capacity.unwrap_or(1));
+            Ok(match disabled {
+                Some(reason) => credential.disabled(reason),
+                None => credential,
+            })
         }
         Entry {
             username: Some(_),

@@ -92,9 +92,10 @@ struct Args {
     #[arg(long, global = true)]
     schema: Option<String>,
 
-    /// The pool within the store.
-    #[arg(long, global = true, default_value = "default")]
-    pool: String,
+    /// The pool within the store [default: default; demo: demo, so that a
+    /// demo never touches real credentials].
+    #[arg(long, global = true, value_name = "NAME")]
+    pool: Option<String>,
 
     /// How long a waiter's ticket in the store's waiting line outlives its
     /// last heartbeat (SQLite and Postgres; e.g. 1s, 500ms): a killed
@@ -149,7 +150,7 @@ enum Command {
 
     /// Import credentials from a JSON file ("-" for stdin), all or nothing.
     #[command(
-        after_help = "Formats, detected per entry:\n  aio-credentials-pool: [{\"username\": \"u\", \"password\": \"p\", \"cookie\": null}]\n  credpool:             [{\"name\": \"u\", \"secret\": \"p\", \"extra\": null, \"capacity\": 1}]\n\nExample:\n  credpool import accounts.json --skip-existing"
+        after_help = "Formats, detected per entry:\n  aio-credentials-pool: [{\"username\": \"u\", \"password\": \"p\", \"cookie\": null}]\n  credpool:             [{\"name\": \"u\", \"secret\": \"p\", \"extra\": null, \"capacity\": 1, \"disabled\": \"why\"}] (what export writes)\n\nExample:\n  credpool import accounts.json --skip-existing"
     )]
     Import {
         /// The file, or - for standard input.
@@ -185,6 +186,28 @@ enum Command {
         show_secrets: bool,
     },
 
+    /// List the pools in the store, with how many credentials each holds.
+    #[command(
+        after_help = "Examples:\n  credpool pools\n  credpool --url \"$CREDPOOL_URL\" pools -j"
+    )]
+    Pools {
+        /// Print JSON.
+        #[arg(short, long)]
+        json: bool,
+    },
+
+    /// Write the pool as credpool's own JSON, which import reads back exactly
+    /// (capacity, extra text, disabled state and reason); secrets and extra
+    /// text only with --show-secrets.
+    #[command(
+        after_help = "Examples:\n  credpool export --show-secrets > backup.json     # the file is made private (0600)\n  credpool --db new.db import backup.json"
+    )]
+    Export {
+        /// Include each secret and extra text (needed to import it again).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+
     /// Remove a credential (refused while it is leased, unless --force).
     #[command(
         after_help = "Examples:\n  credpool remove alice\n  credpool remove --disabled        # every disabled credential, as twscrape's delete_inactive"
@@ -209,6 +232,17 @@ enum Command {
         /// Why (shown by list).
         #[arg(long)]
         reason: String,
+    },
+
+    /// End a credential's leases now, e.g. those of a worker that was killed:
+    /// the credential is free at once, and a holder still alive fails to
+    /// release or renew (its lease is fenced).
+    #[command(
+        after_help = "Example:\n  credpool revoke alice      # the worker that held alice was killed with kill -9"
+    )]
+    Revoke {
+        /// The credential's name.
+        name: String,
     },
 
     /// Enable a disabled credential.
@@ -555,7 +589,11 @@ fn start_logging(verbose: u8, quiet: bool) {
 
 async fn run(args: Args) -> Outcome {
     let place = Place::from_args(&args)?;
-    let name = args.pool.as_str();
+    let name = match (&args.pool, &args.command) {
+        (Some(name), _) => name.as_str(),
+        (None, Command::Demo(_)) => "demo",
+        (None, _) => "default",
+    };
     if matches!(place, Place::Memory)
         && !matches!(args.command, Command::Demo(_) | Command::Torture(_))
     {
@@ -633,6 +671,28 @@ async fn run(args: Args) -> Outcome {
     }
 }
 
+/// When the pool is empty but others in the store are not, says so on
+/// stderr: a mistyped or forgotten `--pool` should not look like an empty
+/// store.
+async fn empty_pool_note<S: Store>(pool: &Pool<S>) -> Outcome {
+    let pools = pool.pools().await?;
+    if pools.iter().any(|other| other.name == pool.name()) {
+        return Ok(());
+    }
+    let others: Vec<String> = pools
+        .iter()
+        .map(|other| format!("`{}` ({})", other.name, other.credentials))
+        .collect();
+    if !others.is_empty() {
+        eprintln!(
+            "note: pool `{}` is empty; this store holds {}: pick one with --pool NAME",
+            pool.name(),
+            others.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs a command that needs nothing but the open pool.
 async fn execute<S: Store>(
     pool: Pool<S>,
@@ -653,7 +713,11 @@ async fn execute<S: Store>(
             }
             Ok(())
         }
-        Command::List { json, show_secrets } => output::list(&pool, json, show_secrets).await,
+        Command::List { json, show_secrets } => {
+            output::list(&pool, json, show_secrets).await?;
+            empty_pool_note(&pool).await
+        }
+        Command::Pools { json } => output::pools(&pool.pools().await?, place, json),
         Command::Remove {
             name,
             disabled,
@@ -689,6 +753,15 @@ async fn execute<S: Store>(
             outln!("disabled {name:?}");
             Ok(())
         }
+        Command::Revoke { name } => {
+            let ended = pool.revoke(&name).await?;
+            match ended {
+                0 => outln!("{name:?} had no lease out; nothing to revoke"),
+                1 => outln!("revoked 1 lease of {name:?}: it is free now"),
+                n => outln!("revoked {n} leases of {name:?}: it is free now"),
+            }
+            Ok(())
+        }
         Command::Enable { name, all } => {
             let names = match name {
                 Some(name) => vec![name],
@@ -708,7 +781,11 @@ async fn execute<S: Store>(
             }
             Ok(())
         }
-        Command::Stats { json } => output::stats(&pool.stats().await?, json),
+        Command::Stats { json } => {
+            output::stats(&pool.stats().await?, json)?;
+            empty_pool_note(&pool).await
+        }
+        Command::Export { show_secrets } => output::export(&pool, show_secrets).await,
         Command::Show {
             name,
             json,
@@ -766,12 +843,19 @@ async fn remove_one<S: Store>(pool: &Pool<S>, name: &str, force: bool) -> Outcom
 
 /// Reads a secret from stdin or an environment variable.
 fn read_secret(from_stdin: bool, from_env: Option<&str>) -> Result<String, Failure> {
+    use std::io::IsTerminal;
     let secret = match (from_stdin, from_env) {
         (_, Some(variable)) => std::env::var(variable).map_err(|_| {
             Failure(format!(
                 "environment variable {variable} is not set (or not UTF-8)"
             ))
         })?,
+        (true, None) if std::io::stdin().is_terminal() => {
+            // Typed at a terminal: asked for, and not shown as it is typed.
+            rpassword::prompt_password("secret (not shown): ").map_err(|error| {
+                Failure(format!("cannot read the secret from the terminal: {error}"))
+            })?
+        }
         (true, None) => {
             let mut secret = String::new();
             std::io::stdin()

@@ -12,22 +12,125 @@ use super::Outcome;
 /// The widest a name may print in a table.
 const NAME_WIDTH: usize = 40;
 
+/// `export`: the pool as credpool's own JSON, in the format `import` reads,
+/// one object a credential, in id order. With `show_secrets` each has its
+/// secret and extra text, and a file that standard output goes to is made
+/// private first.
+pub(crate) async fn export<S: Store>(pool: &Pool<S>, show_secrets: bool) -> Outcome {
+    let infos = pool.list().await?;
+    let secrets: HashMap<String, (String, Option<String>)> = if show_secrets {
+        make_stdout_private();
+        revealed(pool).await?
+    } else {
+        HashMap::new()
+    };
+    let entries: Vec<Value> = infos
+        .iter()
+        .map(|info| {
+            let mut entry = serde_json::Map::new();
+            entry.insert("name".into(), json!(info.name));
+            if let Some((secret, extra)) = secrets.get(&info.name) {
+                entry.insert("secret".into(), json!(secret));
+                if let Some(extra) = extra {
+                    entry.insert("extra".into(), json!(extra));
+                }
+            }
+            entry.insert("capacity".into(), json!(info.capacity));
+            if let CredentialState::Disabled { reason } = &info.state {
+                entry.insert("disabled".into(), json!(reason));
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// Each credential's secret and extra text, by name.
+async fn revealed<S: Store>(
+    pool: &Pool<S>,
+) -> Result<HashMap<String, (String, Option<String>)>, credpool::Error> {
+    Ok(pool
+        .reveal()
+        .await?
+        .into_iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                (
+                    c.secret().expose().to_string(),
+                    c.extra().map(str::to_string),
+                ),
+            )
+        })
+        .collect())
+}
+
+/// When standard output goes to a file that others may read (`> backup.json`
+/// under the usual umask), makes it readable by its owner only, before any
+/// secret is written to it.
+fn make_stdout_private() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let stdout = std::path::Path::new("/dev/stdout");
+        let Ok(meta) = std::fs::metadata(stdout) else {
+            return;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            match std::fs::set_permissions(stdout, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => eprintln!(
+                    "note: the file standard output goes to was readable by others; \
+                     credpool made it private (mode 0600) before writing secrets to it"
+                ),
+                Err(error) => eprintln!(
+                    "warning: the file standard output goes to is readable by others, and \
+                     credpool could not make it private ({error}): secrets follow"
+                ),
+            }
+        }
+    }
+}
+
+/// `pools`: each pool with how many credentials it holds.
+pub(crate) fn pools(
+    pools: &[credpool::PoolSummary],
+    place: &super::Place,
+    as_json: bool,
+) -> Outcome {
+    if as_json {
+        let rows: Vec<Value> = pools
+            .iter()
+            .map(|pool| json!({"name": pool.name, "credentials": pool.credentials}))
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    if pools.is_empty() {
+        outln!("{}: no pool holds a credential yet", place.describe());
+        return Ok(());
+    }
+    let mut rows = vec![vec!["POOL".to_string(), "CREDENTIALS".into()]];
+    rows.extend(
+        pools
+            .iter()
+            .map(|pool| vec![pool.name.clone(), pool.credentials.to_string()]),
+    );
+    print_table(&rows);
+    Ok(())
+}
+
 pub(crate) async fn list<S: Store>(pool: &Pool<S>, as_json: bool, show_secrets: bool) -> Outcome {
     let credentials = pool.list().await?;
     let secrets: HashMap<String, (String, Option<String>)> = if show_secrets {
-        pool.reveal()
-            .await?
-            .into_iter()
-            .map(|c| {
-                (
-                    c.name().to_string(),
-                    (
-                        c.secret().expose().to_string(),
-                        c.extra().map(str::to_string),
-                    ),
-                )
-            })
-            .collect()
+        make_stdout_private();
+        revealed(pool).await?
     } else {
         HashMap::new()
     };
@@ -244,32 +347,50 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
-pub(crate) fn shorten(name: &str) -> String {
-    if name.chars().count() <= NAME_WIDTH {
-        name.to_string()
-    } else {
-        let mut short: String = name.chars().take(NAME_WIDTH - 1).collect();
-        short.push('…');
-        short
-    }
+/// How many columns `text` takes on a terminal: two for a wide (CJK)
+/// character, none for a combining mark.
+pub(crate) fn columns(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
 }
 
+/// `name`, cut to at most [`NAME_WIDTH`] columns with an ellipsis.
+pub(crate) fn shorten(name: &str) -> String {
+    if columns(name) <= NAME_WIDTH {
+        return name.to_string();
+    }
+    let mut short = String::new();
+    let mut used = 0;
+    for c in name.chars() {
+        let width = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + width > NAME_WIDTH - 1 {
+            break;
+        }
+        used += width;
+        short.push(c);
+    }
+    short.push('…');
+    short
+}
+
+/// Prints rows as a table, each column as wide as its widest cell on a
+/// terminal, so that columns line up after wide (CJK) names too.
 pub(crate) fn print_table(rows: &[Vec<String>]) {
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+    let count = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..count)
+        .map(|i| rows.iter().map(|row| columns(&row[i])).max().unwrap_or(0))
         .collect();
     for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        outln!("{}", line.join("  ").trim_end());
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            if !line.is_empty() {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(
+                ' ',
+                width.saturating_sub(columns(cell)),
+            ));
+        }
+        outln!("{}", line.trim_end());
     }
 }

@@ -54,6 +54,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Every lease of a credential was ended by an operator
+    /// ([`Pool::revoke`](crate::Pool::revoke)).
+    Revoked {
+        /// The credential's name.
+        name: Arc<str>,
+        /// How many leases were ended.
+        leases: u32,
+    },
     /// A credential was enabled.
     Enabled {
         /// The credential's name.

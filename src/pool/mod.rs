@@ -816,6 +816,57 @@ impl<S: Store> Pool<S> {
         Ok(())
     }
 
+    /// Every pool in this pool's store that holds a credential, by name,
+    /// with how many it holds: to find the pool one meant when this one is
+    /// empty.
+    pub async fn pools(&self) -> Result<Vec<crate::PoolSummary>> {
+        self.shared.store.pools().await
+    }
+
+    /// Ends every lease of a credential now (Vault's word): for a holder
+    /// that was killed and will never give it back, when waiting for its
+    /// lease TTL is too long. The leases are fenced: a holder that is alive
+    /// after all fails to release or renew with
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost). The credential goes to
+    /// the next waiter, in any process. Returns how many leases were ended.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{Error, MemoryStore, NewCredential, Pool};
+    /// let pool = Pool::new(MemoryStore::new());
+    /// pool.add(NewCredential::new("alice", "hunter2")).await?;
+    /// let stuck = pool.acquire().await?;
+    /// assert_eq!(pool.revoke("alice").await?, 1);
+    /// let again = pool.acquire().await?; // alice is free at once
+    /// assert!(matches!(stuck.release().await, Err(Error::LeaseLost { .. })));
+    /// # drop(again); Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// This method first waits for work that cancelled callers left behind,
+    /// then asks the store. Dropping the future before the store has the
+    /// request changes nothing. Dropping it after that may or may not end
+    /// the leases; the change is atomic. The [`Event::Revoked`] event and
+    /// the wake-up of waiters are sent only when the future completes.
+    pub async fn revoke(&self, name: &str) -> Result<u32> {
+        validate_name(name)?;
+        self.after_earlier_work().await;
+        let leases = self.shared.store.revoke(name).await?;
+        tracing::info!(
+            pool = self.name(),
+            credential = name,
+            leases,
+            "leases revoked"
+        );
+        self.credential_changed(|| Event::Revoked {
+            name: name.into(),
+            leases,
+        });
+        Ok(leases)
+    }
+
     /// Replaces a credential's secret; leases out keep the old one.
     ///
     /// # Cancel safety

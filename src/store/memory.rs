@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, StateKind, Stats,
-    StoredCredential,
+    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, StateKind,
+    Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
@@ -397,6 +397,7 @@ impl State {
         let index = self.slots.len();
         let name: Arc<str> = Arc::from(new.name);
         let capacity = new.capacity;
+        let disabled = new.disabled;
         let credential = Credential::new(
             CredentialId::new(index as u64),
             name.clone(),
@@ -404,13 +405,15 @@ impl State {
             new.extra,
             capacity,
         );
-        self.ready.push_back(index, 0, capacity as usize);
-        self.enabled += 1;
+        if disabled.is_none() {
+            self.ready.push_back(index, 0, capacity as usize);
+            self.enabled += 1;
+        }
         self.by_name.insert(name, index);
         self.slots.push(Some(Slot {
             credential,
             holders: Vec::new(),
-            disabled: None,
+            disabled,
             cooling_until: None,
             generation: 0,
             last_used_at: None,
@@ -551,6 +554,30 @@ impl Admin for MemoryStore {
             state.enabled -= 1;
         }
         Ok(())
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        let credentials = self.lock().by_name.len() as u64;
+        Ok(vec![PoolSummary::new(
+            self.settings.pool().to_string(),
+            credentials,
+        )])
+    }
+
+    async fn revoke(&self, name: &str) -> Result<u32> {
+        let mut state = self.lock();
+        state.reclaim(now_ms(), &mut Vec::new());
+        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
+        let State { slots, ready, .. } = &mut *state;
+        let Some(slot) = slots[index].as_mut() else {
+            return Err(self.unknown(name));
+        };
+        let ended = slot.holders.len();
+        slot.holders.clear();
+        if slot.can_hand_out() {
+            ready.push_back(index, slot.generation, ended);
+        }
+        Ok(u32::try_from(ended).unwrap_or(u32::MAX))
     }
 
     async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {

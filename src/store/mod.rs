@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
+use crate::credential::{
+    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+};
 use crate::error::Result;
 use crate::ids::{LeaseId, LeaseToken};
 
@@ -359,6 +361,19 @@ pub trait Admin: Send + Sync + 'static {
         reason: Option<String>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Ends every lease of a credential now, fenced: its holders' later
+    /// releases and renewals fail with
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost), and its units go to
+    /// the waiting line or back to the free ones. Returns how many leases
+    /// it ended (0 when none was out).
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes: the
+    /// change is made whole or not at all. It may still be made after the
+    /// future is dropped.
+    fn revoke(&self, name: &str) -> impl Future<Output = Result<u32>> + Send;
+
     /// Replaces a credential's secret; leases out keep the old one.
     ///
     /// # Cancel safety
@@ -383,6 +398,14 @@ pub trait Admin: Send + Sync + 'static {
     /// Dropping the future must change nothing, except that the store may
     /// have reclaimed expired leases, as a grant does.
     fn reveal(&self) -> impl Future<Output = Result<Vec<Credential>>> + Send;
+
+    /// Every pool in the store that holds a credential, by name, with how
+    /// many it holds (a store that holds one pool answers with it).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future changes nothing.
+    fn pools(&self) -> impl Future<Output = Result<Vec<PoolSummary>>> + Send;
 
     /// Counts by state (`waiters` is left at 0: the pool fills it in).
     ///

@@ -68,6 +68,7 @@ macro_rules! conformance_suite {
             arrival_order_holds_after_add_and_enable,
             a_lease_ttl_below_the_minimum_is_refused,
             the_longest_durations_saturate,
+            revoke_frees_a_credential_at_once_and_fences_its_holders,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1403,4 +1404,73 @@ pub async fn a_disable_without_a_reason_is_refused<F: Factory>(factory: &F) {
     assert_eq!((stats.disabled, stats.available), (0, 1), "{stats:?}");
     pool.disable("alice", "banned").await.unwrap();
     assert_eq!(pool.stats().await.unwrap().disabled, 1);
+}
+
+/// `revoke` ends every lease of a credential at once: a waiter is served
+/// with it, the old holders' releases and renewals are fenced, the books
+/// balance, and an event says so.
+pub async fn revoke_frees_a_credential_at_once_and_fences_its_holders<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_secs(600))).await;
+    pool.add(NewCredential::new("busy", "s").capacity(2))
+        .await
+        .unwrap();
+    pool.add(NewCredential::new("idle", "s")).await.unwrap();
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        leases.push(pool.acquire().await.unwrap());
+    }
+    let at = leases
+        .iter()
+        .position(|lease| lease.credential().name() == "idle")
+        .expect("every unit of both credentials is out");
+    let idle = leases.remove(at);
+    let (first, mut second) = (leases.remove(0), leases.remove(0));
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
+    });
+    within(Duration::from_secs(10), "the waiter queues", async {
+        while pool.stats().await.unwrap().waiters == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut events = pool.subscribe();
+    assert_eq!(pool.revoke("busy").await.unwrap(), 2);
+    let served = within(Duration::from_secs(10), "the waiter is served", waiter)
+        .await
+        .unwrap()
+        .expect("the revoked credential went to the waiter");
+    assert_eq!(served.credential().name(), "busy");
+    assert!(matches!(second.renew().await, Err(Error::LeaseLost { .. })));
+    assert!(matches!(
+        first.release().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        second.release().await,
+        Err(Error::LeaseLost { .. })
+    ));
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(stats.leases, 2, "idle's lease and the waiter's: {stats:?}");
+    let busy = pool.list().await.unwrap();
+    let busy = busy.iter().find(|info| info.name == "busy").unwrap();
+    assert_eq!(busy.holders, 1, "{busy:?}");
+    let mut revoked = Vec::new();
+    while let Some(event) = events.try_recv() {
+        if let Event::Revoked { name, leases } = event {
+            revoked.push((name.to_string(), leases));
+        }
+    }
+    assert_eq!(revoked, [("busy".to_string(), 2)]);
+    // The other credential's lease was not touched; nothing out, nothing ended.
+    idle.release().await.unwrap();
+    served.release().await.unwrap();
+    assert_eq!(pool.revoke("busy").await.unwrap(), 0);
+    assert!(matches!(
+        pool.revoke("nobody").await,
+        Err(Error::UnknownCredential { .. })
+    ));
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.available, stats.leases), (2, 0), "{stats:?}");
 }

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, Secret, StateKind, Stats, StoredCredential,
+    Credential, CredentialInfo, NewCredential, PoolSummary, Secret, StateKind, Stats,
+    StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
@@ -33,10 +34,18 @@ impl Inner {
             let secrets: Vec<&str> = chunk.iter().map(|c| c.secret.expose()).collect();
             let extras: Vec<Option<&str>> = chunk.iter().map(|c| c.extra.as_deref()).collect();
             let capacities: Vec<i32> = chunk.iter().map(|c| c.capacity as i32).collect();
+            let disabled: Vec<Option<&str>> = chunk.iter().map(|c| c.disabled.as_deref()).collect();
             let rows = transaction
                 .query(
                     &insert,
-                    &[&self.pool, &names, &secrets, &extras, &capacities],
+                    &[
+                        &self.pool,
+                        &names,
+                        &secrets,
+                        &extras,
+                        &capacities,
+                        &disabled,
+                    ],
                 )
                 .await?;
             added.count += rows.len();
@@ -92,6 +101,31 @@ impl Inner {
             .transpose()?;
         match holders {
             Some(holders) => Err(Error::InUse { name, holders }),
+            None => Err(self.unknown(&name)),
+        }
+    }
+
+    pub(super) async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        let conn = self.connections.get().await?;
+        let rows = conn.client.query(&self.sql.pools(), &[]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PoolSummary::new(
+                    row.column(0, "credentials.pool")?,
+                    row.unsigned(1, "count")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub(super) async fn revoke(&self, name: String) -> Result<u32> {
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_opt(&self.sql.revoke(), &[&self.pool, &name])
+            .await?;
+        match row {
+            Some(row) => Ok(u32::try_from(row.unsigned(0, "revoked leases")?).unwrap_or(u32::MAX)),
             None => Err(self.unknown(&name)),
         }
     }

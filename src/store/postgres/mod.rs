@@ -70,7 +70,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
-use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
+use crate::credential::{
+    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+};
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
@@ -500,6 +502,22 @@ impl Admin for PostgresStore {
         let (inner, name) = (self.inner.clone(), name.to_string());
         self.run(async move { inner.remove(name, force).await })
             .await
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        let inner = self.inner.clone();
+        self.run(async move { inner.pools().await }).await
+    }
+
+    async fn revoke(&self, name: &str) -> Result<u32> {
+        let (inner, name) = (self.inner.clone(), name.to_string());
+        self.run(async move {
+            let ended = inner.revoke(name).await?;
+            // The freed units go to the first tickets waiting.
+            inner.serve_line_now().await;
+            Ok(ended)
+        })
+        .await
     }
 
     async fn set_disabled(&self, name: &str, reason: Option<String>) -> Result<()> {

@@ -539,13 +539,14 @@ impl Sql {
     }
 
     /// `$1` pool, then arrays `$2` names, `$3` secrets, `$4` extras,
-    /// `$5` capacities. Adds the ones whose name is new; returns their names.
+    /// `$5` capacities, `$6` disabled reasons. Adds the ones whose name is
+    /// new; returns their names.
     pub(crate) fn insert_many(&self) -> String {
         format!(
-            "INSERT INTO {} (pool, name, secret, extra, capacity, created_at)
-             SELECT $1, name, secret, extra, capacity, {NOW}
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::integer[])
-                  AS input (name, secret, extra, capacity)
+            "INSERT INTO {} (pool, name, secret, extra, capacity, disabled_reason, created_at)
+             SELECT $1, name, secret, extra, capacity, disabled_reason, {NOW}
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::integer[], $6::text[])
+                  AS input (name, secret, extra, capacity, disabled_reason)
              ON CONFLICT (pool, name) DO NOTHING
              RETURNING name",
             self.credentials
@@ -565,6 +566,38 @@ impl Sql {
              )
              SELECT id FROM removed",
             self.credentials, self.leases
+        )
+    }
+
+    /// `$1` pool, `$2` name. Ends every lease of the credential (leases
+    /// handed to tickets included: their claims find them gone); returns
+    /// how many, no row when there is no such credential.
+    pub(crate) fn revoke(&self) -> String {
+        format!(
+            "WITH target AS (
+                 SELECT id FROM {credentials} WHERE pool = $1 AND name = $2 FOR UPDATE
+             ),
+             ended AS (
+                 DELETE FROM {leases}
+                 WHERE pool = $1 AND credential_id = (SELECT id FROM target)
+                 RETURNING id
+             ),
+             back AS (
+                 UPDATE {credentials} AS c SET holders = c.holders - (SELECT count(*) FROM ended)
+                 WHERE c.id = (SELECT id FROM target)
+                 RETURNING c.id
+             )
+             SELECT (SELECT count(*) FROM ended) FROM back",
+            credentials = self.credentials,
+            leases = self.leases
+        )
+    }
+
+    /// Every pool in the schema that holds a credential, with how many.
+    pub(crate) fn pools(&self) -> String {
+        format!(
+            "SELECT pool, count(*) FROM {} GROUP BY pool ORDER BY pool",
+            self.credentials
         )
     }
 

@@ -18,12 +18,12 @@ pub(crate) fn add_many(
     let result = (|| -> std::result::Result<Added, Failure> {
         let sql = match on_duplicate {
             OnDuplicate::Fail => {
-                "INSERT INTO credentials (pool, name, secret, extra, capacity, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                "INSERT INTO credentials (pool, name, secret, extra, capacity, created_at, disabled_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             }
             OnDuplicate::Skip => {
-                "INSERT OR IGNORE INTO credentials (pool, name, secret, extra, capacity, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                "INSERT OR IGNORE INTO credentials (pool, name, secret, extra, capacity, created_at, disabled_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             }
         };
         let mut insert = connection.prepare_cached(sql)?;
@@ -35,7 +35,8 @@ pub(crate) fn add_many(
                 credential.secret.expose(),
                 credential.extra,
                 credential.capacity,
-                ctx.now
+                ctx.now,
+                credential.disabled,
             ]);
             match inserted {
                 Ok(0) => added.skipped.push(index),
@@ -94,6 +95,20 @@ pub(crate) fn remove(
         .prepare_cached("DELETE FROM credentials WHERE id = ?1")?
         .execute([id])?;
     Ok(())
+}
+
+/// Ends every lease of a credential (leases handed to tickets included:
+/// their claims find them gone); returns how many.
+pub(crate) fn revoke(ctx: &mut Ctx<'_>, name: &str) -> std::result::Result<u32, Failure> {
+    let (id, _) = credential_id_by_name(ctx, name)?;
+    let ended = ctx
+        .connection
+        .prepare_cached("DELETE FROM leases WHERE credential_id = ?1")?
+        .execute([id])?;
+    ctx.connection
+        .prepare_cached("UPDATE credentials SET holders = holders - ?2 WHERE id = ?1")?
+        .execute(params![id, ended as i64])?;
+    Ok(u32::try_from(ended).unwrap_or(u32::MAX))
 }
 
 pub(crate) fn set_disabled(

@@ -52,7 +52,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::credential::{Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats};
+use crate::credential::{
+    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+};
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
@@ -610,6 +612,17 @@ impl Admin for SqliteStore {
         .await
     }
 
+    async fn revoke(&self, name: &str) -> Result<u32> {
+        let name = name.to_string();
+        self.call(move |ctx| {
+            let ended = admin::revoke(ctx, &name)?;
+            // The freed units go to the first tickets waiting.
+            line::serve(ctx)?;
+            Ok(ended)
+        })
+        .await
+    }
+
     async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
         let name = name.to_string();
         self.call(move |ctx| admin::update_secret(ctx, &name, &secret))
@@ -624,6 +637,10 @@ impl Admin for SqliteStore {
     async fn reveal(&self) -> Result<Vec<Credential>> {
         self.settle_for_read().await?;
         self.reader.reveal().await
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        self.reader.pools().await
     }
 
     async fn stats(&self) -> Result<Stats> {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use rusqlite::{params, OpenFlags};
 
-use crate::credential::{Credential, CredentialInfo, Secret, StateKind, Stats, StoredCredential};
+use crate::credential::{
+    Credential, CredentialInfo, PoolSummary, Secret, StateKind, Stats, StoredCredential,
+};
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
 use crate::time::{from_ms, now_ms};
@@ -127,6 +129,20 @@ impl Reader {
 
     /// Counts by state. The statement groups the credentials by what
     /// decides their state, and [`StateKind::of`] decides it, as for every store.
+    /// Every pool in the file that holds a credential, by name.
+    pub(crate) async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        self.read(|connection, _pool, _now| {
+            let mut statement = connection.prepare_cached(
+                "SELECT pool, count(*) FROM credentials GROUP BY pool ORDER BY pool",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(PoolSummary::new(row.get(0)?, unsigned(row.get(1)?)?))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub(crate) async fn stats(&self) -> Result<Stats> {
         self.read(|connection, pool, now| {
             let mut statement = connection.prepare_cached(
