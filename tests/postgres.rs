@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use credpool::store::postgres::{PostgresStore, SCHEMA_VERSION};
+use credpool::store::DEFAULT_TICKET_TTL;
 use credpool::{Error, NewCredential, Pool};
 
 use common::checker::HoldLog;
@@ -594,6 +595,124 @@ async fn a_killed_waiter_delays_the_others_by_at_most_the_ticket_ttl() {
         |role| processes::spawn_child(role, &schema, None),
     )
     .await;
+    // The killed process's tickets are gone after a waiter's polls: they are
+    // a ticket TTL old, and its heartbeat stopped longer ago than that.
+    polls_remove_every_dead_ticket(&pool, &schema).await;
+}
+
+/// A ticket of this store with no seat (its removal failed, or the answer
+/// to its `take_ticket` was lost) would wait as long as the store's
+/// heartbeat goes on; the heartbeat removes it once it is a ticket TTL old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_removes_a_ticket_with_no_seat() {
+    let schema = fresh_schema("unseated");
+    let store = PostgresStore::options_url(&url())
+        .unwrap()
+        .schema(schema.as_str())
+        .ticket_ttl(Duration::from_millis(400))
+        .open()
+        .await
+        .unwrap();
+    let pool = Pool::new(store);
+    pool.add(NewCredential::new("only", "s")).await.unwrap();
+    let held = pool.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
+    });
+    eventually("the waiter has a ticket", async || {
+        tickets_in(&schema).await == 1
+    })
+    .await;
+    raw()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO \"{schema}\".tickets (pool, owner, expires_at)
+                 SELECT pool, owner, 0 FROM \"{schema}\".tickets"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tickets_in(&schema).await, 2);
+    eventually("the ticket with no seat is gone", async || {
+        tickets_in(&schema).await == 1
+    })
+    .await;
+    held.release().await.unwrap();
+    let lease = waiter.await.unwrap().unwrap();
+    lease.release().await.unwrap();
+    eventually("no ticket is left", async || tickets_in(&schema).await == 0).await;
+}
+
+/// `revoke` while the credential's holders release and take it again, and
+/// while expired leases are reclaimed: it locks leases before the
+/// credential as they do, so it never deadlocks with them (a deadlock would
+/// fail one side after the server's deadlock timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_beside_releases_never_deadlocks() {
+    let schema = fresh_schema("revoke_busy");
+    let pool = Pool::builder(open(&schema).await)
+        .lease_ttl(Duration::from_millis(200))
+        .build();
+    pool.add(NewCredential::new("shared", "s").capacity(8))
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|task| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut holds = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(lease) = pool.acquire_timeout(Duration::from_secs(5)).await else {
+                        continue;
+                    };
+                    holds += 1;
+                    if task == 0 && holds % 5 == 0 {
+                        // Left to expire, for the reclaim to end.
+                        let _ = lease.into_token();
+                        continue;
+                    }
+                    match lease.release().await {
+                        Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                        Err(other) => panic!("a release failed: {other}"),
+                    }
+                }
+                holds
+            })
+        })
+        .collect();
+    let mut revoked = 0;
+    for _ in 0..60 {
+        revoked += pool.revoke("shared").await.expect("revoke beside releases");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut holds = 0;
+    for worker in workers {
+        holds += worker.await.unwrap();
+    }
+    assert!(
+        holds > 60 && revoked > 0,
+        "holds {holds}, revoked {revoked}"
+    );
+}
+
+/// Has a waiter poll for a while (the one credential held meanwhile), then
+/// expects no ticket left in the store: the polls removed the tickets of
+/// stores whose heartbeat stopped, and the waiter's own went when it left.
+async fn polls_remove_every_dead_ticket(pool: &Pool<PostgresStore>, schema: &str) {
+    let name = pool.list().await.unwrap()[0].name.clone();
+    let held = pool.acquire().await.unwrap();
+    assert_eq!(held.credential().name(), name);
+    assert!(matches!(
+        pool.acquire_timeout(Duration::from_millis(800)).await,
+        Err(Error::Timeout { .. })
+    ));
+    held.release().await.unwrap();
+    eventually("no ticket is left", async || tickets_in(schema).await == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,20 +731,25 @@ async fn random_cancellation_in_four_processes_leaves_nothing() {
     )
     .await;
     // A child that ended with removals still to send leaves tickets that
-    // expire by themselves: the stats above already count none waiting.
-    let live: i64 = raw()
-        .await
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM \"{schema}\".tickets
-                 WHERE expires_at > (extract(epoch FROM now()) * 1000)::bigint + 5000"
-            ),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(live, 0, "no ticket outlives its TTL");
+    // stop waiting with its heartbeat (the stats above count none waiting)
+    // and are removed by a poll once they are a ticket TTL old.
+    tokio::time::sleep(DEFAULT_TICKET_TTL).await;
+    let busy = pool.list().await.unwrap();
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for _ in 0..busy.len() {
+            held.push(pool.acquire().await.unwrap());
+        }
+        held
+    };
+    assert!(matches!(
+        pool.acquire_timeout(Duration::from_millis(800)).await,
+        Err(Error::Timeout { .. })
+    ));
+    for lease in held {
+        lease.release().await.unwrap();
+    }
+    eventually("no ticket is left", async || tickets_in(&schema).await == 0).await;
 }
 
 /// What a program gave up on is back in the store when its graceful

@@ -633,7 +633,10 @@ async fn run(args: Args) -> Outcome {
             let name = format!("torture-{}", std::process::id());
             // A killed worker's tickets hold the line up no longer than its
             // leases stay out, unless asked otherwise.
-            let ticket_ttl = args.ticket_ttl.unwrap_or(torture_args.ttl());
+            // (A ticket TTL is at least 100 ms: a heartbeat must fit in it.)
+            let ticket_ttl = args
+                .ticket_ttl
+                .unwrap_or(torture_args.ttl().max(Duration::from_millis(100)));
             torture_args.ticket_ttl = Some(ticket_ttl);
             let tuning = Tuning {
                 lease_ttl: Some(torture_args.ttl()),

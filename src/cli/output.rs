@@ -37,6 +37,13 @@ pub(crate) async fn export<S: Store>(pool: &Pool<S>, show_secrets: bool) -> Outc
             }
             entry.insert("capacity".into(), json!(info.capacity));
             if let CredentialState::Disabled { reason } = &info.state {
+                // A holder may have disabled it with an empty reason, which
+                // an import (like `disable`) refuses.
+                let reason = if reason.trim().is_empty() {
+                    "disabled without a reason"
+                } else {
+                    reason.as_str()
+                };
                 entry.insert("disabled".into(), json!(reason));
             }
             Value::Object(entry)

@@ -557,11 +557,12 @@ impl Admin for MemoryStore {
     }
 
     async fn pools(&self) -> Result<Vec<PoolSummary>> {
+        // As the shared stores answer: only a pool that holds a credential.
         let credentials = self.lock().by_name.len() as u64;
-        Ok(vec![PoolSummary::new(
-            self.settings.pool().to_string(),
-            credentials,
-        )])
+        Ok((credentials > 0)
+            .then(|| PoolSummary::new(self.settings.pool().to_string(), credentials))
+            .into_iter()
+            .collect())
     }
 
     async fn revoke(&self, name: &str) -> Result<u32> {

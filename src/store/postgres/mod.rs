@@ -412,6 +412,7 @@ impl Leases for PostgresStore {
                         let token = grant.token();
                         inner.release_in_background(token, Receipt::untracked(token));
                     }
+                    inner.line.leaving(ticket);
                     let _ = inner.leave_line(ticket).await;
                 }
                 _ => {}
@@ -476,7 +477,7 @@ impl Leases for PostgresStore {
         let inner = self.inner.clone();
         self.inner.spawn_background(async move {
             if let Err(error) = inner.leave_line(ticket).await {
-                tracing::debug!(%error, ticket, "removing a ticket failed; it expires without its heartbeat");
+                tracing::debug!(%error, ticket, "removing a ticket failed; the store's heartbeat removes it within the ticket TTL");
             }
             drop(leaving);
         });

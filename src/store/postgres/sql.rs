@@ -116,10 +116,10 @@ impl Sql {
         // `ticket_owners`, never the ticket's own row, so that no heartbeat
         // holds a ticket that a hand-off would have to skip or wait for).
         let waiting = format!(
-            "{tickets}.lease_id IS NULL
-             AND EXISTS (SELECT 1 FROM {owners} AS o
-                         WHERE o.pool = {tickets}.pool AND o.owner = {tickets}.owner
-                           AND o.expires_at > {NOW})"
+            "({tickets}.lease_id IS NULL
+              AND EXISTS (SELECT 1 FROM {owners} AS o
+                          WHERE o.pool = {tickets}.pool AND o.owner = {tickets}.owner
+                            AND o.expires_at > {NOW}))"
         );
         // A credential with a unit free now: what acquire and the line hand out.
         let usable = format!(
@@ -447,11 +447,13 @@ impl Sql {
         )
     }
 
-    /// `$1` pool. Ends the tickets of stores whose heartbeat stopped, and
-    /// those whose handed lease is gone (its claim deadline passed, its
-    /// credential removed); skips those another transaction holds (they
-    /// are being handed out, claimed or removed), so that it never waits.
-    /// Forgets the stores whose heartbeat stopped a minute ago.
+    /// `$1` pool. Ends the tickets of stores whose heartbeat stopped (once
+    /// they are a ticket TTL old: a store's first ticket may commit just
+    /// before its first heartbeat), and those whose handed lease is gone
+    /// (its claim deadline passed, its credential removed); skips those
+    /// another transaction holds (they are being handed out, claimed or
+    /// removed), so that it never waits. Forgets the stores whose heartbeat
+    /// stopped a minute ago.
     pub(crate) fn expire_tickets(&self) -> String {
         format!(
             "WITH forgotten AS (
@@ -460,7 +462,7 @@ impl Sql {
              DELETE FROM {tickets} WHERE id IN (
                  SELECT id FROM {tickets} WHERE pool = $1
                    AND CASE WHEN lease_id IS NULL
-                            THEN NOT {waiting}
+                            THEN expires_at <= {NOW} AND NOT {waiting}
                             ELSE expires_at <= {NOW}
                                  OR NOT EXISTS (SELECT 1 FROM {leases}
                                                 WHERE {leases}.id = {tickets}.lease_id) END
@@ -473,14 +475,26 @@ impl Sql {
         )
     }
 
-    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` ticket ids. The
-    /// store's heartbeat: its tickets live another TTL. It writes one row,
-    /// the store's own, and no ticket, so it never waits for a hand-off nor
-    /// holds one up. Returns the ids of the tickets that still exist.
+    /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` the tickets
+    /// seated here. The store's heartbeat: its tickets live another TTL. It
+    /// writes the store's own row and renews no ticket, so it never waits
+    /// for a hand-off nor holds one up. It also ends this store's tickets
+    /// that wait, a TTL old, with no seat here (their waiter left and the
+    /// removal failed, or the answer to `take_ticket` was lost), skipping
+    /// those another transaction holds. Returns the ids of the seated
+    /// tickets that still exist.
     pub(crate) fn renew_tickets(&self) -> String {
         format!(
             "WITH beat AS (
                  {beat} {on_beat}
+             ),
+             unseated AS (
+                 DELETE FROM {tickets} WHERE id IN (
+                     SELECT id FROM {tickets}
+                     WHERE pool = $1 AND owner = $2 AND lease_id IS NULL
+                       AND expires_at <= {NOW} AND NOT (id = ANY($4::bigint[]))
+                     ORDER BY id
+                     FOR UPDATE SKIP LOCKED)
              )
              SELECT id FROM {tickets} WHERE pool = $1 AND id = ANY($4::bigint[])",
             beat = self.beat(),
@@ -571,15 +585,21 @@ impl Sql {
 
     /// `$1` pool, `$2` name. Ends every lease of the credential (leases
     /// handed to tickets included: their claims find them gone); returns
-    /// how many, no row when there is no such credential.
+    /// how many, no row when there is no such credential. It locks the
+    /// leases before the credential, in id order, as releases and the
+    /// reclaim do (lease, then credential), so that it never deadlocks
+    /// with them.
     pub(crate) fn revoke(&self) -> String {
         format!(
             "WITH target AS (
-                 SELECT id FROM {credentials} WHERE pool = $1 AND name = $2 FOR UPDATE
+                 SELECT id FROM {credentials} WHERE pool = $1 AND name = $2
              ),
              ended AS (
-                 DELETE FROM {leases}
-                 WHERE pool = $1 AND credential_id = (SELECT id FROM target)
+                 DELETE FROM {leases} WHERE id IN (
+                     SELECT id FROM {leases}
+                     WHERE pool = $1 AND credential_id = (SELECT id FROM target)
+                     ORDER BY id
+                     FOR UPDATE)
                  RETURNING id
              ),
              back AS (

@@ -127,8 +127,6 @@ impl Reader {
         .await
     }
 
-    /// Counts by state. The statement groups the credentials by what
-    /// decides their state, and [`StateKind::of`] decides it, as for every store.
     /// Every pool in the file that holds a credential, by name.
     pub(crate) async fn pools(&self) -> Result<Vec<PoolSummary>> {
         self.read(|connection, _pool, _now| {
@@ -143,6 +141,8 @@ impl Reader {
         .await
     }
 
+    /// Counts by state. The statement groups the credentials by what
+    /// decides their state, and [`StateKind::of`] decides it, as for every store.
     pub(crate) async fn stats(&self) -> Result<Stats> {
         self.read(|connection, pool, now| {
             let mut statement = connection.prepare_cached(
