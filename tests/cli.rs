@@ -1364,3 +1364,36 @@ fn a_secret_typed_at_a_terminal_is_not_shown() {
     });
     assert_eq!(secret, "typed-s3cr3t");
 }
+
+/// Each command's help lists its own options apart from the global ones,
+/// and no command shows `--memory`, which only demo and torture take (given
+/// before the command, where the top-level help shows it).
+#[test]
+fn help_lists_global_options_apart_and_hides_what_a_command_refuses() {
+    let db = fresh_db("help");
+    let list = ok(&run(&db, &["list", "--help"]));
+    let (own, global) = list
+        .split_once("Global options")
+        .unwrap_or_else(|| panic!("no global heading: {list}"));
+    assert!(own.contains("--json") && !own.contains("--db"), "{list}");
+    assert!(
+        global.contains("--db") && global.contains("--pool"),
+        "{list}"
+    );
+    for command in ["list", "stats", "add", "demo", "torture"] {
+        let help = ok(&run(&db, &[command, "--help"]));
+        let offered = |help: &str| {
+            help.lines()
+                .any(|line| line.trim_start().starts_with("--memory"))
+        };
+        assert!(!offered(&help), "{command}: {help}");
+    }
+    let top = ok(&run(&db, &["--help"]));
+    assert!(
+        top.lines()
+            .any(|line| line.trim_start().starts_with("--memory")),
+        "{top}"
+    );
+    let refused = run(&db, &["list", "--memory"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+}

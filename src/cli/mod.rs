@@ -64,6 +64,10 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
     }
 }
 
+/// The heading under which every command's help lists the options that
+/// all commands take, apart from its own.
+const GLOBAL: &str = "Global options (any command)";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "credpool",
@@ -73,44 +77,45 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
 )]
 struct Args {
     /// The store file [default: $CREDPOOL_DB, else credpool.db].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "PATH")]
     db: Option<PathBuf>,
 
-    /// A store in this process's memory instead of the file: for demo and torture.
-    #[arg(long, global = true, conflicts_with = "db")]
+    /// A store in this process's memory instead of the file, for demo and
+    /// torture only (so it is given before the command: credpool --memory demo).
+    #[arg(long, conflicts_with = "db")]
     memory: bool,
 
     /// A Postgres store instead of the file: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
     /// (tables in the schema given by --schema) [default: $CREDPOOL_URL].
     /// A flag beats the environment; an empty variable counts as unset.
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true, conflicts_with_all = ["db", "memory"])]
+    #[arg(long, global = true, help_heading = GLOBAL, conflicts_with_all = ["db", "memory"])]
     url: Option<String>,
 
     /// The Postgres schema that holds credpool's tables [default: credpool].
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     schema: Option<String>,
 
     /// The pool within the store [default: default; demo: demo, so that a
     /// demo never touches real credentials].
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME")]
     pool: Option<String>,
 
     /// How long a waiter's ticket in the store's waiting line outlives its
     /// last heartbeat (SQLite and Postgres; e.g. 1s, 500ms): a killed
     /// process's waiters hold up the others for at most this long
     /// [default: 3s; torture: its --lease-ttl].
-    #[arg(long, global = true, value_parser = duration::parse_positive, value_name = "DURATION")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_parser = duration::parse_positive, value_name = "DURATION")]
     ticket_ttl: Option<Duration>,
 
     /// More log lines on stderr: -v what changes, -vv every acquire and
     /// release, -vvv everything (RUST_LOG, when set, decides instead).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
 
     /// Log only errors on stderr.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
 
     #[command(subcommand)]
