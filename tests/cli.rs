@@ -1397,3 +1397,52 @@ fn help_lists_global_options_apart_and_hides_what_a_command_refuses() {
     let refused = run(&db, &["list", "--memory"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
 }
+
+/// `list` filters by state and name pattern, sorts, limits, and prints one
+/// JSON object a line with `--ndjson`.
+#[test]
+fn list_filters_sorts_limits_and_streams() {
+    let db = fresh_db("list-filters");
+    for name in ["bot-1", "bot-2", "bot-3", "alice"] {
+        ok(&run_with_stdin(
+            &db,
+            &["add", name, "--secret-stdin"],
+            "pw\n",
+        ));
+    }
+    ok(&run(&db, &["disable", "bot-2", "--reason", "banned"]));
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["list", "--ndjson"];
+        full.extend_from_slice(args);
+        ok(&run(&db, &full))
+            .lines()
+            .map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+                entry["name"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(names(&[]), ["bot-1", "bot-2", "bot-3", "alice"]);
+    assert_eq!(names(&["--name", "bot-*"]), ["bot-1", "bot-2", "bot-3"]);
+    assert_eq!(names(&["--state", "disabled"]), ["bot-2"]);
+    assert_eq!(
+        names(&["--state", "available", "--name", "bot-?"]),
+        ["bot-1", "bot-3"]
+    );
+    assert_eq!(
+        names(&["--sort", "name", "--limit", "2"]),
+        ["alice", "bot-1"]
+    );
+    let table = ok(&run(&db, &["list", "--name", "nobody*"]));
+    assert!(
+        table.contains("no credential in pool `default` matches"),
+        "{table}"
+    );
+    let bad = run(&db, &["list", "--state", "asleep"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("available"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

@@ -167,15 +167,21 @@ enum Command {
 
     /// List credentials (never their secrets unless --show-secrets).
     #[command(
-        after_help = "Examples:\n  credpool list\n  credpool list --json | jq '.[] | select(.state == \"disabled\")'"
+        after_help = "Examples:\n  credpool list\n  credpool list --state disabled --name 'bot-*'\n  credpool list --sort last-used --limit 20\n  credpool list --ndjson | jq -c 'select(.uses > 100)'"
     )]
     List {
         /// Print JSON instead of a table.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "ndjson")]
         json: bool,
+        /// Print one JSON object a line, written as it goes (for jq, or a
+        /// pipe to head).
+        #[arg(long)]
+        ndjson: bool,
         /// Print secrets and extra text too.
         #[arg(long)]
         show_secrets: bool,
+        #[command(flatten)]
+        filter: output::Filter,
     },
 
     /// Show one credential: state, holders, uses, reason (never its secret unless --show-secrets).
@@ -721,8 +727,18 @@ async fn execute<S: Store>(
             }
             Ok(())
         }
-        Command::List { json, show_secrets } => {
-            output::list(&pool, json, show_secrets).await?;
+        Command::List {
+            json,
+            ndjson,
+            show_secrets,
+            filter,
+        } => {
+            let format = match (json, ndjson) {
+                (true, _) => output::Format::Json,
+                (_, true) => output::Format::Ndjson,
+                _ => output::Format::Table,
+            };
+            output::list(&pool, format, show_secrets, &filter).await?;
             empty_pool_note(&pool).await
         }
         Command::Pools { json } => output::pools(&pool.pools().await?, place, json),

@@ -133,31 +133,164 @@ pub(crate) fn pools(
     Ok(())
 }
 
-pub(crate) async fn list<S: Store>(pool: &Pool<S>, as_json: bool, show_secrets: bool) -> Outcome {
-    let credentials = pool.list().await?;
+/// How `list` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Table,
+    Json,
+    Ndjson,
+}
+
+/// Which credentials `list` prints, in what order, and how many.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct Filter {
+    /// Only credentials in these states (available, leased, cooling,
+    /// disabled; several with commas).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    state: Vec<StateName>,
+    /// Only names that match this pattern: `*` for any run of characters,
+    /// `?` for one (quote it from the shell).
+    #[arg(long, value_name = "GLOB")]
+    name: Option<String>,
+    /// The order [default: as added].
+    #[arg(long, value_enum)]
+    sort: Option<SortKey>,
+    /// At most this many.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum StateName {
+    Available,
+    Leased,
+    Cooling,
+    Disabled,
+}
+
+impl StateName {
+    /// The word `CredentialState::label` gives the state.
+    fn label(self) -> &'static str {
+        match self {
+            StateName::Available => "available",
+            StateName::Leased => "leased",
+            StateName::Cooling => "cooling",
+            StateName::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum SortKey {
+    /// By name.
+    Name,
+    /// Least recently used first (never used first).
+    LastUsed,
+    /// Most used first.
+    Uses,
+    /// Most holders first.
+    Held,
+}
+
+impl Filter {
+    /// The credentials that pass, in the order asked for, at most `limit`.
+    fn apply(&self, mut credentials: Vec<CredentialInfo>) -> Vec<CredentialInfo> {
+        credentials.retain(|c| {
+            (self.state.is_empty()
+                || self
+                    .state
+                    .iter()
+                    .any(|state| state.label() == c.state.label()))
+                && self
+                    .name
+                    .as_deref()
+                    .is_none_or(|glob| glob_matches(glob, &c.name))
+        });
+        match self.sort {
+            None => {}
+            Some(SortKey::Name) => credentials.sort_by(|a, b| a.name.cmp(&b.name)),
+            Some(SortKey::LastUsed) => credentials.sort_by_key(|c| c.last_used_at),
+            Some(SortKey::Uses) => credentials.sort_by_key(|c| std::cmp::Reverse(c.use_count)),
+            Some(SortKey::Held) => credentials.sort_by_key(|c| std::cmp::Reverse(c.holders)),
+        }
+        if let Some(limit) = self.limit {
+            credentials.truncate(limit);
+        }
+        credentials
+    }
+
+    fn is_set(&self) -> bool {
+        !self.state.is_empty() || self.name.is_some() || self.limit.is_some()
+    }
+}
+
+/// Whether `text` matches `glob`, where `*` stands for any run of
+/// characters and `?` for one character.
+pub(crate) fn glob_matches(glob: &str, text: &str) -> bool {
+    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    // The last `*` seen, and where in the text it was tried from.
+    let (mut g, mut t, mut star) = (0, 0, None);
+    while t < text.len() {
+        match glob.get(g) {
+            Some('*') => {
+                star = Some((g, t));
+                g += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                g += 1;
+                t += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character.
+                Some((at, from)) => {
+                    g = at + 1;
+                    t = from + 1;
+                    star = Some((at, from + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|&c| c == '*')
+}
+
+pub(crate) async fn list<S: Store>(
+    pool: &Pool<S>,
+    format: Format,
+    show_secrets: bool,
+    filter: &Filter,
+) -> Outcome {
+    let credentials = filter.apply(pool.list().await?);
     let secrets: HashMap<String, (String, Option<String>)> = if show_secrets {
         make_stdout_private();
         revealed(pool).await?
     } else {
         HashMap::new()
     };
-    if as_json {
-        let rows: Vec<Value> = credentials
-            .iter()
-            .map(|c| {
-                let mut row = info_json(c);
-                if let Some((secret, extra)) = secrets.get(&c.name) {
-                    row["secret"] = json!(secret);
-                    row["extra"] = json!(extra);
-                }
-                row
-            })
-            .collect();
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-        );
-        return Ok(());
+    let json_row = |c: &CredentialInfo| {
+        let mut row = info_json(c);
+        if let Some((secret, extra)) = secrets.get(&c.name) {
+            row["secret"] = json!(secret);
+            row["extra"] = json!(extra);
+        }
+        row
+    };
+    match format {
+        Format::Json => {
+            let rows: Vec<Value> = credentials.iter().map(json_row).collect();
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+            );
+            return Ok(());
+        }
+        Format::Ndjson => {
+            for c in &credentials {
+                outln!("{}", json_row(c));
+            }
+            return Ok(());
+        }
+        Format::Table => {}
     }
     let now = SystemTime::now();
     let mut rows = vec![vec![
@@ -197,7 +330,11 @@ pub(crate) async fn list<S: Store>(pool: &Pool<S>, as_json: bool, show_secrets: 
     }
     print_table(&rows);
     if credentials.is_empty() {
-        outln!("(no credentials in pool `{}`)", pool.name());
+        if filter.is_set() {
+            outln!("(no credential in pool `{}` matches)", pool.name());
+        } else {
+            outln!("(no credentials in pool `{}`)", pool.name());
+        }
     }
     Ok(())
 }
@@ -399,5 +536,32 @@ pub(crate) fn print_table(rows: &[Vec<String>]) {
             ));
         }
         outln!("{}", line.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn stars_and_question_marks() {
+        for (glob, text, expected) in [
+            ("bot-*", "bot-7", true),
+            ("bot-*", "bot-", true),
+            ("bot-*", "robot-7", false),
+            ("*-7", "bot-7", true),
+            ("b?t-*", "bat-12", true),
+            ("b?t", "bt", false),
+            ("*a*b*", "xxaxxbxx", true),
+            ("*a*b", "xxaxxbxxc", false),
+            ("日本*", "日本語", true),
+            ("", "", true),
+            ("", "a", false),
+            ("**", "anything", true),
+            ("alice", "alice", true),
+            ("alice", "Alice", false),
+        ] {
+            assert_eq!(glob_matches(glob, text), expected, "{glob:?} ~ {text:?}");
+        }
     }
 }
