@@ -244,18 +244,7 @@ impl NewCredential {
             )
             .into());
         }
-        if self.capacity == 0 {
-            return Err(with_name(InvalidInput::new(
-                "capacity",
-                "must be at least 1",
-            )));
-        }
-        if self.capacity > MAX_CAPACITY {
-            return Err(with_name(InvalidInput::new(
-                "capacity",
-                format!("must be at most {MAX_CAPACITY}"),
-            )));
-        }
+        check_capacity(self.capacity).map_err(with_name)?;
         check_secret(&self.secret).map_err(with_name)?;
         if self
             .disabled
@@ -267,26 +256,137 @@ impl NewCredential {
                 "a disabled credential needs a reason: say why it is disabled",
             )));
         }
-        if self
-            .extra
-            .as_deref()
-            .is_some_and(|extra| extra.contains('\0'))
-        {
-            return Err(with_name(InvalidInput::new(
-                "extra",
-                "contains a NUL byte, which a store cannot keep",
-            )));
-        }
         if let Some(extra) = &self.extra {
-            if extra.len() > MAX_EXTRA_BYTES {
-                return Err(with_name(InvalidInput::new(
-                    "extra",
-                    format!("longer than {MAX_EXTRA_BYTES} bytes"),
-                )));
-            }
+            check_extra(extra).map_err(with_name)?;
         }
         Ok(())
     }
+}
+
+/// The rules of extra text: no NUL byte, at most [`MAX_EXTRA_BYTES`].
+fn check_extra(extra: &str) -> std::result::Result<(), InvalidInput> {
+    if extra.contains('\0') {
+        return Err(InvalidInput::new(
+            "extra",
+            "contains a NUL byte, which a store cannot keep",
+        ));
+    }
+    if extra.len() > MAX_EXTRA_BYTES {
+        return Err(InvalidInput::new(
+            "extra",
+            format!("longer than {MAX_EXTRA_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The rules of a capacity: from 1 to [`MAX_CAPACITY`].
+fn check_capacity(capacity: u32) -> std::result::Result<(), InvalidInput> {
+    if capacity == 0 {
+        return Err(InvalidInput::new("capacity", "must be at least 1"));
+    }
+    if capacity > MAX_CAPACITY {
+        return Err(InvalidInput::new(
+            "capacity",
+            format!("must be at most {MAX_CAPACITY}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Changes to make to one credential at once
+/// ([`Pool::update`](crate::Pool::update)); what is not set stays as it is.
+///
+/// ```
+/// use credpool::CredentialChange;
+/// let change = CredentialChange::new().capacity(4).extra("session=new");
+/// assert!(!change.is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct CredentialChange {
+    pub(crate) secret: Option<Secret>,
+    pub(crate) extra: Option<Option<String>>,
+    pub(crate) capacity: Option<u32>,
+}
+
+impl CredentialChange {
+    /// No change yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new secret; leases out keep the old one.
+    pub fn secret(mut self, secret: impl Into<Secret>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
+    /// New extra text (a cookie, say).
+    pub fn extra(mut self, extra: impl Into<String>) -> Self {
+        self.extra = Some(Some(extra.into()));
+        self
+    }
+
+    /// No extra text any more.
+    pub fn no_extra(mut self) -> Self {
+        self.extra = Some(None);
+        self
+    }
+
+    /// A new capacity. Lowering it below the leases out now is refused:
+    /// wait for them to come back, or revoke them, first.
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.secret.is_none() && self.extra.is_none() && self.capacity.is_none()
+    }
+
+    /// Checks every field that is set, as for a new credential.
+    pub(crate) fn validate(&self) -> std::result::Result<(), InvalidInput> {
+        if let Some(secret) = &self.secret {
+            check_secret(secret)?;
+        }
+        if let Some(Some(extra)) = &self.extra {
+            check_extra(extra)?;
+        }
+        if let Some(capacity) = self.capacity {
+            check_capacity(capacity)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for CredentialChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialChange")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field(
+                "extra",
+                &self
+                    .extra
+                    .as_ref()
+                    .map(|extra| extra.as_ref().map(|_| "***")),
+            )
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+/// The refusal of a capacity below the leases out now.
+pub(crate) fn capacity_below_holders(name: &str, capacity: u32, holders: u32) -> Error {
+    let mut invalid = InvalidInput::new(
+        "capacity",
+        format!(
+            "{capacity} is below the {holders} leases out now: wait for them to come \
+             back (or revoke them) first"
+        ),
+    );
+    invalid.name = Some(name.to_string());
+    invalid.into()
 }
 
 /// The rules of a secret, for a new credential and a new secret alike: not

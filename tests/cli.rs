@@ -1446,3 +1446,49 @@ fn list_filters_sorts_limits_and_streams() {
         text(&bad.stderr)
     );
 }
+
+/// `set NAME` changes capacity, secret (from stdin) and extra text (from
+/// stdin, or removed); a capacity below the leases out is refused with a
+/// message that says what to do, and `set` without a change is a usage
+/// error.
+#[test]
+fn set_changes_a_credential() {
+    let db = fresh_db("set");
+    add_alice(&db, "old-secret\n");
+    ok(&run(&db, &["set", "alice", "--capacity", "3"]));
+    ok(&run_with_stdin(
+        &db,
+        &["set", "alice", "--secret-stdin"],
+        "new-secret\n",
+    ));
+    ok(&run_with_stdin(
+        &db,
+        &["set", "alice", "--extra-stdin"],
+        "session=abc\n",
+    ));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["show", "alice", "-j", "--show-secrets"]))).unwrap();
+    assert_eq!(shown["capacity"], 3, "{shown}");
+    assert_eq!(shown["secret"], "new-secret", "{shown}");
+    assert_eq!(shown["extra"], "session=abc", "{shown}");
+    ok(&run(&db, &["set", "alice", "--no-extra"]));
+    let shown = ok(&run(&db, &["show", "alice", "-j", "--show-secrets"]));
+    assert!(!shown.contains("session=abc"), "{shown}");
+    let bare = run(&db, &["set", "alice"]);
+    assert_eq!(bare.status.code(), Some(2), "{}", text(&bare.stderr));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+        let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        let refused = run(&db, &["set", "alice", "--capacity", "1"]);
+        assert_eq!(refused.status.code(), Some(1));
+        let stderr = text(&refused.stderr);
+        assert!(
+            stderr.contains("2 leases out") && stderr.contains("revoke"),
+            "{stderr}"
+        );
+        a.release().await.unwrap();
+        b.release().await.unwrap();
+    });
+    ok(&run(&db, &["set", "alice", "--capacity", "1"]));
+}

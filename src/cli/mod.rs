@@ -245,6 +245,37 @@ enum Command {
         reason: String,
     },
 
+    /// Change a credential: its capacity, its secret (from stdin or an
+    /// environment variable, never argv), its extra text. Leases out keep
+    /// the old secret; a capacity below the leases out now is refused.
+    #[command(
+        after_help = "Examples:\n  credpool set bot-7 --capacity 4\n  printf '%s' \"$NEW_KEY\" | credpool set bot-7 --secret-stdin\n  credpool set alice --extra-stdin < cookie.txt",
+        group(clap::ArgGroup::new("change").required(true).multiple(true)
+            .args(["capacity", "secret_stdin", "secret_env", "extra", "extra_stdin", "no_extra"]))
+    )]
+    Set {
+        /// The credential's name.
+        name: String,
+        /// How many workers may hold it at once.
+        #[arg(long)]
+        capacity: Option<u32>,
+        /// Read the new secret from stdin (asked without echo at a terminal).
+        #[arg(long, conflicts_with_all = ["secret_env", "extra_stdin"])]
+        secret_stdin: bool,
+        /// Read the new secret from this environment variable.
+        #[arg(long, value_name = "VAR")]
+        secret_env: Option<String>,
+        /// New extra text, such as a cookie.
+        #[arg(long, conflicts_with_all = ["extra_stdin", "no_extra"])]
+        extra: Option<String>,
+        /// Read the new extra text from stdin.
+        #[arg(long, conflicts_with = "no_extra")]
+        extra_stdin: bool,
+        /// Remove the extra text.
+        #[arg(long)]
+        no_extra: bool,
+    },
+
     /// End a credential's leases now, e.g. those of a worker that was killed:
     /// the credential is free at once, and a holder still alive fails to
     /// release or renew (its lease is fenced).
@@ -777,6 +808,33 @@ async fn execute<S: Store>(
             outln!("disabled {name:?}");
             Ok(())
         }
+        Command::Set {
+            name,
+            capacity,
+            secret_stdin,
+            secret_env,
+            extra,
+            extra_stdin,
+            no_extra,
+        } => {
+            let mut change = credpool::CredentialChange::new();
+            if secret_stdin || secret_env.is_some() {
+                change = change.secret(read_secret(secret_stdin, secret_env.as_deref())?);
+            }
+            if let Some(capacity) = capacity {
+                change = change.capacity(capacity);
+            }
+            if extra_stdin {
+                change = change.extra(read_stdin_text("extra text")?);
+            } else if let Some(extra) = extra {
+                change = change.extra(extra);
+            } else if no_extra {
+                change = change.no_extra();
+            }
+            pool.update(&name, change).await?;
+            outln!("updated {name:?} in pool `{}`", pool.name());
+            Ok(())
+        }
         Command::Revoke { name } => {
             let ended = pool.revoke(&name).await?;
             match ended {
@@ -866,6 +924,21 @@ async fn remove_one<S: Store>(pool: &Pool<S>, name: &str, force: bool) -> Outcom
 }
 
 /// Reads a secret from stdin or an environment variable.
+/// All of stdin, without one final line break.
+fn read_stdin_text(what: &str) -> Result<String, Failure> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|error| Failure(format!("cannot read the {what} from stdin: {error}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
 fn read_secret(from_stdin: bool, from_env: Option<&str>) -> Result<String, Failure> {
     use std::io::IsTerminal;
     let secret = match (from_stdin, from_env) {
@@ -880,19 +953,7 @@ fn read_secret(from_stdin: bool, from_env: Option<&str>) -> Result<String, Failu
                 Failure(format!("cannot read the secret from the terminal: {error}"))
             })?
         }
-        (true, None) => {
-            let mut secret = String::new();
-            std::io::stdin()
-                .read_to_string(&mut secret)
-                .map_err(|error| Failure(format!("cannot read the secret from stdin: {error}")))?;
-            if secret.ends_with('\n') {
-                secret.pop();
-                if secret.ends_with('\r') {
-                    secret.pop();
-                }
-            }
-            secret
-        }
+        (true, None) => read_stdin_text("secret")?,
         (false, None) => {
             return Err("give the secret with --secret-stdin or --secret-env VAR".into())
         }

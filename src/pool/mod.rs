@@ -886,7 +886,49 @@ impl<S: Store> Pool<S> {
             Error::from(invalid)
         })?;
         self.after_earlier_work().await;
-        self.shared.store.update_secret(name, secret).await
+        self.shared
+            .store
+            .update(name, crate::CredentialChange::new().secret(secret))
+            .await
+    }
+
+    /// Changes a credential's secret, extra text or capacity at once (what
+    /// `change` does not set stays). Leases out keep the old secret and
+    /// extra; a capacity below the leases out now is refused, a higher one
+    /// goes to the waiters at once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{CredentialChange, MemoryStore, NewCredential, Pool};
+    /// let pool = Pool::new(MemoryStore::new());
+    /// pool.add(NewCredential::new("bot-7", "key")).await?;
+    /// pool.update("bot-7", CredentialChange::new().capacity(3).extra("tier=gold")).await?;
+    /// assert_eq!(pool.list().await?[0].capacity, 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`update_secret`](Self::update_secret): atomic, and possibly made
+    /// after the future is dropped.
+    pub async fn update(&self, name: &str, change: crate::CredentialChange) -> Result<()> {
+        validate_name(name)?;
+        change.validate().map_err(|mut invalid| {
+            invalid.name = Some(name.to_string());
+            Error::from(invalid)
+        })?;
+        if change.is_empty() {
+            return Ok(());
+        }
+        self.after_earlier_work().await;
+        let widened = change.capacity.is_some();
+        self.shared.store.update(name, change).await?;
+        if widened {
+            // New units may be free: waiters in this process ask again.
+            self.shared.books.waiters.wake_in_turn();
+        }
+        Ok(())
     }
 
     /// Every credential, without secrets.

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, StateKind,
-    Stats, StoredCredential,
+    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome,
+    StateKind, Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
@@ -615,20 +615,41 @@ impl Admin for MemoryStore {
         Ok(())
     }
 
-    async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
+    async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
         let mut state = self.lock();
+        state.reclaim(now_ms(), &mut Vec::new());
         let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
-        let Some(slot) = state.slots[index].as_mut() else {
+        let State { slots, ready, .. } = &mut *state;
+        let Some(slot) = slots[index].as_mut() else {
             return Err(self.unknown(name));
         };
+        let holders = slot.holders.len() as u32;
+        if let Some(capacity) = change.capacity {
+            if capacity < holders {
+                return Err(crate::credential::capacity_below_holders(
+                    name, capacity, holders,
+                ));
+            }
+        }
         let old = &slot.credential;
+        let capacity = change.capacity.unwrap_or(old.capacity());
+        let resized = capacity != old.capacity();
         slot.credential = Credential::new(
             old.id(),
             old.name_arc().clone(),
-            secret,
-            old.extra().map(str::to_string),
-            old.capacity(),
+            change.secret.unwrap_or_else(|| old.secret().clone()),
+            change
+                .extra
+                .unwrap_or_else(|| old.extra().map(str::to_string)),
+            capacity,
         );
+        if resized {
+            // The free units queued before no longer count: queue them anew.
+            slot.generation = slot.generation.wrapping_add(1);
+            if slot.can_hand_out() {
+                ready.push_back(index, slot.generation, slot.free_units());
+            }
+        }
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::Result;
 use crate::ids::{LeaseId, LeaseToken};
@@ -374,14 +374,22 @@ pub trait Admin: Send + Sync + 'static {
     /// future is dropped.
     fn revoke(&self, name: &str) -> impl Future<Output = Result<u32>> + Send;
 
-    /// Replaces a credential's secret; leases out keep the old one.
+    /// Changes a credential's secret, extra text or capacity, all at once;
+    /// leases out keep the old secret and extra. A capacity below the
+    /// leases out now is refused (`InvalidInput` on `capacity`); a higher
+    /// one hands its new units to the waiting line. The change was
+    /// validated by the caller.
     ///
     /// # Cancel safety
     ///
     /// Atomic even when the future is dropped before it completes: the
     /// change is made whole or not at all. It may still be made after the
     /// future is dropped.
-    fn update_secret(&self, name: &str, secret: Secret) -> impl Future<Output = Result<()>> + Send;
+    fn update(
+        &self,
+        name: &str,
+        change: CredentialChange,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Every credential, without secrets, in id order.
     ///

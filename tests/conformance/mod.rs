@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use credpool::{
-    CredentialState, Error, Event, LeaseId, LeaseToken, NewCredential, Pool, ReleaseOutcome, Store,
+    CredentialChange, CredentialState, Error, Event, LeaseId, LeaseToken, NewCredential, Pool,
+    ReleaseOutcome, Store,
 };
 use tokio::time::{sleep, timeout, Instant};
 
@@ -69,6 +70,7 @@ macro_rules! conformance_suite {
             a_lease_ttl_below_the_minimum_is_refused,
             the_longest_durations_saturate,
             revoke_frees_a_credential_at_once_and_fences_its_holders,
+            update_changes_capacity_secret_and_extra_at_once,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1473,4 +1475,90 @@ pub async fn revoke_frees_a_credential_at_once_and_fences_its_holders<F: Factory
     ));
     let stats = pool.stats().await.unwrap();
     assert_eq!((stats.available, stats.leases), (2, 0), "{stats:?}");
+}
+
+/// `update` changes a credential's capacity, secret and extra text at once:
+/// a higher capacity serves a waiter, one below the leases out is refused
+/// and changes nothing else, a lower one is obeyed by later grants, and the
+/// next lease has the new secret and extra.
+pub async fn update_changes_capacity_secret_and_extra_at_once<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_secs(600))).await;
+    pool.add(NewCredential::new("a", "s1").extra("e1"))
+        .await
+        .unwrap();
+    let first = pool.acquire().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
+    });
+    within(Duration::from_secs(10), "the waiter queues", async {
+        while pool.stats().await.unwrap().waiters == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    pool.update("a", CredentialChange::new().capacity(2))
+        .await
+        .unwrap();
+    let second = within(
+        Duration::from_secs(10),
+        "the new unit serves the waiter",
+        waiter,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(second.credential().name(), "a");
+    match pool
+        .update("a", CredentialChange::new().capacity(1).secret("s2"))
+        .await
+    {
+        Err(Error::InvalidInput(invalid)) => {
+            assert_eq!(invalid.field, "capacity");
+            assert!(invalid.to_string().contains("2 leases out"), "{invalid}");
+        }
+        other => panic!("a capacity below the holders was taken: {other:?}"),
+    }
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(
+        lease.credential().secret().expose(),
+        "s1",
+        "the refused change changed the secret"
+    );
+    lease.release().await.unwrap();
+    pool.update(
+        "a",
+        CredentialChange::new().capacity(1).secret("s2").no_extra(),
+    )
+    .await
+    .unwrap();
+    let only = pool.acquire().await.unwrap();
+    assert_eq!(only.credential().secret().expose(), "s2");
+    assert_eq!(only.credential().extra(), None);
+    assert_eq!(only.credential().capacity(), 1);
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "capacity 1 is one holder"
+    );
+    only.release().await.unwrap();
+    pool.update("a", CredentialChange::new().extra("e3"))
+        .await
+        .unwrap();
+    let lease = pool.acquire().await.unwrap();
+    assert_eq!(lease.credential().extra(), Some("e3"));
+    assert_eq!(lease.credential().secret().expose(), "s2");
+    lease.release().await.unwrap();
+    assert!(matches!(
+        pool.update("nobody", CredentialChange::new().capacity(2))
+            .await,
+        Err(Error::UnknownCredential { .. })
+    ));
+    assert!(matches!(
+        pool.update("a", CredentialChange::new().capacity(0)).await,
+        Err(Error::InvalidInput(_))
+    ));
+    let info = &pool.list().await.unwrap()[0];
+    assert_eq!((info.capacity, info.holders), (1, 0), "{info:?}");
 }

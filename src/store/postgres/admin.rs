@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, PoolSummary, Secret, StateKind, Stats,
-    StoredCredential,
+    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, Secret, StateKind,
+    Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
@@ -127,6 +127,40 @@ impl Inner {
         match row {
             Some(row) => Ok(u32::try_from(row.unsigned(0, "revoked leases")?).unwrap_or(u32::MAX)),
             None => Err(self.unknown(&name)),
+        }
+    }
+
+    pub(super) async fn update(&self, name: String, change: CredentialChange) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let capacity = change.capacity.map(|capacity| capacity as i32);
+        let changed = conn
+            .client
+            .query_opt(
+                &self.sql.update(),
+                &[
+                    &self.pool,
+                    &name,
+                    &change.secret.as_ref().map(Secret::expose),
+                    &change.extra.is_some(),
+                    &change.extra.clone().flatten(),
+                    &capacity,
+                ],
+            )
+            .await?;
+        if changed.is_some() {
+            return Ok(());
+        }
+        let holders: Option<u32> = conn
+            .client
+            .query_opt(&self.sql.holders(), &[&self.pool, &name])
+            .await?
+            .map(|row| row.unsigned32(0, "credentials.holders"))
+            .transpose()?;
+        match (holders, change.capacity) {
+            (Some(holders), Some(capacity)) => Err(crate::credential::capacity_below_holders(
+                &name, capacity, holders,
+            )),
+            _ => Err(self.unknown(&name)),
         }
     }
 

@@ -71,7 +71,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Config;
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
@@ -536,13 +536,16 @@ impl Admin for PostgresStore {
         .await
     }
 
-    async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
+    async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
         let (inner, name) = (self.inner.clone(), name.to_string());
         self.run(async move {
-            let sql = inner.sql.update_secret();
-            inner
-                .update_one(sql, name, Some(secret.expose().to_string()))
-                .await
+            let widened = change.capacity.is_some();
+            inner.update(name, change).await?;
+            if widened {
+                // New units go to the first tickets waiting.
+                inner.serve_line_now().await;
+            }
+            Ok(())
         })
         .await
     }

@@ -68,10 +68,13 @@ fn statements(sql: &Sql) -> Vec<(&'static str, String, &'static str)> {
             "'default', 'account-7', NULL",
         ),
         (
-            "update_secret",
-            sql.update_secret(),
-            "'default', 'account-7', 's'",
+            "update",
+            sql.update(),
+            "'default', 'account-7', 's', true, NULL, 4",
         ),
+        // Not `revoke` (nor `remove`): an operator's statement, which reads
+        // the live leases of the pool, as no grant or release pays for an
+        // index on their credential.
     ]
 }
 

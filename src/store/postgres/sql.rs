@@ -621,6 +621,21 @@ impl Sql {
         )
     }
 
+    /// `$1` pool, `$2` name, `$3` new secret (NULL: kept), `$4` whether the
+    /// extra text changes, `$5` the new extra text, `$6` new capacity (NULL:
+    /// kept). Changes them at once unless the capacity would fall below the
+    /// holders; returns the id, no row when refused or unknown.
+    pub(crate) fn update(&self) -> String {
+        format!(
+            "UPDATE {} SET secret = coalesce($3, secret),
+                 extra = CASE WHEN $4 THEN $5 ELSE extra END,
+                 capacity = coalesce($6, capacity)
+             WHERE pool = $1 AND name = $2 AND ($6::integer IS NULL OR holders <= $6::integer)
+             RETURNING id",
+            self.credentials
+        )
+    }
+
     /// `$1` pool, `$2` name. The credential's holders.
     pub(crate) fn holders(&self) -> String {
         format!(
@@ -641,14 +656,6 @@ impl Sql {
     pub(crate) fn set_disabled(&self) -> String {
         format!(
             "UPDATE {} SET disabled_reason = $3 WHERE pool = $1 AND name = $2 RETURNING id",
-            self.credentials
-        )
-    }
-
-    /// `$1` pool, `$2` name, `$3` secret.
-    pub(crate) fn update_secret(&self) -> String {
-        format!(
-            "UPDATE {} SET secret = $3 WHERE pool = $1 AND name = $2 RETURNING id",
             self.credentials
         )
     }

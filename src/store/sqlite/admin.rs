@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use crate::credential::{NewCredential, Secret};
+use crate::credential::{CredentialChange, NewCredential, Secret};
 use crate::error::Error;
 use crate::store::{Added, OnDuplicate};
 
@@ -128,17 +128,35 @@ pub(crate) fn set_disabled(
     Ok(())
 }
 
-pub(crate) fn update_secret(
+/// Changes what `change` sets, at once; a capacity below the holders is
+/// refused.
+pub(crate) fn update(
     ctx: &mut Ctx<'_>,
     name: &str,
-    secret: &Secret,
+    change: &CredentialChange,
 ) -> std::result::Result<(), Failure> {
-    let changed = ctx
-        .connection
-        .prepare_cached("UPDATE credentials SET secret = ?3 WHERE pool = ?1 AND name = ?2")?
-        .execute(params![ctx.pool, name, secret.expose()])?;
-    if changed == 0 {
-        return Err(Failure::Refused(unknown(ctx, name)));
+    let (id, holders) = credential_id_by_name(ctx, name)?;
+    if let Some(capacity) = change.capacity {
+        if capacity < holders {
+            return Err(Failure::Refused(crate::credential::capacity_below_holders(
+                name, capacity, holders,
+            )));
+        }
     }
+    ctx.connection
+        .prepare_cached(
+            "UPDATE credentials
+             SET secret = coalesce(?2, secret),
+                 extra = CASE WHEN ?3 THEN ?4 ELSE extra END,
+                 capacity = coalesce(?5, capacity)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            change.secret.as_ref().map(Secret::expose),
+            change.extra.is_some(),
+            change.extra.clone().flatten(),
+            change.capacity,
+        ])?;
     Ok(())
 }

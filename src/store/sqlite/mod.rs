@@ -53,7 +53,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::credential::{
-    Credential, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats,
+    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
@@ -623,10 +623,17 @@ impl Admin for SqliteStore {
         .await
     }
 
-    async fn update_secret(&self, name: &str, secret: Secret) -> Result<()> {
+    async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
         let name = name.to_string();
-        self.call(move |ctx| admin::update_secret(ctx, &name, &secret))
-            .await
+        self.call(move |ctx| {
+            admin::update(ctx, &name, &change)?;
+            if change.capacity.is_some() {
+                // New units go to the first tickets waiting.
+                line::serve(ctx)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
