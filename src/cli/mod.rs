@@ -82,14 +82,15 @@ struct Args {
 
     /// A store in this process's memory instead of the file, for demo and
     /// torture only (so it is given before the command: credpool --memory demo).
-    #[arg(long, conflicts_with = "db")]
+    #[cfg_attr(feature = "postgres", arg(long, conflicts_with_all = ["db", "url"]))]
+    #[cfg_attr(not(feature = "postgres"), arg(long, conflicts_with = "db"))]
     memory: bool,
 
     /// A Postgres store instead of the file: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE
     /// (tables in the schema given by --schema) [default: $CREDPOOL_URL].
     /// A flag beats the environment; an empty variable counts as unset.
     #[cfg(feature = "postgres")]
-    #[arg(long, global = true, help_heading = GLOBAL, conflicts_with_all = ["db", "memory"])]
+    #[arg(long, global = true, help_heading = GLOBAL, conflicts_with = "db")]
     url: Option<String>,
 
     /// The Postgres schema that holds credpool's tables [default: credpool].
@@ -960,4 +961,16 @@ fn read_secret(from_stdin: bool, from_env: Option<&str>) -> Result<String, Failu
     };
     // An empty secret is refused by the same validation as an import's.
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks every command's arguments against each other (a
+    /// conflict with an argument a subcommand does not have, say) only when
+    /// that command is parsed; this checks them all at once.
+    #[test]
+    fn every_command_is_well_formed() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
 }
