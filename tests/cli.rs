@@ -1492,3 +1492,34 @@ fn set_changes_a_credential() {
     });
     ok(&run(&db, &["set", "alice", "--capacity", "1"]));
 }
+
+/// The commands that only read answer while another process holds the
+/// store's write lock (they used to wait out the 5-second busy timeout and
+/// fail with "database is locked"), and a lease past its expiry is not
+/// counted as held though nobody could reclaim it under that lock.
+#[test]
+fn reads_answer_under_a_foreign_write_lock() {
+    let db = fresh_db("reads-locked");
+    ok(&run(&db, &["init"]));
+    kill_a_demo_holding_a_lease(&db, &["--lease-ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let foreign = rusqlite::Connection::open(&db).unwrap();
+    foreign.execute_batch("BEGIN IMMEDIATE").unwrap();
+    foreign
+        .execute("UPDATE credentials SET use_count = use_count", [])
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["stats", "-j"]))).unwrap();
+    assert_eq!(
+        (&stats["total"], &stats["leases"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "the expired lease still counts: {stats}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["list", "-j"]))).unwrap();
+    assert_eq!(listed[0]["holders"], 0, "{listed}");
+    assert_eq!(listed[0]["state"], "available", "{listed}");
+    let name = listed[0]["name"].as_str().unwrap().to_string();
+    ok(&run(&db, &["show", &name]));
+    ok(&run(&db, &["pools"]));
+    ok(&run(&db, &["export"]));
+    foreign.execute_batch("ROLLBACK").unwrap();
+}

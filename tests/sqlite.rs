@@ -1281,18 +1281,26 @@ async fn a_named_pipe_is_refused_at_once() {
 /// Item 11: SQLite's errors name the file and say what to do.
 #[tokio::test]
 async fn sqlite_errors_name_the_file_and_the_fix() {
-    // A write lock held elsewhere while the store is opened.
+    // A write lock held elsewhere: a store of this version opens and reads
+    // without it, and a write waits out the busy timeout and says so.
     let path = fresh_path("open-locked");
     drop(SqliteStore::open(&path).await.unwrap());
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
-    let error = SqliteStore::options(&path)
-        .busy_timeout(Duration::from_millis(100))
-        .open()
+    let pool = Pool::new(
+        SqliteStore::options(&path)
+            .busy_timeout(Duration::from_millis(100))
+            .open()
+            .await
+            .expect("a store opens under a foreign write lock"),
+    );
+    assert_eq!(pool.stats().await.unwrap().total, 0);
+    let error = pool
+        .add(NewCredential::new("alice", "s"))
         .await
         .unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, Error::SqliteFile { .. }), "{error:?}");
+    assert!(matches!(error, Error::Transaction { .. }), "{error:?}");
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(
         message.contains("locked") && message.contains("busy timeout"),

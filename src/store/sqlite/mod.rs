@@ -46,6 +46,7 @@ mod writer;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -219,6 +220,7 @@ impl Options<Sqlite> {
                 sender: Some(sender),
                 permits: Arc::new(Semaphore::new(own.max_in_flight)),
                 path: own.path.into(),
+                used: AtomicBool::new(false),
             },
             thread: Some(thread),
             reader,
@@ -233,6 +235,9 @@ struct Channel {
     sender: Option<mpsc::UnboundedSender<Job>>,
     permits: Arc<Semaphore>,
     path: Arc<Path>,
+    /// Whether any request was sent: until one is, a read has nothing of
+    /// this store's to wait for.
+    used: AtomicBool,
 }
 
 /// A grant's way to the store thread that does not keep the thread alive.
@@ -253,6 +258,7 @@ fn unavailable(path: &Path) -> Error {
 
 impl Channel {
     fn send(&self, job: Job) -> Result<()> {
+        self.used.store(true, Ordering::Release);
         match &self.sender {
             Some(sender) => sender.send(job).map_err(|_| unavailable(&self.path)),
             None => Err(unavailable(&self.path)),
@@ -388,7 +394,15 @@ impl SqliteStore {
     /// reclaimed expired leases, so that a read on the reader sees them.
     /// Costs one trip through the thread, batched with other requests; the
     /// read itself then runs beside the thread.
+    ///
+    /// A store that has sent no request has nothing to wait for, and its
+    /// read takes no write lock: `credpool stats` answers while another
+    /// process holds it. (Reads count a lease past its expiry as gone
+    /// whether or not it was reclaimed.)
     async fn settle_for_read(&self) -> Result<()> {
+        if !self.channel.used.load(Ordering::Acquire) {
+            return Ok(());
+        }
         // Every batch reclaims before it runs its requests.
         self.call(|_ctx| Ok(())).await
     }

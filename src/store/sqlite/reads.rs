@@ -30,6 +30,15 @@ pub(crate) struct Reader {
     path: Arc<Path>,
 }
 
+/// `?1` pool, `?2` now in ms: the leases of each credential past their
+/// expiry, which the reads leave out of its holders (the store thread
+/// reclaims them at its next write; a read never waits for it).
+const EXPIRED: &str = "WITH expired AS (
+    SELECT credential_id, count(*) AS n FROM leases
+    WHERE pool = ?1 AND expires_at <= ?2
+    GROUP BY credential_id
+)";
+
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader").field("path", &self.path).finish()
@@ -78,16 +87,19 @@ impl Reader {
         })
     }
 
-    /// Every credential, without secrets, in id order.
+    /// Every credential, without secrets, in id order; a lease past its
+    /// expiry is not counted as a holder, reclaimed or not.
     pub(crate) async fn list(&self) -> Result<Vec<CredentialInfo>> {
-        self.read(|connection, pool, now| {
-            let mut statement = connection.prepare_cached(
-                "SELECT id, name, capacity, holders, disabled_reason, cooling_until,
+        self.read(|connection, pool, now_ms| {
+            let mut statement = connection.prepare_cached(&format!(
+                "{EXPIRED} SELECT id, name, capacity, holders - coalesce(expired.n, 0),
+                        disabled_reason, cooling_until,
                         extra IS NOT NULL, last_used_at, use_count, created_at
-                 FROM credentials WHERE pool = ?1 ORDER BY id",
-            )?;
-            let now = from_ms(now);
-            let rows = statement.query_map([pool], |row| {
+                 FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
+                 WHERE pool = ?1 ORDER BY id"
+            ))?;
+            let now = from_ms(now_ms);
+            let rows = statement.query_map(params![pool, now_ms], |row| {
                 let stored = StoredCredential {
                     id: CredentialId::new(unsigned(row.get(0)?)?),
                     name: row.get(1)?,
@@ -145,11 +157,13 @@ impl Reader {
     /// decides their state, and [`StateKind::of`] decides it, as for every store.
     pub(crate) async fn stats(&self) -> Result<Stats> {
         self.read(|connection, pool, now| {
-            let mut statement = connection.prepare_cached(
-                "SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > ?2,
-                        holders >= capacity, count(*), coalesce(sum(holders), 0)
-                 FROM credentials WHERE pool = ?1 GROUP BY 1, 2, 3",
-            )?;
+            let mut statement = connection.prepare_cached(&format!(
+                "{EXPIRED} SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > ?2,
+                        holders - coalesce(expired.n, 0) >= capacity, count(*),
+                        coalesce(sum(holders - coalesce(expired.n, 0)), 0)
+                 FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
+                 WHERE pool = ?1 GROUP BY 1, 2, 3"
+            ))?;
             let mut stats = Stats::default();
             let mut rows = statement.query(params![pool, now])?;
             while let Some(row) = rows.next()? {

@@ -184,7 +184,11 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
     )
     .map_err(|error| annotate(path, error))?;
     configure(&connection, path, options)?;
-    migrate(&connection, path)?;
+    // A store of this version needs no write to open: a read-only command
+    // works while another process holds the write lock.
+    if version < SCHEMA_VERSION {
+        migrate(&connection, path)?;
+    }
     Ok(connection)
 }
 
