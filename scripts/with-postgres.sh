@@ -7,6 +7,8 @@
 # - Starts a new cluster in a temporary folder, on 127.0.0.1 and a free port,
 #   with trust authentication for the user `postgres`. It does not touch the
 #   Debian default cluster.
+# - Turns TLS on with a certificate for 127.0.0.1 signed by a CA of its own,
+#   and exports that CA's file as CREDPOOL_TEST_POSTGRES_CA.
 # - Exports CREDPOOL_TEST_POSTGRES_URL (postgres://postgres@127.0.0.1:PORT/postgres),
 #   and CREDPOOL_TEST_POSTGRES_CTL, a command that takes `restart` or `stop`,
 #   for fault tests that restart the server.
@@ -77,6 +79,34 @@ as_owner "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --no-locale >
     exit 1
 }
 
+# TLS: a CA of its own signs the server's certificate (for 127.0.0.1), so
+# that tests can connect with sslmode=require and sslrootcert=$CA. The
+# server still takes connections in the clear. openssl comes with Debian's
+# postgresql package (through ssl-cert).
+tls="$work/tls"
+tls_options=""
+if command -v openssl >/dev/null 2>&1; then
+    mkdir -p "$tls"
+    if openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=credpool test CA" \
+            -keyout "$tls/ca.key" -out "$tls/ca.crt" >"$tls/openssl.log" 2>&1 \
+        && openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+            -keyout "$tls/server.key" -out "$tls/server.csr" >>"$tls/openssl.log" 2>&1 \
+        && printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext" \
+        && openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" >>"$tls/openssl.log" 2>&1; then
+        chown "$owner" "$tls/server.key" "$tls/server.crt"
+        chmod 600 "$tls/server.key"
+        chmod 755 "$tls"
+        tls_options="-c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key"
+        export CREDPOOL_TEST_POSTGRES_CA="$tls/ca.crt"
+    else
+        cat "$tls/openssl.log" >&2
+        say "could not make a certificate: the server runs without TLS"
+    fi
+else
+    say "no openssl: the server runs without TLS"
+fi
+
 port_is_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
@@ -85,7 +115,7 @@ started=
 for _ in 1 2 3 4 5 6 7 8; do
     port=$((20000 + RANDOM % 40000))
     port_is_free "$port" || continue
-    options="-c listen_addresses=127.0.0.1 -p $port -k $sockets -c max_connections=400"
+    options="-c listen_addresses=127.0.0.1 -p $port -k $sockets -c max_connections=400 $tls_options"
     if as_owner "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 -o "$options" start >/dev/null; then
         started=1
         break

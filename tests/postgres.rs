@@ -991,3 +991,92 @@ async fn a_column_of_the_wrong_type_is_an_error_naming_it() {
     let error = pool.reveal().await.unwrap_err();
     assert!(error.to_string().contains("capacity"), "{error}");
 }
+
+/// TLS: with `sslmode=require` and the server's CA as `sslrootcert` in the
+/// URL, the store's connections are encrypted (the server says so in
+/// `pg_stat_ssl`) and it works; without the CA the certificate is not
+/// trusted and the error says what to add; without `sslmode=require` the
+/// store connects in the clear, as before. `scripts/with-postgres.sh`
+/// starts the server with TLS and a CA of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_connects_over_verified_tls() {
+    let ca = std::env::var("CREDPOOL_TEST_POSTGRES_CA").expect(
+        "CREDPOOL_TEST_POSTGRES_CA names the test server's CA: run the tests \
+         through scripts/with-postgres.sh, which starts the server with TLS",
+    );
+    let schema = fresh_schema("tls");
+    let secure = format!(
+        "{}?sslmode=require&application_name=credpool-tls-{schema}&sslrootcert={ca}",
+        url()
+    );
+    let store = PostgresStore::options_url(&secure)
+        .unwrap()
+        .schema(schema.as_str())
+        .open()
+        .await
+        .expect("a TLS connection to the test server, its CA trusted");
+    let pool = Pool::new(store);
+    pool.add(NewCredential::new("alice", "s")).await.unwrap();
+    pool.acquire().await.unwrap().release().await.unwrap();
+    let counts = |encrypted: bool| {
+        let schema = schema.clone();
+        async move {
+            let count: i64 = raw()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+                     WHERE application_name = $1 AND ssl = $2",
+                    &[&format!("credpool-tls-{schema}"), &encrypted],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            count
+        }
+    };
+    assert!(
+        counts(true).await >= 2,
+        "the store's connections are encrypted"
+    );
+    assert_eq!(
+        counts(false).await,
+        0,
+        "no connection of the store is in the clear"
+    );
+    drop(pool);
+
+    let untrusted = PostgresStore::options_url(&format!("{}?sslmode=require", url()))
+        .unwrap()
+        .schema(schema.as_str())
+        .open()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        untrusted.contains("certificate") && untrusted.contains("sslrootcert"),
+        "{untrusted}"
+    );
+
+    let clear_name = format!("credpool-clear-{schema}");
+    let clear = PostgresStore::options_url(&format!("{}?application_name={clear_name}", url()))
+        .unwrap()
+        .schema(schema.as_str())
+        .open()
+        .await
+        .unwrap();
+    let encrypted: i64 = raw()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE application_name = $1 AND ssl",
+            &[&clear_name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        encrypted, 0,
+        "sslmode=prefer (the default) stays in the clear"
+    );
+    drop(clear);
+}

@@ -25,7 +25,8 @@ impl Inner {
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
     ) -> Result<Added> {
-        let mut client = connections::connect(&self.connections.config).await?;
+        let mut client =
+            connections::connect(&self.connections.config, &self.connections.tls).await?;
         let transaction = client.transaction().await?;
         let insert = transaction.prepare(&self.sql.insert_many()).await?;
         let mut added = Added::default();

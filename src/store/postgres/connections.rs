@@ -12,7 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Socket, Statement};
+
+use super::tls::Tls;
 
 use super::sql::Sql;
 use crate::error::Result;
@@ -32,20 +35,44 @@ pub(crate) struct Conn {
     pub(crate) claim: Statement,
 }
 
-/// Opens a connection, driven by a task on the current runtime.
-pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "postgres connection ended");
-        }
-    });
-    Ok(client)
+/// Opens a connection, over TLS when `tls` says, driven by a task on the
+/// current runtime.
+pub(crate) async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
+    async fn driven<T>(
+        config: &Config,
+        tls: T,
+    ) -> std::result::Result<Client, tokio_postgres::Error>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = config.connect(tls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "postgres connection ended");
+            }
+        });
+        Ok(client)
+    }
+    let connected = match tls {
+        Tls::Off => driven(config, NoTls).await,
+        Tls::On(rustls) => driven(config, Tls::connector(rustls)).await,
+    };
+    connected.map_err(|error| tls.explain(error.into()))
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("slots", &self.slots.len())
+            .field("tls", &matches!(self.tls, Tls::On(_)))
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct Connections {
     pub(crate) config: Config,
+    pub(crate) tls: Tls,
     sql: Arc<Sql>,
     slots: Vec<Slot>,
     next: AtomicUsize,
@@ -69,9 +96,10 @@ impl Slot {
 }
 
 impl Connections {
-    pub(crate) fn new(config: Config, sql: Arc<Sql>, size: usize) -> Self {
+    pub(crate) fn new(config: Config, tls: Tls, sql: Arc<Sql>, size: usize) -> Self {
         Self {
             config,
+            tls,
             sql,
             slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
@@ -89,7 +117,7 @@ impl Connections {
         if let Some(conn) = slot.current() {
             return Ok(conn);
         }
-        let client = connect(&self.config).await?;
+        let client = connect(&self.config, &self.tls).await?;
         // Plan each statement once: a custom plan per call (the default for
         // the first calls, and for good when the generic plan looks costlier)
         // costs more server time than the statement itself. And never
@@ -121,6 +149,7 @@ impl Connections {
 /// wakes `changed` once connected, for the releases it may have missed.
 pub(crate) async fn listen(
     config: Config,
+    tls: Tls,
     channel: String,
     pool: String,
     owner: String,
@@ -128,7 +157,14 @@ pub(crate) async fn listen(
 ) {
     let mut pause = Duration::from_millis(50);
     loop {
-        match listen_once(&config, &channel, &pool, &owner, &changed).await {
+        let listened = match &tls {
+            Tls::Off => listen_once(&config, NoTls, &channel, &pool, &owner, &changed).await,
+            Tls::On(rustls) => {
+                let connector = Tls::connector(rustls);
+                listen_once(&config, connector, &channel, &pool, &owner, &changed).await
+            }
+        };
+        match listened {
             Ok(()) => pause = Duration::from_millis(50),
             Err(error) => {
                 tracing::debug!(%error, "postgres listener failed; polling until it is back");
@@ -139,14 +175,19 @@ pub(crate) async fn listen(
     }
 }
 
-async fn listen_once(
+async fn listen_once<T>(
     config: &Config,
+    tls: T,
     channel: &str,
     pool: &str,
     owner: &str,
     changed: &Notify,
-) -> Result<()> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<()>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config.connect(tls).await?;
     let statement = format!("LISTEN \"{channel}\"");
     let mut listening = std::pin::pin!(client.batch_execute(&statement));
     let mut listened = false;

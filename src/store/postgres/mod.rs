@@ -59,9 +59,11 @@ mod plans;
 mod rows;
 mod schema;
 mod sql;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -84,6 +86,7 @@ use self::batch::GrantQueue;
 use self::connections::Connections;
 use self::leases::{ms, Inner};
 use self::sql::Sql;
+use self::tls::Tls;
 
 pub use self::schema::SCHEMA_VERSION;
 
@@ -120,6 +123,7 @@ pub struct Postgres {
     config: Config,
     schema: String,
     connections: usize,
+    root_certificates: Option<PathBuf>,
 }
 
 impl fmt::Debug for Postgres {
@@ -146,6 +150,15 @@ impl Options<Postgres> {
         self
     }
 
+    /// With `sslmode=require`, trust the server's certificate when one of
+    /// the CA certificates in this PEM file signed it, instead of the
+    /// Mozilla roots (libpq's `sslrootcert`, which the URL may also carry:
+    /// `postgres://…/app?sslmode=require&sslrootcert=/etc/ssl/db-ca.pem`).
+    pub fn root_certificates(mut self, path: impl Into<PathBuf>) -> Self {
+        self.own.root_certificates = Some(path.into());
+        self
+    }
+
     /// Where the store is: server, database and schema (never the password).
     pub fn location(&self) -> String {
         location(&self.own.config, &self.own.schema)
@@ -169,7 +182,8 @@ impl Options<Postgres> {
         validate_schema(&own.schema)?;
         settings.validate()?;
         let location = location(&own.config, &own.schema);
-        let mut client = connections::connect(&own.config)
+        let tls = Tls::new(&own.config, own.root_certificates.as_deref())?;
+        let mut client = connections::connect(&own.config, &tls)
             .await
             .map_err(|error| at(&location, error))?;
         schema::migrate(&mut client, &own.schema, &location)
@@ -178,7 +192,12 @@ impl Options<Postgres> {
         drop(client);
 
         let sql = Arc::new(Sql::new(&own.schema));
-        let connections = Connections::new(own.config.clone(), sql.clone(), own.connections);
+        let connections = Connections::new(
+            own.config.clone(),
+            tls.clone(),
+            sql.clone(),
+            own.connections,
+        );
         // Fail now, not on the first acquire, if the statements do not prepare.
         connections
             .get()
@@ -190,6 +209,7 @@ impl Options<Postgres> {
         let pool = settings.pool().to_string();
         let listener = tokio::spawn(connections::listen(
             own.config.clone(),
+            tls,
             channel.clone(),
             pool.clone(),
             line.owner().to_string(),
@@ -316,6 +336,7 @@ impl PostgresStore {
                 config,
                 schema: "credpool".into(),
                 connections: DEFAULT_CONNECTIONS,
+                root_certificates: None,
             },
         )
     }
@@ -327,13 +348,18 @@ impl PostgresStore {
     /// [`Error::InvalidInput`] when the URL does not parse; the message does
     /// not repeat the URL, which may hold a password.
     pub fn options_url(url: &str) -> Result<PostgresOptions> {
+        let (url, root_certificates) = tls::take_root_certificates(url);
         let config = url.parse::<Config>().map_err(|error| {
             Error::from(InvalidInput::new(
                 "postgres URL",
                 format!("{error}; write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
             ))
         })?;
-        Ok(Self::options(config))
+        let options = Self::options(config);
+        Ok(match root_certificates {
+            Some(path) => options.root_certificates(path),
+            None => options,
+        })
     }
 
     /// Opens the pool `default` in the schema `credpool` at a `postgres://` URL.
