@@ -1523,3 +1523,42 @@ fn reads_answer_under_a_foreign_write_lock() {
     ok(&run(&db, &["export"]));
     foreign.execute_batch("ROLLBACK").unwrap();
 }
+
+/// A large import on a terminal shows a progress bar as it writes (under
+/// `script`, which gives it a terminal and records what the terminal shows).
+#[test]
+fn a_large_import_shows_a_progress_bar_on_a_terminal() {
+    let db = fresh_db("import-bar");
+    let file = db.with_extension("json");
+    let entries: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"name": "bulk-{i}", "secret": "s"}}"#))
+        .collect();
+    std::fs::write(&file, format!("[{}]", entries.join(","))).unwrap();
+    let command = format!(
+        "{} --db {} import {}",
+        env!("CARGO_BIN_EXE_credpool"),
+        db.display(),
+        file.display()
+    );
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_remove("CREDPOOL_DB")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1), of util-linux, gives a command a terminal");
+    let screen = text(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(screen.contains("entries written"), "no bar: {screen:?}");
+    assert!(screen.contains("imported 20000 credentials"), "{screen:?}");
+    // Not on a terminal: no bar, and the lines say what happens.
+    let piped = run(
+        &fresh_db("import-plain"),
+        &["import", file.to_str().unwrap()],
+    );
+    ok(&piped);
+    assert!(
+        !text(&piped.stderr).contains("entries written"),
+        "{}",
+        text(&piped.stderr)
+    );
+}

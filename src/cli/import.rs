@@ -62,24 +62,45 @@ impl Input {
         } = self;
         let total = credentials.len();
         let chatty = total >= LARGE;
-        if chatty {
+        // On a terminal, a bar that moves as the entries are written (one
+        // transaction still: nothing is committed before the end).
+        let bar = (chatty && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} entries written, {eta} left",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("{label}:"));
+            bar
+        });
+        if chatty && bar.is_none() {
             progress(&format!(
                 "{label}: {total} entries read and checked in {:.1?}; writing them in one transaction…",
                 started.elapsed()
             ));
         }
-        let added = if skip_existing {
-            pool.add_many_skip_existing(credentials).await
-        } else {
-            pool.add_many(credentials).await
+        let moving = bar.clone();
+        let added = pool
+            .add_many_with_progress(credentials, skip_existing, move |written| {
+                if let Some(bar) = &moving {
+                    bar.set_position(written as u64);
+                }
+            })
+            .await;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
         }
+        let added = added
         .map_err(|error| match error {
             Error::DuplicateName { .. } => Failure(format!(
                 "{label}: {error}; nothing was imported (use --skip-existing to keep the ones that exist)"
             )),
             other => Failure(format!("{label}: {other}; nothing was imported")),
         })?;
-        if chatty {
+        if chatty && bar.is_none() {
             progress("");
         }
         let skipped = total - added;

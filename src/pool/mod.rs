@@ -677,10 +677,60 @@ impl<S: Store> Pool<S> {
             .await
     }
 
+    /// As [`add_many`](Pool::add_many) (or
+    /// [`add_many_skip_existing`](Pool::add_many_skip_existing) with
+    /// `skip_existing`), and tells `progress` now and then how many entries
+    /// are written so far, for a progress bar over a large import. Nothing
+    /// is committed before the end: all or nothing still.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// let written = Arc::new(AtomicUsize::new(0));
+    /// let seen = written.clone();
+    /// let accounts = (0..100).map(|i| NewCredential::new(format!("bot-{i}"), "key"));
+    /// pool.add_many_with_progress(accounts, false, move |n| seen.store(n, Ordering::Relaxed))
+    ///     .await?;
+    /// assert_eq!(written.load(Ordering::Relaxed), 100);
+    /// # Ok(()) }
+    /// ```
+    pub async fn add_many_with_progress(
+        &self,
+        credentials: impl IntoIterator<Item = NewCredential>,
+        skip_existing: bool,
+        progress: impl Fn(usize) + Send + Sync + 'static,
+    ) -> Result<usize> {
+        let on_duplicate = if skip_existing {
+            OnDuplicate::Skip
+        } else {
+            OnDuplicate::Fail
+        };
+        self.add_reporting(
+            credentials.into_iter().collect(),
+            on_duplicate,
+            crate::store::Progress::new(progress),
+        )
+        .await
+    }
+
     async fn add_with(
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+    ) -> Result<usize> {
+        self.add_reporting(credentials, on_duplicate, crate::store::Progress::none())
+            .await
+    }
+
+    async fn add_reporting(
+        &self,
+        credentials: Vec<NewCredential>,
+        on_duplicate: OnDuplicate,
+        progress: crate::store::Progress,
     ) -> Result<usize> {
         for (index, credential) in credentials.iter().enumerate() {
             credential
@@ -697,7 +747,7 @@ impl<S: Store> Pool<S> {
         let added = self
             .shared
             .store
-            .add_many(credentials, on_duplicate)
+            .add_many(credentials, on_duplicate, progress)
             .await?;
         tracing::info!(pool = self.name(), added = added.count, "credentials added");
         self.shared.books.waiters.wake_in_turn();

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
 use crate::store::{
     Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy,
-    OnDuplicate, Receipt, StoreSettings,
+    OnDuplicate, Progress, Receipt, StoreSettings,
 };
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
@@ -123,6 +123,35 @@ impl Slot {
 }
 
 impl MemoryStore {
+    /// Adds the credentials, all or nothing, under one lock.
+    fn add_all(&self, credentials: Vec<NewCredential>, on_duplicate: OnDuplicate) -> Result<Added> {
+        let now = now_ms();
+        let mut state = self.lock();
+        if on_duplicate == OnDuplicate::Fail {
+            let mut seen = HashSet::with_capacity(credentials.len());
+            for (position, credential) in credentials.iter().enumerate() {
+                let name = credential.name.as_str();
+                if state.by_name.contains_key(name) || !seen.insert(name) {
+                    return Err(Error::DuplicateName {
+                        name: name.to_string(),
+                        pool: self.settings.pool().to_string(),
+                        entry: Some(position),
+                    });
+                }
+            }
+        }
+        let mut added = Added::default();
+        for (position, new) in credentials.into_iter().enumerate() {
+            if state.by_name.contains_key(new.name.as_str()) {
+                added.skipped.push(position);
+            } else {
+                state.insert(new, now);
+                added.count += 1;
+            }
+        }
+        Ok(added)
+    }
+
     /// An empty store for the pool named `default`.
     pub fn new() -> Self {
         Self::with_pool_name("default")
@@ -506,31 +535,11 @@ impl Admin for MemoryStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+        progress: Progress,
     ) -> Result<Added> {
-        let now = now_ms();
-        let mut state = self.lock();
-        if on_duplicate == OnDuplicate::Fail {
-            let mut seen = HashSet::with_capacity(credentials.len());
-            for (position, credential) in credentials.iter().enumerate() {
-                let name = credential.name.as_str();
-                if state.by_name.contains_key(name) || !seen.insert(name) {
-                    return Err(Error::DuplicateName {
-                        name: name.to_string(),
-                        pool: self.settings.pool().to_string(),
-                        entry: Some(position),
-                    });
-                }
-            }
-        }
-        let mut added = Added::default();
-        for (position, new) in credentials.into_iter().enumerate() {
-            if state.by_name.contains_key(new.name.as_str()) {
-                added.skipped.push(position);
-            } else {
-                state.insert(new, now);
-                added.count += 1;
-            }
-        }
+        let total = credentials.len();
+        let added = self.add_all(credentials, on_duplicate)?;
+        progress.report(total);
         Ok(added)
     }
 

@@ -6,6 +6,7 @@
 //! a caller is cancelled live once, above the stores, in [`Pool`](crate::Pool).
 //! Every type that implements both is a [`Store`].
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -131,6 +132,41 @@ pub struct ExpiredLease {
     pub name: Arc<str>,
     /// The lease that expired.
     pub lease_id: LeaseId,
+}
+
+/// Told how many entries of a large [`Admin::add_many`] are written so far
+/// (not committed yet: the whole batch commits at once, or none of it). A
+/// store calls it now and then, from any thread, and once with the total.
+#[derive(Clone)]
+pub struct Progress(Option<Arc<dyn Fn(usize) + Send + Sync>>);
+
+impl Progress {
+    /// Nobody listens.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Calls `report` with how many entries are written so far.
+    pub fn new(report: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(report)))
+    }
+
+    /// Reports `written` entries.
+    pub fn report(&self, written: usize) {
+        if let Some(report) = &self.0 {
+            report(written);
+        }
+    }
+}
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress"
+        } else {
+            "Progress(none)"
+        })
+    }
 }
 
 /// What [`Admin::add_many`] added.
@@ -334,6 +370,7 @@ pub trait Admin: Send + Sync + 'static {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+        progress: Progress,
     ) -> impl Future<Output = Result<Added>> + Send;
 
     /// Removes a credential; refused with [`Error::InUse`](crate::Error::InUse)

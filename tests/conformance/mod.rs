@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             the_longest_durations_saturate,
             revoke_frees_a_credential_at_once_and_fences_its_holders,
             update_changes_capacity_secret_and_extra_at_once,
+            a_large_add_reports_its_progress,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1561,4 +1562,28 @@ pub async fn update_changes_capacity_secret_and_extra_at_once<F: Factory>(factor
     ));
     let info = &pool.list().await.unwrap()[0];
     assert_eq!((info.capacity, info.holders), (1, 0), "{info:?}");
+}
+
+/// `add_many_with_progress` tells how many entries are written as it goes:
+/// never fewer than before, and all of them at the end.
+pub async fn a_large_add_reports_its_progress<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    let added = pool
+        .add_many_with_progress(
+            (0..25_000).map(|i| NewCredential::new(format!("bulk-{i}"), "s")),
+            false,
+            move |written| seen.lock().unwrap().push(written),
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 25_000);
+    let reports = reports.lock().unwrap().clone();
+    assert_eq!(reports.last(), Some(&25_000), "{reports:?}");
+    assert!(
+        reports.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{reports:?}"
+    );
+    assert_eq!(pool.stats().await.unwrap().total, 25_000);
 }

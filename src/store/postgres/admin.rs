@@ -9,7 +9,7 @@ use crate::credential::{
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
-use crate::store::{Added, OnDuplicate};
+use crate::store::{Added, OnDuplicate, Progress};
 use crate::time::from_ms;
 
 use super::connections;
@@ -24,6 +24,7 @@ impl Inner {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+        progress: Progress,
     ) -> Result<Added> {
         let mut client =
             connections::connect(&self.connections.config, &self.connections.tls).await?;
@@ -50,6 +51,7 @@ impl Inner {
                 )
                 .await?;
             added.count += rows.len();
+            progress.report(chunk_index * INSERT_CHUNK + chunk.len());
             if rows.len() == chunk.len() {
                 continue;
             }

@@ -79,7 +79,7 @@ use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
     Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate,
-    Options, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
+    Options, Progress, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
 };
 
 use self::batch::GrantQueue;
@@ -515,10 +515,11 @@ impl Admin for PostgresStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+        progress: Progress,
     ) -> Result<Added> {
         let inner = self.inner.clone();
         self.run(async move {
-            let added = inner.add_many(credentials, on_duplicate).await?;
+            let added = inner.add_many(credentials, on_duplicate, progress).await?;
             inner.serve_line_now().await;
             Ok(added)
         })

@@ -4,14 +4,18 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::credential::{CredentialChange, NewCredential, Secret};
 use crate::error::Error;
-use crate::store::{Added, OnDuplicate};
+use crate::store::{Added, OnDuplicate, Progress};
 
 use super::ctx::{Ctx, Failure};
+
+/// How many entries an add writes between two progress reports.
+const PROGRESS_EVERY: usize = 10_000;
 
 pub(crate) fn add_many(
     ctx: &mut Ctx<'_>,
     credentials: &[NewCredential],
     on_duplicate: OnDuplicate,
+    progress: &Progress,
 ) -> std::result::Result<Added, Failure> {
     let connection = ctx.connection;
     connection.execute_batch("SAVEPOINT add_many")?;
@@ -29,6 +33,9 @@ pub(crate) fn add_many(
         let mut insert = connection.prepare_cached(sql)?;
         let mut added = Added::default();
         for (index, credential) in credentials.iter().enumerate() {
+            if index > 0 && index % PROGRESS_EVERY == 0 {
+                progress.report(index);
+            }
             let inserted = insert.execute(params![
                 ctx.pool,
                 credential.name,
@@ -53,6 +60,7 @@ pub(crate) fn add_many(
                 Err(error) => return Err(Failure::Sql(error)),
             }
         }
+        progress.report(credentials.len());
         Ok(added)
     })();
     match &result {

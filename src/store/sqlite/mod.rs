@@ -60,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
     Added, Admin, GrantAnswer, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate, Options,
-    Receipt, StoreSettings, DEFAULT_TICKET_TTL,
+    Progress, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
 };
 
 use self::ctx::{Ctx, Failure};
@@ -601,9 +601,10 @@ impl Admin for SqliteStore {
         &self,
         credentials: Vec<NewCredential>,
         on_duplicate: OnDuplicate,
+        progress: Progress,
     ) -> Result<Added> {
         self.call(move |ctx| {
-            let added = admin::add_many(ctx, &credentials, on_duplicate)?;
+            let added = admin::add_many(ctx, &credentials, on_duplicate, &progress)?;
             line::serve(ctx)?;
             Ok(added)
         })
