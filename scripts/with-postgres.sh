@@ -87,6 +87,7 @@ tls="$work/tls"
 tls_options=""
 if command -v openssl >/dev/null 2>&1; then
     mkdir -p "$tls"
+    chmod 700 "$tls"
     if openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=credpool test CA" \
             -keyout "$tls/ca.key" -out "$tls/ca.crt" >"$tls/openssl.log" 2>&1 \
         && openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
@@ -95,7 +96,7 @@ if command -v openssl >/dev/null 2>&1; then
         && openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
             -CAcreateserial -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" >>"$tls/openssl.log" 2>&1; then
         chown "$owner" "$tls/server.key" "$tls/server.crt"
-        chmod 600 "$tls/server.key"
+        chmod 600 "$tls/server.key" "$tls/ca.key"
         chmod 755 "$tls"
         tls_options="-c ssl=on -c ssl_cert_file=$tls/server.crt -c ssl_key_file=$tls/server.key"
         export CREDPOOL_TEST_POSTGRES_CA="$tls/ca.crt"

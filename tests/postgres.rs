@@ -1002,7 +1002,8 @@ async fn a_column_of_the_wrong_type_is_an_error_naming_it() {
 async fn sslmode_require_connects_over_verified_tls() {
     let ca = std::env::var("CREDPOOL_TEST_POSTGRES_CA").expect(
         "CREDPOOL_TEST_POSTGRES_CA names the test server's CA: run the tests \
-         through scripts/with-postgres.sh, which starts the server with TLS",
+         through scripts/with-postgres.sh, which starts the server with TLS \
+         (it needs openssl, which Debian's postgresql package brings)",
     );
     let schema = fresh_schema("tls");
     let secure = format!(

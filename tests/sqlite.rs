@@ -1497,3 +1497,27 @@ async fn a_read_only_tool_sees_a_schema_still_in_the_log() {
     assert_eq!(Pool::new(reader).stats().await.unwrap().total, 1);
     drop(maker);
 }
+
+/// A store that a newer credpool migrated, its commit still in the `-wal`
+/// (another process keeps the file open), is refused as too new, though
+/// the main file still shows this build's version and the open writes
+/// nothing.
+#[tokio::test]
+async fn a_newer_version_in_the_wal_is_refused() {
+    let path = fresh_path("newer-in-wal");
+    drop(SqliteStore::open(&path).await.unwrap());
+    let newer = rusqlite::Connection::open(&path).unwrap();
+    newer
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             PRAGMA user_version = {};",
+            SCHEMA_VERSION + 1
+        ))
+        .unwrap();
+    let error = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        matches!(error, Error::StoreTooNew { found, .. } if found == SCHEMA_VERSION + 1),
+        "{error:?}"
+    );
+    drop(newer);
+}

@@ -136,7 +136,9 @@ pub struct ExpiredLease {
 
 /// Told how many entries of a large [`Admin::add_many`] are written so far
 /// (not committed yet: the whole batch commits at once, or none of it). A
-/// store calls it now and then, from any thread, and once with the total.
+/// store calls it now and then, from any thread, and once with the total;
+/// a batch tried again reports from the start again. Keep it cheap: the
+/// SQLite store calls it on its thread, holding the write lock.
 #[derive(Clone)]
 pub struct Progress(Option<Arc<dyn Fn(usize) + Send + Sync>>);
 

@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             revoke_frees_a_credential_at_once_and_fences_its_holders,
             update_changes_capacity_secret_and_extra_at_once,
             a_large_add_reports_its_progress,
+            a_lower_capacity_does_not_count_expired_leases,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1586,4 +1587,29 @@ pub async fn a_large_add_reports_its_progress<F: Factory>(factory: &F) {
         "{reports:?}"
     );
     assert_eq!(pool.stats().await.unwrap().total, 25_000);
+}
+
+/// Leases past their expiry do not hold up a lower capacity: a killed
+/// worker's leases do not keep an operator from shrinking the credential.
+pub async fn a_lower_capacity_does_not_count_expired_leases<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_secs(600))).await;
+    pool.add(NewCredential::new("a", "s").capacity(2))
+        .await
+        .unwrap();
+    let mut leases = vec![pool.acquire().await.unwrap(), pool.acquire().await.unwrap()];
+    for lease in &mut leases {
+        lease.renew_for(Duration::from_millis(20)).await.unwrap();
+    }
+    sleep(Duration::from_millis(80)).await;
+    pool.update("a", CredentialChange::new().capacity(1))
+        .await
+        .expect("expired leases hold nothing");
+    let info = &pool.list().await.unwrap()[0];
+    assert_eq!((info.capacity, info.holders), (1, 0), "{info:?}");
+    for lease in leases {
+        assert!(matches!(
+            lease.release().await,
+            Err(Error::LeaseLost { .. })
+        ));
+    }
 }

@@ -113,6 +113,7 @@ pub(crate) async fn terminate_connections(
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut client = None;
+    let mut warned = false;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(1_000..3_000))).await;
         if client
@@ -124,7 +125,18 @@ pub(crate) async fn terminate_connections(
                     tokio::spawn(connection);
                     Some(client)
                 }
-                Err(_) => None, // the server may be restarting
+                Err(error) => {
+                    // The server may be restarting; but say so once, for a
+                    // URL this plain client cannot use (TLS settings, say).
+                    if !warned {
+                        eprintln!(
+                            "torture: the fault injector cannot reach the server to end \
+                             connections ({error}); it tries again"
+                        );
+                        warned = true;
+                    }
+                    None
+                }
             };
         }
         let Some(client) = &client else { continue };

@@ -135,6 +135,11 @@ impl Inner {
 
     pub(super) async fn update(&self, name: String, change: CredentialChange) -> Result<()> {
         let conn = self.connections.get().await?;
+        // Expired leases do not count against a lower capacity, as on the
+        // other stores.
+        if change.capacity.is_some() {
+            self.reclaim(&conn).await?;
+        }
         let capacity = change.capacity.map(|capacity| capacity as i32);
         let changed = conn
             .client

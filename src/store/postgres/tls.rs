@@ -86,6 +86,10 @@ impl Tls {
             return error;
         };
         let hint = match self {
+            Tls::On(_) if message.contains("NotValidForName") => {
+                "; the server's certificate is for another host name: connect by a name \
+                 (or address) the certificate was issued for"
+            }
             Tls::On(_) if message.contains("certificate") => {
                 "; the server's certificate is not trusted: name the CA that signed it \
                  with sslrootcert=PATH (a PEM file) in the URL"

@@ -185,9 +185,14 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
     .map_err(|error| annotate(path, error))?;
     configure(&connection, path, options)?;
     // A store of this version needs no write to open: a read-only command
-    // works while another process holds the write lock.
+    // works while another process holds the write lock. Its version is
+    // read again through the connection (the `-wal` too, where a newer
+    // credpool may have committed a migration the main file does not show
+    // yet), which reads only.
     if version < SCHEMA_VERSION {
         migrate(&connection, path)?;
+    } else {
+        verdict(path, inspect(&connection, path)?)?;
     }
     Ok(connection)
 }
