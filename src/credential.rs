@@ -622,6 +622,10 @@ pub struct Stats {
     pub disabled: u64,
     /// Leases out now, across every process using the store.
     pub leases: u64,
+    /// Grants ever made of the credentials in the pool now (their use
+    /// counts summed): two readings a second apart give the grants per
+    /// second, at any size of pool.
+    pub uses: u64,
     /// Tasks waiting in `acquire`: in every process, on a store that keeps
     /// its waiting line (SQLite, Postgres: their live tickets); in this
     /// process, on the memory store.

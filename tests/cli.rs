@@ -1562,3 +1562,23 @@ fn a_large_import_shows_a_progress_bar_on_a_terminal() {
         text(&piped.stderr)
     );
 }
+
+/// `watch` of a pool above 100,000 credentials counts grants per second
+/// from the store's counters and says that it leaves the busiest list out,
+/// rather than dropping it silently.
+#[test]
+fn watch_of_a_large_pool_says_what_it_leaves_out() {
+    let db = fresh_db("watch-large");
+    let file = db.with_extension("json");
+    let entries: Vec<String> = (0..100_001)
+        .map(|i| format!(r#"{{"name": "n-{i}", "secret": "s"}}"#))
+        .collect();
+    std::fs::write(&file, format!("[{}]", entries.join(","))).unwrap();
+    ok(&run(&db, &["import", file.to_str().unwrap()]));
+    let out = ok(&run(&db, &["watch", "--count", "2", "--interval", "100ms"]));
+    assert!(out.contains("total 100001"), "{out}");
+    assert!(out.contains("grants/s 0.0"), "{out}");
+    assert!(out.contains("left out above 100000"), "{out}");
+    let stats: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["stats", "-j"]))).unwrap();
+    assert_eq!(stats["uses"], 0, "{stats}");
+}

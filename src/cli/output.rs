@@ -371,6 +371,7 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
         "disabled": stats.disabled,
         "leases": stats.leases,
         "waiters": stats.waiters,
+        "uses": stats.uses,
     })
 }
 

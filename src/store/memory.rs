@@ -696,6 +696,7 @@ impl Admin for MemoryStore {
                 slot.free_units() == 0,
             );
             stats.add(kind, 1, slot.holders.len() as u64);
+            stats.uses += slot.use_count;
         }
         Ok(stats)
     }

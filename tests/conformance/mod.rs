@@ -73,6 +73,7 @@ macro_rules! conformance_suite {
             update_changes_capacity_secret_and_extra_at_once,
             a_large_add_reports_its_progress,
             a_lower_capacity_does_not_count_expired_leases,
+            stats_count_every_grant_in_uses,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1612,4 +1613,21 @@ pub async fn a_lower_capacity_does_not_count_expired_leases<F: Factory>(factory:
             Err(Error::LeaseLost { .. })
         ));
     }
+}
+
+/// `Stats::uses` sums the use counts: every grant adds one, whichever
+/// credential it was, so two readings give the grants in between (what
+/// `watch` shows as grants per second, without reading every row).
+pub async fn stats_count_every_grant_in_uses<F: Factory>(factory: &F) {
+    let pool = pool_with(factory, None, &["a", "b", "c"]).await;
+    assert_eq!(pool.stats().await.unwrap().uses, 0);
+    for _ in 0..7 {
+        pool.acquire().await.unwrap().release().await.unwrap();
+    }
+    let held = pool.acquire().await.unwrap();
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(stats.uses, 8, "{stats:?}");
+    let listed: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
+    assert_eq!(stats.uses, listed);
+    held.release().await.unwrap();
 }

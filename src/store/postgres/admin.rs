@@ -248,6 +248,7 @@ impl Inner {
                 row.unsigned(3, "a count")?,
                 row.unsigned(4, "a count")?,
             );
+            stats.uses += row.unsigned(5, "a count")?;
         }
         Ok(stats)
     }

@@ -683,7 +683,8 @@ impl Sql {
     pub(crate) fn stats(&self) -> String {
         format!(
             "SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > {NOW},
-                    holders >= capacity, count(*), coalesce(sum(holders), 0)::bigint
+                    holders >= capacity, count(*), coalesce(sum(holders), 0)::bigint,
+                    coalesce(sum(use_count), 0)::bigint
              FROM {} WHERE pool = $1 GROUP BY 1, 2, 3",
             self.credentials
         )

@@ -160,7 +160,8 @@ impl Reader {
             let mut statement = connection.prepare_cached(&format!(
                 "{EXPIRED} SELECT disabled_reason IS NOT NULL, coalesce(cooling_until, 0) > ?2,
                         holders - coalesce(expired.n, 0) >= capacity, count(*),
-                        coalesce(sum(holders - coalesce(expired.n, 0)), 0)
+                        coalesce(sum(holders - coalesce(expired.n, 0)), 0),
+                        coalesce(sum(use_count), 0)
                  FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
                  WHERE pool = ?1 GROUP BY 1, 2, 3"
             ))?;
@@ -170,6 +171,7 @@ impl Reader {
                 // Read as u64: a negative count (a file edited by hand) is an error, not a wrap.
                 let kind = StateKind::of(row.get(0)?, row.get(1)?, row.get(2)?);
                 stats.add(kind, unsigned(row.get(3)?)?, unsigned(row.get(4)?)?);
+                stats.uses += unsigned(row.get(5)?)?;
             }
             drop(rows);
             // The waiters of every process: their tickets.
