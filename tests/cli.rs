@@ -81,6 +81,15 @@ fn fails(output: &Output, expect: &str) -> String {
     stderr
 }
 
+/// Expects bad usage: exit code 2, and `expect` in what clap says.
+#[track_caller]
+fn usage_error(output: &Output, expect: &str) -> String {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(expect), "expected {expect:?} in {stderr}");
+    stderr
+}
+
 fn fixture_passwords() -> Vec<String> {
     let entries: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
@@ -1051,13 +1060,7 @@ fn revoke_frees_what_a_killed_process_held() {
     });
     let again = ok(&run(&db, &["revoke", &name]));
     assert!(again.contains("no lease out"), "{again}");
-    let unknown = run(&db, &["revoke", "nobody"]);
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(
-        text(&unknown.stderr).contains("nobody"),
-        "{}",
-        text(&unknown.stderr)
-    );
+    fails(&run(&db, &["revoke", "nobody"]), "nobody");
 }
 
 /// `demo --credentials N` on a pool that has credentials says it is ignored,
@@ -1205,13 +1208,11 @@ fn export_and_import_round_trip() {
     std::fs::write(&bare_file, &bare).unwrap();
     let empty = fresh_db("export-bare");
     ok(&run(&empty, &["init"]));
-    let refused = run(&empty, &["import", bare_file.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(1));
-    let stderr = text(&refused.stderr);
-    assert!(
-        stderr.contains("--show-secrets") && stderr.contains("nothing was imported"),
-        "{stderr}"
+    let stderr = fails(
+        &run(&empty, &["import", bare_file.to_str().unwrap()]),
+        "nothing was imported",
     );
+    assert!(stderr.contains("--show-secrets"), "{stderr}");
     let stats: serde_json::Value =
         serde_json::from_str(&ok(&run(&empty, &["stats", "-j"]))).unwrap();
     assert_eq!(stats["total"], 0);
@@ -1394,8 +1395,7 @@ fn help_lists_global_options_apart_and_hides_what_a_command_refuses() {
             .any(|line| line.trim_start().starts_with("--memory")),
         "{top}"
     );
-    let refused = run(&db, &["list", "--memory"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    usage_error(&run(&db, &["list", "--memory"]), "--memory");
 }
 
 /// `list` filters by state and name pattern, sorts, limits, and prints one
@@ -1438,13 +1438,7 @@ fn list_filters_sorts_limits_and_streams() {
         table.contains("no credential in pool `default` matches"),
         "{table}"
     );
-    let bad = run(&db, &["list", "--state", "asleep"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        text(&bad.stderr).contains("available"),
-        "{}",
-        text(&bad.stderr)
-    );
+    usage_error(&run(&db, &["list", "--state", "asleep"]), "available");
 }
 
 /// `set NAME` changes capacity, secret (from stdin) and extra text (from
@@ -1474,19 +1468,16 @@ fn set_changes_a_credential() {
     ok(&run(&db, &["set", "alice", "--no-extra"]));
     let shown = ok(&run(&db, &["show", "alice", "-j", "--show-secrets"]));
     assert!(!shown.contains("session=abc"), "{shown}");
-    let bare = run(&db, &["set", "alice"]);
-    assert_eq!(bare.status.code(), Some(2), "{}", text(&bare.stderr));
+    usage_error(&run(&db, &["set", "alice"]), "--capacity");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
         let (a, b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
-        let refused = run(&db, &["set", "alice", "--capacity", "1"]);
-        assert_eq!(refused.status.code(), Some(1));
-        let stderr = text(&refused.stderr);
-        assert!(
-            stderr.contains("2 leases out") && stderr.contains("revoke"),
-            "{stderr}"
+        let stderr = fails(
+            &run(&db, &["set", "alice", "--capacity", "1"]),
+            "2 leases out",
         );
+        assert!(stderr.contains("revoke"), "{stderr}");
         a.release().await.unwrap();
         b.release().await.unwrap();
     });

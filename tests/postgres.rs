@@ -267,10 +267,7 @@ async fn a_version_3_schema_is_migrated_and_its_line_works() {
         let pool = pool.clone();
         async move { pool.acquire_timeout(Duration::from_secs(10)).await }
     });
-    eventually("the waiter has a ticket", async || {
-        tickets_in(&schema).await == 1
-    })
-    .await;
+    tickets_become(&schema, 1, "the waiter has a ticket").await;
     assert_eq!(pool.stats().await.unwrap().waiters, 1);
     held.release().await.unwrap();
     let lease = waiter.await.unwrap().unwrap();
@@ -475,13 +472,12 @@ async fn tickets_in(schema: &str) -> i64 {
         .get(0)
 }
 
-/// Waits until `check` holds, for at most 10 s.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits (at most 10 s) until the store in `schema` holds `count` tickets.
+async fn tickets_become(schema: &str, count: i64, what: &str) {
+    common::until(what, Duration::from_secs(10), || async {
+        tickets_in(schema).await == count
+    })
+    .await;
 }
 
 /// A waiter that gave up is passed over at once, though its ticket's
@@ -517,10 +513,7 @@ async fn a_release_passes_over_a_ticket_whose_waiter_just_left() {
         let pool = pool.clone();
         async move { pool.acquire_timeout(Duration::from_secs(30)).await }
     });
-    eventually("the second waiter has a ticket", async || {
-        tickets_in(&schema).await == 2
-    })
-    .await;
+    tickets_become(&schema, 2, "the second waiter has a ticket").await;
     drop(first);
     held.release().await.unwrap();
     let lease = tokio::time::timeout(Duration::from_secs(10), second)
@@ -535,10 +528,7 @@ async fn a_release_passes_over_a_ticket_whose_waiter_just_left() {
          credential went to the ticket that left first"
     );
     lease.release().await.unwrap();
-    eventually("the ticket that left is gone", async || {
-        tickets_in(&schema).await == 0
-    })
-    .await;
+    tickets_become(&schema, 0, "the ticket that left is gone").await;
     let stats = pool.stats().await.unwrap();
     assert_eq!(
         (stats.available, stats.leases, stats.waiters),
@@ -620,10 +610,7 @@ async fn the_heartbeat_removes_a_ticket_with_no_seat() {
         let pool = pool.clone();
         async move { pool.acquire_timeout(Duration::from_secs(30)).await }
     });
-    eventually("the waiter has a ticket", async || {
-        tickets_in(&schema).await == 1
-    })
-    .await;
+    tickets_become(&schema, 1, "the waiter has a ticket").await;
     raw()
         .await
         .execute(
@@ -636,14 +623,11 @@ async fn the_heartbeat_removes_a_ticket_with_no_seat() {
         .await
         .unwrap();
     assert_eq!(tickets_in(&schema).await, 2);
-    eventually("the ticket with no seat is gone", async || {
-        tickets_in(&schema).await == 1
-    })
-    .await;
+    tickets_become(&schema, 1, "the ticket with no seat is gone").await;
     held.release().await.unwrap();
     let lease = waiter.await.unwrap().unwrap();
     lease.release().await.unwrap();
-    eventually("no ticket is left", async || tickets_in(&schema).await == 0).await;
+    tickets_become(&schema, 0, "no ticket is left").await;
 }
 
 /// `revoke` while the credential's holders release and take it again, and
@@ -712,7 +696,7 @@ async fn polls_remove_every_dead_ticket(pool: &Pool<PostgresStore>, schema: &str
         Err(Error::Timeout { .. })
     ));
     held.release().await.unwrap();
-    eventually("no ticket is left", async || tickets_in(schema).await == 0).await;
+    tickets_become(schema, 0, "no ticket is left").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,7 +733,7 @@ async fn random_cancellation_in_four_processes_leaves_nothing() {
     for lease in held {
         lease.release().await.unwrap();
     }
-    eventually("no ticket is left", async || tickets_in(&schema).await == 0).await;
+    tickets_become(&schema, 0, "no ticket is left").await;
 }
 
 /// What a program gave up on is back in the store when its graceful

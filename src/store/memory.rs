@@ -408,6 +408,14 @@ impl State {
         }
     }
 
+    /// The credential named `name`: its index, its slot, and the ready
+    /// queue beside it (for the units a change frees).
+    fn named(&mut self, name: &str) -> Option<(usize, &mut Slot, &mut Ready)> {
+        let index = self.index_of(name)?;
+        let slot = self.slots[index].as_mut()?;
+        Some((index, slot, &mut self.ready))
+    }
+
     /// Drops the stale entries of the ready queue, keeping the order of the rest.
     fn compact_ready(&mut self) {
         let slots = &self.slots;
@@ -577,11 +585,7 @@ impl Admin for MemoryStore {
     async fn revoke(&self, name: &str) -> Result<u32> {
         let mut state = self.lock();
         state.reclaim(now_ms(), &mut Vec::new());
-        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
-        let State { slots, ready, .. } = &mut *state;
-        let Some(slot) = slots[index].as_mut() else {
-            return Err(self.unknown(name));
-        };
+        let (index, slot, ready) = state.named(name).ok_or_else(|| self.unknown(name))?;
         let ended = slot.holders.len();
         slot.holders.clear();
         if slot.can_hand_out() {
@@ -627,11 +631,7 @@ impl Admin for MemoryStore {
     async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
         let mut state = self.lock();
         state.reclaim(now_ms(), &mut Vec::new());
-        let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
-        let State { slots, ready, .. } = &mut *state;
-        let Some(slot) = slots[index].as_mut() else {
-            return Err(self.unknown(name));
-        };
+        let (index, slot, ready) = state.named(name).ok_or_else(|| self.unknown(name))?;
         let holders = slot.holders.len() as u32;
         if let Some(capacity) = change.capacity {
             if capacity < holders {

@@ -47,20 +47,8 @@ pub async fn read_value(mut child: Child, prefix: &'static str) -> (Child, Strin
     .unwrap()
 }
 
-async fn until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> F,
-) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn waiters_reach<S: Store>(pool: &Pool<S>, count: u64) {
-    until(
+    super::until(
         &format!("{count} waiters in the store"),
         Duration::from_secs(20),
         || async { pool.stats().await.unwrap().waiters >= count },

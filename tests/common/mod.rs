@@ -22,6 +22,20 @@ pub fn fresh_path(folder: &str, label: &str) -> PathBuf {
     path
 }
 
+/// Waits until `check` holds, asking every 5 ms; fails the test after
+/// `limit`, saying `what` did not happen.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: std::time::Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The number after `label` in a `credpool torture` report.
 pub fn report_number(report: &str, label: &str) -> u64 {
     report

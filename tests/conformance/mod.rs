@@ -1430,16 +1430,7 @@ pub async fn revoke_frees_a_credential_at_once_and_fences_its_holders<F: Factory
         .expect("every unit of both credentials is out");
     let idle = leases.remove(at);
     let (first, mut second) = (leases.remove(0), leases.remove(0));
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
-    });
-    within(Duration::from_secs(10), "the waiter queues", async {
-        while pool.stats().await.unwrap().waiters == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let waiter = queued_waiter(&pool).await;
     let mut events = pool.subscribe();
     assert_eq!(pool.revoke("busy").await.unwrap(), 2);
     let served = within(Duration::from_secs(10), "the waiter is served", waiter)
@@ -1490,16 +1481,7 @@ pub async fn update_changes_capacity_secret_and_extra_at_once<F: Factory>(factor
         .await
         .unwrap();
     let first = pool.acquire().await.unwrap();
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
-    });
-    within(Duration::from_secs(10), "the waiter queues", async {
-        while pool.stats().await.unwrap().waiters == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let waiter = queued_waiter(&pool).await;
     pool.update("a", CredentialChange::new().capacity(2))
         .await
         .unwrap();
@@ -1630,4 +1612,22 @@ pub async fn stats_count_every_grant_in_uses<F: Factory>(factory: &F) {
     let listed: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
     assert_eq!(stats.uses, listed);
     held.release().await.unwrap();
+}
+
+/// A task that waits (up to 30 s) for a lease of `pool`, once the pool
+/// counts it among its waiters.
+async fn queued_waiter<S: Store>(
+    pool: &Pool<S>,
+) -> tokio::task::JoinHandle<credpool::Result<credpool::Lease<S>>> {
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire_timeout(Duration::from_secs(30)).await }
+    });
+    within(Duration::from_secs(10), "the waiter queues", async {
+        while pool.stats().await.unwrap().waiters == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    waiter
 }

@@ -12,7 +12,7 @@ use crate::ids::CredentialId;
 use crate::store::{Added, OnDuplicate, Progress};
 use crate::time::from_ms;
 
-use super::connections;
+use super::connections::{self, Conn};
 use super::leases::Inner;
 use super::rows::Columns;
 
@@ -96,16 +96,21 @@ impl Inner {
         if removed.is_some() {
             return Ok(());
         }
-        let holders: Option<u32> = conn
-            .client
-            .query_opt(&self.sql.holders(), &[&self.pool, &name])
-            .await?
-            .map(|row| row.unsigned32(0, "credentials.holders"))
-            .transpose()?;
+        let holders = self.holders_of(&conn, &name).await?;
         match holders {
             Some(holders) => Err(Error::InUse { name, holders }),
             None => Err(self.unknown(&name)),
         }
+    }
+
+    /// The holders of the credential named `name`, `None` when there is none
+    /// (why a change that names it found no row).
+    async fn holders_of(&self, conn: &Conn, name: &str) -> Result<Option<u32>> {
+        conn.client
+            .query_opt(&self.sql.holders(), &[&self.pool, &name])
+            .await?
+            .map(|row| row.unsigned32(0, "credentials.holders"))
+            .transpose()
     }
 
     pub(super) async fn pools(&self) -> Result<Vec<PoolSummary>> {
@@ -158,12 +163,7 @@ impl Inner {
         if changed.is_some() {
             return Ok(());
         }
-        let holders: Option<u32> = conn
-            .client
-            .query_opt(&self.sql.holders(), &[&self.pool, &name])
-            .await?
-            .map(|row| row.unsigned32(0, "credentials.holders"))
-            .transpose()?;
+        let holders = self.holders_of(&conn, &name).await?;
         match (holders, change.capacity) {
             (Some(holders), Some(capacity)) => Err(crate::credential::capacity_below_holders(
                 &name, capacity, holders,

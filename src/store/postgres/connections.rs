@@ -56,7 +56,7 @@ pub(crate) async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
     }
     let connected = match tls {
         Tls::Off => driven(config, NoTls).await,
-        Tls::On(rustls) => driven(config, Tls::connector(rustls)).await,
+        Tls::On(rustls) => driven(config, rustls.clone()).await,
     };
     connected.map_err(|error| tls.explain(error.into()))
 }
@@ -160,8 +160,7 @@ pub(crate) async fn listen(
         let listened = match &tls {
             Tls::Off => listen_once(&config, NoTls, &channel, &pool, &owner, &changed).await,
             Tls::On(rustls) => {
-                let connector = Tls::connector(rustls);
-                listen_once(&config, connector, &channel, &pool, &owner, &changed).await
+                listen_once(&config, rustls.clone(), &channel, &pool, &owner, &changed).await
             }
         };
         match listened {

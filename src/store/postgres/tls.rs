@@ -24,7 +24,7 @@ pub(crate) enum Tls {
     /// In the clear (`sslmode` disable or prefer).
     Off,
     /// Over TLS, the server's certificate verified (`sslmode=require`).
-    On(Arc<ClientConfig>),
+    On(MakeRustlsConnect),
 }
 
 impl Tls {
@@ -67,12 +67,7 @@ impl Tls {
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Tls::On(Arc::new(config)))
-    }
-
-    /// The connector for one connection.
-    pub(crate) fn connector(config: &Arc<ClientConfig>) -> MakeRustlsConnect {
-        MakeRustlsConnect::new(ClientConfig::clone(config))
+        Ok(Tls::On(MakeRustlsConnect::new(config)))
     }
 
     /// `error`, from a connection attempt, with what to do when TLS was the
