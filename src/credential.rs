@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, InvalidInput, Result};
 use crate::ids::CredentialId;
+use crate::limits::{Limited, Rate, ScopeLimit};
 
 /// The longest credential name accepted, in bytes.
 pub const MAX_NAME_BYTES: usize = 255;
@@ -175,6 +176,8 @@ pub struct NewCredential {
     pub(crate) extra: Option<String>,
     pub(crate) capacity: u32,
     pub(crate) disabled: Option<String>,
+    /// Quotas by scope (`""`: every scope), one per scope.
+    pub(crate) rates: Vec<(String, Rate)>,
 }
 
 impl NewCredential {
@@ -186,7 +189,33 @@ impl NewCredential {
             extra: None,
             capacity: 1,
             disabled: None,
+            rates: Vec::new(),
         }
+    }
+
+    /// A quota over every grant of the credential, whatever the scope:
+    /// at most `rate.count()` grants in any window of `rate.per()`.
+    pub fn rate(self, rate: Rate) -> Self {
+        self.set_rate("", rate)
+    }
+
+    /// A quota over the grants for one scope (checked when the credential
+    /// is added: an invalid scope fails the add).
+    pub fn rate_for(self, scope: impl Into<String>, rate: Rate) -> Self {
+        self.set_rate(&scope.into(), rate)
+    }
+
+    fn set_rate(mut self, scope: &str, rate: Rate) -> Self {
+        self.rates.retain(|(kept, _)| kept != scope);
+        self.rates.push((scope.to_string(), rate));
+        self
+    }
+
+    /// The quotas, by scope (`None`: every scope).
+    pub fn rates(&self) -> impl Iterator<Item = (Option<&str>, Rate)> {
+        self.rates
+            .iter()
+            .map(|(scope, rate)| ((!scope.is_empty()).then_some(scope.as_str()), *rate))
     }
 
     /// Adds the credential disabled, for this reason (as an export
@@ -259,6 +288,14 @@ impl NewCredential {
         if let Some(extra) = &self.extra {
             check_extra(extra).map_err(with_name)?;
         }
+        for (scope, _) in &self.rates {
+            if !scope.is_empty() {
+                crate::limits::validate_scope(scope).map_err(|error| match error {
+                    Error::InvalidInput(invalid) => with_name(*invalid),
+                    other => other,
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -307,6 +344,8 @@ pub struct CredentialChange {
     pub(crate) secret: Option<Secret>,
     pub(crate) extra: Option<Option<String>>,
     pub(crate) capacity: Option<u32>,
+    /// Quotas to set (`Some`) or remove (`None`), by scope (`""`: every scope).
+    pub(crate) rates: Vec<(String, Option<Rate>)>,
 }
 
 impl CredentialChange {
@@ -340,9 +379,28 @@ impl CredentialChange {
         self
     }
 
+    /// A new quota over every grant, whatever the scope (`None`: no quota).
+    pub fn rate(self, rate: Option<Rate>) -> Self {
+        self.set_rate("", rate)
+    }
+
+    /// A new quota for one scope (`None`: no quota in that scope).
+    pub fn rate_for(self, scope: impl Into<String>, rate: Option<Rate>) -> Self {
+        self.set_rate(&scope.into(), rate)
+    }
+
+    fn set_rate(mut self, scope: &str, rate: Option<Rate>) -> Self {
+        self.rates.retain(|(kept, _)| kept != scope);
+        self.rates.push((scope.to_string(), rate));
+        self
+    }
+
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.secret.is_none() && self.extra.is_none() && self.capacity.is_none()
+        self.secret.is_none()
+            && self.extra.is_none()
+            && self.capacity.is_none()
+            && self.rates.is_empty()
     }
 
     /// Checks every field that is set, as for a new credential.
@@ -355,6 +413,14 @@ impl CredentialChange {
         }
         if let Some(capacity) = self.capacity {
             check_capacity(capacity)?;
+        }
+        for (scope, _) in &self.rates {
+            if !scope.is_empty() {
+                crate::limits::validate_scope(scope).map_err(|error| match error {
+                    Error::InvalidInput(invalid) => *invalid,
+                    other => InvalidInput::new("scope", other.to_string()),
+                })?;
+            }
         }
         Ok(())
     }
@@ -372,6 +438,7 @@ impl fmt::Debug for CredentialChange {
                     .map(|extra| extra.as_ref().map(|_| "***")),
             )
             .field("capacity", &self.capacity)
+            .field("rates", &self.rates)
             .finish()
     }
 }
@@ -412,6 +479,7 @@ impl fmt::Debug for NewCredential {
             .field("secret", &self.secret)
             .field("extra", &self.extra.as_ref().map(|_| "***"))
             .field("capacity", &self.capacity)
+            .field("rates", &self.rates)
             .finish()
     }
 }
@@ -505,6 +573,9 @@ pub struct CredentialInfo {
     pub use_count: u64,
     /// When it was added.
     pub created_at: SystemTime,
+    /// Its quotas, scoped cool-downs and reported budgets, by scope (the
+    /// scope of every scope first); empty when it has none.
+    pub limits: Vec<ScopeLimit>,
 }
 
 /// A credential as a store keeps it, without its secret: what
@@ -531,6 +602,8 @@ pub struct StoredCredential {
     pub use_count: u64,
     /// When it was added.
     pub created_at: SystemTime,
+    /// Its limits by scope, as they are at the time it was read.
+    pub limits: Vec<ScopeLimit>,
 }
 
 impl CredentialInfo {
@@ -558,6 +631,7 @@ impl CredentialInfo {
             last_used_at: stored.last_used_at,
             use_count: stored.use_count,
             created_at: stored.created_at,
+            limits: stored.limits,
         }
     }
 }
@@ -657,6 +731,9 @@ pub enum ReleaseOutcome {
     CoolDown(Duration),
     /// Banned or invalid: do not hand it out until an operator enables it.
     Disable(String),
+    /// Rate limited as the API reported it: no more requests (or only a
+    /// few more) until its window resets, in one scope or in all.
+    Limited(Limited),
 }
 
 /// What a release does to its credential besides freeing the unit: the one
@@ -665,27 +742,56 @@ pub enum ReleaseOutcome {
 pub(crate) struct ReleaseEffect<'a> {
     /// Cool down for this long (a zero cool-down counts as a plain release).
     pub(crate) cool_for: Option<Duration>,
+    /// Cool down (every scope) until this time, in ms: an API's reset.
+    pub(crate) cool_until: Option<i64>,
     /// Disable with this reason.
     pub(crate) disable: Option<&'a str>,
+    /// A budget to keep in a scope's limits (scoped, or with requests left).
+    pub(crate) report: Option<&'a Limited>,
+}
+
+impl ReleaseEffect<'_> {
+    /// Until when the credential cools down in every scope, from `now`
+    /// (ms), if it does.
+    pub(crate) fn cooling_until(&self, now: i64) -> Option<i64> {
+        let pause = self
+            .cool_for
+            .map(|pause| now.saturating_add(crate::time::duration_ms(pause)));
+        crate::time::latest(pause, self.cool_until.filter(|&until| until > now))
+    }
 }
 
 impl ReleaseOutcome {
     /// What this outcome does to the credential.
     pub(crate) fn effect(&self) -> ReleaseEffect<'_> {
-        let (cool_for, disable) = match self {
-            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => (Some(*pause), None),
-            ReleaseOutcome::Disable(reason) => (None, Some(reason.as_str())),
-            _ => (None, None),
+        let mut effect = ReleaseEffect {
+            cool_for: None,
+            cool_until: None,
+            disable: None,
+            report: None,
         };
-        ReleaseEffect { cool_for, disable }
+        match self {
+            ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => effect.cool_for = Some(*pause),
+            ReleaseOutcome::Disable(reason) => effect.disable = Some(reason.as_str()),
+            ReleaseOutcome::Limited(limited)
+                if limited.scope.is_none() && limited.remaining == 0 =>
+            {
+                effect.cool_until = Some(limited.until_ms());
+            }
+            ReleaseOutcome::Limited(limited) => effect.report = Some(limited),
+            _ => {}
+        }
+        effect
     }
 
-    /// A short word for logs and events: `success`, `cool-down`, `disable`.
+    /// A short word for logs and events: `success`, `cool-down`, `disable`,
+    /// `limited`.
     pub fn label(&self) -> &'static str {
         match self {
             ReleaseOutcome::Success => "success",
             ReleaseOutcome::CoolDown(_) => "cool-down",
             ReleaseOutcome::Disable(_) => "disable",
+            ReleaseOutcome::Limited(_) => "limited",
         }
     }
 }

@@ -51,6 +51,18 @@ pub enum Error {
         lease_id: LeaseId,
     },
 
+    /// A credential asked for by name is disabled, so waiting for it would
+    /// never end.
+    #[error("credential {name:?} in pool `{pool}` is disabled ({reason}): enable it, or ask for any credential")]
+    Disabled {
+        /// The credential's name.
+        name: String,
+        /// The pool's name.
+        pool: String,
+        /// Why it was disabled.
+        reason: String,
+    },
+
     /// No credential has this name.
     #[error("no credential named {name:?} in pool `{pool}`")]
     UnknownCredential {

@@ -77,3 +77,45 @@ impl LeaseToken {
         self.lease_id
     }
 }
+
+/// `CREDENTIAL.LEASE`, the two ids: what `credpool acquire` prints and
+/// `credpool release` reads.
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.credential_id.0, self.lease_id.0)
+    }
+}
+
+/// Reads a token as [`Display`](fmt::Display) writes it.
+///
+/// ```
+/// use credpool::LeaseToken;
+/// let token: LeaseToken = "7.1234".parse().unwrap();
+/// assert_eq!((token.credential_id().get(), token.lease_id().get()), (7, 1234));
+/// assert_eq!(token.to_string(), "7.1234");
+/// assert!("7".parse::<LeaseToken>().is_err());
+/// ```
+impl std::str::FromStr for LeaseToken {
+    type Err = ParseTokenError;
+
+    fn from_str(text: &str) -> Result<Self, ParseTokenError> {
+        let (credential, lease) = text.trim().split_once('.').ok_or(ParseTokenError)?;
+        let number = |part: &str| part.parse::<u64>().map_err(|_| ParseTokenError);
+        Ok(Self::new(
+            CredentialId::new(number(credential)?),
+            LeaseId::new(number(lease)?),
+        ))
+    }
+}
+
+/// A lease token that is not `CREDENTIAL.LEASE` (two whole numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseTokenError;
+
+impl fmt::Display for ParseTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a lease token is two whole numbers joined by a dot, such as 7.1234 (what `credpool acquire` printed)")
+    }
+}
+
+impl std::error::Error for ParseTokenError {}

@@ -5,6 +5,7 @@
 mod credential;
 mod error;
 mod ids;
+mod limits;
 mod pool;
 pub mod store;
 mod time;
@@ -15,7 +16,8 @@ pub use credential::{
     MAX_NAME_BYTES, MAX_SECRET_BYTES, MIN_LEASE_TTL,
 };
 pub use error::{Error, InvalidInput, Result};
-pub use ids::{CredentialId, LeaseId, LeaseToken};
+pub use ids::{CredentialId, LeaseId, LeaseToken, ParseTokenError};
+pub use limits::{Limited, Rate, ScopeLimit, MAX_RATE_COUNT, MAX_SCOPE_BYTES};
 pub use pool::events::{Event, Events};
 pub use pool::lease::Lease;
 pub use pool::{Pool, PoolBuilder};

@@ -1573,3 +1573,209 @@ fn watch_of_a_large_pool_says_what_it_leaves_out() {
     let stats: serde_json::Value = serde_json::from_str(&ok(&run(&db, &["stats", "-j"]))).unwrap();
     assert_eq!(stats["uses"], 0, "{stats}");
 }
+
+/// A lease taken and given back from the shell: `acquire` prints a token
+/// (never the secret unless asked), the lease outlives the command, and
+/// `release TOKEN` ends it, with a scoped cool-down if told; quotas set by
+/// `add --rate` hold across commands, and `reset-locks` ends cool-downs but
+/// not quotas.
+#[test]
+fn acquire_and_release_from_the_shell_with_scopes_and_quotas() {
+    let db = fresh_db("acquire");
+    ok(&run_with_stdin(
+        &db,
+        &[
+            "add",
+            "alice",
+            "--secret-stdin",
+            "--rate",
+            "2/1h",
+            "--scope",
+            "search",
+        ],
+        "hunter2",
+    ));
+    let leased = ok(&run(&db, &["acquire", "--scope", "search", "--json"]));
+    assert!(!leased.contains("hunter2"), "{leased}");
+    let lease: serde_json::Value = serde_json::from_str(&leased).unwrap();
+    assert_eq!(lease["name"], "alice");
+    let token = lease["token"].as_str().unwrap().to_string();
+    // The lease outlived the command that took it.
+    fails(&run(&db, &["acquire"]), "came free");
+    ok(&run(&db, &["release", &token]));
+    fails(&run(&db, &["release", &token]), "is not held");
+    let shown = ok(&run(
+        &db,
+        &["acquire", "--scope", "search", "--show-secrets"],
+    ));
+    assert!(shown.contains("secret  hunter2"), "{shown}");
+    let token = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("token   "))
+        .unwrap()
+        .to_string();
+    ok(&run(
+        &db,
+        &[
+            "release",
+            &token,
+            "--cool-down",
+            "5m",
+            "--scope",
+            "timeline",
+        ],
+    ));
+    fails(
+        &run(&db, &["acquire", "--scope", "timeline"]),
+        "for scope \"timeline\"",
+    );
+    // Search's quota is used up (2 per hour), so it waits in vain.
+    fails(
+        &run(&db, &["acquire", "--scope", "search", "--wait", "200ms"]),
+        "within 200ms",
+    );
+    let other = ok(&run(&db, &["acquire", "--scope", "other", "--json"]));
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    ok(&run(&db, &["release", other["token"].as_str().unwrap()]));
+    let listed = list_json(&db);
+    let limits = listed[0]["limits"].as_array().unwrap();
+    let scope = |name: &str| {
+        limits
+            .iter()
+            .find(|limit| limit["scope"] == name)
+            .unwrap_or_else(|| panic!("{name} in {limits:?}"))
+    };
+    assert_eq!(scope("search")["rate"], "2/1h");
+    assert_eq!(scope("search")["remaining"], 0);
+    assert!(scope("timeline")["blocked_until_ms"].is_u64());
+    let table = ok(&run(&db, &["list"]));
+    assert!(table.contains("search: 0/2 left, blocked"), "{table}");
+    let said = ok(&run(&db, &["reset-locks", "alice", "--scope", "timeline"]));
+    assert!(said.contains("1 credential"), "{said}");
+    ok(&run(&db, &["acquire", "--scope", "timeline"]));
+    let said = ok(&run(&db, &["reset-locks"]));
+    assert!(said.contains("nothing was cooling down"), "{said}");
+    fails(&run(&db, &["release", "abc"]), "two whole numbers");
+    usage_error(
+        &run(&db, &["release", "1.1", "--scope", "s"]),
+        "--cool-down",
+    );
+    fails(&run(&db, &["acquire", "--scope", ""]), "scope");
+    fails(
+        &run(&db, &["acquire", "--name", "nobody"]),
+        "no credential named \"nobody\"",
+    );
+}
+
+#[test]
+fn bad_rates_are_refused_with_the_form_to_write() {
+    let db = fresh_db("bad-rates");
+    add_alice(&db, "s");
+    for rate in ["0/1m", "5/0s", "abc", "5", "5/", "/1m"] {
+        // Refused before the secret is read.
+        let said = usage_error(
+            &run(&db, &["add", "bob", "--secret-stdin", "--rate", rate]),
+            "rate",
+        );
+        assert!(
+            said.contains("N/DURATION") || said.contains("window") || said.contains("no grant"),
+            "{rate}: {said}"
+        );
+        usage_error(&run(&db, &["set", "alice", "--rate", rate]), "rate");
+    }
+    usage_error(
+        &run(&db, &["add", "bob", "--secret-stdin", "--scope", "s"]),
+        "--rate",
+    );
+    fails(
+        &run(&db, &["set", "alice", "--capacity", "2", "--scope", "s"]),
+        "--scope",
+    );
+    assert_eq!(list_json(&db).len(), 1, "bob was not added");
+    ok(&run(
+        &db,
+        &["set", "alice", "--rate", "5/1m", "--scope", "search"],
+    ));
+    assert_eq!(list_json(&db)[0]["limits"][0]["rate"], "5/1m");
+    ok(&run(
+        &db,
+        &["set", "alice", "--no-rate", "--scope", "search"],
+    ));
+    assert_eq!(list_json(&db)[0]["limits"], serde_json::json!([]));
+}
+
+/// `rate` in credpool's import format, one over every grant or by scope,
+/// survives an export and an import into another store; a bad rate
+/// imports nothing and names its entry.
+#[test]
+fn rates_are_imported_and_exported() {
+    let db = fresh_db("rates-import");
+    let file = db.with_extension("json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "a", "secret": "s", "rate": "3/1m"},
+            {"name": "b", "secret": "s", "rate": {"search": "5/1s", "*": "10/1m"}}]"#,
+    )
+    .unwrap();
+    ok(&run(&db, &["import", file.to_str().unwrap()]));
+    let exported = ok(&run(&db, &["export", "--show-secrets"]));
+    let entries: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(entries[0]["rate"], "3/1m");
+    assert_eq!(
+        entries[1]["rate"],
+        serde_json::json!({"*": "10/1m", "search": "5/1s"})
+    );
+    let copy = fresh_db("rates-copy");
+    std::fs::write(&file, &exported).unwrap();
+    ok(&run(&copy, &["import", file.to_str().unwrap()]));
+    assert_eq!(
+        ok(&run(&copy, &["export"])),
+        ok(&run(&db, &["export"])),
+        "the copy has the same rates"
+    );
+    std::fs::write(
+        &file,
+        r#"[{"name": "c", "secret": "s"}, {"name": "d", "secret": "s", "rate": "0/1m"}]"#,
+    )
+    .unwrap();
+    let said = fails(&run(&db, &["import", file.to_str().unwrap()]), "\"d\"");
+    assert!(said.contains("no grant"), "{said}");
+    assert_eq!(
+        list_json(&db).len(),
+        2,
+        "nothing of the bad file was imported"
+    );
+}
+
+/// `demo --rate` puts a quota on every demo credential, and the demo keeps
+/// to it: 2 credentials at 5 per second give at most 10 grants a second.
+#[test]
+fn demo_keeps_to_its_rate() {
+    let db = fresh_db("demo-rate");
+    ok(&run(
+        &db,
+        &[
+            "demo",
+            "--workers",
+            "8",
+            "--credentials",
+            "2",
+            "--work-ms",
+            "0..2",
+            "--duration",
+            "1500ms",
+            "--rate",
+            "5/1s",
+            "--lease-ttl",
+            "30s",
+        ],
+    ));
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&run(&db, &["--pool", "demo", "stats", "--json"]))).unwrap();
+    let uses = stats["uses"].as_u64().unwrap();
+    // Windows [0, 1 s) and [1 s, 2 s) hold at most 5 grants of each.
+    assert!((2..=20).contains(&uses), "{uses} grants in 1.5 s");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(&run(&db, &["--pool", "demo", "list", "--json"]))).unwrap();
+    assert_eq!(listed[0]["limits"][0]["rate"], "5/1s");
+}

@@ -1065,3 +1065,45 @@ async fn sslmode_require_connects_over_verified_tls() {
     );
     drop(clear);
 }
+
+/// Scopes, quotas and asking by name are not kept by this store yet: each
+/// is refused with an error that says so, and a budget an API reported
+/// cools every scope down while it is used up (never more grants than the
+/// API allows).
+#[tokio::test]
+async fn scopes_and_quotas_are_refused_with_a_clear_error() {
+    let pool = pool_in(&fresh_schema("limits"), &["alice"]).await;
+    let said = |error: credpool::Error| {
+        let text = error.to_string();
+        assert!(
+            text.contains("not supported by the Postgres store yet"),
+            "{text}"
+        );
+    };
+    said(pool.acquire_for("search").await.err().unwrap());
+    said(pool.acquire_named("alice").await.err().unwrap());
+    let rate: credpool::Rate = "2/1m".parse().unwrap();
+    said(
+        pool.add(NewCredential::new("bob", "b").rate(rate))
+            .await
+            .unwrap_err(),
+    );
+    said(
+        pool.update("alice", credpool::CredentialChange::new().rate(Some(rate)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(pool.list().await.unwrap().len(), 1, "bob was not added");
+    let lease = pool.acquire().await.unwrap();
+    lease
+        .release_with(credpool::ReleaseOutcome::Limited(
+            credpool::Limited::after(Duration::from_secs(60))
+                .scope("search")
+                .unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert!(pool.try_acquire().await.unwrap().is_none());
+    assert_eq!(pool.reset_limits(Some("alice"), None).await.unwrap(), 1);
+    assert!(pool.try_acquire().await.unwrap().is_some());
+}

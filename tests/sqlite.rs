@@ -40,6 +40,7 @@ impl conformance::Factory for Sqlite {
 }
 
 conformance_suite!(Sqlite);
+limits_suite!(Sqlite);
 
 async fn pool_at(path: &Path, names: &[&str]) -> Pool<SqliteStore> {
     let pool = Pool::new(SqliteStore::open(path).await.unwrap());
@@ -58,6 +59,15 @@ async fn hands_out_least_recently_used_first() {
 async fn state_survives_reopening() {
     let path = fresh_path("reopen");
     conformance::state_survives_reopening(|| async {
+        Pool::new(SqliteStore::open(&path).await.unwrap())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quota_state_survives_reopening() {
+    let path = fresh_path("reopen-quota");
+    conformance::limits::quota_state_survives_reopening(|| async {
         Pool::new(SqliteStore::open(&path).await.unwrap())
     })
     .await;
@@ -384,10 +394,11 @@ async fn a_grant_whose_caller_left_is_released() {
         // second stall queue up and take them as one batch.
         let first = stall(Duration::from_millis(100));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let Granting::Later(mut grant) = pool
-            .store()
-            .grant(Some(DEFAULT_LEASE_TTL), credpool::store::OnBusy::Answer)
-        else {
+        let Granting::Later(mut grant) = pool.store().grant(
+            Some(DEFAULT_LEASE_TTL),
+            &credpool::store::Want::any(),
+            credpool::store::OnBusy::Answer,
+        ) else {
             panic!("a SQLite grant waits for the store thread");
         };
         tokio::select! {

@@ -32,6 +32,10 @@ pub(crate) struct DemoArgs {
     /// file or Postgres, none in memory).
     #[arg(long, value_parser = super::duration::parse_positive, value_name = "DURATION")]
     pub(crate) lease_ttl: Option<Duration>,
+    /// A quota on every demo credential, e.g. 10/1s: at most N grants in
+    /// any window of DURATION, so the workers wait for quotas to free.
+    #[arg(long, value_parser = super::parse_rate, value_name = "N/DURATION")]
+    rate: Option<credpool::Rate>,
 }
 
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
@@ -128,7 +132,11 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
             let secret: String = std::iter::repeat_with(|| rng.alphanumeric())
                 .take(16)
                 .collect();
-            NewCredential::new(format!("demo-{i:04}"), secret)
+            let credential = NewCredential::new(format!("demo-{i:04}"), secret);
+            match args.rate {
+                Some(rate) => credential.rate(rate),
+                None => credential,
+            }
         });
         pool.add_many_skip_existing(demo).await?;
         eprintln!(
@@ -148,6 +156,15 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
             before.total,
             place.describe()
         );
+        if let Some(rate) = args.rate {
+            for credential in pool.list().await? {
+                let change = credpool::CredentialChange::new().rate(Some(rate));
+                pool.update(&credential.name, change).await?;
+            }
+        }
+    }
+    if let Some(rate) = args.rate {
+        eprintln!("quota: {rate} on every credential");
     }
     eprintln!(
         "{} workers, work {}..{} ms; Ctrl-C, SIGTERM or SIGHUP stops gracefully",

@@ -27,6 +27,45 @@ struct Entry {
     capacity: Option<u32>,
     /// Why it is disabled; absent when it is enabled.
     disabled: Option<String>,
+    /// Quotas: `"400/15m"` over every grant, or by scope
+    /// (`{"search": "400/15m", "*": "1000/1h"}`, `*` for every scope).
+    rate: Option<RateField>,
+}
+
+/// The `rate` of an entry.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RateField {
+    Every(String),
+    ByScope(std::collections::BTreeMap<String, String>),
+}
+
+impl RateField {
+    /// The quotas by scope (`""`: every scope), each rate checked.
+    fn rates(self) -> Result<Vec<(String, credpool::Rate)>, String> {
+        let pairs = match self {
+            RateField::Every(rate) => vec![("*".to_string(), rate)],
+            RateField::ByScope(by_scope) => by_scope.into_iter().collect(),
+        };
+        pairs
+            .into_iter()
+            .map(|(scope, rate)| {
+                let parsed = rate
+                    .parse::<credpool::Rate>()
+                    .map_err(|error| match error {
+                        credpool::Error::InvalidInput(invalid) => invalid.reason,
+                        other => other.to_string(),
+                    })?;
+                let scope = if scope == "*" { String::new() } else { scope };
+                if scope.trim().is_empty() && !scope.is_empty() {
+                    return Err(
+                        "a \"rate\" scope must not be blank (use \"*\" for every scope)".into(),
+                    );
+                }
+                Ok((scope, parsed))
+            })
+            .collect()
+    }
 }
 
 /// An import file read and checked, not yet written.
@@ -223,6 +262,7 @@ fn convert(entry: Entry) -> Result<NewCredential, String> {
             extra: None,
             capacity: None,
             disabled: None,
+            rate: None,
         } => {
             let password = password.ok_or_else(|| format!("{username:?} has no \"password\""))?;
             Ok(NewCredential::new(username, password).maybe_extra(cookie))
@@ -233,6 +273,7 @@ fn convert(entry: Entry) -> Result<NewCredential, String> {
             extra,
             capacity,
             disabled,
+            rate,
             username: None,
             password: None,
             cookie: None,
@@ -243,9 +284,17 @@ fn convert(entry: Entry) -> Result<NewCredential, String> {
                      with --show-secrets)"
                 )
             })?;
-            let credential = NewCredential::new(name, secret)
+            let rates = rate
+                .map(RateField::rates)
+                .transpose()
+                .map_err(|why| format!("{name:?} has a bad \"rate\": {why}"))?
+                .unwrap_or_default();
+            let mut credential = NewCredential::new(name, secret)
                 .maybe_extra(extra)
                 .capacity(capacity.unwrap_or(1));
+            for (scope, rate) in rates {
+                credential = credential.rate_for(scope, rate);
+            }
             Ok(match disabled {
                 Some(reason) => credential.disabled(reason),
                 None => credential,

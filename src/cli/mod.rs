@@ -11,6 +11,7 @@ macro_rules! outln {
 mod demo;
 mod duration;
 mod import;
+mod leases;
 mod output;
 mod torture;
 mod watch;
@@ -131,7 +132,7 @@ enum Command {
 
     /// Add one credential; the secret comes from stdin or an environment variable, never argv.
     #[command(
-        after_help = "Examples:\n  printf '%s' \"$PASSWORD\" | credpool add alice --secret-stdin\n  API_KEY=... credpool add bot-7 --secret-env API_KEY --capacity 4"
+        after_help = "Examples:\n  printf '%s' \"$PASSWORD\" | credpool add alice --secret-stdin\n  API_KEY=... credpool add bot-7 --secret-env API_KEY --capacity 4\n  credpool add bot-8 --secret-env API_KEY --rate 400/15m --scope search"
     )]
     Add {
         /// The credential's name.
@@ -152,6 +153,13 @@ enum Command {
         /// How many workers may hold it at once.
         #[arg(long, default_value_t = 1)]
         capacity: u32,
+        /// A quota: at most N grants in any window of DURATION (400/15m),
+        /// over every grant, or those of --scope.
+        #[arg(long, value_parser = parse_rate, value_name = "N/DURATION")]
+        rate: Option<credpool::Rate>,
+        /// The scope the quota counts (an endpoint, say) [default: every scope].
+        #[arg(long, requires = "rate")]
+        scope: Option<String>,
     },
 
     /// Import credentials from a JSON file ("-" for stdin), all or nothing.
@@ -252,7 +260,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  credpool set bot-7 --capacity 4\n  printf '%s' \"$NEW_KEY\" | credpool set bot-7 --secret-stdin\n  credpool set alice --extra-stdin < cookie.txt",
         group(clap::ArgGroup::new("change").required(true).multiple(true)
-            .args(["capacity", "secret_stdin", "secret_env", "extra", "extra_stdin", "no_extra"]))
+            .args(["capacity", "secret_stdin", "secret_env", "extra", "extra_stdin", "no_extra", "rate", "no_rate"]))
     )]
     Set {
         /// The credential's name.
@@ -275,7 +283,39 @@ enum Command {
         /// Remove the extra text.
         #[arg(long)]
         no_extra: bool,
+        /// A new quota: at most N grants in any window of DURATION
+        /// (400/15m), over every grant, or those of --scope.
+        #[arg(long, value_parser = parse_rate, value_name = "N/DURATION", conflicts_with = "no_rate")]
+        rate: Option<credpool::Rate>,
+        /// Remove the quota (of --scope, or over every grant).
+        #[arg(long)]
+        no_rate: bool,
+        /// The scope of --rate or --no-rate [default: every scope].
+        #[arg(long)]
+        scope: Option<String>,
     },
+
+    /// Lease a credential for a shell script or another program: prints its
+    /// token and name (the secret only with --show-secrets). The lease lives
+    /// until `credpool release TOKEN` or its --ttl. Exits with 1 when none
+    /// came free within --wait.
+    #[command(
+        after_help = "Examples:\n  lease=$(credpool acquire --scope search --wait 10s --json --show-secrets)\n  credpool release \"$(echo \"$lease\" | jq -r .token)\" --cool-down 5m --scope search"
+    )]
+    Acquire(leases::AcquireArgs),
+
+    /// Give back a lease by the token `credpool acquire` printed, with how it went.
+    #[command(
+        after_help = "Examples:\n  credpool release 7.1234\n  credpool release 7.1234 --cool-down 15m --scope search   # rate limited on search\n  credpool release 7.1234 --disable \"banned\""
+    )]
+    Release(leases::ReleaseArgs),
+
+    /// End cool-downs and reported budgets, of one credential or all, in one
+    /// scope or all (twscrape's reset_locks); quotas keep counting.
+    #[command(
+        after_help = "Examples:\n  credpool reset-locks\n  credpool reset-locks alice --scope search"
+    )]
+    ResetLocks(leases::ResetArgs),
 
     /// End a credential's leases now, e.g. those of a worker that was killed:
     /// the credential is free at once, and a holder still alive fails to
@@ -660,11 +700,19 @@ async fn run(args: Args) -> Outcome {
             secret_env,
             extra,
             capacity,
+            rate,
+            scope,
         } => {
             let secret = read_secret(secret_stdin, secret_env.as_deref())?;
-            let credential = NewCredential::new(credential, secret)
+            let mut credential = NewCredential::new(credential, secret)
                 .maybe_extra(extra)
                 .capacity(capacity);
+            if let Some(rate) = rate {
+                credential = match scope {
+                    Some(scope) => credential.rate_for(scope, rate),
+                    None => credential.rate(rate),
+                };
+            }
             with_pool!(&place, name, true, |pool| {
                 let added = credential.name().to_string();
                 pool.add(credential).await?;
@@ -706,6 +754,7 @@ async fn run(args: Args) -> Outcome {
             let tuning = Tuning {
                 lease_ttl: match &command {
                     Command::Demo(demo_args) => demo_args.lease_ttl,
+                    Command::Acquire(acquire_args) => Some(acquire_args.ttl),
                     _ => None,
                 },
                 ticket_ttl: args.ticket_ttl,
@@ -817,8 +866,21 @@ async fn execute<S: Store>(
             extra,
             extra_stdin,
             no_extra,
+            rate,
+            no_rate,
+            scope,
         } => {
             let mut change = credpool::CredentialChange::new();
+            if rate.is_some() || no_rate {
+                change = match scope {
+                    Some(scope) => change.rate_for(scope, rate),
+                    None => change.rate(rate),
+                };
+            } else if scope.is_some() {
+                return Err(
+                    "--scope says which quota --rate or --no-rate changes: give one of them".into(),
+                );
+            }
             if secret_stdin || secret_env.is_some() {
                 change = change.secret(read_secret(secret_stdin, secret_env.as_deref())?);
             }
@@ -883,6 +945,9 @@ async fn execute<S: Store>(
             watch::run(&pool, interval.max(Duration::from_millis(50)), count).await
         }
         Command::Demo(demo_args) => demo::run(pool, place, demo_args).await,
+        Command::Acquire(acquire_args) => leases::acquire(&pool, acquire_args).await,
+        Command::Release(release_args) => leases::release(&pool, release_args).await,
+        Command::ResetLocks(reset_args) => leases::reset_locks(&pool, reset_args).await,
         Command::Import { .. }
         | Command::Add { .. }
         | Command::Torture(_)
@@ -893,6 +958,11 @@ async fn execute<S: Store>(
             unreachable!("main prints these before any store is opened")
         }
     }
+}
+
+/// A quota as `--rate` takes it: `N/DURATION`.
+pub(crate) fn parse_rate(text: &str) -> Result<credpool::Rate, String> {
+    text.parse().map_err(|error: Error| error.to_string())
 }
 
 /// The pool's disabled credentials, in list order.

@@ -46,6 +46,9 @@ pub(crate) async fn export<S: Store>(pool: &Pool<S>, show_secrets: bool) -> Outc
                 };
                 entry.insert("disabled".into(), json!(reason));
             }
+            if let Some(rate) = rates_json(info) {
+                entry.insert("rate".into(), rate);
+            }
             Value::Object(entry)
         })
         .collect();
@@ -54,6 +57,27 @@ pub(crate) async fn export<S: Store>(pool: &Pool<S>, show_secrets: bool) -> Outc
         serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
     );
     Ok(())
+}
+
+/// A credential's quotas as the import format writes them: one rate over
+/// every grant as a string (`"400/15m"`), else an object by scope, `"*"`
+/// for every scope.
+fn rates_json(info: &CredentialInfo) -> Option<Value> {
+    let rates: Vec<(Option<&str>, credpool::Rate)> = info
+        .limits
+        .iter()
+        .filter_map(|limit| Some((limit.scope.as_deref(), limit.rate?)))
+        .collect();
+    match rates.as_slice() {
+        [] => None,
+        [(None, rate)] => Some(json!(rate.to_string())),
+        _ => Some(Value::Object(
+            rates
+                .iter()
+                .map(|(scope, rate)| (scope.unwrap_or("*").to_string(), json!(rate.to_string())))
+                .collect(),
+        )),
+    }
 }
 
 /// Each credential's secret and extra text, by name.
@@ -313,6 +337,12 @@ pub(crate) async fn list<S: Store>(
             CredentialState::Disabled { reason } => printable(reason),
             _ => String::new(),
         };
+        let limits = limits_note(c, now);
+        let note = match (note.is_empty(), limits.is_empty()) {
+            (_, true) => note,
+            (true, false) => limits,
+            (false, false) => format!("{note}; {limits}"),
+        };
         let mut row = vec![
             shorten(&c.name),
             c.state.label().to_string(),
@@ -429,6 +459,26 @@ pub(crate) async fn show<S: Store>(
         CredentialState::Disabled { reason } => lines.push(("reason", printable(reason))),
         _ => {}
     }
+    if !info.limits.is_empty() {
+        lines.push(("limits", limits_note(&info, now)));
+    }
+    for limit in info
+        .limits
+        .iter()
+        .filter_map(|limit| Some((limit.scope.as_deref(), limit.rate?)))
+    {
+        let (scope, rate) = limit;
+        lines.push((
+            "quota",
+            format!(
+                "{rate} in {}",
+                scope.map_or("every scope".to_string(), |scope| format!(
+                    "scope {}",
+                    printable(scope)
+                ))
+            ),
+        ));
+    }
     if let Some(credential) = &revealed {
         lines.push(("secret", printable(credential.secret().expose())));
         if let Some(extra) = credential.extra() {
@@ -459,7 +509,47 @@ fn info_json(c: &CredentialInfo) -> Value {
         "use_count": c.use_count,
         "created_at_ms": millis(c.created_at),
         "has_extra": c.has_extra,
+        "limits": c.limits.iter().map(|limit| json!({
+            "scope": limit.scope,
+            "rate": limit.rate.map(|rate| rate.to_string()),
+            "used": limit.used,
+            "remaining": limit.remaining,
+            "blocked_until_ms": limit.blocked_until.map(millis),
+            "reset_at_ms": limit.reset_at.map(millis),
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// A credential's limits in a few words, scope by scope (`*`: every
+/// scope): `search: 3/400 left, blocked 4m`.
+pub(crate) fn limits_note(c: &CredentialInfo, now: SystemTime) -> String {
+    c.limits
+        .iter()
+        .map(|limit| {
+            let mut parts = Vec::new();
+            match (limit.rate, limit.remaining) {
+                (Some(rate), Some(remaining)) => {
+                    parts.push(format!("{remaining}/{} left", rate.count()));
+                }
+                (None, Some(remaining)) => parts.push(format!("{remaining} left")),
+                _ => {}
+            }
+            if let Some(until) = limit.blocked_until {
+                parts.push(format!(
+                    "blocked {}",
+                    span(until.duration_since(now).unwrap_or_default())
+                ));
+            } else if let Some(reset) = limit.reset_at {
+                parts.push(format!(
+                    "resets in {}",
+                    span(reset.duration_since(now).unwrap_or_default())
+                ));
+            }
+            let scope = limit.scope.as_deref().map_or("*".to_string(), printable);
+            format!("{scope}: {}", parts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn millis(time: SystemTime) -> u64 {

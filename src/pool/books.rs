@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use crate::credential::ReleaseOutcome;
 use crate::ids::LeaseToken;
 use crate::pool::events::{Event, EventSender};
-use crate::pool::wait::WaitQueue;
+use crate::pool::lines::Lines;
 use crate::store::order::{InFlight, Work};
 use crate::store::{Books as ReceiptBooks, Receipt};
 
@@ -19,7 +19,7 @@ use crate::store::{Books as ReceiptBooks, Receipt};
 #[derive(Debug)]
 pub(crate) struct Books {
     pub(crate) pool: Box<str>,
-    pub(crate) waiters: WaitQueue,
+    pub(crate) waiters: Lines,
     /// Leases this pool handed out that have not come back.
     pub(crate) outstanding: AtomicUsize,
     pub(crate) all_returned: Notify,
@@ -40,7 +40,7 @@ impl Books {
     pub(crate) fn new(pool: &str, polls: bool, lined: bool, event_capacity: usize) -> Self {
         Self {
             pool: pool.into(),
-            waiters: WaitQueue::new(polls, lined),
+            waiters: Lines::new(polls, lined),
             outstanding: AtomicUsize::new(0),
             all_returned: Notify::new(),
             shutdown_watchers: AtomicUsize::new(0),
@@ -89,6 +89,12 @@ impl Books {
                 until: SystemTime::now()
                     .checked_add(*pause)
                     .unwrap_or_else(crate::time::far_future),
+            }),
+            ReleaseOutcome::Limited(limited) => events.send(Event::Limited {
+                name: name.clone(),
+                scope: limited.scope.clone(),
+                until: limited.until,
+                remaining: limited.remaining,
             }),
             ReleaseOutcome::Disable(reason) => events.send(Event::Disabled {
                 name: name.clone(),

@@ -47,6 +47,19 @@ pub enum Event {
         /// When it may be handed out again.
         until: SystemTime,
     },
+    /// A credential was released with a rate limit its API reported: no
+    /// more grants (or only `remaining` more) until `until`, in `scope` (or
+    /// in every scope).
+    Limited {
+        /// The credential's name.
+        name: Arc<str>,
+        /// The scope; `None`: every scope.
+        scope: Option<Arc<str>>,
+        /// When the reported window resets.
+        until: SystemTime,
+        /// Grants left before then.
+        remaining: u32,
+    },
     /// A credential was disabled, by its holder or an operator.
     Disabled {
         /// The credential's name.

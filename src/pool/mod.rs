@@ -19,7 +19,7 @@ use crate::ids::LeaseToken;
 use crate::store::memory::MemoryStore;
 use crate::store::{
     ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leaving, OnBusy, OnDuplicate, Seat,
-    Store,
+    Store, Want,
 };
 
 use self::books::Books;
@@ -31,6 +31,7 @@ use self::wait::WaitQueue;
 mod books;
 pub(crate) mod events;
 pub(crate) mod lease;
+mod lines;
 mod ticket;
 mod wait;
 
@@ -241,7 +242,7 @@ impl<S: Store> Pool<S> {
     /// store granted after the caller left is released at once, and a wake-up
     /// the caller received is passed to the next waiter.
     pub async fn acquire(&self) -> Result<Lease<S>> {
-        self.acquire_until(None).await
+        self.acquire_until(&Want::any(), None).await
     }
 
     /// As [`acquire`](Pool::acquire), but fails with [`Error::Timeout`] after `timeout`.
@@ -250,8 +251,137 @@ impl<S: Store> Pool<S> {
     ///
     /// As for [`acquire`](Pool::acquire).
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Lease<S>> {
+        self.acquire_matching_timeout(&Want::any(), timeout).await
+    }
+
+    /// Waits until a credential may serve `scope` (an endpoint, say), then
+    /// leases it: one that does not cool down in that scope (nor in every
+    /// scope), and whose quotas of that scope and of every scope allow one
+    /// more grant. The grant counts against both. Waiters for one scope are
+    /// served first come, first served; a blocked scope does not hold up
+    /// waiters for another.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use std::time::Duration;
+    /// use credpool::{Limited, NewCredential, Pool, Rate, ReleaseOutcome};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2").rate_for("search", "400/15m".parse()?)).await?;
+    /// let lease = pool.acquire_for("search").await?;
+    /// // The API said: no more searches for a minute.
+    /// lease.release_with(ReleaseOutcome::Limited(
+    ///     Limited::after(Duration::from_secs(60)).scope("search")?,
+    /// )).await?;
+    /// // alice still serves the timeline, but not search.
+    /// let lease = pool.acquire_for("timeline").await?;
+    /// assert!(pool.try_acquire_for("search").await?.is_none());
+    /// # drop(lease); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Pool::acquire); [`Error::InvalidInput`] for an
+    /// empty scope or one with control characters.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_for(&self, scope: &str) -> Result<Lease<S>> {
+        self.acquire_until(&Want::scope(scope)?, None).await
+    }
+
+    /// As [`acquire_for`](Pool::acquire_for), but fails with
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_for_timeout(&self, scope: &str, timeout: Duration) -> Result<Lease<S>> {
+        self.acquire_matching_timeout(&Want::scope(scope)?, timeout)
+            .await
+    }
+
+    /// As [`acquire_for`](Pool::acquire_for), without waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn try_acquire_for(&self, scope: &str) -> Result<Option<Lease<S>>> {
+        self.try_acquire_matching(&Want::scope(scope)?).await
+    }
+
+    /// Waits for the credential named `name` (a scraper going on with the
+    /// same account), then leases it. Tasks waiting for one name are served
+    /// first come, first served.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// pool.add_many([NewCredential::new("alice", "a"), NewCredential::new("bob", "b")]).await?;
+    /// let lease = pool.acquire_named("bob").await?;
+    /// assert_eq!(lease.credential().name(), "bob");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownCredential`] when the pool has no such credential;
+    /// [`Error::Disabled`] when it is disabled (also while waiting);
+    /// otherwise as for [`acquire`](Pool::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_named(&self, name: &str) -> Result<Lease<S>> {
+        self.acquire_until(&Want::any().named(name)?, None).await
+    }
+
+    /// As [`acquire_named`](Pool::acquire_named), but fails with
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_named_timeout(&self, name: &str, timeout: Duration) -> Result<Lease<S>> {
+        self.acquire_matching_timeout(&Want::any().named(name)?, timeout)
+            .await
+    }
+
+    /// As [`acquire_named`](Pool::acquire_named), without waiting.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn try_acquire_named(&self, name: &str) -> Result<Option<Lease<S>>> {
+        self.try_acquire_matching(&Want::any().named(name)?).await
+    }
+
+    /// Waits for a credential that serves `want` (a scope, a name, or both)
+    /// up to `timeout`, then leases it.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_matching_timeout(
+        &self,
+        want: &Want,
+        timeout: Duration,
+    ) -> Result<Lease<S>> {
         let deadline = Instant::now().checked_add(timeout);
-        self.acquire_until(deadline.map(|at| (at, timeout))).await
+        self.acquire_until(want, deadline.map(|at| (at, timeout)))
+            .await
+    }
+
+    /// Waits for a credential that serves `want`, then leases it.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_matching(&self, want: &Want) -> Result<Lease<S>> {
+        self.acquire_until(want, None).await
     }
 
     /// Leases a free credential without waiting; `Ok(None)` when none is free
@@ -262,12 +392,22 @@ impl<S: Store> Pool<S> {
     ///
     /// As for [`acquire`](Pool::acquire).
     pub async fn try_acquire(&self) -> Result<Option<Lease<S>>> {
+        self.try_acquire_matching(&Want::any()).await
+    }
+
+    /// As [`try_acquire`](Pool::try_acquire), for a credential that serves
+    /// `want`: `Ok(None)` also while others wait for the same.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn try_acquire_matching(&self, want: &Want) -> Result<Option<Lease<S>>> {
         self.check_open()?;
         self.check_ttl(self.shared.lease_ttl)?;
-        if !self.shared.books.waiters.is_empty() {
+        if !self.shared.books.waiters.is_empty_for(want) {
             return Ok(None);
         }
-        match self.attempt(OnBusy::Answer).await? {
+        match self.attempt(want, OnBusy::Answer).await? {
             GrantAttempt::Granted(grant) => Ok(Some(self.lease(grant, Duration::ZERO))),
             GrantAttempt::Queued { seat, .. } => {
                 // A store that queued a grant it was told not to: leave.
@@ -278,17 +418,33 @@ impl<S: Store> Pool<S> {
         }
     }
 
-    async fn acquire_until(&self, deadline: Option<(Instant, Duration)>) -> Result<Lease<S>> {
+    async fn acquire_until(
+        &self,
+        want: &Want,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<Lease<S>> {
         self.check_open()?;
         self.check_ttl(self.shared.lease_ttl)?;
-        let seen = self.shared.books.waiters.epoch();
+        let line = self.shared.books.waiters.line(want);
+        let result = self.acquire_in(want, &line, deadline).await;
+        self.shared.books.waiters.tidy(want, line);
+        result
+    }
+
+    async fn acquire_in(
+        &self,
+        want: &Want,
+        line: &WaitQueue,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<Lease<S>> {
+        let seen = line.epoch();
         let mut retry_at = None;
         let mut seat = SeatGuard::new(self);
         // On a store with a waiting line of its own, a newcomer asks the
         // store even with waiters here: the store serves the tickets in order
         // and gives the newcomer a ticket behind them.
-        if self.shared.lined || self.shared.books.waiters.is_empty() {
-            match self.attempt(OnBusy::TakeTicket).await? {
+        if self.shared.lined || line.is_empty() {
+            match self.attempt(want, OnBusy::TakeTicket).await? {
                 GrantAttempt::Granted(grant) => return Ok(self.lease(grant, Duration::ZERO)),
                 GrantAttempt::Busy { retry_at: at } => retry_at = at,
                 GrantAttempt::Queued {
@@ -302,18 +458,20 @@ impl<S: Store> Pool<S> {
         }
         // Boxed: the waiting state machine is large, and the fast path should
         // not pay for moving it around.
-        Box::pin(self.wait_in_line(seen, retry_at, seat, deadline)).await
+        Box::pin(self.wait_in_line(want, line, seen, retry_at, seat, deadline)).await
     }
 
     async fn wait_in_line(
         &self,
+        want: &Want,
+        line: &WaitQueue,
         seen: u64,
         retry_at: Option<SystemTime>,
         mut seat: SeatGuard<'_, S>,
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
-        let (waiter, mut place) = self.shared.books.waiters.join(seen, retry_at);
+        let (waiter, mut place) = line.join(seen, retry_at);
         // When the first in line polls next: kept across wake-ups, so that
         // wake-ups that come more often than the poll interval cannot put
         // the poll off for ever.
@@ -344,7 +502,12 @@ impl<S: Store> Pool<S> {
                 () = changed => Wake::Timer,
                 () = sleep_until(deadline.map(|(at, _)| at)) => {
                     let waited = deadline.map_or(Duration::ZERO, |(_, timeout)| timeout);
-                    return Err(Error::Timeout { waited, what: "a free credential" });
+                    let what = match (want.name(), want.scope_name()) {
+                        (None, None) => "a free credential",
+                        (None, Some(_)) => "a credential free in its scope",
+                        (Some(_), _) => "the credential asked for by name",
+                    };
+                    return Err(Error::Timeout { waited, what });
                 }
             };
             self.check_open()?;
@@ -375,10 +538,10 @@ impl<S: Store> Pool<S> {
             }
             // A relay this waiter carries goes on if it fails or is cancelled
             // while it asks: the units it was woken for may still be free.
-            let mut relay = RelayOnDrop::new(&self.shared.books.waiters, woken.relay);
+            let mut relay = RelayOnDrop::new(line, woken.relay);
             // A waiter whose ticket was lost (its process stalled past the
             // ticket TTL) takes a new one, behind those who kept theirs.
-            match self.attempt(OnBusy::TakeTicket).await {
+            match self.attempt(want, OnBusy::TakeTicket).await {
                 Ok(GrantAttempt::Granted(grant)) => {
                     relay.disarm();
                     waiter.served(wake == Wake::Timer || woken.relay);
@@ -464,7 +627,7 @@ impl<S: Store> Pool<S> {
         crate::time::earliest(change, poll)
     }
 
-    async fn attempt(&self, on_busy: OnBusy) -> Result<GrantAttempt> {
+    async fn attempt(&self, want: &Want, on_busy: OnBusy) -> Result<GrantAttempt> {
         let shared = &self.shared;
         if !shared.in_order {
             // A grant sees the releases of leases dropped before it.
@@ -472,7 +635,7 @@ impl<S: Store> Pool<S> {
         }
         // The answer is not kept across the wait: a waiting task's future
         // holds only the ticket.
-        let later = match shared.store.grant(shared.lease_ttl, on_busy) {
+        let later = match shared.store.grant(shared.lease_ttl, want, on_busy) {
             Granting::Now(answer) => return self.answered(answer),
             Granting::Later(future) => future,
         };
@@ -979,6 +1142,51 @@ impl<S: Store> Pool<S> {
             self.shared.books.waiters.wake_in_turn();
         }
         Ok(())
+    }
+
+    /// Ends the cool-downs and forgets the budgets an API reported (twscrape's
+    /// `reset_locks`): of the credential `name`, or of every one; in
+    /// `scope`, or in every scope. Quotas keep counting the grants made.
+    /// Returns how many credentials it changed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use std::time::Duration;
+    /// use credpool::{NewCredential, Pool, ReleaseOutcome};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2")).await?;
+    /// let lease = pool.acquire().await?;
+    /// lease.release_with(ReleaseOutcome::CoolDown(Duration::from_secs(900))).await?;
+    /// assert_eq!(pool.reset_limits(Some("alice"), None).await?, 1);
+    /// assert!(pool.try_acquire().await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// The change is made whole or not at all, and may be made after the
+    /// future is dropped; waiters are woken only when it completes.
+    pub async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
+        if let Some(name) = name {
+            validate_name(name)?;
+        }
+        if let Some(scope) = scope {
+            crate::limits::validate_scope(scope)?;
+        }
+        self.after_earlier_work().await;
+        let reset = self.shared.store.reset_limits(name, scope).await?;
+        if reset > 0 {
+            tracing::info!(
+                pool = self.name(),
+                credential = name.unwrap_or("*"),
+                scope = scope.unwrap_or("*"),
+                reset,
+                "cool-downs reset"
+            );
+            self.shared.books.waiters.wake_in_turn();
+        }
+        Ok(reset)
     }
 
     /// Every credential, without secrets.

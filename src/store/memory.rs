@@ -12,9 +12,10 @@ use crate::credential::{
 };
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::limits::Limit;
 use crate::store::{
     Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy,
-    OnDuplicate, Progress, Receipt, StoreSettings,
+    OnDuplicate, Progress, Receipt, StoreSettings, Want,
 };
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
@@ -105,6 +106,9 @@ struct Slot {
     last_used_at: Option<i64>,
     use_count: u64,
     created_at: i64,
+    /// Quotas and reported budgets by scope (`""`: every scope); a block
+    /// of every scope is also kept in `cooling_until`.
+    limits: Vec<Limit>,
 }
 
 struct Holder {
@@ -119,6 +123,32 @@ impl Slot {
 
     fn can_hand_out(&self) -> bool {
         self.disabled.is_none() && self.cooling_until.is_none()
+    }
+
+    /// Until when this credential refuses a grant in `scope` (`""`: the
+    /// default), beyond a cool-down of every scope.
+    fn blocked_in(&self, scope: &str, now: i64) -> Option<i64> {
+        self.limits
+            .iter()
+            .filter(|limit| limit.scope.is_empty() || limit.scope == scope)
+            .filter_map(|limit| limit.blocked_until(now))
+            .max()
+    }
+
+    /// The limit of `scope`, made when it is missing.
+    fn limit_mut(&mut self, scope: &str) -> &mut Limit {
+        let at = match self.limits.iter().position(|limit| limit.scope == scope) {
+            Some(at) => at,
+            None => {
+                self.limits.push(Limit::new(scope));
+                self.limits.sort_by(|a, b| a.scope.cmp(&b.scope));
+                self.limits
+                    .iter()
+                    .position(|limit| limit.scope == scope)
+                    .unwrap_or_default()
+            }
+        };
+        &mut self.limits[at]
     }
 }
 
@@ -184,57 +214,18 @@ impl MemoryStore {
         }
     }
 
-    fn grant_now(&self, ttl: Option<Duration>) -> Result<GrantAnswer> {
+    fn grant_now(&self, ttl: Option<Duration>, want: &Want) -> Result<GrantAnswer> {
         let now = now_ms();
         let mut expired = Vec::new();
         let mut state = self.lock();
         state.reclaim(now, &mut expired);
-        let State {
-            slots,
-            ready,
-            expiring,
-            next_lease,
-            ..
-        } = &mut *state;
-        while let Some(run) = ready.0.front_mut() {
-            let generation = run.generation;
-            let slot = match slots[run.index].as_mut() {
-                Some(slot)
-                    if slot.generation == generation
-                        && slot.can_hand_out()
-                        && slot.free_units() > 0 =>
-                {
-                    slot
-                }
-                // Stale: the credential was removed, disabled, cooled or is full.
-                _ => {
-                    ready.0.pop_front();
-                    continue;
-                }
-            };
-            let index = run.index;
-            run.units -= 1;
-            if run.units == 0 {
-                ready.0.pop_front();
-            }
-            let lease_id = LeaseId::new(*next_lease);
-            *next_lease += 1;
-            let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
-            slot.holders.push(Holder {
-                lease_id,
-                expires_at,
-            });
-            slot.last_used_at = Some(now);
-            slot.use_count += 1;
-            if let Some(at) = expires_at {
-                expiring.push(Reverse((at, index, lease_id)));
-            }
-            let grant = Grant {
-                credential: slot.credential.clone(),
-                lease_id,
-                acquired_at: from_ms(now),
-                expires_at: expires_at.map(from_ms),
-            };
+        let found = if want.is_any() {
+            state.next_ready()
+        } else {
+            self.find_for(&mut state, want, now)?
+        };
+        if let Some(index) = found {
+            let grant = state.lease_slot(index, ttl, want, now);
             return Ok(GrantAnswer {
                 attempt: GrantAttempt::Granted(grant),
                 expired,
@@ -247,11 +238,64 @@ impl MemoryStore {
         }
         let next_cool = state.cooling.peek().map(|Reverse((at, ..))| *at);
         let next_expiry = state.expiring.peek().map(|Reverse((at, ..))| *at);
-        let retry_at = earliest(next_cool, next_expiry).map(from_ms);
+        let mut retry_at = earliest(next_cool, next_expiry);
+        if !want.is_any() {
+            // A scope's own blocks end by themselves too.
+            let scope = want.scope_key();
+            let slots = state.slots.iter().flatten();
+            let unblocked = slots
+                .filter(|slot| {
+                    want.name()
+                        .is_none_or(|name| slot.credential.name() == name)
+                })
+                .filter_map(|slot| slot.blocked_in(scope, now))
+                .min();
+            retry_at = earliest(retry_at, unblocked);
+        }
         Ok(GrantAnswer {
-            attempt: GrantAttempt::Busy { retry_at },
+            attempt: GrantAttempt::Busy {
+                retry_at: retry_at.map(from_ms),
+            },
             expired,
         })
+    }
+
+    /// The credential that serves `want` now, least recently used first:
+    /// the ready queue's first entry that the scope does not block, or the
+    /// one named.
+    fn find_for(&self, state: &mut State, want: &Want, now: i64) -> Result<Option<usize>> {
+        let scope = want.scope_key();
+        if let Some(name) = want.name() {
+            let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
+            let Some(slot) = state.slots[index].as_ref() else {
+                return Err(self.unknown(name));
+            };
+            if let Some(reason) = &slot.disabled {
+                return Err(Error::Disabled {
+                    name: name.to_string(),
+                    pool: self.settings.pool().to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            let free = slot.can_hand_out()
+                && slot.free_units() > 0
+                && slot.blocked_in(scope, now).is_none();
+            return Ok(free.then_some(index));
+        }
+        let slots = &state.slots;
+        Ok(state
+            .ready
+            .0
+            .iter()
+            .find(|run| {
+                slots[run.index].as_ref().is_some_and(|slot| {
+                    slot.generation == run.generation
+                        && slot.can_hand_out()
+                        && slot.free_units() > 0
+                        && slot.blocked_in(scope, now).is_none()
+                })
+            })
+            .map(|run| run.index))
     }
 
     /// Ends a lease and completes its receipt while the state is still
@@ -275,11 +319,106 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Takes the first free unit of the ready queue: its credential's index.
+    fn next_ready(&mut self) -> Option<usize> {
+        let State { slots, ready, .. } = self;
+        while let Some(run) = ready.0.front_mut() {
+            let usable = slots[run.index].as_ref().is_some_and(|slot| {
+                slot.generation == run.generation && slot.can_hand_out() && slot.free_units() > 0
+            });
+            if !usable {
+                // Stale: the credential was removed, disabled, cooled or is full.
+                ready.0.pop_front();
+                continue;
+            }
+            let index = run.index;
+            run.units -= 1;
+            if run.units == 0 {
+                ready.0.pop_front();
+            }
+            return Some(index);
+        }
+        None
+    }
+
+    /// Leases a unit of the credential at `index` for `want`. One found
+    /// out of the ready queue's order has its queued units queued anew,
+    /// behind the others: it was used last.
+    fn lease_slot(&mut self, index: usize, ttl: Option<Duration>, want: &Want, now: i64) -> Grant {
+        let lease_id = LeaseId::new(self.next_lease);
+        self.next_lease += 1;
+        let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
+        let Some(slot) = self.slots[index].as_mut() else {
+            unreachable!("a credential found free exists");
+        };
+        slot.holders.push(Holder {
+            lease_id,
+            expires_at,
+        });
+        slot.last_used_at = Some(now);
+        slot.use_count += 1;
+        let grant = Grant {
+            credential: slot.credential.clone(),
+            lease_id,
+            acquired_at: from_ms(now),
+            expires_at: expires_at.map(from_ms),
+        };
+        if let Some(at) = expires_at {
+            self.expiring.push(Reverse((at, index, lease_id)));
+        }
+        if !want.is_any() {
+            slot.generation = slot.generation.wrapping_add(1);
+            if slot.can_hand_out() {
+                self.ready
+                    .push_back(index, slot.generation, slot.free_units());
+            }
+        }
+        if !slot.limits.is_empty() {
+            let scope = want.scope_key();
+            for limit in &mut slot.limits {
+                if limit.scope.is_empty() || limit.scope == scope {
+                    limit.record(now);
+                }
+            }
+            self.block_every_scope(index, now);
+        }
+        grant
+    }
+
+    /// Cools the credential at `index` down in every scope while its limit
+    /// of every scope refuses grants.
+    fn block_every_scope(&mut self, index: usize, now: i64) {
+        let until = self.slots[index].as_ref().and_then(|slot| {
+            slot.limits
+                .iter()
+                .find(|limit| limit.scope.is_empty())
+                .and_then(|limit| limit.blocked_until(now))
+        });
+        if let Some(until) = until {
+            self.cool(index, until);
+        }
+    }
+
+    /// Cools the credential at `index` down until `until` (ms), unless it
+    /// cools down longer already.
+    fn cool(&mut self, index: usize, until: i64) {
+        let Some(slot) = self.slots[index].as_mut() else {
+            return;
+        };
+        if slot.cooling_until.is_none_or(|current| current < until) {
+            slot.cooling_until = Some(until);
+            slot.generation = slot.generation.wrapping_add(1);
+            self.cooling.push(Reverse((until, index)));
+        }
+    }
+
     fn release(&mut self, lease: LeaseToken, outcome: &ReleaseOutcome) -> Result<Arc<str>> {
         let state = self;
         // The clock costs as much as the rest of a release: read it only when needed.
         let effect = outcome.effect();
-        let now = if state.has_timers() || effect.cool_for.is_some() {
+        let timed =
+            effect.cool_for.is_some() || effect.cool_until.is_some() || effect.report.is_some();
+        let now = if state.has_timers() || timed {
             let now = now_ms();
             state.reclaim(now, &mut Vec::new());
             now
@@ -294,7 +433,6 @@ impl State {
         let State {
             slots,
             ready,
-            cooling,
             enabled,
             ..
         } = state;
@@ -311,23 +449,30 @@ impl State {
                 lease_id: lease.lease_id(),
             })?;
         slot.holders.swap_remove(held);
-        if let Some(pause) = effect.cool_for {
-            let until = now.saturating_add(duration_ms(pause));
-            if slot.cooling_until.is_none_or(|current| current < until) {
-                slot.cooling_until = Some(until);
-                slot.generation = slot.generation.wrapping_add(1);
-                cooling.push(Reverse((until, index)));
-            }
-        } else if let Some(reason) = effect.disable {
+        let name = slot.credential.name_arc().clone();
+        if let Some(limited) = effect.report {
+            slot.limit_mut(limited.scope_key()).report(limited, now);
+            slot.limits.retain(|limit| !limit.is_idle(now));
+        }
+        if let Some(reason) = effect.disable {
             if slot.disabled.is_none() {
                 *enabled -= 1;
                 slot.generation = slot.generation.wrapping_add(1);
             }
             slot.disabled = Some(reason.to_string());
-        } else if slot.can_hand_out() {
+            return Ok(name);
+        }
+        let cool = effect.cooling_until(now);
+        if cool.is_none() && slot.can_hand_out() {
             ready.push_back(index, slot.generation, 1);
         }
-        Ok(slot.credential.name_arc().clone())
+        if let Some(until) = cool {
+            state.cool(index, until);
+        }
+        if effect.report.is_some() {
+            state.block_every_scope(index, now);
+        }
+        Ok(name)
     }
 }
 
@@ -435,6 +580,15 @@ impl State {
         let name: Arc<str> = Arc::from(new.name);
         let capacity = new.capacity;
         let disabled = new.disabled;
+        let mut limits: Vec<Limit> = new
+            .rates
+            .into_iter()
+            .map(|(scope, rate)| Limit {
+                rate: Some(rate),
+                ..Limit::new(&scope)
+            })
+            .collect();
+        limits.sort_by(|a, b| a.scope.cmp(&b.scope));
         let credential = Credential::new(
             CredentialId::new(index as u64),
             name.clone(),
@@ -456,6 +610,7 @@ impl State {
             last_used_at: None,
             use_count: 0,
             created_at: now,
+            limits,
         }));
     }
 
@@ -475,6 +630,7 @@ impl State {
             last_used_at: slot.last_used_at.map(from_ms),
             use_count: slot.use_count,
             created_at: from_ms(slot.created_at),
+            limits: slot.limits.iter().map(|limit| limit.info(now)).collect(),
         };
         CredentialInfo::new(stored, from_ms(now))
     }
@@ -490,9 +646,9 @@ impl Leases for MemoryStore {
         true
     }
 
-    fn grant(&self, ttl: Option<Duration>, _on_busy: OnBusy) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, want: &Want, _on_busy: OnBusy) -> Granting {
         // The pool's own line is the whole line: no tickets here.
-        Granting::Now(self.grant_now(ttl))
+        Granting::Now(self.grant_now(ttl, want))
     }
 
     fn release(
@@ -659,7 +815,55 @@ impl Admin for MemoryStore {
                 ready.push_back(index, slot.generation, slot.free_units());
             }
         }
+        if !change.rates.is_empty() {
+            let now = now_ms();
+            for (scope, rate) in change.rates {
+                let limit = slot.limit_mut(&scope);
+                if limit.rate != rate {
+                    limit.rate = rate;
+                    limit.log = crate::limits::QuotaLog::default();
+                }
+            }
+            slot.limits.retain(|limit| !limit.is_idle(now));
+            state.block_every_scope(index, now);
+        }
         Ok(())
+    }
+
+    async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        let indexes: Vec<usize> = match name {
+            Some(name) => vec![state.index_of(name).ok_or_else(|| self.unknown(name))?],
+            None => (0..state.slots.len()).collect(),
+        };
+        let mut reset = 0;
+        for index in indexes {
+            let State { slots, ready, .. } = &mut *state;
+            let Some(slot) = slots[index].as_mut() else {
+                continue;
+            };
+            let mut changed = false;
+            for limit in &mut slot.limits {
+                if scope.is_none_or(|scope| limit.scope == scope) && limit.until.is_some() {
+                    limit.reset();
+                    changed = true;
+                }
+            }
+            slot.limits.retain(|limit| !limit.is_idle(now));
+            if scope.is_none() && slot.cooling_until.take().is_some() {
+                changed = true;
+                slot.generation = slot.generation.wrapping_add(1);
+                if slot.disabled.is_none() {
+                    ready.push_back(index, slot.generation, slot.free_units());
+                }
+            }
+            // A quota of every scope that is used up still holds.
+            state.block_every_scope(index, now);
+            reset += u64::from(changed);
+        }
+        Ok(reset)
     }
 
     async fn list(&self) -> Result<Vec<CredentialInfo>> {

@@ -34,6 +34,7 @@ pub(crate) use self::line::{Line, Undelivered};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;
 pub use self::receipt::Receipt;
+pub use crate::limits::Want;
 
 /// What a store granted: the credential and the lease's identity and times.
 #[derive(Debug, Clone)]
@@ -273,9 +274,17 @@ pub trait Leases: Send + Sync + 'static {
     /// nothing free takes a ticket in the same transaction and answers
     /// [`GrantAttempt::Queued`].
     ///
+    /// `want` says which credentials may serve: any (the default scope), one
+    /// that its scope's limits allow now, the one named. A credential serves
+    /// a scope when it is enabled, has a unit free, does not cool down in
+    /// every scope nor in this one, and its quotas of every scope and of
+    /// this one allow one more grant; the grant counts against both.
+    ///
     /// Fails with [`Error::NoCredentials`](crate::Error::NoCredentials) when
-    /// the pool has no enabled credential.
-    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting;
+    /// the pool has no enabled credential; for a named credential, with
+    /// [`Error::UnknownCredential`](crate::Error::UnknownCredential) or
+    /// [`Error::Disabled`](crate::Error::Disabled).
+    fn grant(&self, ttl: Option<Duration>, want: &Want, on_busy: OnBusy) -> Granting;
 
     /// For a store that keeps a waiting line: renews this store's tickets
     /// (the heartbeat that keeps them from expiring), hands the waiters
@@ -429,6 +438,20 @@ pub trait Admin: Send + Sync + 'static {
         name: &str,
         change: CredentialChange,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Ends the cool-downs and forgets the budgets an API reported, of one
+    /// credential or all, in one scope or all (`credpool reset-locks`);
+    /// quotas keep counting what was granted. Returns how many credentials
+    /// it changed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes.
+    fn reset_limits(
+        &self,
+        name: Option<&str>,
+        scope: Option<&str>,
+    ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Every credential, without secrets, in id order.
     ///

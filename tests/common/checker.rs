@@ -145,3 +145,52 @@ impl HoldLog {
         }
     }
 }
+
+/// One grant, at the store's time of it: for the quota checker.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub credential: String,
+    /// The scope asked for; `None`: the default scope.
+    pub scope: Option<String>,
+    pub at_ms: i64,
+}
+
+/// Proves a quota from the grants: for every credential, no window of the
+/// rate's length (`[t, t + W)`) holds more grants than it allows. With
+/// `scope`, only the grants for that scope count; without, every grant.
+/// Returns one line per window that held too many.
+pub fn quota_violations(
+    granted: &[Granted],
+    scope: Option<&str>,
+    rate: credpool::Rate,
+) -> Vec<String> {
+    let window = rate.per().as_millis() as i64;
+    let mut by_credential: HashMap<&str, Vec<i64>> = HashMap::new();
+    for grant in granted {
+        if scope.is_none() || grant.scope.as_deref() == scope {
+            by_credential
+                .entry(&grant.credential)
+                .or_default()
+                .push(grant.at_ms);
+        }
+    }
+    let mut violations = Vec::new();
+    for (credential, mut times) in by_credential {
+        times.sort_unstable();
+        let mut end = 0;
+        for start in 0..times.len() {
+            while end < times.len() && times[end] < times[start] + window {
+                end += 1;
+            }
+            let count = end - start;
+            if count > rate.count() as usize {
+                violations.push(format!(
+                    "{credential}: {count} grants in [{}, {}) ms, quota {rate} (scope {scope:?})",
+                    times[start],
+                    times[start] + window
+                ));
+            }
+        }
+    }
+    violations
+}

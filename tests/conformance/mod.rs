@@ -15,6 +15,7 @@ use tokio::time::{sleep, timeout, Instant};
 
 use crate::common::checker::HoldLog;
 
+pub mod limits;
 mod model;
 
 /// Makes fresh, empty pools of one kind of store.

@@ -189,6 +189,29 @@ impl Inner {
         }
     }
 
+    /// Ends the cool-downs of the credential `name`, or of every one;
+    /// returns how many.
+    pub(super) async fn reset_cool_downs(&self, name: Option<String>) -> Result<u64> {
+        let conn = self.connections.get().await?;
+        if let Some(name) = &name {
+            let known = conn
+                .client
+                .query_opt(&self.sql.holders(), &[&self.pool, name])
+                .await?;
+            if known.is_none() {
+                return Err(Error::UnknownCredential {
+                    name: name.clone(),
+                    pool: self.pool.clone(),
+                });
+            }
+        }
+        let reset = conn
+            .client
+            .execute(&self.sql.reset_cool_downs(), &[&self.pool, &name])
+            .await?;
+        Ok(reset)
+    }
+
     pub(super) async fn list(&self) -> Result<Vec<CredentialInfo>> {
         let conn = self.connections.get().await?;
         let rows = conn.client.query(&self.sql.list(), &[&self.pool]).await?;
@@ -209,6 +232,7 @@ impl Inner {
                         .map(from_ms),
                     use_count: row.unsigned(8, "credentials.use_count")?,
                     created_at: from_ms(row.column(9, "credentials.created_at")?),
+                    limits: Vec::new(),
                 };
                 Ok(CredentialInfo::new(stored, from_ms(row.column(10, "now")?)))
             })

@@ -490,7 +490,21 @@ impl Inner {
     async fn release(&self, lease: LeaseToken, outcome: ReleaseOutcome) -> Result<Released> {
         let conn = self.connections.get().await?;
         let effect = outcome.effect();
-        let (cool, disable) = (effect.cool_for.map(ms), effect.disable);
+        // The server's clock times the cool-down: a reset time becomes the
+        // time left until it. A budget reported for one scope, which this
+        // store cannot keep yet, cools every scope down while it is used up
+        // (never more grants than the API allows); one with requests left
+        // changes nothing.
+        let now = crate::time::now_ms();
+        let reported = effect
+            .report
+            .filter(|limited| limited.remaining == 0)
+            .map(crate::limits::Limited::until_ms);
+        let until = crate::time::latest(effect.cooling_until(now), reported);
+        let cool = until
+            .filter(|&until| until > now)
+            .map(|until| (until - now).min(MAX_MS));
+        let disable = effect.disable;
         let (lease_id, credential_id) = ids(lease);
         let handing = !self.line.is_empty() || self.tickets_seen.load(Ordering::Relaxed);
         if !handing {

@@ -79,7 +79,7 @@ use crate::error::{Error, InvalidInput, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
     Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate,
-    Options, Progress, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
+    Options, Progress, Receipt, StoreSettings, Want, DEFAULT_TICKET_TTL,
 };
 
 use self::batch::GrantQueue;
@@ -412,7 +412,10 @@ impl Leases for PostgresStore {
         self.changed.notified()
     }
 
-    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, want: &Want, on_busy: OnBusy) -> Granting {
+        if !want.is_any() {
+            return Granting::Now(Err(not_yet("asking for a scope or a credential by name")));
+        }
         // The grant runs on a task of the store's: it may serve other
         // grants' statement too, which must not stop when this caller leaves.
         let (reply, answer) = oneshot::channel();
@@ -510,6 +513,19 @@ impl Leases for PostgresStore {
     }
 }
 
+/// The refusal of what the Postgres store does not keep yet: scopes,
+/// quotas and reported budgets (the memory and SQLite stores keep them).
+fn not_yet(what: &str) -> Error {
+    InvalidInput::new(
+        "rate limits",
+        format!(
+            "{what} is not supported by the Postgres store yet; the memory and SQLite \
+             stores support it"
+        ),
+    )
+    .into()
+}
+
 impl Admin for PostgresStore {
     async fn add_many(
         &self,
@@ -517,6 +533,14 @@ impl Admin for PostgresStore {
         on_duplicate: OnDuplicate,
         progress: Progress,
     ) -> Result<Added> {
+        if let Some(position) = credentials.iter().position(|new| !new.rates.is_empty()) {
+            let mut refusal = not_yet("a quota (rate)");
+            if let Error::InvalidInput(invalid) = &mut refusal {
+                invalid.entry = Some(position);
+                invalid.name = Some(credentials[position].name.clone());
+            }
+            return Err(refusal);
+        }
         let inner = self.inner.clone();
         self.run(async move {
             let added = inner.add_many(credentials, on_duplicate, progress).await?;
@@ -564,6 +588,9 @@ impl Admin for PostgresStore {
     }
 
     async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
+        if !change.rates.is_empty() {
+            return Err(not_yet("a quota (rate)"));
+        }
         let (inner, name) = (self.inner.clone(), name.to_string());
         self.run(async move {
             let widened = change.capacity.is_some();
@@ -573,6 +600,22 @@ impl Admin for PostgresStore {
                 inner.serve_line_now().await;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
+        if scope.is_some() {
+            // No scope has a cool-down of its own here.
+            return Ok(0);
+        }
+        let (inner, name) = (self.inner.clone(), name.map(str::to_string));
+        self.run(async move {
+            let reset = inner.reset_cool_downs(name).await?;
+            if reset > 0 {
+                inner.serve_line_now().await;
+            }
+            Ok(reset)
         })
         .await
     }

@@ -644,6 +644,15 @@ impl Sql {
         )
     }
 
+    /// `$1` pool, `$2` name (NULL: every credential). Ends cool-downs.
+    pub(crate) fn reset_cool_downs(&self) -> String {
+        format!(
+            "UPDATE {} SET cooling_until = NULL
+             WHERE pool = $1 AND ($2::text IS NULL OR name = $2) AND cooling_until > {NOW}",
+            self.credentials
+        )
+    }
+
     /// `$1` credential id, `$2` pool. The credential's name.
     pub(crate) fn name_of(&self) -> String {
         format!(

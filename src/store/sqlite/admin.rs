@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::store::{Added, OnDuplicate, Progress};
 
 use super::ctx::{Ctx, Failure};
+use super::limits;
 
 /// How many entries an add writes between two progress reports.
 const PROGRESS_EVERY: usize = 10_000;
@@ -47,7 +48,15 @@ pub(crate) fn add_many(
             ]);
             match inserted {
                 Ok(0) => added.skipped.push(index),
-                Ok(count) => added.count += count,
+                Ok(count) => {
+                    added.count += count;
+                    if !credential.rates.is_empty() {
+                        let id = connection.last_insert_rowid();
+                        for (scope, rate) in &credential.rates {
+                            limits::set_rate(ctx, id, scope, Some(*rate))?;
+                        }
+                    }
+                }
                 Err(rusqlite::Error::SqliteFailure(failure, _))
                     if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
                 {
@@ -166,5 +175,33 @@ pub(crate) fn update(
             change.extra.clone().flatten(),
             change.capacity,
         ])?;
+    for (scope, rate) in &change.rates {
+        limits::set_rate(ctx, id, scope, *rate)?;
+    }
     Ok(())
+}
+
+/// Ends cool-downs and reported budgets (see
+/// [`Admin::reset_limits`](crate::store::Admin::reset_limits)).
+pub(crate) fn reset_limits(
+    ctx: &mut Ctx<'_>,
+    name: Option<&str>,
+    scope: Option<&str>,
+) -> std::result::Result<u64, Failure> {
+    let ids: Vec<i64> = match name {
+        Some(name) => vec![credential_id_by_name(ctx, name)?.0],
+        None => ctx
+            .connection
+            .prepare_cached(
+                "SELECT id FROM credentials WHERE pool = ?1
+                   AND (cooling_until IS NOT NULL OR limited)",
+            )?
+            .query_map([ctx.pool], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
+    };
+    let mut reset = 0;
+    for id in ids {
+        reset += u64::from(limits::reset(ctx, id, scope)?);
+    }
+    Ok(reset)
 }

@@ -81,7 +81,11 @@ impl Ceiling {
             start_batch(&mut ctx)?;
             let mut tokens = Vec::with_capacity(pairs);
             for _ in 0..pairs {
-                match leases::grant(&mut ctx, Some(DEFAULT_LEASE_TTL))? {
+                match leases::grant(
+                    &mut ctx,
+                    Some(DEFAULT_LEASE_TTL),
+                    &crate::store::Want::any(),
+                )? {
                     GrantAttempt::Granted(grant) => tokens.push(grant.token()),
                     _ => {
                         return Err(Failure::Refused(Error::StoreUnavailable {

@@ -128,7 +128,7 @@ impl Hot {
             // it on every call, which profiling showed to cost more than a
             // second statement. The batch holds the write lock throughout.
             Hot::Pick => {
-                "SELECT id, name, secret, extra, capacity FROM credentials
+                "SELECT id, name, secret, extra, capacity, limited FROM credentials
                  WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
                    AND holders < capacity
                  ORDER BY last_used_at, id LIMIT 1"
@@ -149,7 +149,8 @@ impl Hot {
             Hot::Return => "UPDATE credentials SET holders = holders - 1 WHERE id = ?1",
             Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
             Hot::NextTicket => {
-                "SELECT id, owner FROM tickets WHERE pool = ?1 AND lease_id IS NULL
+                "SELECT id, owner, scope, name FROM tickets WHERE pool = ?1 AND lease_id IS NULL
+                   AND id > ?2
                  ORDER BY id LIMIT 1"
             }
         }

@@ -8,7 +8,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use crate::credential::ReleaseOutcome;
 use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
-use crate::store::{GrantAnswer, GrantAttempt, OnBusy, Receipt};
+use crate::store::{GrantAnswer, GrantAttempt, OnBusy, Receipt, Want};
 use crate::time::{from_ms, to_ms};
 
 use super::ctx::{Ctx, Failure};
@@ -203,6 +203,7 @@ impl ReleaseJob {
 /// A grant: like [`Call`], but a lease whose caller is gone comes back.
 pub(crate) struct GrantJob {
     ttl: Option<Duration>,
+    want: Want,
     on_busy: OnBusy,
     reply: Option<oneshot::Sender<Result<GrantAnswer>>>,
     result: Option<Result<GrantAnswer>>,
@@ -212,12 +213,14 @@ pub(crate) struct GrantJob {
 impl GrantJob {
     pub(crate) fn job(
         ttl: Option<Duration>,
+        want: Want,
         on_busy: OnBusy,
         reply: oneshot::Sender<Result<GrantAnswer>>,
         permit: OwnedSemaphorePermit,
     ) -> Job {
         Job::Grant(Self {
             ttl,
+            want,
             on_busy,
             reply: Some(reply),
             result: None,
@@ -232,9 +235,9 @@ impl GrantJob {
             return Ok(());
         }
         let expired = std::mem::take(&mut ctx.expired);
-        self.result = Some(match leases::grant(ctx, self.ttl) {
+        self.result = Some(match leases::grant(ctx, self.ttl, &self.want) {
             Ok(GrantAttempt::Busy { retry_at }) if self.on_busy == OnBusy::TakeTicket => {
-                let attempt = line::take_ticket(ctx, self.ttl, retry_at)?;
+                let attempt = line::take_ticket(ctx, self.ttl, &self.want, retry_at)?;
                 Ok(GrantAnswer { attempt, expired })
             }
             Ok(attempt) => Ok(GrantAnswer { attempt, expired }),
@@ -276,8 +279,13 @@ impl GrantJob {
         }
     }
 
-    /// When the store expects a change, for a grant that found nothing free.
+    /// When the store expects a change, for a plain grant that found
+    /// nothing free. (A grant for a scope or a name that found nothing says
+    /// nothing about the others.)
     pub(crate) fn busy_until(&self) -> Option<Option<i64>> {
+        if !self.want.is_any() {
+            return None;
+        }
         match &self.result {
             Some(Ok(GrantAnswer {
                 attempt: GrantAttempt::Busy { retry_at } | GrantAttempt::Queued { retry_at, .. },
@@ -290,7 +298,7 @@ impl GrantJob {
     /// Answers "busy" without running; false for a grant that must take a
     /// ticket, which only a transaction can do.
     pub(crate) fn answer_busy(&mut self, retry_at: Option<i64>) -> bool {
-        if self.on_busy == OnBusy::TakeTicket {
+        if self.on_busy == OnBusy::TakeTicket || !self.want.is_any() {
             return false;
         }
         let retry_at = retry_at.map(from_ms);

@@ -9,10 +9,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::credential::{Credential, ReleaseOutcome, Secret};
 use crate::error::Error;
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
-use crate::store::{ExpiredLease, Grant, GrantAttempt};
+use crate::store::{ExpiredLease, Grant, GrantAttempt, Want};
 use crate::time::{duration_ms, earliest, from_ms};
 
 use super::ctx::{Ctx, Failure, Hot};
+use super::limits;
 use super::schema::unsigned;
 
 /// Ends finished cool-downs and reclaims expired leases; notes whether
@@ -28,7 +29,9 @@ pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             "SELECT EXISTS (SELECT 1 FROM credentials WHERE pool = ?1
                               AND cooling_until IS NOT NULL AND cooling_until <= ?2)
                  OR EXISTS (SELECT 1 FROM leases WHERE pool = ?1
-                              AND expires_at IS NOT NULL AND expires_at <= ?2),
+                              AND expires_at IS NOT NULL AND expires_at <= ?2)
+                 OR EXISTS (SELECT 1 FROM limits WHERE pool = ?1
+                              AND blocked_until IS NOT NULL AND blocked_until <= ?2),
                     EXISTS (SELECT 1 FROM tickets WHERE pool = ?1)",
         )?
         .query_row(params![ctx.pool, ctx.now], |row| {
@@ -42,6 +45,12 @@ pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
         .prepare_cached(
             "UPDATE credentials SET cooling_until = NULL
              WHERE pool = ?1 AND cooling_until IS NOT NULL AND cooling_until <= ?2",
+        )?
+        .execute(params![ctx.pool, ctx.now])?;
+    ctx.connection
+        .prepare_cached(
+            "UPDATE limits SET blocked_until = NULL
+             WHERE pool = ?1 AND blocked_until IS NOT NULL AND blocked_until <= ?2",
         )?
         .execute(params![ctx.pool, ctx.now])?;
     let expired: Vec<(i64, i64)> = ctx
@@ -69,8 +78,26 @@ pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// When a cool-down ends or a lease expires next, as far as the store knows.
-fn retry_at(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>> {
+/// When a cool-down ends or a lease expires next, as far as the store
+/// knows; for a scope, also when its own limits next allow a grant.
+fn retry_at(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<Option<i64>> {
+    let general = retry_any(ctx.connection, ctx.pool)?;
+    if want.is_any() {
+        return Ok(general);
+    }
+    let scoped: Option<i64> = ctx
+        .connection
+        .prepare_cached(
+            "SELECT min(blocked_until) FROM limits
+             WHERE pool = ?1 AND scope = ?2 AND blocked_until > ?3",
+        )?
+        .query_row(params![ctx.pool, want.scope_key(), ctx.now], |row| {
+            row.get(0)
+        })?;
+    Ok(earliest(general, scoped))
+}
+
+fn retry_any(connection: &Connection, pool: &str) -> rusqlite::Result<Option<i64>> {
     let cooling: Option<i64> = connection
         .prepare_cached(
             "SELECT min(cooling_until) FROM credentials WHERE pool = ?1 AND cooling_until IS NOT NULL",
@@ -91,28 +118,65 @@ pub(crate) struct Free {
     secret: String,
     extra: Option<String>,
     capacity: u32,
+    /// Whether it has limits to count the grant against.
+    limited: bool,
 }
 
-/// The least recently used credential with a unit free, if any.
-pub(crate) fn pick(ctx: &mut Ctx<'_>) -> rusqlite::Result<Option<Free>> {
+fn free_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Free> {
+    Ok(Free {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        secret: row.get(2)?,
+        extra: row.get(3)?,
+        capacity: row.get(4)?,
+        limited: row.get(5)?,
+    })
+}
+
+/// The least recently used credential with a unit free that serves
+/// `want`, if any.
+pub(crate) fn pick(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<Option<Free>> {
     let pool = ctx.pool;
-    ctx.statement(Hot::Pick)?
-        .query_row([pool], |row| {
-            Ok(Free {
-                id: row.get(0)?,
-                name: row.get(1)?,
-                secret: row.get(2)?,
-                extra: row.get(3)?,
-                capacity: row.get(4)?,
-            })
-        })
-        .optional()
+    if want.is_any() {
+        return ctx
+            .statement(Hot::Pick)?
+            .query_row([pool], free_of)
+            .optional();
+    }
+    // The limits of every scope are in `cooling_until` already.
+    let scope = want.scope_key();
+    match want.name() {
+        Some(name) => ctx
+            .connection
+            .prepare_cached(
+                "SELECT id, name, secret, extra, capacity, limited FROM credentials c
+                 WHERE pool = ?1 AND name = ?4 AND disabled_reason IS NULL
+                   AND cooling_until IS NULL AND holders < capacity
+                   AND NOT EXISTS (SELECT 1 FROM limits l WHERE l.credential_id = c.id
+                                     AND l.scope = ?2 AND l.blocked_until > ?3)",
+            )?
+            .query_row(params![pool, scope, ctx.now, name], free_of)
+            .optional(),
+        None => ctx
+            .connection
+            .prepare_cached(
+                "SELECT id, name, secret, extra, capacity, limited FROM credentials c
+                 WHERE pool = ?1 AND disabled_reason IS NULL AND cooling_until IS NULL
+                   AND holders < capacity
+                   AND NOT EXISTS (SELECT 1 FROM limits l WHERE l.credential_id = c.id
+                                     AND l.scope = ?2 AND l.blocked_until > ?3)
+                 ORDER BY last_used_at, id LIMIT 1",
+            )?
+            .query_row(params![pool, scope, ctx.now], free_of)
+            .optional(),
+    }
 }
 
-/// Leases `free` until `expires_at` (ms; `None`: no expiry).
+/// Leases `free` for `want` until `expires_at` (ms; `None`: no expiry).
 pub(crate) fn lease(
     ctx: &mut Ctx<'_>,
     free: Free,
+    want: &Want,
     expires_at: Option<i64>,
 ) -> rusqlite::Result<Grant> {
     let (pool, now) = (ctx.pool, ctx.now);
@@ -122,8 +186,12 @@ pub(crate) fn lease(
         secret,
         extra,
         capacity,
+        limited,
     } = free;
     ctx.statement(Hot::Mark)?.execute(params![id, now])?;
+    if limited {
+        limits::record_grant(ctx, id, want.scope_key())?;
+    }
     ctx.statement(Hot::Record)?
         .execute(params![pool, id, now, expires_at])?;
     let lease_id = ctx.connection.last_insert_rowid();
@@ -135,6 +203,7 @@ pub(crate) fn lease(
             secret,
             extra,
             capacity,
+            limited,
         },
         lease_id,
         expires_at,
@@ -182,6 +251,7 @@ pub(crate) fn granted(
                 secret: row.get(1)?,
                 extra: row.get(2)?,
                 capacity: row.get(3)?,
+                limited: false,
             })
         })?;
     grant_of(ctx, credential, lease_id, expires_at)
@@ -195,22 +265,49 @@ pub(crate) fn expiry(ctx: &Ctx<'_>, ttl: Option<Duration>) -> Option<i64> {
 pub(crate) fn grant(
     ctx: &mut Ctx<'_>,
     ttl: Option<Duration>,
+    want: &Want,
 ) -> std::result::Result<GrantAttempt, Failure> {
-    match pick(ctx)? {
+    match pick(ctx, want)? {
         Some(free) => {
             let expires_at = expiry(ctx, ttl);
-            Ok(GrantAttempt::Granted(lease(ctx, free, expires_at)?))
+            Ok(GrantAttempt::Granted(lease(ctx, free, want, expires_at)?))
         }
         None => Ok(GrantAttempt::Busy {
-            retry_at: why_busy(ctx)?.map(from_ms),
+            retry_at: why_busy(ctx, want)?.map(from_ms),
         }),
     }
 }
 
-/// Nothing is free: fails when nothing is enabled, else says when something
-/// changes by itself.
-pub(crate) fn why_busy(ctx: &Ctx<'_>) -> std::result::Result<Option<i64>, Failure> {
+/// Nothing is free for `want`: fails when nothing is enabled (or the
+/// credential asked for by name is missing or disabled), else says when
+/// something changes by itself.
+pub(crate) fn why_busy(ctx: &Ctx<'_>, want: &Want) -> std::result::Result<Option<i64>, Failure> {
     let pool = ctx.pool;
+    if let Some(name) = want.name() {
+        let disabled: Option<Option<String>> = ctx
+            .connection
+            .prepare_cached(
+                "SELECT disabled_reason FROM credentials WHERE pool = ?1 AND name = ?2",
+            )?
+            .query_row(params![pool, name], |row| row.get(0))
+            .optional()?;
+        match disabled {
+            None => {
+                return Err(Failure::Refused(Error::UnknownCredential {
+                    name: name.to_string(),
+                    pool: pool.to_string(),
+                }))
+            }
+            Some(Some(reason)) => {
+                return Err(Failure::Refused(Error::Disabled {
+                    name: name.to_string(),
+                    pool: pool.to_string(),
+                    reason,
+                }))
+            }
+            Some(None) => {}
+        }
+    }
     let enabled: bool = ctx
         .connection
         .prepare_cached(
@@ -222,7 +319,7 @@ pub(crate) fn why_busy(ctx: &Ctx<'_>) -> std::result::Result<Option<i64>, Failur
             pool: pool.to_string(),
         }));
     }
-    Ok(retry_at(ctx.connection, pool)?)
+    Ok(retry_at(ctx, want)?)
 }
 
 pub(crate) fn lease_lost(ctx: &Ctx<'_>, lease: LeaseToken) -> std::result::Result<Error, Failure> {
@@ -256,18 +353,14 @@ pub(crate) fn release(
         return Err(Failure::Refused(lease_lost(ctx, lease)?));
     }
     let effect = outcome.effect();
-    let cool_until = effect
-        .cool_for
-        .map(|pause| now.saturating_add(duration_ms(pause)));
+    let cool_until = effect.cooling_until(now);
     let disable = effect.disable;
+    if let Some(limited) = effect.report {
+        limits::report(ctx, credential_id, limited)?;
+    }
     ctx.statement(Hot::Return)?.execute([credential_id])?;
     if let Some(until) = cool_until {
-        ctx.connection
-            .prepare_cached(
-                "UPDATE credentials SET cooling_until = max(coalesce(cooling_until, 0), ?2)
-                 WHERE id = ?1",
-            )?
-            .execute(params![credential_id, until])?;
+        cool(ctx, credential_id, until)?;
     }
     if let Some(reason) = disable {
         ctx.connection
@@ -286,6 +379,18 @@ pub(crate) fn release(
         .statement(Hot::NameOf)?
         .query_row([credential_id], |row| row.get(0))?;
     Ok(name.into())
+}
+
+/// Cools the credential `id` down in every scope until `until` (ms),
+/// unless it cools down longer already.
+pub(crate) fn cool(ctx: &Ctx<'_>, id: i64, until: i64) -> rusqlite::Result<()> {
+    ctx.connection
+        .prepare_cached(
+            "UPDATE credentials SET cooling_until = max(coalesce(cooling_until, 0), ?2)
+             WHERE id = ?1",
+        )?
+        .execute(params![id, until])?;
+    Ok(())
 }
 
 pub(crate) fn renew(

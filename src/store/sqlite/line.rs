@@ -10,7 +10,7 @@ use rusqlite::{params, OptionalExtension};
 
 use crate::credential::ReleaseOutcome;
 use crate::ids::LeaseToken;
-use crate::store::{GrantAttempt, Seat};
+use crate::store::{GrantAttempt, Seat, Want};
 
 use super::ctx::{Ctx, Failure, Hot};
 use super::leases;
@@ -21,14 +21,19 @@ use super::schema::unsigned;
 pub(crate) fn take_ticket(
     ctx: &mut Ctx<'_>,
     ttl: Option<Duration>,
+    want: &Want,
     retry_at: Option<std::time::SystemTime>,
 ) -> rusqlite::Result<GrantAttempt> {
     ctx.connection
-        .prepare_cached("INSERT INTO tickets (pool, owner, expires_at) VALUES (?1, ?2, ?3)")?
+        .prepare_cached(
+            "INSERT INTO tickets (pool, owner, expires_at, scope, name) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
         .execute(params![
             ctx.pool,
             ctx.line.owner(),
-            ctx.now.saturating_add(ctx.ticket_ttl)
+            ctx.now.saturating_add(ctx.ticket_ttl),
+            want.scope_name(),
+            want.name(),
         ])?;
     let ticket = unsigned(ctx.connection.last_insert_rowid())?;
     ctx.tickets = true;
@@ -37,25 +42,46 @@ pub(crate) fn take_ticket(
 }
 
 /// Hands free credentials to the tickets waiting, lowest number first, while
-/// both last. A waiter seated here gets its lease for its own TTL, delivered
+/// both last. A ticket that waits for a scope (or a name) that nothing free
+/// serves is passed over, and so is every later ticket that waits for the
+/// same: the others behind it are served. A waiter seated here gets its lease for its own TTL, delivered
 /// after the commit; another process's ticket gets a lease that expires at
 /// the claim deadline, which that process extends when it claims it.
 ///
 /// Called where units may come free: when a batch begins (cool-downs ended,
 /// leases expired), after a release, an `add`, an `enable`, a ticket given up.
 pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    // Tickets before `after` were served or passed over; wants in `unserved`
+    // found nothing free.
+    let mut after = 0;
+    let mut unserved: Vec<Want> = Vec::new();
     while ctx.tickets {
         let pool = ctx.pool;
-        let next: Option<(i64, i64)> = ctx
+        let next: Option<(i64, i64, Option<String>, Option<String>)> = ctx
             .statement(Hot::NextTicket)?
-            .query_row([pool], |row| Ok((row.get(0)?, row.get(1)?)))
+            .query_row(params![pool, after], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .optional()?;
-        let Some((ticket, owner)) = next else {
-            ctx.tickets = false;
+        let Some((ticket, owner, scope, name)) = next else {
+            if after == 0 {
+                ctx.tickets = false;
+            }
             break;
         };
-        let Some(free) = leases::pick(ctx)? else {
-            break;
+        let want = ticket_want(scope.as_deref(), name.as_deref());
+        if unserved.contains(&want) {
+            after = ticket;
+            continue;
+        }
+        let Some(free) = leases::pick(ctx, &want)? else {
+            if want.is_any() {
+                // Nothing is free at all: no other want is served either.
+                break;
+            }
+            unserved.push(want);
+            after = ticket;
+            continue;
         };
         let number = unsigned(ticket)?;
         let seated = if owner == ctx.line.owner() {
@@ -66,7 +92,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
         match seated {
             Some(ttl) => {
                 let expires_at = leases::expiry(ctx, ttl);
-                let grant = leases::lease(ctx, free, expires_at)?;
+                let grant = leases::lease(ctx, free, &want, expires_at)?;
                 ctx.connection
                     .prepare_cached("DELETE FROM tickets WHERE id = ?1")?
                     .execute([ticket])?;
@@ -74,7 +100,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             }
             None => {
                 let deadline = ctx.now.saturating_add(ctx.ticket_ttl);
-                let grant = leases::lease(ctx, free, Some(deadline))?;
+                let grant = leases::lease(ctx, free, &want, Some(deadline))?;
                 ctx.connection
                     .prepare_cached(
                         "UPDATE tickets SET lease_id = ?2, credential_id = ?3, expires_at = ?4
@@ -117,7 +143,28 @@ pub(crate) fn expire_and_serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 /// batch renewed the tickets first, when that was due.)
 pub(crate) fn poll(ctx: &mut Ctx<'_>) -> std::result::Result<Option<i64>, Failure> {
     claim_handed(ctx)?;
-    leases::why_busy(ctx)
+    let general = leases::why_busy(ctx, &Want::any())?;
+    // Waiters for a scope are served when its limits next allow a grant.
+    let scoped: Option<i64> = ctx
+        .connection
+        .prepare_cached(
+            "SELECT min(blocked_until) FROM limits WHERE pool = ?1 AND blocked_until > ?2",
+        )?
+        .query_row(params![ctx.pool, ctx.now], |row| row.get(0))?;
+    Ok(crate::time::earliest(general, scoped))
+}
+
+/// What a ticket waits for, as its row says.
+fn ticket_want(scope: Option<&str>, name: Option<&str>) -> Want {
+    let mut want = Want::any();
+    // Rows hold only what was checked when the ticket was taken.
+    if let Some(scope) = scope {
+        want = want.in_scope(scope).unwrap_or_default();
+    }
+    if let Some(name) = name {
+        want = want.named(name).unwrap_or_default();
+    }
+    want
 }
 
 /// Renews every ticket seated here. A seat whose ticket is gone (it expired

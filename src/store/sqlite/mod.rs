@@ -38,6 +38,7 @@ pub mod ceiling;
 mod ctx;
 mod jobs;
 mod leases;
+mod limits;
 mod line;
 mod reads;
 mod schema;
@@ -60,7 +61,7 @@ use crate::error::{Error, Result};
 use crate::ids::LeaseToken;
 use crate::store::{
     Added, Admin, GrantAnswer, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate, Options,
-    Progress, Receipt, StoreSettings, DEFAULT_TICKET_TTL,
+    Progress, Receipt, StoreSettings, Want, DEFAULT_TICKET_TTL,
 };
 
 use self::ctx::{Ctx, Failure};
@@ -289,7 +290,12 @@ impl Channel {
 
 impl GrantRoute {
     /// Waits for room, then sends the grant and waits for its reply.
-    async fn grant(self, ttl: Option<Duration>, on_busy: OnBusy) -> Result<GrantAnswer> {
+    async fn grant(
+        self,
+        ttl: Option<Duration>,
+        want: Want,
+        on_busy: OnBusy,
+    ) -> Result<GrantAnswer> {
         let permit = Channel::room(&self.permits, &self.path).await?;
         let (reply, answer) = oneshot::channel();
         let sender = self
@@ -297,7 +303,7 @@ impl GrantRoute {
             .upgrade()
             .ok_or_else(|| unavailable(&self.path))?;
         sender
-            .send(GrantJob::job(ttl, on_busy, reply, permit))
+            .send(GrantJob::job(ttl, want, on_busy, reply, permit))
             .map_err(|_| unavailable(&self.path))?;
         drop(sender);
         answer.await.map_err(|_| unavailable(&self.path))?
@@ -511,7 +517,7 @@ impl Leases for SqliteStore {
         true
     }
 
-    fn grant(&self, ttl: Option<Duration>, on_busy: OnBusy) -> Granting {
+    fn grant(&self, ttl: Option<Duration>, want: &Want, on_busy: OnBusy) -> Granting {
         // Sent now when there is room: the future only waits for the reply.
         let permit = match self.channel.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -520,15 +526,17 @@ impl Leases for SqliteStore {
             }
             Err(TryAcquireError::NoPermits) => {
                 return match self.channel.grant_route() {
-                    Some(route) => Granting::Later(Box::pin(route.grant(ttl, on_busy))),
+                    Some(route) => {
+                        Granting::Later(Box::pin(route.grant(ttl, want.clone(), on_busy)))
+                    }
                     None => Granting::Now(Err(unavailable(&self.channel.path))),
                 }
             }
         };
         let (reply, answer) = oneshot::channel();
-        if let Err(error) = self
-            .channel
-            .send(GrantJob::job(ttl, on_busy, reply, permit))
+        if let Err(error) =
+            self.channel
+                .send(GrantJob::job(ttl, want.clone(), on_busy, reply, permit))
         {
             return Granting::Now(Err(error));
         }
@@ -642,11 +650,22 @@ impl Admin for SqliteStore {
         let name = name.to_string();
         self.call(move |ctx| {
             admin::update(ctx, &name, &change)?;
-            if change.capacity.is_some() {
+            if change.capacity.is_some() || !change.rates.is_empty() {
                 // New units go to the first tickets waiting.
                 line::serve(ctx)?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
+        let (name, scope) = (name.map(str::to_string), scope.map(str::to_string));
+        self.call(move |ctx| {
+            let reset = admin::reset_limits(ctx, name.as_deref(), scope.as_deref())?;
+            // Credentials that cooled down go to the tickets waiting.
+            line::serve(ctx)?;
+            Ok(reset)
         })
         .await
     }

@@ -91,6 +91,24 @@ impl Reader {
     /// expiry is not counted as a holder, reclaimed or not.
     pub(crate) async fn list(&self) -> Result<Vec<CredentialInfo>> {
         self.read(|connection, pool, now_ms| {
+            // Two statements, one snapshot: a read transaction.
+            connection.execute_batch("BEGIN DEFERRED")?;
+            let listed = list_in(connection, pool, now_ms);
+            connection.execute_batch("COMMIT")?;
+            listed
+        })
+        .await
+    }
+}
+
+fn list_in(
+    connection: &rusqlite::Connection,
+    pool: &str,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<CredentialInfo>> {
+    let mut limits = super::limits::of_pool(connection, pool)?;
+    {
+        {
             let mut statement = connection.prepare_cached(&format!(
                 "{EXPIRED} SELECT id, name, capacity, holders - coalesce(expired.n, 0),
                         disabled_reason, cooling_until,
@@ -100,8 +118,9 @@ impl Reader {
             ))?;
             let now = from_ms(now_ms);
             let rows = statement.query_map(params![pool, now_ms], |row| {
+                let id: i64 = row.get(0)?;
                 let stored = StoredCredential {
-                    id: CredentialId::new(unsigned(row.get(0)?)?),
+                    id: CredentialId::new(unsigned(id)?),
                     name: row.get(1)?,
                     capacity: row.get(2)?,
                     holders: row.get(3)?,
@@ -111,14 +130,21 @@ impl Reader {
                     last_used_at: row.get::<_, Option<i64>>(7)?.map(from_ms),
                     use_count: unsigned(row.get(8)?)?,
                     created_at: from_ms(row.get(9)?),
+                    limits: limits
+                        .remove(&id)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|limit| limit.info(now_ms))
+                        .collect(),
                 };
                 Ok(CredentialInfo::new(stored, now))
             })?;
             rows.collect()
-        })
-        .await
+        }
     }
+}
 
+impl Reader {
     /// Every credential's name, secret and extra text, in id order.
     pub(crate) async fn reveal(&self) -> Result<Vec<Credential>> {
         self.read(|connection, pool, _| {

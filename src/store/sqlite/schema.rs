@@ -78,6 +78,36 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE INDEX credentials_enabled ON credentials (pool) WHERE disabled_reason IS NULL;
     ",
+    // 3 -> 4: rate limits by scope, and tickets that wait for a scope or a
+    // credential by name.
+    "
+    -- One scope's limits on one credential ('' for every scope): a quota of
+    -- `rate_count` grants in any `rate_window_ms` with the times of the
+    -- grants in its last window (`log`, 8 bytes each, little-endian), and a
+    -- budget an API reported (`remaining` grants until `until`).
+    -- `blocked_until` is when the next grant is allowed, written with the
+    -- rest (only time passing moves it); a block of every scope is also
+    -- kept in the credential's `cooling_until`.
+    CREATE TABLE limits (
+        credential_id  INTEGER NOT NULL REFERENCES credentials (id) ON DELETE CASCADE,
+        scope          TEXT    NOT NULL,
+        pool           TEXT    NOT NULL,
+        rate_count     INTEGER,
+        rate_window_ms INTEGER,
+        log            BLOB,
+        until          INTEGER,
+        remaining      INTEGER NOT NULL DEFAULT 0,
+        blocked_until  INTEGER,
+        PRIMARY KEY (credential_id, scope)
+    ) WITHOUT ROWID;
+    CREATE INDEX limits_blocked ON limits (pool, blocked_until) WHERE blocked_until IS NOT NULL;
+    CREATE INDEX limits_of_pool ON limits (pool, credential_id);
+    -- Whether a credential has rows in `limits`, so that a grant of one
+    -- without any looks for none.
+    ALTER TABLE credentials ADD COLUMN limited INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tickets ADD COLUMN scope TEXT;
+    ALTER TABLE tickets ADD COLUMN name TEXT;
+    ",
 ];
 
 /// The store schema version this build writes, and the newest it reads.

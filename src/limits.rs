@@ -1,0 +1,479 @@
+//! Rate limits as credentials really have them: scopes (an endpoint, say),
+//! quotas of N grants in any window W, and the budgets an API reports; and
+//! what one grant asks for ([`Want`]).
+//!
+//! # Why a sliding log, not GCRA
+//!
+//! A quota "N per W" here means: in *any* window of length W, at most N
+//! grants. GCRA (or a token bucket) with a burst of N keeps one timestamp,
+//! but lets N grants through at once and then one more every W/N, so a
+//! window that starts with the burst holds 2N−1 grants: not the promise.
+//! GCRA without a burst keeps the promise but spaces grants W/N apart, which
+//! is not what "400 per 15 minutes" means to anyone. So each credential and
+//! scope with a quota keeps the times of its grants within the last window
+//! (at most N of them): exact, and a grant's check reads only that row. The
+//! time the next grant is allowed follows from the log when it is written
+//! ([`QuotaLog::free_at`]), and only time passing can move it earlier, so
+//! stores keep it beside the log and a grant's search compares one number.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{InvalidInput, Result};
+use crate::time::{duration_ms, from_ms, to_ms};
+
+/// The longest scope accepted, in bytes.
+pub const MAX_SCOPE_BYTES: usize = 255;
+
+/// Checks a scope: 1 to 255 bytes of UTF-8, no control characters, not
+/// only spaces.
+pub(crate) fn validate_scope(scope: &str) -> Result<()> {
+    let reason = if scope.trim().is_empty() {
+        "must not be empty (leave the scope out for every scope)".to_string()
+    } else if scope.len() > MAX_SCOPE_BYTES {
+        format!(
+            "is {} bytes long; the limit is {MAX_SCOPE_BYTES}",
+            scope.len()
+        )
+    } else if scope.chars().any(char::is_control) {
+        "contains a control character".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(InvalidInput::new("scope", reason).into())
+}
+
+/// A quota: at most `count` grants in any window of `per`.
+///
+/// ```
+/// use std::time::Duration;
+/// use credpool::Rate;
+/// let rate: Rate = "400/15m".parse()?;
+/// assert_eq!(rate, Rate::new(400, Duration::from_secs(900))?);
+/// assert_eq!(rate.to_string(), "400/15m");
+/// assert!("0/1m".parse::<Rate>().is_err());
+/// # Ok::<(), credpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    count: u32,
+    per: Duration,
+}
+
+/// The most grants one quota may count in its window (each is kept).
+pub const MAX_RATE_COUNT: u32 = 100_000;
+
+impl Rate {
+    /// At most `count` grants in any window of `per` (1 ms to 366 days;
+    /// `count` from 1 to [`MAX_RATE_COUNT`]).
+    pub fn new(count: u32, per: Duration) -> Result<Self> {
+        if count == 0 {
+            return Err(InvalidInput::new(
+                "rate",
+                "allows no grant at all (0 per window): disable the credential instead",
+            )
+            .into());
+        }
+        if count > MAX_RATE_COUNT {
+            return Err(InvalidInput::new(
+                "rate",
+                format!(
+                    "{count} grants per window is more than the {MAX_RATE_COUNT} a quota counts"
+                ),
+            )
+            .into());
+        }
+        if per < Duration::from_millis(1) {
+            return Err(InvalidInput::new(
+                "rate",
+                "the window must be at least 1ms long (a window of 0s limits nothing)",
+            )
+            .into());
+        }
+        if per > Duration::from_secs(366 * 24 * 3600) {
+            return Err(InvalidInput::new("rate", "the window must be at most 366 days").into());
+        }
+        Ok(Self { count, per })
+    }
+
+    /// How many grants a window allows.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// How long a window is.
+    pub fn per(&self) -> Duration {
+        self.per
+    }
+
+    /// The window in ms, as stores keep it.
+    pub(crate) fn window_ms(&self) -> i64 {
+        duration_ms(self.per)
+    }
+
+    /// A rate as stores keep it; `None` when the row is not a valid rate.
+    pub(crate) fn from_stored(count: i64, window_ms: i64) -> Option<Self> {
+        let count = u32::try_from(count).ok()?;
+        let per = Duration::from_millis(u64::try_from(window_ms).ok()?);
+        Self::new(count, per).ok()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.count,
+            humantime::format_duration(self.per)
+                .to_string()
+                .replace(' ', "")
+        )
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = crate::Error;
+
+    /// `N/DURATION`: `400/15m`, `10/1s`, `5/1h30m`.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |why: &str| -> crate::Error {
+            InvalidInput::new(
+                "rate",
+                format!("{text:?} {why}: write it as N/DURATION, such as 400/15m or 10/1s"),
+            )
+            .into()
+        };
+        let (count, per) = text
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| bad("has no `/`"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| bad("does not start with a whole number"))?;
+        let per = per.trim();
+        let per =
+            humantime::parse_duration(per).map_err(|_| bad("does not end with a duration"))?;
+        Self::new(count, per)
+    }
+}
+
+/// What one grant asks for: the default (any credential, default scope),
+/// a scope, a named credential, or both.
+///
+/// ```
+/// use credpool::store::Want;
+/// let want = Want::scope("search")?.named("alice")?;
+/// assert_eq!(want.scope_name(), Some("search"));
+/// assert_eq!(want.name(), Some("alice"));
+/// assert!(Want::any().is_any());
+/// # Ok::<(), credpool::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Want {
+    scope: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+}
+
+impl Want {
+    /// Any credential, for the default scope: what [`Pool::acquire`](crate::Pool::acquire) asks.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// Any credential that may serve `scope` now.
+    pub fn scope(scope: &str) -> Result<Self> {
+        Self::any().in_scope(scope)
+    }
+
+    /// The same, for `scope`.
+    pub fn in_scope(mut self, scope: &str) -> Result<Self> {
+        validate_scope(scope)?;
+        self.scope = Some(scope.into());
+        Ok(self)
+    }
+
+    /// Only the credential named `name`.
+    pub fn named(mut self, name: &str) -> Result<Self> {
+        crate::credential::validate_name(name)?;
+        self.name = Some(name.into());
+        Ok(self)
+    }
+
+    /// The scope, if not the default.
+    pub fn scope_name(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The credential's name, when one is asked for.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Whether this is the plain ask: any credential, default scope.
+    pub fn is_any(&self) -> bool {
+        self.scope.is_none() && self.name.is_none()
+    }
+
+    /// The scope as stores key it: `""` for the default.
+    pub(crate) fn scope_key(&self) -> &str {
+        self.scope.as_deref().unwrap_or("")
+    }
+}
+
+impl fmt::Display for Want {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.name, &self.scope) {
+            (None, None) => f.write_str("a free credential"),
+            (None, Some(scope)) => write!(f, "a free credential for scope {scope:?}"),
+            (Some(name), None) => write!(f, "credential {name:?}"),
+            (Some(name), Some(scope)) => write!(f, "credential {name:?} for scope {scope:?}"),
+        }
+    }
+}
+
+/// A rate limit that an API reported, given back with a lease
+/// ([`ReleaseOutcome::Limited`](crate::ReleaseOutcome::Limited)): the time
+/// its window resets, how many requests it still allows before then, and
+/// the scope it concerns.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use credpool::{Limited, ReleaseOutcome};
+/// let reset = SystemTime::now() + Duration::from_secs(60);
+/// // "x-rate-limit-remaining: 0", "x-rate-limit-reset: …" on the search endpoint:
+/// let outcome = ReleaseOutcome::Limited(Limited::until(reset).scope("search")?);
+/// // Three requests left in this window, on every endpoint:
+/// let outcome = ReleaseOutcome::Limited(Limited::until(reset).remaining(3));
+/// # Ok::<(), credpool::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    pub(crate) until: SystemTime,
+    pub(crate) remaining: u32,
+    pub(crate) scope: Option<Arc<str>>,
+}
+
+impl Limited {
+    /// No request is left until `reset`: cool down until then.
+    pub fn until(reset: SystemTime) -> Self {
+        Self {
+            until: reset,
+            remaining: 0,
+            scope: None,
+        }
+    }
+
+    /// No request is left for `pause` from now.
+    pub fn after(pause: Duration) -> Self {
+        Self::until(
+            SystemTime::now()
+                .checked_add(pause)
+                .unwrap_or_else(crate::time::far_future),
+        )
+    }
+
+    /// `remaining` requests are left before the reset: the credential is
+    /// handed out that many more times (in its scope), then cools down.
+    pub fn remaining(mut self, remaining: u32) -> Self {
+        self.remaining = remaining;
+        self
+    }
+
+    /// The limit concerns `scope` only; other scopes are still served.
+    pub fn scope(mut self, scope: &str) -> Result<Self> {
+        validate_scope(scope)?;
+        self.scope = Some(scope.into());
+        Ok(self)
+    }
+
+    /// The reset time in ms.
+    pub(crate) fn until_ms(&self) -> i64 {
+        to_ms(self.until)
+    }
+
+    /// The scope as stores key it: `""` for every scope.
+    pub(crate) fn scope_key(&self) -> &str {
+        self.scope.as_deref().unwrap_or("")
+    }
+}
+
+/// The times of a quota's grants within its last window, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct QuotaLog(pub(crate) Vec<i64>);
+
+impl QuotaLog {
+    /// Reads a log as the SQLite store keeps it: 8 bytes a grant, little-endian.
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
+        Self(
+            bytes
+                .chunks_exact(8)
+                .map(|chunk| {
+                    let mut raw = [0; 8];
+                    raw.copy_from_slice(chunk);
+                    i64::from_le_bytes(raw)
+                })
+                .collect(),
+        )
+    }
+
+    /// The log as the SQLite store keeps it.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|at| at.to_le_bytes()).collect()
+    }
+
+    /// Drops the grants older than `rate`'s window at `now`.
+    pub(crate) fn prune(&mut self, rate: Rate, now: i64) {
+        let start = now.saturating_sub(rate.window_ms());
+        let keep_from = self.0.partition_point(|&at| at <= start);
+        self.0.drain(..keep_from);
+    }
+
+    /// Grants made in the window that ends at `now`.
+    pub(crate) fn used(&self, rate: Rate, now: i64) -> u32 {
+        let start = now.saturating_sub(rate.window_ms());
+        let used = self.0.len() - self.0.partition_point(|&at| at <= start);
+        u32::try_from(used).unwrap_or(u32::MAX)
+    }
+
+    /// Records a grant at `now` (after pruning).
+    pub(crate) fn record(&mut self, rate: Rate, now: i64) {
+        self.prune(rate, now);
+        let at = self.0.last().map_or(now, |&last| last.max(now));
+        self.0.push(at);
+    }
+
+    /// The earliest time the next grant is allowed; `None`: at any time.
+    ///
+    /// A grant at `t` is allowed while fewer than `count` logged grants lie
+    /// in `(t - W, t]`: the newest `count - 1` may, so the one before them
+    /// must have left the window.
+    pub(crate) fn free_at(&self, rate: Rate) -> Option<i64> {
+        let count = rate.count() as usize;
+        let len = self.0.len();
+        (len >= count).then(|| self.0[len - count].saturating_add(rate.window_ms()))
+    }
+}
+
+/// One scope's limits on one credential, as every store reads them: its
+/// quota and log, and a budget reported by the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// `""`: every scope.
+    pub(crate) scope: String,
+    pub(crate) rate: Option<Rate>,
+    pub(crate) log: QuotaLog,
+    /// A reported window's reset (or a cool-down's end), in ms.
+    pub(crate) until: Option<i64>,
+    /// Grants left before `until`.
+    pub(crate) remaining: u32,
+}
+
+impl Limit {
+    /// A scope with no limit yet.
+    pub(crate) fn new(scope: &str) -> Self {
+        Self {
+            scope: scope.to_string(),
+            rate: None,
+            log: QuotaLog::default(),
+            until: None,
+            remaining: 0,
+        }
+    }
+
+    /// Until when this limit refuses a grant, from `now`; `None`: it allows one.
+    pub(crate) fn blocked_until(&self, now: i64) -> Option<i64> {
+        let reported = self
+            .until
+            .filter(|&until| until > now && self.remaining == 0);
+        let quota = self
+            .rate
+            .and_then(|rate| self.log.free_at(rate))
+            .filter(|&at| at > now);
+        crate::time::latest(reported, quota)
+    }
+
+    /// Counts a grant made at `now`.
+    pub(crate) fn record(&mut self, now: i64) {
+        if let Some(rate) = self.rate {
+            self.log.record(rate, now);
+        }
+        if self.until.is_some_and(|until| until > now) {
+            self.remaining = self.remaining.saturating_sub(1);
+        }
+    }
+
+    /// Takes in what an API reported (the later reset wins; a lower count
+    /// of requests left within the same window wins).
+    pub(crate) fn report(&mut self, limited: &Limited, now: i64) {
+        let until = limited.until_ms();
+        match self.until.filter(|&current| current > now) {
+            Some(current) if current > until => {}
+            Some(current) if current == until => {
+                self.remaining = self.remaining.min(limited.remaining);
+            }
+            _ => {
+                self.until = Some(until);
+                self.remaining = limited.remaining;
+            }
+        }
+    }
+
+    /// Forgets a reported budget and cool-down (`credpool reset-locks`);
+    /// the quota's log stays: it records what was sent.
+    pub(crate) fn reset(&mut self) {
+        self.until = None;
+        self.remaining = 0;
+    }
+
+    /// Whether the row says nothing any more and may go.
+    pub(crate) fn is_idle(&self, now: i64) -> bool {
+        self.rate.is_none() && self.until.is_none_or(|until| until <= now)
+    }
+
+    /// What `list` shows of it at `now`.
+    pub(crate) fn info(&self, now: i64) -> ScopeLimit {
+        let reported = self.until.filter(|&until| until > now);
+        ScopeLimit {
+            scope: (!self.scope.is_empty()).then(|| self.scope.clone()),
+            rate: self.rate,
+            used: self.rate.map_or(0, |rate| self.log.used(rate, now)),
+            remaining: match (self.rate, reported) {
+                (Some(rate), _) => Some(rate.count().saturating_sub(self.log.used(rate, now)).min(
+                    if reported.is_some() {
+                        self.remaining
+                    } else {
+                        u32::MAX
+                    },
+                )),
+                (None, Some(_)) => Some(self.remaining),
+                (None, None) => None,
+            },
+            blocked_until: self.blocked_until(now).map(from_ms),
+            reset_at: reported.map(from_ms),
+        }
+    }
+}
+
+/// What a credential's limits in one scope are now, as
+/// [`Pool::list`](crate::Pool::list) shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScopeLimit {
+    /// The scope; `None`: every scope.
+    pub scope: Option<String>,
+    /// The quota, if the credential has one in this scope.
+    pub rate: Option<Rate>,
+    /// Grants counted in the quota's window now.
+    pub used: u32,
+    /// Grants still allowed now (by the quota and the reported budget),
+    /// when either limits them.
+    pub remaining: Option<u32>,
+    /// Not handed out for this scope before this time (a cool-down, an
+    /// exhausted budget or quota).
+    pub blocked_until: Option<SystemTime>,
+    /// When a budget the API reported resets.
+    pub reset_at: Option<SystemTime>,
+}

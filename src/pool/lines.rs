@@ -1,0 +1,152 @@
+//! One waiting line per thing asked for ([`Want`]): the plain ask's, and
+//! one for each scope or named credential that tasks wait for. Within a
+//! line, first come, first served; a scope that is blocked holds up only
+//! its own line, not the tasks behind it that ask for another.
+//!
+//! A freed unit may serve any line, so every line hears of it. The plain
+//! line wakes one waiter per unit, as any unit serves any of its waiters.
+//! Another line wakes its first waiter to ask in turn ([`WaitQueue::wake_in_turn`]):
+//! served, it wakes the next; not (the unit was not for its scope or its
+//! name), the relay ends there. So a unit that serves nobody in a line
+//! never wakes a second waiter of it past the first, who could then be
+//! served before it. (A store that keeps its own line hands units to its
+//! tickets itself: a release wakes no line here.)
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::pool::wait::WaitQueue;
+use crate::store::Want;
+
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    polls: bool,
+    lined: bool,
+    plain: WaitQueue,
+    others: Mutex<HashMap<Want, Arc<WaitQueue>>>,
+    /// How many lines `others` holds; read without the lock on the fast path.
+    other_lines: AtomicUsize,
+}
+
+/// A line to wait in.
+#[derive(Debug)]
+pub(crate) enum Line<'a> {
+    Plain(&'a WaitQueue),
+    Other(Arc<WaitQueue>),
+}
+
+impl std::ops::Deref for Line<'_> {
+    type Target = WaitQueue;
+
+    fn deref(&self) -> &WaitQueue {
+        match self {
+            Line::Plain(queue) => queue,
+            Line::Other(queue) => queue,
+        }
+    }
+}
+
+impl Lines {
+    pub(crate) fn new(polls: bool, lined: bool) -> Self {
+        Self {
+            polls,
+            lined,
+            plain: WaitQueue::new(polls, lined),
+            ..Self::default()
+        }
+    }
+
+    fn others(&self) -> MutexGuard<'_, HashMap<Want, Arc<WaitQueue>>> {
+        self.others
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The line of `want`, made when nobody waits for it yet.
+    #[inline]
+    pub(crate) fn line(&self, want: &Want) -> Line<'_> {
+        if want.is_any() {
+            return Line::Plain(&self.plain);
+        }
+        let mut others = self.others();
+        let queue = others
+            .entry(want.clone())
+            .or_insert_with(|| Arc::new(WaitQueue::new(self.polls, self.lined)))
+            .clone();
+        self.other_lines.store(others.len(), SeqCst);
+        Line::Other(queue)
+    }
+
+    /// Whether anyone waits in the line of `want` (without making it).
+    #[inline]
+    pub(crate) fn is_empty_for(&self, want: &Want) -> bool {
+        if want.is_any() {
+            return self.plain.is_empty();
+        }
+        if self.other_lines.load(SeqCst) == 0 {
+            return true;
+        }
+        self.others().get(want).is_none_or(|queue| queue.is_empty())
+    }
+
+    /// Forgets the line of `want` once nobody waits in it (and no one
+    /// else holds it).
+    pub(crate) fn tidy(&self, want: &Want, line: Line<'_>) {
+        let Line::Other(queue) = line else {
+            return;
+        };
+        drop(queue);
+        let mut others = self.others();
+        if others
+            .get(want)
+            .is_some_and(|queue| Arc::strong_count(queue) == 1 && queue.is_empty())
+        {
+            others.remove(want);
+            self.other_lines.store(others.len(), SeqCst);
+        }
+    }
+
+    /// Every line, for a wake-up that concerns them all.
+    fn each(&self, mut wake: impl FnMut(&WaitQueue)) {
+        wake(&self.plain);
+        if self.other_lines.load(SeqCst) > 0 {
+            for queue in self.others().values() {
+                wake(queue);
+            }
+        }
+    }
+
+    /// A unit was freed (see [`WaitQueue::freed_one`]).
+    #[inline]
+    pub(crate) fn freed_one(&self) {
+        self.plain.freed_one();
+        if !self.lined && self.other_lines.load(SeqCst) > 0 {
+            self.freed_one_elsewhere();
+        }
+    }
+
+    #[inline(never)]
+    fn freed_one_elsewhere(&self) {
+        for queue in self.others().values() {
+            queue.wake_in_turn();
+        }
+    }
+
+    /// See [`WaitQueue::wake_in_turn`].
+    pub(crate) fn wake_in_turn(&self) {
+        self.each(WaitQueue::wake_in_turn);
+    }
+
+    /// See [`WaitQueue::wake_all`].
+    pub(crate) fn wake_all(&self) {
+        self.each(WaitQueue::wake_all);
+    }
+
+    /// How many tasks wait, in every line.
+    pub(crate) fn len(&self) -> usize {
+        let mut len = 0;
+        self.each(|queue| len += queue.len());
+        len
+    }
+}

@@ -1,0 +1,177 @@
+//! Rate limits in SQL: a scope's quota and reported budget on one
+//! credential, read and written whole (the reckoning is
+//! [`Limit`](crate::limits::Limit)'s, shared with the memory store).
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::limits::{Limit, Limited, QuotaLog, Rate};
+
+use super::ctx::Ctx;
+
+const COLUMNS: &str = "scope, rate_count, rate_window_ms, log, until, remaining";
+
+fn limit_of(row: &Row<'_>) -> rusqlite::Result<Limit> {
+    let count: Option<i64> = row.get(1)?;
+    let window: Option<i64> = row.get(2)?;
+    let log: Option<Vec<u8>> = row.get(3)?;
+    Ok(Limit {
+        scope: row.get(0)?,
+        rate: count
+            .zip(window)
+            .and_then(|(count, window)| Rate::from_stored(count, window)),
+        log: log.map_or_else(QuotaLog::default, |bytes| QuotaLog::from_bytes(&bytes)),
+        until: row.get(4)?,
+        remaining: row.get(5)?,
+    })
+}
+
+/// The limit of `scope` on the credential `id`, if it has one.
+fn read(ctx: &Ctx<'_>, id: i64, scope: &str) -> rusqlite::Result<Option<Limit>> {
+    ctx.connection
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM limits WHERE credential_id = ?1 AND scope = ?2"
+        ))?
+        .query_row(params![id, scope], limit_of)
+        .optional()
+}
+
+/// Writes `limit` back (or drops its row when it says nothing any more),
+/// and a block of every scope into the credential's cool-down.
+fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
+    let now = ctx.now;
+    if limit.is_idle(now) {
+        ctx.connection
+            .prepare_cached("DELETE FROM limits WHERE credential_id = ?1 AND scope = ?2")?
+            .execute(params![id, limit.scope])?;
+    } else {
+        ctx.connection
+            .prepare_cached(
+                "INSERT INTO limits (credential_id, scope, pool, rate_count, rate_window_ms, log,
+                                     until, remaining, blocked_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (credential_id, scope) DO UPDATE SET
+                     rate_count = ?4, rate_window_ms = ?5, log = ?6, until = ?7,
+                     remaining = ?8, blocked_until = ?9",
+            )?
+            .execute(params![
+                id,
+                limit.scope,
+                ctx.pool,
+                limit.rate.map(|rate| rate.count()),
+                limit.rate.map(|rate| rate.window_ms()),
+                limit.rate.map(|_| limit.log.to_bytes()),
+                limit.until,
+                limit.remaining,
+                limit.blocked_until(now),
+            ])?;
+    }
+    let blocked = limit
+        .scope
+        .is_empty()
+        .then(|| limit.blocked_until(now))
+        .flatten();
+    if let Some(until) = blocked {
+        super::leases::cool(ctx, id, until)?;
+    }
+    ctx.connection
+        .prepare_cached(
+            "UPDATE credentials
+             SET limited = EXISTS (SELECT 1 FROM limits WHERE credential_id = ?1)
+             WHERE id = ?1",
+        )?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Counts a grant of the credential `id` for `scope` (`""`: the default)
+/// against its limits of every scope and of that one.
+pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str) -> rusqlite::Result<()> {
+    let scopes: &[&str] = if scope.is_empty() {
+        &[""]
+    } else {
+        &["", scope]
+    };
+    for scope in scopes {
+        if let Some(mut limit) = read(ctx, id, scope)? {
+            limit.record(ctx.now);
+            write(ctx, id, &limit)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes in a budget an API reported at a release.
+pub(crate) fn report(ctx: &Ctx<'_>, id: i64, limited: &Limited) -> rusqlite::Result<()> {
+    let scope = limited.scope_key();
+    let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
+    limit.report(limited, ctx.now);
+    write(ctx, id, &limit)
+}
+
+/// Sets (or with `None` removes) the quota of `scope` on the credential `id`.
+pub(crate) fn set_rate(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    rate: Option<Rate>,
+) -> rusqlite::Result<()> {
+    let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
+    if limit.rate != rate {
+        limit.rate = rate;
+        limit.log = QuotaLog::default();
+    }
+    write(ctx, id, &limit)
+}
+
+/// Ends the cool-downs and reported budgets of the credential `id`, in
+/// `scope` or in all; whether it changed anything.
+pub(crate) fn reset(ctx: &Ctx<'_>, id: i64, scope: Option<&str>) -> rusqlite::Result<bool> {
+    let rows: Vec<Limit> = ctx
+        .connection
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM limits WHERE credential_id = ?1 AND until IS NOT NULL"
+        ))?
+        .query_map([id], limit_of)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut changed = false;
+    if scope.is_none() {
+        changed |= ctx
+            .connection
+            .prepare_cached(
+                "UPDATE credentials SET cooling_until = NULL
+                 WHERE id = ?1 AND cooling_until IS NOT NULL",
+            )?
+            .execute([id])?
+            > 0;
+    }
+    for mut limit in rows {
+        if scope.is_none_or(|scope| scope == limit.scope) {
+            limit.reset();
+            write(ctx, id, &limit)?;
+            changed = true;
+        }
+    }
+    // A quota of every scope that is used up still holds.
+    if let Some(limit) = read(ctx, id, "")? {
+        write(ctx, id, &limit)?;
+    }
+    Ok(changed)
+}
+
+/// Every credential's limits in `pool`, by credential id, for `list`.
+pub(crate) fn of_pool(
+    connection: &Connection,
+    pool: &str,
+) -> rusqlite::Result<HashMap<i64, Vec<Limit>>> {
+    let mut limits: HashMap<i64, Vec<Limit>> = HashMap::new();
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {COLUMNS}, credential_id FROM limits WHERE pool = ?1 ORDER BY credential_id, scope"
+    ))?;
+    let mut rows = statement.query([pool])?;
+    while let Some(row) = rows.next()? {
+        limits.entry(row.get(6)?).or_default().push(limit_of(row)?);
+    }
+    Ok(limits)
+}
