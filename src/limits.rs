@@ -349,11 +349,27 @@ impl QuotaLog {
     ///
     /// A grant at `t` is allowed while fewer than `count` logged grants lie
     /// in `(t - W, t]`: the newest `count - 1` may, so the one before them
-    /// must have left the window.
+    /// must have left the window. Times are whole milliseconds, cut down
+    /// from the clock's: one more millisecond keeps two grants logged W
+    /// apart at least W apart in real time too.
     pub(crate) fn free_at(&self, rate: Rate) -> Option<i64> {
         let count = rate.count() as usize;
         let len = self.0.len();
-        (len >= count).then(|| self.0[len - count].saturating_add(rate.window_ms()))
+        (len >= count).then(|| {
+            self.0[len - count]
+                .saturating_add(rate.window_ms())
+                .saturating_add(1)
+        })
+    }
+
+    /// Moves one grant logged at `from` to `to` (a lease handed to a
+    /// waiter in another process counts from when that process claims it).
+    pub(crate) fn moved(&mut self, from: i64, to: i64) {
+        if let Some(at) = self.0.iter().position(|&logged| logged == from) {
+            self.0.remove(at);
+            let at = self.0.partition_point(|&logged| logged <= to);
+            self.0.insert(at, to);
+        }
     }
 }
 
@@ -405,12 +421,11 @@ impl Limit {
         }
     }
 
-    /// Takes in what an API reported (the later reset wins; a lower count
-    /// of requests left within the same window wins).
+    /// Takes in what an API reported: the latest report holds, and within
+    /// one window (the same reset) the fewer requests left.
     pub(crate) fn report(&mut self, limited: &Limited, now: i64) {
         let until = limited.until_ms();
         match self.until.filter(|&current| current > now) {
-            Some(current) if current > until => {}
             Some(current) if current == until => {
                 self.remaining = self.remaining.min(limited.remaining);
             }
@@ -418,6 +433,15 @@ impl Limit {
                 self.until = Some(until);
                 self.remaining = limited.remaining;
             }
+        }
+    }
+
+    /// Sets a new quota (or none). The log stays: the grants it holds were
+    /// made, and count against the new quota too.
+    pub(crate) fn set_rate(&mut self, rate: Option<Rate>) {
+        self.rate = rate;
+        if rate.is_none() {
+            self.log = QuotaLog::default();
         }
     }
 
@@ -476,4 +500,70 @@ pub struct ScopeLimit {
     pub blocked_until: Option<SystemTime>,
     /// When a budget the API reported resets.
     pub reset_at: Option<SystemTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(text: &str) -> Rate {
+        text.parse().unwrap()
+    }
+
+    /// A grant is allowed while fewer than N logged grants lie in the
+    /// window before it, one millisecond more for the clock's cut-off.
+    #[test]
+    fn the_log_frees_a_grant_when_the_oldest_that_counts_leaves_the_window() {
+        let per = rate("2/100ms");
+        let mut log = QuotaLog::default();
+        assert_eq!(log.free_at(per), None);
+        log.record(per, 1_000);
+        assert_eq!(log.free_at(per), None, "one of two used");
+        log.record(per, 1_040);
+        assert_eq!(log.free_at(per), Some(1_101));
+        assert_eq!(log.used(per, 1_100), 1, "the first left the window");
+        log.record(per, 1_101);
+        assert_eq!(log.0, [1_040, 1_101], "pruned");
+        assert_eq!(log.free_at(per), Some(1_141));
+        log.moved(1_040, 1_120);
+        assert_eq!(log.0, [1_101, 1_120], "kept in order");
+        log.moved(7, 8);
+        assert_eq!(log.0, [1_101, 1_120], "nothing logged at 7");
+    }
+
+    /// The latest report holds, even with an earlier reset; within one
+    /// window the fewer requests left.
+    #[test]
+    fn the_latest_report_holds() {
+        let now = 1_000_000;
+        let at = |ms: i64| from_ms(ms);
+        let mut limit = Limit::new("search");
+        limit.report(&Limited::until(at(now + 900_000)).remaining(5), now);
+        assert_eq!(limit.blocked_until(now), None);
+        limit.report(&Limited::until(at(now + 60_000)), now);
+        assert_eq!(limit.blocked_until(now), Some(now + 60_000));
+        limit.report(&Limited::until(at(now + 60_000)).remaining(4), now);
+        assert_eq!(limit.remaining, 0, "the same window: the fewer left");
+        limit.record(now);
+        assert_eq!(limit.remaining, 0);
+        limit.reset();
+        assert!(limit.is_idle(now));
+    }
+
+    /// A new quota keeps the grants made: a lower one may block at once.
+    #[test]
+    fn a_new_rate_keeps_the_log() {
+        let mut limit = Limit::new("");
+        limit.set_rate(Some(rate("3/1h")));
+        for at in [10, 20, 30] {
+            limit.record(at);
+        }
+        assert!(limit.blocked_until(40).is_some());
+        limit.set_rate(Some(rate("4/1h")));
+        assert_eq!(limit.blocked_until(40), None);
+        limit.set_rate(Some(rate("1/1h")));
+        assert_eq!(limit.blocked_until(40), Some(30 + 3_600_000 + 1));
+        limit.set_rate(None);
+        assert!(limit.is_idle(40));
+    }
 }

@@ -66,6 +66,7 @@ impl conformance::Factory for Postgres {
 }
 
 conformance_suite!(Postgres);
+limits_suite!(Postgres);
 
 /// A plain connection to the test server, for looking behind the store's back.
 async fn raw() -> tokio_postgres::Client {
@@ -237,6 +238,69 @@ async fn many_stores_opening_one_new_schema_at_once_all_succeed() {
     assert_eq!(i64::from(version), SCHEMA_VERSION);
 }
 
+/// What migration 4 -> 5 added (rate limits), taken out again.
+fn undo_version_5(schema: &str) -> String {
+    format!(
+        "DROP TABLE \"{schema}\".limits;
+         DROP FUNCTION \"{schema}\".count_grant CASCADE;
+         DROP FUNCTION \"{schema}\".move_grant CASCADE;
+         DROP FUNCTION \"{schema}\".settle_limit, \"{schema}\".limit_blocked,
+                       \"{schema}\".set_rate, \"{schema}\".report_limit, \"{schema}\".reset_limits;
+         ALTER TABLE \"{schema}\".credentials DROP COLUMN limited, DROP COLUMN blocks;
+         ALTER TABLE \"{schema}\".leases DROP COLUMN scope, DROP COLUMN limited;
+         ALTER TABLE \"{schema}\".tickets DROP COLUMN scope, DROP COLUMN name;"
+    )
+}
+
+/// A schema of version 4 (before rate limits) is migrated when a store
+/// opens it: its credentials stay, and quotas and scopes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_schema_is_migrated_and_takes_quotas() {
+    let schema = fresh_schema("from_v4");
+    let pool = pool_in(&schema, &["kept"]).await;
+    drop(pool);
+    raw()
+        .await
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".schema_version SET version = 4;",
+            undo_version_5(&schema)
+        ))
+        .await
+        .unwrap();
+    let pool = Pool::new(open(&schema).await);
+    let version: i32 = raw()
+        .await
+        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(i64::from(version), SCHEMA_VERSION);
+    let rate: credpool::Rate = "1/1h".parse().unwrap();
+    pool.update(
+        "kept",
+        credpool::CredentialChange::new().rate_for("search", Some(rate)),
+    )
+    .await
+    .unwrap();
+    pool.acquire_for("search")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(pool.try_acquire_for("search").await.unwrap().is_none());
+    assert!(pool.try_acquire().await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn quota_state_survives_reopening() {
+    let schema = fresh_schema("reopen_quota");
+    conformance::limits::quota_state_survives_reopening(|| async {
+        Pool::new(open(&schema).await)
+    })
+    .await;
+}
+
 /// A schema of version 3 (before the stores' heartbeats had a table of
 /// their own) is migrated when a store opens it: its credentials stay, and
 /// its waiting line works.
@@ -248,8 +312,9 @@ async fn a_version_3_schema_is_migrated_and_its_line_works() {
     raw()
         .await
         .batch_execute(&format!(
-            "DROP TABLE \"{schema}\".ticket_owners;
-             UPDATE \"{schema}\".schema_version SET version = 3;"
+            "{} DROP TABLE \"{schema}\".ticket_owners;
+             UPDATE \"{schema}\".schema_version SET version = 3;",
+            undo_version_5(&schema)
         ))
         .await
         .unwrap();
@@ -421,6 +486,10 @@ fn child_process_entry() {
             .unwrap()
             .schema(&child.store);
         match child.role.as_str() {
+            "quota-hammer" => {
+                let pool = Pool::new(options.open().await.unwrap());
+                processes::quota_hammer(pool, &child.log.unwrap()).await;
+            }
             "hammer" => {
                 let pool = Pool::new(options.open().await.unwrap());
                 processes::hammer(pool, &child.log.unwrap()).await;
@@ -837,6 +906,16 @@ async fn four_processes_never_hold_a_credential_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_one_quota() {
+    let schema = fresh_schema("quota_processes");
+    let pool = Pool::new(open(&schema).await);
+    processes::four_processes_share_one_quota(&pool, &schema, |i| {
+        common::fresh_path("postgres-tests", &format!("{schema}-quota{i}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_process_loses_its_leases_after_the_ttl() {
     let schema = fresh_schema("killed");
     let pool = Pool::new(open(&schema).await);
@@ -1064,46 +1143,4 @@ async fn sslmode_require_connects_over_verified_tls() {
         "sslmode=prefer (the default) stays in the clear"
     );
     drop(clear);
-}
-
-/// Scopes, quotas and asking by name are not kept by this store yet: each
-/// is refused with an error that says so, and a budget an API reported
-/// cools every scope down while it is used up (never more grants than the
-/// API allows).
-#[tokio::test]
-async fn scopes_and_quotas_are_refused_with_a_clear_error() {
-    let pool = pool_in(&fresh_schema("limits"), &["alice"]).await;
-    let said = |error: credpool::Error| {
-        let text = error.to_string();
-        assert!(
-            text.contains("not supported by the Postgres store yet"),
-            "{text}"
-        );
-    };
-    said(pool.acquire_for("search").await.err().unwrap());
-    said(pool.acquire_named("alice").await.err().unwrap());
-    let rate: credpool::Rate = "2/1m".parse().unwrap();
-    said(
-        pool.add(NewCredential::new("bob", "b").rate(rate))
-            .await
-            .unwrap_err(),
-    );
-    said(
-        pool.update("alice", credpool::CredentialChange::new().rate(Some(rate)))
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(pool.list().await.unwrap().len(), 1, "bob was not added");
-    let lease = pool.acquire().await.unwrap();
-    lease
-        .release_with(credpool::ReleaseOutcome::Limited(
-            credpool::Limited::after(Duration::from_secs(60))
-                .scope("search")
-                .unwrap(),
-        ))
-        .await
-        .unwrap();
-    assert!(pool.try_acquire().await.unwrap().is_none());
-    assert_eq!(pool.reset_limits(Some("alice"), None).await.unwrap(), 1);
-    assert!(pool.try_acquire().await.unwrap().is_some());
 }

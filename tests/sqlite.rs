@@ -430,6 +430,10 @@ fn child_process_entry() {
     };
     processes::child_runtime().block_on(async move {
         match child.role.as_str() {
+            "quota-hammer" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                processes::quota_hammer(pool, &child.log.unwrap()).await;
+            }
             "hammer" => {
                 let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
                 processes::hammer(pool, &child.log.unwrap()).await;
@@ -504,6 +508,16 @@ async fn four_processes_never_hold_a_credential_twice() {
     let db = fresh_path("processes");
     let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
     processes::four_hammers_never_hold_a_credential_twice(&pool, db.to_str().unwrap(), |i| {
+        db.with_extension(format!("log{i}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_one_quota() {
+    let db = fresh_path("quota-processes");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    processes::four_processes_share_one_quota(&pool, db.to_str().unwrap(), |i| {
         db.with_extension(format!("log{i}"))
     })
     .await;

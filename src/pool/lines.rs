@@ -29,6 +29,33 @@ pub(crate) struct Lines {
     other_lines: AtomicUsize,
 }
 
+/// A line entered ([`Lines::enter`]); dropped, it leaves.
+#[derive(Debug)]
+pub(crate) struct Entered<'a> {
+    lines: &'a Lines,
+    want: &'a Want,
+    line: Option<Line<'a>>,
+}
+
+impl std::ops::Deref for Entered<'_> {
+    type Target = WaitQueue;
+
+    fn deref(&self) -> &WaitQueue {
+        match &self.line {
+            Some(line) => line,
+            None => &self.lines.plain,
+        }
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            self.lines.tidy(self.want, line);
+        }
+    }
+}
+
 /// A line to wait in.
 #[derive(Debug)]
 pub(crate) enum Line<'a> {
@@ -65,7 +92,7 @@ impl Lines {
 
     /// The line of `want`, made when nobody waits for it yet.
     #[inline]
-    pub(crate) fn line(&self, want: &Want) -> Line<'_> {
+    fn line(&self, want: &Want) -> Line<'_> {
         if want.is_any() {
             return Line::Plain(&self.plain);
         }
@@ -90,9 +117,20 @@ impl Lines {
         self.others().get(want).is_none_or(|queue| queue.is_empty())
     }
 
+    /// Enters the line of `want` (made when nobody waits for it yet); the
+    /// line is forgotten when the last task that entered it leaves, also
+    /// when its acquire is cancelled.
+    pub(crate) fn enter<'a>(&'a self, want: &'a Want) -> Entered<'a> {
+        Entered {
+            lines: self,
+            want,
+            line: Some(self.line(want)),
+        }
+    }
+
     /// Forgets the line of `want` once nobody waits in it (and no one
     /// else holds it).
-    pub(crate) fn tidy(&self, want: &Want, line: Line<'_>) {
+    fn tidy(&self, want: &Want, line: Line<'_>) {
         let Line::Other(queue) = line else {
             return;
         };
@@ -148,5 +186,32 @@ impl Lines {
         let mut len = 0;
         self.each(|queue| len += queue.len());
         len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line that nobody is in any more is forgotten, also when the task
+    /// that entered it left without waiting (a cancelled acquire).
+    #[test]
+    fn a_line_is_forgotten_when_its_last_task_leaves() {
+        let lines = Lines::new(false, false);
+        let want = Want::scope("search").unwrap();
+        let first = lines.enter(&want);
+        let second = lines.enter(&want);
+        assert_eq!(lines.other_lines.load(SeqCst), 1);
+        drop(first);
+        assert_eq!(lines.other_lines.load(SeqCst), 1, "one still in it");
+        drop(second);
+        assert_eq!(lines.other_lines.load(SeqCst), 0);
+        assert!(lines.others().is_empty());
+        let plain = Want::any();
+        drop(lines.enter(&plain));
+        assert!(
+            lines.others().is_empty(),
+            "the plain line is not kept there"
+        );
     }
 }

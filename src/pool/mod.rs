@@ -425,10 +425,9 @@ impl<S: Store> Pool<S> {
     ) -> Result<Lease<S>> {
         self.check_open()?;
         self.check_ttl(self.shared.lease_ttl)?;
-        let line = self.shared.books.waiters.line(want);
-        let result = self.acquire_in(want, &line, deadline).await;
-        self.shared.books.waiters.tidy(want, line);
-        result
+        // Left (and forgotten when empty) however the acquire ends.
+        let line = self.shared.books.waiters.enter(want);
+        self.acquire_in(want, &line, deadline).await
     }
 
     async fn acquire_in(
@@ -1135,7 +1134,7 @@ impl<S: Store> Pool<S> {
             return Ok(());
         }
         self.after_earlier_work().await;
-        let widened = change.capacity.is_some();
+        let widened = change.capacity.is_some() || !change.rates.is_empty();
         self.shared.store.update(name, change).await?;
         if widened {
             // New units may be free: waiters in this process ask again.

@@ -819,9 +819,15 @@ impl Admin for MemoryStore {
             let now = now_ms();
             for (scope, rate) in change.rates {
                 let limit = slot.limit_mut(&scope);
-                if limit.rate != rate {
-                    limit.rate = rate;
-                    limit.log = crate::limits::QuotaLog::default();
+                let old_block = limit.blocked_until(now);
+                limit.set_rate(rate);
+                // A cool-down that the old quota of every scope set ends with it.
+                if scope.is_empty() && old_block.is_some() && slot.cooling_until == old_block {
+                    slot.cooling_until = None;
+                    slot.generation = slot.generation.wrapping_add(1);
+                    if slot.disabled.is_none() {
+                        ready.push_back(index, slot.generation, slot.free_units());
+                    }
                 }
             }
             slot.limits.retain(|limit| !limit.is_idle(now));

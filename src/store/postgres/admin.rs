@@ -1,7 +1,7 @@
 //! The administration and the reads on Postgres: add, remove, disable and
 //! enable, new secrets; list, reveal, stats.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::credential::{
     Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, Secret, StateKind,
@@ -75,6 +75,33 @@ impl Inner {
                 });
             }
             added.skipped.extend(skipped);
+        }
+        let rated: Vec<&NewCredential> =
+            credentials.iter().filter(|c| !c.rates.is_empty()).collect();
+        if !rated.is_empty() {
+            let names: Vec<&str> = rated.iter().map(|c| c.name.as_str()).collect();
+            let ids: HashMap<String, i64> = transaction
+                .query(
+                    &format!(
+                        "SELECT name, id FROM {} WHERE pool = $1 AND name = ANY($2)",
+                        self.sql.credentials
+                    ),
+                    &[&self.pool, &names],
+                )
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_>>()?;
+            for (position, credential) in credentials.iter().enumerate() {
+                if credential.rates.is_empty() || added.skipped.contains(&position) {
+                    continue;
+                }
+                if let Some(&id) = ids.get(&credential.name) {
+                    for (scope, rate) in &credential.rates {
+                        self.set_rate(&transaction, id, scope, Some(*rate)).await?;
+                    }
+                }
+            }
         }
         transaction.commit().await?;
         Ok(added)
@@ -160,7 +187,11 @@ impl Inner {
                 ],
             )
             .await?;
-        if changed.is_some() {
+        if let Some(row) = changed {
+            let id: i64 = row.column(0, "credentials.id")?;
+            for (scope, rate) in &change.rates {
+                self.set_rate(&conn.client, id, scope, *rate).await?;
+            }
             return Ok(());
         }
         let holders = self.holders_of(&conn, &name).await?;
@@ -189,34 +220,17 @@ impl Inner {
         }
     }
 
-    /// Ends the cool-downs of the credential `name`, or of every one;
-    /// returns how many.
-    pub(super) async fn reset_cool_downs(&self, name: Option<String>) -> Result<u64> {
-        let conn = self.connections.get().await?;
-        if let Some(name) = &name {
-            let known = conn
-                .client
-                .query_opt(&self.sql.holders(), &[&self.pool, name])
-                .await?;
-            if known.is_none() {
-                return Err(Error::UnknownCredential {
-                    name: name.clone(),
-                    pool: self.pool.clone(),
-                });
-            }
-        }
-        let reset = conn
-            .client
-            .execute(&self.sql.reset_cool_downs(), &[&self.pool, &name])
-            .await?;
-        Ok(reset)
-    }
-
     pub(super) async fn list(&self) -> Result<Vec<CredentialInfo>> {
         let conn = self.connections.get().await?;
-        let rows = conn.client.query(&self.sql.list(), &[&self.pool]).await?;
+        let list = self.sql.list();
+        let pool: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pool];
+        let (rows, limits) =
+            tokio::join!(conn.client.query(&list, &pool), self.limits_of_pool(&conn));
+        let (rows, mut limits) = (rows?, limits?);
         rows.iter()
             .map(|row| {
+                let id: i64 = row.column(0, "credentials.id")?;
+                let now: i64 = row.column(10, "now")?;
                 let stored = StoredCredential {
                     id: CredentialId::new(row.unsigned(0, "credentials.id")?),
                     name: row.column(1, "credentials.name")?,
@@ -232,9 +246,14 @@ impl Inner {
                         .map(from_ms),
                     use_count: row.unsigned(8, "credentials.use_count")?,
                     created_at: from_ms(row.column(9, "credentials.created_at")?),
-                    limits: Vec::new(),
+                    limits: limits
+                        .remove(&id)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|limit| limit.info(now))
+                        .collect(),
                 };
-                Ok(CredentialInfo::new(stored, from_ms(row.column(10, "now")?)))
+                Ok(CredentialInfo::new(stored, from_ms(now)))
             })
             .collect()
     }

@@ -31,6 +31,8 @@ pub(crate) struct Conn {
     pub(crate) renew: Statement,
     pub(crate) reclaim: Statement,
     pub(crate) busy: Statement,
+    pub(crate) acquire_for: Statement,
+    pub(crate) busy_for: Statement,
     pub(crate) serve: Statement,
     pub(crate) claim: Statement,
 }
@@ -135,6 +137,8 @@ impl Connections {
             renew: client.prepare(&self.sql.renew).await?,
             reclaim: client.prepare(&self.sql.reclaim).await?,
             busy: client.prepare(&self.sql.busy).await?,
+            acquire_for: client.prepare(&self.sql.acquire_for).await?,
+            busy_for: client.prepare(&self.sql.busy_for).await?,
             serve: client.prepare(&self.sql.serve).await?,
             claim: client.prepare(&self.sql.claim).await?,
             client,

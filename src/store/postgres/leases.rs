@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 use crate::credential::{Credential, ReleaseOutcome, Secret};
 use crate::error::{Error, Result};
 use crate::ids::{CredentialId, LeaseId, LeaseToken};
-use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Line, OnBusy, Receipt};
+use crate::store::{ExpiredLease, Grant, GrantAnswer, GrantAttempt, Line, OnBusy, Receipt, Want};
 use crate::time::{duration_ms, earliest, from_ms, now_ms};
 
 use super::batch::{Asked, Batch, GrantQueue};
@@ -69,6 +69,12 @@ pub(super) struct Inner {
     pub(super) tickets_seen: AtomicBool,
     /// The seated tickets the last heartbeat found gone.
     pub(super) missing_tickets: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The schema's name (checked), for the statements built on demand.
+    pub(super) schema: String,
+    /// Whether a grant here asked for a scope or a name: then this store's
+    /// tickets may wait for what a plain grant does not need, and a plain
+    /// grant asks the store even while they wait.
+    pub(super) wanted: AtomicBool,
 }
 
 /// The store's own work on the pool's behalf that is running: handing
@@ -260,14 +266,22 @@ impl Inner {
     pub(super) async fn grant(
         self: &Arc<Self>,
         asked_ttl: Option<Duration>,
+        want: &Want,
         on_busy: OnBusy,
     ) -> Result<GrantAnswer> {
+        if !want.is_any() {
+            self.wanted.store(true, Ordering::Relaxed);
+            return self.grant_for(asked_ttl, want, on_busy).await;
+        }
         // Waiters of this store are in line already, so the line is not
         // empty and no grant would be made: take a ticket behind them at
         // once (the first waiter's polls reclaim, and say when nothing is
-        // enabled).
-        if on_busy == OnBusy::TakeTicket && !self.line.is_empty() {
-            let attempt = self.take_ticket(asked_ttl, None).await?;
+        // enabled). Not when some of them wait for a scope or a name.
+        if on_busy == OnBusy::TakeTicket
+            && !self.line.is_empty()
+            && !self.wanted.load(Ordering::Relaxed)
+        {
+            let attempt = self.take_ticket(asked_ttl, &Want::any(), None).await?;
             return Ok(attempt.into());
         }
         let ttl = asked_ttl.map(ms);
@@ -282,7 +296,9 @@ impl Inner {
             match self.why_busy(&mut expired).await? {
                 Some(retry_at) => {
                     let attempt = match on_busy {
-                        OnBusy::TakeTicket => self.take_ticket(asked_ttl, retry_at).await?,
+                        OnBusy::TakeTicket => {
+                            self.take_ticket(asked_ttl, &Want::any(), retry_at).await?
+                        }
                         OnBusy::Answer => GrantAttempt::Busy { retry_at },
                     };
                     return Ok(GrantAnswer { attempt, expired });
@@ -299,6 +315,79 @@ impl Inner {
             },
         };
         Ok(GrantAnswer { attempt, expired })
+    }
+
+    /// A grant for a scope or a credential by name: one statement (not
+    /// shared with others), then why nothing was free.
+    async fn grant_for(
+        self: &Arc<Self>,
+        asked_ttl: Option<Duration>,
+        want: &Want,
+        on_busy: OnBusy,
+    ) -> Result<GrantAnswer> {
+        let ttl = asked_ttl.map(ms);
+        let (scope, name) = (want.scope_key(), want.name());
+        let mut expired = Vec::new();
+        for _ in 0..LOCKED_RETRIES {
+            let conn = self.connections.get().await?;
+            let row = conn
+                .client
+                .query_opt(&conn.acquire_for, &[&self.pool, &ttl, &scope, &name])
+                .await?;
+            if let Some(row) = row {
+                return Ok(GrantAnswer {
+                    attempt: GrantAttempt::Granted(grant_from(&row)?),
+                    expired,
+                });
+            }
+            let asked: [&(dyn ToSql + Sync); 3] = [&self.pool, &scope, &name];
+            let (reclaimed, busy) = tokio::join!(
+                self.reclaim(&conn),
+                conn.client.query_one(&conn.busy_for, &asked),
+            );
+            let (reclaimed, busy) = (reclaimed?, busy?);
+            if let Some(name) = name {
+                if !busy.column::<bool>(5, "known")? {
+                    return Err(Error::UnknownCredential {
+                        name: name.to_string(),
+                        pool: self.pool.clone(),
+                    });
+                }
+                if let Some(reason) = busy.column::<Option<String>>(6, "disabled_reason")? {
+                    return Err(Error::Disabled {
+                        name: name.to_string(),
+                        pool: self.pool.clone(),
+                        reason,
+                    });
+                }
+            }
+            if !busy.column::<bool>(0, "enabled")? {
+                return Err(Error::NoCredentials {
+                    pool: self.pool.clone(),
+                });
+            }
+            let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
+            expired.extend(reclaimed);
+            if free_after_all {
+                continue;
+            }
+            let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
+            let expiry: Option<i64> = busy.column(3, "next expiry")?;
+            let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
+            let retry_at = earliest(earliest(cooling, expiry), unblocked).map(from_ms);
+            let attempt = match on_busy {
+                OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await?,
+                OnBusy::Answer => GrantAttempt::Busy { retry_at },
+            };
+            return Ok(GrantAnswer { attempt, expired });
+        }
+        // Free credentials stayed locked by other transactions: ask soon.
+        Ok(GrantAnswer {
+            attempt: GrantAttempt::Busy {
+                retry_at: Some(SystemTime::now() + Duration::from_millis(2)),
+            },
+            expired,
+        })
     }
 
     /// Asks for a lease, and at most every [`RECLAIM_INTERVAL`] reclaims
@@ -358,7 +447,10 @@ impl Inner {
         }
         let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
         let expiry: Option<i64> = busy.column(3, "next expiry")?;
-        Ok(Some(earliest(cooling, expiry).map(from_ms)))
+        let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
+        Ok(Some(
+            earliest(earliest(cooling, expiry), unblocked).map(from_ms),
+        ))
     }
 
     /// For a waiter in line: fails when no credential is enabled, else says
@@ -372,7 +464,9 @@ impl Inner {
         }
         let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
         let expiry: Option<i64> = busy.column(3, "next expiry")?;
-        Ok(earliest(cooling, expiry).map(from_ms))
+        // Tickets that wait for a scope are served when its block ends.
+        let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
+        Ok(earliest(earliest(cooling, expiry), unblocked).map(from_ms))
     }
 
     /// A lease, or none when nothing was free; the statement is shared with
@@ -491,21 +585,20 @@ impl Inner {
         let conn = self.connections.get().await?;
         let effect = outcome.effect();
         // The server's clock times the cool-down: a reset time becomes the
-        // time left until it. A budget reported for one scope, which this
-        // store cannot keep yet, cools every scope down while it is used up
-        // (never more grants than the API allows); one with requests left
-        // changes nothing.
+        // time left until it.
         let now = crate::time::now_ms();
-        let reported = effect
-            .report
-            .filter(|limited| limited.remaining == 0)
-            .map(crate::limits::Limited::until_ms);
-        let until = crate::time::latest(effect.cooling_until(now), reported);
-        let cool = until
+        let (lease_id, credential_id) = ids(lease);
+        if let Some(limited) = effect.report {
+            // Kept before the lease goes, so no grant comes between. (A
+            // release that then finds its lease gone leaves the budget the
+            // API reported in place, which is still what the API said.)
+            self.report(&conn, credential_id, limited).await?;
+        }
+        let cool = effect
+            .cooling_until(now)
             .filter(|&until| until > now)
             .map(|until| (until - now).min(MAX_MS));
         let disable = effect.disable;
-        let (lease_id, credential_id) = ids(lease);
         let handing = !self.line.is_empty() || self.tickets_seen.load(Ordering::Relaxed);
         if !handing {
             let row = conn

@@ -37,6 +37,7 @@ impl Inner {
     pub(super) async fn take_ticket(
         self: &Arc<Self>,
         ttl: Option<Duration>,
+        want: &crate::store::Want,
         retry_at: Option<SystemTime>,
     ) -> Result<GrantAttempt> {
         let conn = self.connections.get().await?;
@@ -48,7 +49,14 @@ impl Inner {
             .client
             .query_one(
                 &self.sql.take_ticket(),
-                &[&self.pool, &self.line.owner(), &self.ticket_ttl, &beat],
+                &[
+                    &self.pool,
+                    &self.line.owner(),
+                    &self.ticket_ttl,
+                    &beat,
+                    &want.scope_name(),
+                    &want.name(),
+                ],
             )
             .await;
         if beat && taken.is_err() {
@@ -194,9 +202,38 @@ impl Inner {
         renewed?;
         reclaimed?;
         self.serve_line(&conn).await?;
+        if self.wanted.load(Ordering::Relaxed) {
+            self.unseat_hopeless(&conn).await?;
+        }
         let (claimed, waiting) = tokio::join!(self.claim_handed(&conn), self.why_waiting(&conn));
         claimed?;
         waiting
+    }
+
+    /// Takes out the tickets seated here that wait for a credential by name
+    /// that is gone or disabled: their waiters, unseated, ask again and
+    /// hear why.
+    async fn unseat_hopeless(&self, conn: &Conn) -> Result<()> {
+        let tickets = &self.sql.tickets;
+        let credentials = &self.sql.credentials;
+        let rows = conn
+            .client
+            .query(
+                &format!(
+                    "DELETE FROM {tickets}
+                     WHERE pool = $1 AND owner = $2 AND name IS NOT NULL AND lease_id IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM {credentials} AS c
+                                       WHERE c.pool = {tickets}.pool AND c.name = {tickets}.name
+                                         AND c.disabled_reason IS NULL)
+                     RETURNING id"
+                ),
+                &[&self.pool, &self.line.owner()],
+            )
+            .await?;
+        for row in rows {
+            self.line.unseat(row.unsigned(0, "tickets.id")?);
+        }
+        Ok(())
     }
 
     /// Claims the leases other stores handed to the tickets of this store,

@@ -53,6 +53,7 @@ mod admin;
 mod batch;
 mod connections;
 mod leases;
+mod limits;
 mod line;
 #[cfg(test)]
 mod plans;
@@ -234,6 +235,8 @@ impl Options<Postgres> {
                 missing_tickets: Default::default(),
                 background: Default::default(),
                 tickets_seen: AtomicBool::new(false),
+                schema: own.schema.clone(),
+                wanted: AtomicBool::new(false),
             }),
             changed,
             listener,
@@ -413,15 +416,13 @@ impl Leases for PostgresStore {
     }
 
     fn grant(&self, ttl: Option<Duration>, want: &Want, on_busy: OnBusy) -> Granting {
-        if !want.is_any() {
-            return Granting::Now(Err(not_yet("asking for a scope or a credential by name")));
-        }
         // The grant runs on a task of the store's: it may serve other
         // grants' statement too, which must not stop when this caller leaves.
         let (reply, answer) = oneshot::channel();
         let inner = self.inner.clone();
+        let want = want.clone();
         self.inner.runtime.spawn(async move {
-            let result = inner.grant(ttl, on_busy).await;
+            let result = inner.grant(ttl, &want, on_busy).await;
             match reply.send(result) {
                 // Nobody reads the answer (not even the pool): the lease goes
                 // back at once, or the ticket leaves the line. No pool counted it.
@@ -513,19 +514,6 @@ impl Leases for PostgresStore {
     }
 }
 
-/// The refusal of what the Postgres store does not keep yet: scopes,
-/// quotas and reported budgets (the memory and SQLite stores keep them).
-fn not_yet(what: &str) -> Error {
-    InvalidInput::new(
-        "rate limits",
-        format!(
-            "{what} is not supported by the Postgres store yet; the memory and SQLite \
-             stores support it"
-        ),
-    )
-    .into()
-}
-
 impl Admin for PostgresStore {
     async fn add_many(
         &self,
@@ -533,14 +521,6 @@ impl Admin for PostgresStore {
         on_duplicate: OnDuplicate,
         progress: Progress,
     ) -> Result<Added> {
-        if let Some(position) = credentials.iter().position(|new| !new.rates.is_empty()) {
-            let mut refusal = not_yet("a quota (rate)");
-            if let Error::InvalidInput(invalid) = &mut refusal {
-                invalid.entry = Some(position);
-                invalid.name = Some(credentials[position].name.clone());
-            }
-            return Err(refusal);
-        }
         let inner = self.inner.clone();
         self.run(async move {
             let added = inner.add_many(credentials, on_duplicate, progress).await?;
@@ -588,12 +568,9 @@ impl Admin for PostgresStore {
     }
 
     async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
-        if !change.rates.is_empty() {
-            return Err(not_yet("a quota (rate)"));
-        }
         let (inner, name) = (self.inner.clone(), name.to_string());
         self.run(async move {
-            let widened = change.capacity.is_some();
+            let widened = change.capacity.is_some() || !change.rates.is_empty();
             inner.update(name, change).await?;
             if widened {
                 // New units go to the first tickets waiting.
@@ -605,13 +582,13 @@ impl Admin for PostgresStore {
     }
 
     async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
-        if scope.is_some() {
-            // No scope has a cool-down of its own here.
-            return Ok(0);
-        }
-        let (inner, name) = (self.inner.clone(), name.map(str::to_string));
+        let (inner, name, scope) = (
+            self.inner.clone(),
+            name.map(str::to_string),
+            scope.map(str::to_string),
+        );
         self.run(async move {
-            let reset = inner.reset_cool_downs(name).await?;
+            let reset = inner.reset_limits(name, scope).await?;
             if reset > 0 {
                 inner.serve_line_now().await;
             }

@@ -46,7 +46,22 @@ fn statements(sql: &Sql) -> Vec<(&'static str, String, &'static str)> {
             "'default', 3000, 1, 'credpool', ARRAY[3]::bigint[]",
         ),
         ("claim", sql.claim.clone(), "1, 300000, 'default'"),
-        ("take_ticket", sql.take_ticket(), "'default', 1, 3000, true"),
+        (
+            "take_ticket",
+            sql.take_ticket(),
+            "'default', 1, 3000, true, NULL, NULL",
+        ),
+        (
+            "acquire_for",
+            sql.acquire_for.clone(),
+            "'default', 300000, 'search', NULL",
+        ),
+        (
+            "acquire_named",
+            sql.acquire_for.clone(),
+            "'default', 300000, '', 'account-7'",
+        ),
+        ("busy_for", sql.busy_for.clone(), "'default', 'search', NULL"),
         ("expire_tickets", sql.expire_tickets(), "'default'"),
         (
             "renew_tickets",

@@ -70,8 +70,20 @@ pub(crate) struct Sql {
     pub(crate) reclaim: String,
     /// `$1` pool. Why nothing was free: whether any credential is enabled,
     /// whether one is free after all (it was locked by another transaction),
-    /// and when the next cool-down ends and the next lease expires.
+    /// and when the next cool-down ends, the next lease expires and the
+    /// next block of a scope ends.
     pub(crate) busy: String,
+    /// `$1` pool, `$2` scope (`''`: the default), `$3` name (NULL: any).
+    /// As `busy`, for a grant that asks for a scope or a name: whether any
+    /// credential is enabled; whether one that serves it is free after all;
+    /// the next cool-down end, lease expiry and end of a block of the
+    /// scope; whether the name is known; why it is disabled.
+    pub(crate) busy_for: String,
+    /// `$1` pool, `$2` TTL in ms (NULL: none), `$3` scope (`''`: the
+    /// default), `$4` name (NULL: any). As `acquire`, for a credential that
+    /// serves the scope (its block in `blocks` is over) and has the name;
+    /// no newcomer overtakes a ticket waiting for the same.
+    pub(crate) acquire_for: String,
     /// `$1` pool, `$2` claim deadline in ms, `$3` this store's owner number,
     /// `$4` channel, `$5` tickets of this store whose waiters left (passed
     /// over). Hands one free credential to the lowest
@@ -111,6 +123,7 @@ impl Sql {
         let leases = format!("\"{schema}\".leases");
         let tickets = format!("\"{schema}\".tickets");
         let owners = format!("\"{schema}\".ticket_owners");
+        let limits = format!("\"{schema}\".limits");
         // A ticket that waits for a credential: none handed to it yet, and
         // its store alive (its heartbeat renews the store's row in
         // `ticket_owners`, never the ticket's own row, so that no heartbeat
@@ -139,9 +152,28 @@ impl Sql {
             "(SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
               ORDER BY id LIMIT 1) IS NOT NULL"
         );
-        // No newcomer takes a credential while a ticket waits in line.
-        let line_empty =
-            format!("NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting})");
+        // No newcomer takes a credential while a ticket for the same waits
+        // in line (one for a scope or a name waits for what this one may
+        // not need).
+        let line_empty = format!(
+            "NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
+                         AND scope IS NULL AND name IS NULL)"
+        );
+        // A credential `c` that may serve the ticket `t` (its scope, its name).
+        let serves = |c: &str, t: &str| {
+            format!(
+                "({t}.name IS NULL OR {t}.name = {c}.name)
+                 AND ({t}.scope IS NULL OR {c}.blocks IS NULL
+                      OR coalesce(({c}.blocks ->> {t}.scope)::bigint, 0) <= {NOW})"
+            )
+        };
+        let serves_freed = serves("freed", &tickets);
+        let serves_c = serves("c", &tickets);
+        let serves_next = format!(
+            "(next.name IS NULL OR next.name = c.name)
+             AND (next.scope IS NULL OR c.blocks IS NULL
+                  OR coalesce((c.blocks ->> next.scope)::bigint, 0) <= {NOW})"
+        );
         Self {
             acquire: format!(
                 "WITH picked AS (
@@ -157,11 +189,41 @@ impl Sql {
                      SET holders = c.holders + 1, last_used_at = {NOW},
                          use_count = c.use_count + 1, cooling_until = NULL
                      WHERE c.id = (SELECT id FROM picked)
-                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity
+                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, c.limited
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
-                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint FROM marked
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, limited)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, marked.limited FROM marked
+                     RETURNING id, acquired_at, expires_at
+                 )
+                 SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
+                        leased.id, leased.acquired_at, leased.expires_at
+                 FROM marked, leased"
+            ),
+            acquire_for: format!(
+                "WITH picked AS (
+                     SELECT id FROM {credentials} AS c
+                     WHERE pool = $1 AND {usable}
+                       AND ($4::text IS NULL OR name = $4)
+                       AND (blocks IS NULL OR coalesce((blocks ->> $3)::bigint, 0) <= {NOW})
+                       AND NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
+                                         AND scope IS NOT DISTINCT FROM nullif($3, '')
+                                         AND name IS NOT DISTINCT FROM $4)
+                     ORDER BY last_used_at NULLS FIRST, id
+                     LIMIT 1
+                     FOR UPDATE SKIP LOCKED
+                 ),
+                 marked AS (
+                     UPDATE {credentials} AS c
+                     SET holders = c.holders + 1, last_used_at = {NOW},
+                         use_count = c.use_count + 1, cooling_until = NULL
+                     WHERE c.id = (SELECT id FROM picked)
+                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, c.limited
+                 ),
+                 leased AS (
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, nullif($3, ''), marked.limited
+                     FROM marked
                      RETURNING id, acquired_at, expires_at
                  )
                  SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
@@ -178,7 +240,11 @@ impl Sql {
             acquire_many: format!(
                 "WITH picked AS (
                      SELECT * FROM (
-                         SELECT id, capacity - holders AS free, last_used_at FROM {credentials}
+                         -- One grant at a time of a credential with limits:
+                         -- the next statement sees what this one counted.
+                         SELECT id, CASE WHEN limited THEN 1 ELSE capacity - holders END AS free,
+                                last_used_at
+                         FROM {credentials}
                          WHERE pool = $1 AND {usable}
                            AND {line_empty}
                          ORDER BY last_used_at NULLS FIRST, id
@@ -201,11 +267,11 @@ impl Sql {
                      SET holders = c.holders + counts.n, last_used_at = {NOW},
                          use_count = c.use_count + counts.n, cooling_until = NULL
                      FROM counts WHERE c.id = counts.id
-                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, counts.n
+                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, counts.n, c.limited
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
-                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, limited)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, marked.limited
                      FROM marked, generate_series(1, marked.n)
                      RETURNING id, credential_id, acquired_at, expires_at
                  )
@@ -243,7 +309,7 @@ impl Sql {
                      RETURNING credential_id
                  ),
                  freed AS (
-                     SELECT c.id, c.name, c.secret, c.extra, c.capacity,
+                     SELECT c.id, c.name, c.secret, c.extra, c.capacity, c.blocks, c.limited,
                             $4::bigint IS NULL AND $5::text IS NULL AND c.disabled_reason IS NULL
                             AND (c.cooling_until IS NULL OR c.cooling_until <= {NOW}) AS usable
                      FROM {credentials} AS c
@@ -255,12 +321,13 @@ impl Sql {
                  -- or removed: it is skipped, so releases hand out side by
                  -- side, each to the lowest ticket still free.
                  next AS (
-                     SELECT id, owner FROM {tickets}
-                     WHERE (SELECT usable FROM freed)
-                       AND pool = $3 AND {waiting}
-                       AND NOT (id = ANY($10::bigint[]))
-                     ORDER BY id LIMIT 1
-                     FOR UPDATE SKIP LOCKED
+                     SELECT {tickets}.id, {tickets}.owner, {tickets}.scope FROM {tickets}, freed
+                     WHERE freed.usable
+                       AND {tickets}.pool = $3 AND {waiting}
+                       AND NOT ({tickets}.id = ANY($10::bigint[]))
+                       AND {serves_freed}
+                     ORDER BY {tickets}.id LIMIT 1
+                     FOR UPDATE OF tickets SKIP LOCKED
                  ),
                  back AS (
                      UPDATE {credentials} AS c
@@ -275,9 +342,10 @@ impl Sql {
                      RETURNING c.name
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
                      SELECT $3, freed.id, {CLOCK},
-                            {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN $9::bigint ELSE $6::bigint END
+                            {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN $9::bigint ELSE $6::bigint END,
+                            next.scope, freed.limited
                      FROM freed, next
                      RETURNING id, acquired_at, expires_at
                  ),
@@ -340,34 +408,64 @@ impl Sql {
                      (SELECT min(cooling_until) FROM {credentials}
                       WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
                      (SELECT min(expires_at) FROM {leases}
-                      WHERE pool = $1 AND expires_at IS NOT NULL)"
+                      WHERE pool = $1 AND expires_at IS NOT NULL),
+                     (SELECT min(blocked_until) FROM {limits}
+                      WHERE pool = $1 AND blocked_until > {NOW})"
             ),
+            busy_for: format!(
+                "SELECT
+                     {any_enabled},
+                     (SELECT true FROM {credentials} AS c
+                      WHERE pool = $1 AND {usable}
+                        AND ($3::text IS NULL OR name = $3)
+                        AND (blocks IS NULL OR coalesce((blocks ->> $2)::bigint, 0) <= {NOW})
+                        AND NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
+                                          AND scope IS NOT DISTINCT FROM nullif($2, '')
+                                          AND name IS NOT DISTINCT FROM $3)
+                      ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL,
+                     (SELECT min(cooling_until) FROM {credentials}
+                      WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
+                     (SELECT min(expires_at) FROM {leases}
+                      WHERE pool = $1 AND expires_at IS NOT NULL),
+                     (SELECT min(blocked_until) FROM {limits}
+                      WHERE pool = $1 AND scope = $2 AND blocked_until > {NOW}),
+                     $3::text IS NULL OR EXISTS (SELECT 1 FROM {credentials} WHERE pool = $1 AND name = $3),
+                     (SELECT disabled_reason FROM {credentials} WHERE pool = $1 AND name = $3)"
+            ),
+            // The lowest ticket that a free credential may serve, then the
+            // least recently used credential that serves it; both skip rows
+            // other transactions hold, so no hand-off waits for another.
             serve: format!(
-                "WITH picked AS (
-                     SELECT id FROM {credentials}
-                     WHERE pool = $1 AND {usable}
-                     ORDER BY last_used_at NULLS FIRST, id
-                     LIMIT 1
-                     FOR UPDATE SKIP LOCKED
+                "WITH next AS (
+                     SELECT {tickets}.id, {tickets}.owner, {tickets}.scope, {tickets}.name
+                     FROM {tickets}
+                     WHERE {free_now} AND {tickets}.pool = $1 AND {waiting}
+                       AND NOT ({tickets}.id = ANY($5::bigint[]))
+                       AND EXISTS (SELECT 1 FROM {credentials} AS c
+                                   WHERE c.pool = $1 AND {usable} AND {serves_c})
+                     ORDER BY {tickets}.id LIMIT 1
+                     FOR UPDATE OF tickets SKIP LOCKED
                  ),
-                 next AS (
-                     SELECT id, owner FROM {tickets}
-                     WHERE EXISTS (SELECT 1 FROM picked)
-                       AND pool = $1 AND {waiting}
-                       AND NOT (id = ANY($5::bigint[]))
-                     ORDER BY id LIMIT 1
-                     FOR UPDATE SKIP LOCKED
+                 picked AS (
+                     SELECT c.id FROM {credentials} AS c, next
+                     WHERE c.pool = $1 AND {usable}
+                       AND {serves_next}
+                     ORDER BY c.last_used_at NULLS FIRST, c.id
+                     LIMIT 1
+                     FOR UPDATE OF c SKIP LOCKED
                  ),
                  marked AS (
                      UPDATE {credentials} AS c
                      SET holders = c.holders + 1, last_used_at = {NOW},
                          use_count = c.use_count + 1, cooling_until = NULL
-                     WHERE c.id = (SELECT id FROM picked) AND EXISTS (SELECT 1 FROM next)
-                     RETURNING c.id
+                     WHERE c.id = (SELECT id FROM picked)
+                     RETURNING c.id, c.limited
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at)
-                     SELECT $1, marked.id, {CLOCK}, {CLOCK} + $2::bigint FROM marked
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
+                     SELECT $1, marked.id, {CLOCK}, {CLOCK} + $2::bigint,
+                            (SELECT scope FROM next), marked.limited
+                     FROM marked
                      RETURNING id, credential_id
                  ),
                  handed AS (
@@ -385,9 +483,10 @@ impl Sql {
                  SELECT NULL, NULL, NULL, true
                  WHERE NOT EXISTS (SELECT 1 FROM handed)
                    AND EXISTS (SELECT 1 FROM {tickets}
-                               WHERE pool = $1 AND {waiting}
-                                 AND NOT (id = ANY($5::bigint[])))
-                   AND {free_now}"
+                               WHERE {tickets}.pool = $1 AND {waiting}
+                                 AND NOT ({tickets}.id = ANY($5::bigint[]))
+                                 AND EXISTS (SELECT 1 FROM {credentials} AS c
+                                             WHERE c.pool = $1 AND {usable} AND {serves_c}))"
             ),
             claim: format!(
                 "WITH mine AS (
@@ -417,7 +516,8 @@ impl Sql {
 
     /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` whether to renew
     /// this store's heartbeat too (the first ticket after a while without
-    /// one). Takes a ticket at the end of the line; returns its id, and
+    /// one), `$5` the scope waited for (NULL: the default), `$6` the name
+    /// (NULL: any). Takes a ticket at the end of the line; returns its id, and
     /// whether a credential is free (one that came free since the grant
     /// looked).
     pub(crate) fn take_ticket(&self) -> String {
@@ -426,7 +526,8 @@ impl Sql {
                  {beat} WHERE $4::boolean {on_beat}
              ),
              taken AS (
-                 INSERT INTO {tickets} (pool, owner, expires_at) VALUES ($1, $2, {NOW} + $3::bigint)
+                 INSERT INTO {tickets} (pool, owner, expires_at, scope, name)
+                 VALUES ($1, $2, {NOW} + $3::bigint, $5, $6)
                  RETURNING id
              )
              SELECT id, {free_now} FROM taken",
@@ -644,15 +745,6 @@ impl Sql {
         )
     }
 
-    /// `$1` pool, `$2` name (NULL: every credential). Ends cool-downs.
-    pub(crate) fn reset_cool_downs(&self) -> String {
-        format!(
-            "UPDATE {} SET cooling_until = NULL
-             WHERE pool = $1 AND ($2::text IS NULL OR name = $2) AND cooling_until > {NOW}",
-            self.credentials
-        )
-    }
-
     /// `$1` credential id, `$2` pool. The credential's name.
     pub(crate) fn name_of(&self) -> String {
         format!(
@@ -738,6 +830,8 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
                  PRIMARY KEY (pool, owner)
              );"
         ),
+        // 4 -> 5: rate limits by scope, and tickets for a scope or a name.
+        super::limits::migration(schema),
     ]
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) tickets: bool,
     /// Grants handed to waiters seated here, to deliver after the commit.
     pub(crate) deliveries: Vec<(u64, Grant)>,
+    /// Whether the line passed over a ticket that nothing free served (its
+    /// scope or name): a plain grant may still find a credential free.
+    pub(crate) passed_over: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -74,6 +77,7 @@ impl<'a> Ctx<'a> {
             ticket_ttl,
             tickets: false,
             deliveries: Vec::new(),
+            passed_over: false,
         }
     }
 

@@ -118,11 +118,42 @@ pub(crate) fn set_rate(
     rate: Option<Rate>,
 ) -> rusqlite::Result<()> {
     let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
-    if limit.rate != rate {
-        limit.rate = rate;
-        limit.log = QuotaLog::default();
+    let old_block = limit.blocked_until(ctx.now);
+    limit.set_rate(rate);
+    if let (true, Some(old_block)) = (scope.is_empty(), old_block) {
+        // A cool-down that the old quota of every scope set ends with it.
+        ctx.connection
+            .prepare_cached(
+                "UPDATE credentials SET cooling_until = NULL WHERE id = ?1 AND cooling_until = ?2",
+            )?
+            .execute(params![id, old_block])?;
     }
     write(ctx, id, &limit)
+}
+
+/// Moves the grant of the credential `id` for `scope` logged at `from` to
+/// `to`: a lease handed to another process's ticket counts from its claim.
+pub(crate) fn move_grant(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    from: i64,
+    to: i64,
+) -> rusqlite::Result<()> {
+    let scopes: &[&str] = if scope.is_empty() {
+        &[""]
+    } else {
+        &["", scope]
+    };
+    for scope in scopes {
+        if let Some(mut limit) = read(ctx, id, scope)? {
+            if limit.rate.is_some() {
+                limit.log.moved(from, to);
+                write(ctx, id, &limit)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Ends the cool-downs and reported budgets of the credential `id`, in

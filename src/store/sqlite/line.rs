@@ -80,6 +80,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
                 break;
             }
             unserved.push(want);
+            ctx.passed_over = true;
             after = ticket;
             continue;
         };
@@ -143,6 +144,7 @@ pub(crate) fn expire_and_serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 /// batch renewed the tickets first, when that was due.)
 pub(crate) fn poll(ctx: &mut Ctx<'_>) -> std::result::Result<Option<i64>, Failure> {
     claim_handed(ctx)?;
+    unseat_hopeless(ctx)?;
     let general = leases::why_busy(ctx, &Want::any())?;
     // Waiters for a scope are served when its limits next allow a grant.
     let scoped: Option<i64> = ctx
@@ -152,6 +154,27 @@ pub(crate) fn poll(ctx: &mut Ctx<'_>) -> std::result::Result<Option<i64>, Failur
         )?
         .query_row(params![ctx.pool, ctx.now], |row| row.get(0))?;
     Ok(crate::time::earliest(general, scoped))
+}
+
+/// Takes out the tickets seated here that wait for a credential by name
+/// that is gone or disabled: their waiters, unseated, ask again and hear why.
+fn unseat_hopeless(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    let hopeless: Vec<i64> = ctx
+        .connection
+        .prepare_cached(
+            "DELETE FROM tickets
+             WHERE pool = ?1 AND owner = ?2 AND name IS NOT NULL AND lease_id IS NULL
+               AND NOT EXISTS (SELECT 1 FROM credentials AS c
+                               WHERE c.pool = tickets.pool AND c.name = tickets.name
+                                 AND c.disabled_reason IS NULL)
+             RETURNING id",
+        )?
+        .query_map(params![ctx.pool, ctx.line.owner()], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for ticket in hopeless {
+        ctx.line.unseat(unsigned(ticket)?);
+    }
+    Ok(())
 }
 
 /// What a ticket waits for, as its row says.
@@ -195,23 +218,32 @@ pub(crate) fn renew_tickets(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 /// Claims the leases other processes handed to tickets seated here: each
 /// gets its waiter's TTL from now and goes to the waiter after the commit.
 pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
-    let handed: Vec<(i64, i64)> = ctx
+    let handed: Vec<(i64, i64, Option<String>)> = ctx
         .connection
         .prepare_cached(
-            "SELECT id, lease_id FROM tickets
+            "SELECT id, lease_id, scope FROM tickets
              WHERE pool = ?1 AND owner = ?2 AND lease_id IS NOT NULL",
         )?
         .query_map(params![ctx.pool, ctx.line.owner()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (ticket, lease_id) in handed {
+    for (ticket, lease_id, scope) in handed {
         let number = unsigned(ticket)?;
         // A seat that left here: the ticket's removal is on its way.
         let Some(ttl) = ctx.line.seated(number) else {
             continue;
         };
         let expires_at = leases::expiry(ctx, ttl);
+        // The grant counts against quotas from now, when it can be used.
+        let handed_at: Option<(i64, bool)> = ctx
+            .connection
+            .prepare_cached(
+                "SELECT l.acquired_at, c.limited FROM leases AS l
+                 JOIN credentials AS c ON c.id = l.credential_id WHERE l.id = ?1",
+            )?
+            .query_row([lease_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
         let row = ctx
             .connection
             .prepare_cached(
@@ -230,6 +262,15 @@ pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             ctx.line.unseat(number);
             continue;
         };
+        if let Some((from, true)) = handed_at {
+            super::limits::move_grant(
+                ctx,
+                credential_id,
+                scope.as_deref().unwrap_or(""),
+                from,
+                ctx.now,
+            )?;
+        }
         let grant = leases::granted(ctx, credential_id, lease_id, expires_at)?;
         ctx.deliveries.push((number, grant));
     }

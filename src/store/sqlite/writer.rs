@@ -424,8 +424,11 @@ impl Worker {
                 job.run(&mut ctx)?;
             }
             let deliveries = std::mem::take(&mut ctx.deliveries);
+            // Tickets passed over for their scope or name do not mean that
+            // nothing is free for a plain grant.
+            let passed_over = ctx.passed_over;
             drop(ctx);
-            let all_busy = jobs.iter().all(|job| job.busy_until().is_some());
+            let all_busy = !passed_over && jobs.iter().all(|job| job.busy_until().is_some());
             let data_version = if all_busy {
                 Some(self.data_version()?)
             } else {

@@ -1,0 +1,320 @@
+//! Rate limits on Postgres: the schema that keeps them, and the calls that
+//! change them outside a grant.
+//!
+//! A grant counts itself: a lease row of a credential that has limits
+//! (`leases.limited`) fires a trigger that appends the grant's time to the
+//! logs of its quotas (of every scope, and of the lease's scope), counts
+//! down reported budgets, and writes when each next allows a grant. The
+//! statements that pick a credential read that on the credential's own row,
+//! which they lock: a block of every scope in `cooling_until`, a scope's in
+//! `blocks` (a JSON object, scope to time). So the check and the count are
+//! made under one row lock, and a grant that waited for the lock sees the
+//! count of the one before it.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::ToSql;
+
+use crate::error::Result;
+use crate::limits::{Limit, Limited, QuotaLog, Rate};
+
+use super::connections::Conn;
+use super::leases::Inner;
+
+/// The server's time in ms, as the statements read it.
+const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+
+/// Migration 4 -> 5: the limits table, its functions and trigger, and the
+/// columns that carry a scope and a name.
+pub(crate) fn migration(schema: &str) -> String {
+    let s = format!("\"{schema}\"");
+    format!(
+        "ALTER TABLE {s}.credentials ADD COLUMN limited boolean NOT NULL DEFAULT false,
+                                     ADD COLUMN blocks jsonb;
+         ALTER TABLE {s}.leases ADD COLUMN scope text,
+                                ADD COLUMN limited boolean NOT NULL DEFAULT false;
+         ALTER TABLE {s}.tickets ADD COLUMN scope text, ADD COLUMN name text;
+         -- One scope's limits on one credential ('' for every scope): a
+         -- quota of rate_count grants in any rate_window_ms, with the times
+         -- of the grants in its last window (log); a budget an API
+         -- reported (remaining grants until `until`); and when the next
+         -- grant is allowed (blocked_until), written with the rest.
+         CREATE TABLE {s}.limits (
+             credential_id  bigint   NOT NULL REFERENCES {s}.credentials (id) ON DELETE CASCADE,
+             scope          text     NOT NULL,
+             pool           text     NOT NULL,
+             rate_count     integer,
+             rate_window_ms bigint,
+             log            bigint[] NOT NULL DEFAULT '{{}}',
+             until          bigint,
+             remaining      integer  NOT NULL DEFAULT 0,
+             blocked_until  bigint,
+             PRIMARY KEY (credential_id, scope)
+         );
+         CREATE INDEX limits_blocked ON {s}.limits (pool, blocked_until)
+             WHERE blocked_until IS NOT NULL;
+         CREATE INDEX limits_of_pool ON {s}.limits (pool, credential_id);
+
+         -- When a row's limits next allow a grant, after `at`; NULL: now.
+         CREATE FUNCTION {s}.limit_blocked(log bigint[], rate_count integer,
+                                           rate_window_ms bigint, until bigint,
+                                           remaining integer, at bigint)
+         RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+             SELECT greatest(
+                 CASE WHEN rate_count IS NOT NULL AND cardinality(log) >= rate_count
+                           AND log[cardinality(log) - rate_count + 1] + rate_window_ms + 1 > at
+                      THEN log[cardinality(log) - rate_count + 1] + rate_window_ms + 1 END,
+                 CASE WHEN until > at AND remaining = 0 THEN until END)
+         $$;
+
+         -- After a change to the limits of scope `sc` of credential `cid`:
+         -- drops the row when it says nothing any more, writes when it next
+         -- allows a grant, and copies that onto the credential's row (a
+         -- block of every scope into its cool-down, a scope's into blocks).
+         CREATE FUNCTION {s}.settle_limit(cid bigint, sc text, at bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE blocked bigint;
+         BEGIN
+             DELETE FROM {s}.limits
+             WHERE credential_id = cid AND scope = sc AND rate_count IS NULL
+               AND (until IS NULL OR until <= at);
+             UPDATE {s}.limits AS l
+             SET blocked_until = {s}.limit_blocked(l.log, l.rate_count, l.rate_window_ms,
+                                                   l.until, l.remaining, at)
+             WHERE credential_id = cid AND scope = sc
+             RETURNING blocked_until INTO blocked;
+             IF sc = '' THEN
+                 IF blocked IS NOT NULL THEN
+                     UPDATE {s}.credentials
+                     SET cooling_until = greatest(coalesce(cooling_until, 0), blocked)
+                     WHERE id = cid;
+                 END IF;
+             ELSE
+                 UPDATE {s}.credentials
+                 SET blocks = CASE WHEN blocked IS NULL THEN blocks - sc
+                                   ELSE coalesce(blocks, '{{}}'::jsonb) || jsonb_build_object(sc, blocked) END
+                 WHERE id = cid;
+             END IF;
+             UPDATE {s}.credentials AS c
+             SET limited = EXISTS (SELECT 1 FROM {s}.limits WHERE credential_id = cid)
+             WHERE c.id = cid;
+         END $$;
+
+         -- A grant of a credential that has limits counts against them.
+         CREATE FUNCTION {s}.count_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE {s}.limits AS l
+             SET log = CASE WHEN l.rate_count IS NULL THEN l.log ELSE
+                           array(SELECT t FROM unnest(l.log) AS t
+                                 WHERE t > NEW.acquired_at - l.rate_window_ms ORDER BY t)
+                           || greatest(NEW.acquired_at,
+                                       coalesce(l.log[cardinality(l.log)], NEW.acquired_at)) END,
+                 remaining = CASE WHEN l.until > NEW.acquired_at
+                                  THEN greatest(l.remaining - 1, 0) ELSE l.remaining END
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''));
+             PERFORM {s}.settle_limit(NEW.credential_id, '', NEW.acquired_at);
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, NEW.acquired_at);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER leases_count_grant AFTER INSERT ON {s}.leases
+             FOR EACH ROW WHEN (NEW.limited) EXECUTE FUNCTION {s}.count_grant();
+
+         -- A lease handed to a ticket counts from when its waiter claims it
+         -- (when it can first be used): its grant moves to that time.
+         CREATE FUNCTION {s}.move_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE {s}.limits AS l
+             SET log = (SELECT coalesce(array_agg(t ORDER BY t), '{{}}') FROM (
+                            SELECT t FROM unnest(l.log) WITH ORDINALITY AS u(t, i)
+                            WHERE i <> array_position(l.log, OLD.acquired_at)
+                            UNION ALL SELECT NEW.acquired_at) AS moved)
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''))
+               AND l.rate_count IS NOT NULL
+               AND array_position(l.log, OLD.acquired_at) IS NOT NULL;
+             PERFORM {s}.settle_limit(NEW.credential_id, '', NEW.acquired_at);
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, NEW.acquired_at);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER leases_move_grant AFTER UPDATE OF acquired_at ON {s}.leases
+             FOR EACH ROW WHEN (NEW.limited AND NEW.acquired_at <> OLD.acquired_at)
+             EXECUTE FUNCTION {s}.move_grant();
+
+         -- Sets (or with a NULL count removes) a quota; a new one starts
+         -- with an empty log.
+         CREATE FUNCTION {s}.set_rate(cid bigint, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE old_block bigint;
+         BEGIN
+             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms)
+             SELECT id, sc, pool, n, w FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 rate_count = EXCLUDED.rate_count,
+                 rate_window_ms = EXCLUDED.rate_window_ms
+             RETURNING (SELECT blocked_until FROM {s}.limits
+                        WHERE credential_id = cid AND scope = sc) INTO old_block;
+             -- A cool-down that the old quota of every scope set ends with it.
+             IF sc = '' AND old_block IS NOT NULL THEN
+                 UPDATE {s}.credentials SET cooling_until = NULL
+                 WHERE id = cid AND cooling_until = old_block;
+             END IF;
+             PERFORM {s}.settle_limit(cid, sc, {NOW});
+         END $$;
+
+         -- Takes in a budget an API reported: the latest report holds,
+         -- and within one window (the same reset) the fewer requests left.
+         CREATE FUNCTION {s}.report_limit(cid bigint, sc text, reset bigint, left_ integer)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE at bigint := {NOW};
+         BEGIN
+             INSERT INTO {s}.limits (credential_id, scope, pool, until, remaining)
+             SELECT id, sc, pool, reset, left_ FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 until = EXCLUDED.until,
+                 remaining = CASE WHEN limits.until > at AND limits.until = EXCLUDED.until
+                                  THEN least(limits.remaining, EXCLUDED.remaining)
+                                  ELSE EXCLUDED.remaining END;
+             PERFORM {s}.settle_limit(cid, sc, at);
+         END $$;
+
+         -- Ends the cool-downs and reported budgets of the credentials of
+         -- pool `p` (named `nm`, or all), in scope `sc` (or all, and their
+         -- own cool-downs); returns how many credentials it changed.
+         CREATE FUNCTION {s}.reset_limits(p text, nm text, sc text)
+         RETURNS bigint LANGUAGE plpgsql AS $$
+         DECLARE at bigint := {NOW}; ids bigint[]; r record;
+         BEGIN
+             WITH cooled AS (
+                 UPDATE {s}.credentials SET cooling_until = NULL
+                 WHERE pool = p AND (nm IS NULL OR name = nm) AND sc IS NULL
+                   AND cooling_until > at
+                 RETURNING id
+             )
+             SELECT coalesce(array_agg(id), '{{}}') INTO ids FROM cooled;
+             FOR r IN
+                 UPDATE {s}.limits AS l SET until = NULL, remaining = 0
+                 FROM {s}.credentials AS c
+                 WHERE c.id = l.credential_id AND c.pool = p AND (nm IS NULL OR c.name = nm)
+                   AND (sc IS NULL OR l.scope = sc) AND l.until IS NOT NULL
+                 RETURNING l.credential_id, l.scope
+             LOOP
+                 ids := ids || r.credential_id;
+                 PERFORM {s}.settle_limit(r.credential_id, r.scope, at);
+             END LOOP;
+             -- A quota of every scope that is used up still holds.
+             FOR r IN SELECT DISTINCT unnest(ids) AS id LOOP
+                 PERFORM {s}.settle_limit(r.id, '', at);
+             END LOOP;
+             RETURN (SELECT count(DISTINCT x) FROM unnest(ids) AS x);
+         END $$;"
+    )
+}
+
+impl Inner {
+    fn limits_table(&self) -> String {
+        format!("\"{}\".limits", self.schema)
+    }
+
+    /// Sets (or with `None` removes) the quota of `scope` on the credential
+    /// `id`; a new quota starts with an empty log.
+    pub(super) async fn set_rate(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        id: i64,
+        scope: &str,
+        rate: Option<Rate>,
+    ) -> Result<()> {
+        let count = rate.map(|rate| rate.count() as i32);
+        let window = rate.map(|rate| rate.window_ms());
+        client
+            .execute(
+                &format!("SELECT \"{}\".set_rate($1, $2, $3, $4)", self.schema),
+                &[&id, &scope, &count, &window],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes in a budget an API reported for the credential `id`.
+    pub(super) async fn report(&self, conn: &Conn, id: i64, limited: &Limited) -> Result<()> {
+        let until = limited.until_ms();
+        let remaining = limited.remaining.min(i32::MAX as u32) as i32;
+        let scope = limited.scope_key();
+        conn.client
+            .execute(
+                &format!("SELECT \"{}\".report_limit($1, $2, $3, $4)", self.schema),
+                &[&id, &scope, &until, &remaining],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends cool-downs and reported budgets (see
+    /// [`Admin::reset_limits`](crate::store::Admin::reset_limits)); returns
+    /// how many credentials it changed.
+    pub(super) async fn reset_limits(
+        &self,
+        name: Option<String>,
+        scope: Option<String>,
+    ) -> Result<u64> {
+        let conn = self.connections.get().await?;
+        if let Some(name) = &name {
+            let known = conn
+                .client
+                .query_opt(&self.sql.holders(), &[&self.pool, name])
+                .await?;
+            if known.is_none() {
+                return Err(crate::Error::UnknownCredential {
+                    name: name.clone(),
+                    pool: self.pool.clone(),
+                });
+            }
+        }
+        let row = conn
+            .client
+            .query_one(
+                &format!("SELECT \"{}\".reset_limits($1, $2, $3)", self.schema),
+                &[&self.pool, &name, &scope],
+            )
+            .await?;
+        let changed: i64 = row.try_get(0)?;
+        Ok(changed.max(0) as u64)
+    }
+
+    /// Every credential's limits in the pool, by credential id, for `list`.
+    pub(super) async fn limits_of_pool(&self, conn: &Conn) -> Result<HashMap<i64, Vec<Limit>>> {
+        let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
+        let rows = conn
+            .client
+            .query(
+                &format!(
+                    "SELECT credential_id, scope, rate_count, rate_window_ms, log, until, remaining
+                     FROM {} WHERE pool = $1 ORDER BY credential_id, scope",
+                    self.limits_table()
+                ),
+                &pool,
+            )
+            .await?;
+        let mut limits: HashMap<i64, Vec<Limit>> = HashMap::new();
+        for row in rows {
+            let count: Option<i32> = row.try_get(2)?;
+            let window: Option<i64> = row.try_get(3)?;
+            let remaining: i32 = row.try_get(6)?;
+            limits.entry(row.try_get(0)?).or_default().push(Limit {
+                scope: row.try_get(1)?,
+                rate: count
+                    .zip(window)
+                    .and_then(|(count, window)| Rate::from_stored(count.into(), window)),
+                log: QuotaLog(row.try_get(4)?),
+                until: row.try_get(5)?,
+                remaining: remaining.max(0) as u32,
+            });
+        }
+        Ok(limits)
+    }
+}
