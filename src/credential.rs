@@ -700,6 +700,11 @@ pub struct Stats {
     /// counts summed): two readings a second apart give the grants per
     /// second, at any size of pool.
     pub uses: u64,
+    /// Credentials that some scope's limits refuse now (a scoped cool-down,
+    /// a used-up quota or reported budget of one scope), whatever their
+    /// state: they may still serve other scopes. A block of every scope
+    /// counts as cooling down instead.
+    pub scope_blocked: u64,
     /// Tasks waiting in `acquire`: in every process, on a store that keeps
     /// its waiting line (SQLite, Postgres: their live tickets); in this
     /// process, on the memory store.

@@ -113,6 +113,7 @@ impl Rate {
     }
 
     /// A rate as stores keep it; `None` when the row is not a valid rate.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn from_stored(count: i64, window_ms: i64) -> Option<Self> {
         let count = u32::try_from(count).ok()?;
         let per = Duration::from_millis(u64::try_from(window_ms).ok()?);
@@ -306,6 +307,7 @@ pub(crate) struct QuotaLog(pub(crate) Vec<i64>);
 
 impl QuotaLog {
     /// Reads a log as the SQLite store keeps it: 8 bytes a grant, little-endian.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         Self(
             bytes
@@ -320,6 +322,7 @@ impl QuotaLog {
     }
 
     /// The log as the SQLite store keeps it.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         self.0.iter().flat_map(|at| at.to_le_bytes()).collect()
     }
@@ -364,6 +367,7 @@ impl QuotaLog {
 
     /// Moves one grant logged at `from` to `to` (a lease handed to a
     /// waiter in another process counts from when that process claims it).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn moved(&mut self, from: i64, to: i64) {
         if let Some(at) = self.0.iter().position(|&logged| logged == from) {
             self.0.remove(at);

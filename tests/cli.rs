@@ -1650,6 +1650,18 @@ fn acquire_and_release_from_the_shell_with_scopes_and_quotas() {
     assert!(scope("timeline")["blocked_until_ms"].is_u64());
     let table = ok(&run(&db, &["list"]));
     assert!(table.contains("search: 0/2 left, blocked"), "{table}");
+    let stats = ok(&run(&db, &["stats"]));
+    assert!(stats.contains("blocked in a scope 1"), "{stats}");
+    let watched = ok(&run(&db, &["watch", "--count", "1"]));
+    let search_row = watched
+        .lines()
+        .find(|line| line.starts_with("search"))
+        .unwrap_or_else(|| panic!("{watched}"));
+    assert_eq!(
+        search_row.split_whitespace().collect::<Vec<_>>(),
+        ["search", "1", "0"],
+        "blocked 1, no grant left: {watched}"
+    );
     let said = ok(&run(&db, &["reset-locks", "alice", "--scope", "timeline"]));
     assert!(said.contains("1 credential"), "{said}");
     ok(&run(&db, &["acquire", "--scope", "timeline"]));

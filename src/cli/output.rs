@@ -380,7 +380,7 @@ pub(crate) fn stats(stats: &Stats, as_json: bool) -> Outcome {
 
 /// The counts on one line, for `stats` and `watch`.
 pub(crate) fn stats_line(stats: &Stats) -> String {
-    format!(
+    let mut line = format!(
         "total {}  available {}  leased {}  cooling {}  disabled {}  leases out {}  waiting {}",
         stats.total,
         stats.available,
@@ -389,7 +389,41 @@ pub(crate) fn stats_line(stats: &Stats) -> String {
         stats.disabled,
         stats.leases,
         stats.waiters
-    )
+    );
+    if stats.scope_blocked > 0 {
+        line.push_str(&format!("  blocked in a scope {}", stats.scope_blocked));
+    }
+    line
+}
+
+/// By scope (`*`: every scope), how many credentials its limits block now
+/// and how many grants their quotas still allow: for `watch`.
+pub(crate) fn scope_rows(credentials: &[CredentialInfo]) -> Vec<Vec<String>> {
+    let mut by_scope: std::collections::BTreeMap<String, (u64, Option<u64>)> =
+        std::collections::BTreeMap::new();
+    for credential in credentials {
+        for limit in &credential.limits {
+            let scope = limit.scope.as_deref().map_or("*".to_string(), printable);
+            let (blocked, left) = by_scope.entry(scope).or_default();
+            *blocked += u64::from(limit.blocked_until.is_some());
+            if let Some(remaining) = limit.remaining {
+                *left = Some(left.unwrap_or(0) + u64::from(remaining));
+            }
+        }
+    }
+    let mut rows = vec![vec![
+        "SCOPE".to_string(),
+        "BLOCKED".into(),
+        "GRANTS LEFT".into(),
+    ]];
+    rows.extend(by_scope.into_iter().map(|(scope, (blocked, left))| {
+        vec![
+            shorten(&scope),
+            blocked.to_string(),
+            left.map_or_else(|| "-".to_string(), |left| left.to_string()),
+        ]
+    }));
+    rows
 }
 
 pub(crate) fn stats_json(stats: &Stats) -> Value {
@@ -402,6 +436,7 @@ pub(crate) fn stats_json(stats: &Stats) -> Value {
         "leases": stats.leases,
         "waiters": stats.waiters,
         "uses": stats.uses,
+        "scope_blocked": stats.scope_blocked,
     })
 }
 

@@ -28,17 +28,17 @@ pub(crate) async fn run<S: Store>(
     let mut refreshes = 0;
     loop {
         let stats = pool.stats().await?;
-        let uses: Option<HashMap<String, u64>> = if stats.total <= BUSIEST_LIMIT {
-            Some(
-                pool.list()
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.name, c.use_count))
-                    .collect(),
-            )
+        let listed = if stats.total <= BUSIEST_LIMIT {
+            Some(pool.list().await?)
         } else {
             None
         };
+        let scopes = listed
+            .as_deref()
+            .map(super::output::scope_rows)
+            .filter(|rows| rows.len() > 1);
+        let uses: Option<HashMap<String, u64>> =
+            listed.map(|listed| listed.into_iter().map(|c| (c.name, c.use_count)).collect());
         if terminal {
             write_stdout(format_args!("\x1b[2J\x1b[H"));
         }
@@ -83,9 +83,12 @@ pub(crate) async fn run<S: Store>(
                 previous_uses = Some(uses);
             }
             None => outln!(
-                "  (the busiest credentials are left out above {BUSIEST_LIMIT} credentials: \
-                 finding them reads every row)"
+                "  (the busiest credentials and the limits by scope are left out above \
+                 {BUSIEST_LIMIT} credentials: finding them reads every row)"
             ),
+        }
+        if let Some(rows) = scopes {
+            print_table(&rows);
         }
         refreshes += 1;
         if count.is_some_and(|count| refreshes >= count) {

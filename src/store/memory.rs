@@ -907,6 +907,11 @@ impl Admin for MemoryStore {
             );
             stats.add(kind, 1, slot.holders.len() as u64);
             stats.uses += slot.use_count;
+            let scope_blocked = slot
+                .limits
+                .iter()
+                .any(|limit| !limit.scope.is_empty() && limit.blocked_until(now).is_some());
+            stats.scope_blocked += u64::from(scope_blocked);
         }
         Ok(stats)
     }

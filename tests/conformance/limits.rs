@@ -106,6 +106,12 @@ pub async fn a_scoped_cool_down_blocks_only_its_scope<F: Factory>(factory: &F) {
         CredentialState::Available,
         "a scoped cool-down is not a cool-down of the credential"
     );
+    let stats = pool.stats().await.unwrap();
+    assert_eq!(
+        (stats.scope_blocked, stats.cooling_down, stats.available),
+        (1, 0, 1),
+        "{stats:?}"
+    );
     let search = limit_of(&listed[0], Some("search")).expect("the scope is listed");
     let blocked = search.blocked_until.expect("blocked until the reset");
     assert!(

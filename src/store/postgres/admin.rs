@@ -293,6 +293,19 @@ impl Inner {
             );
             stats.uses += row.unsigned(5, "a count")?;
         }
+        let blocked = conn
+            .client
+            .query_one(
+                &format!(
+                    "SELECT count(DISTINCT credential_id) FROM \"{}\".limits
+                     WHERE pool = $1 AND scope <> ''
+                       AND blocked_until > (extract(epoch FROM now()) * 1000)::bigint",
+                    self.schema
+                ),
+                &[&self.pool],
+            )
+            .await?;
+        stats.scope_blocked = blocked.unsigned(0, "a count")?;
         Ok(stats)
     }
 }

@@ -200,6 +200,14 @@ impl Reader {
                 stats.uses += unsigned(row.get(5)?)?;
             }
             drop(rows);
+            stats.scope_blocked = unsigned(
+                connection
+                    .prepare_cached(
+                        "SELECT count(DISTINCT credential_id) FROM limits
+                         WHERE pool = ?1 AND scope <> '' AND blocked_until > ?2",
+                    )?
+                    .query_row(params![pool, now], |row| row.get(0))?,
+            )?;
             // The waiters of every process: their tickets.
             stats.waiters = unsigned(
                 connection
