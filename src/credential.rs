@@ -747,8 +747,6 @@ pub enum ReleaseOutcome {
 pub(crate) struct ReleaseEffect<'a> {
     /// Cool down for this long (a zero cool-down counts as a plain release).
     pub(crate) cool_for: Option<Duration>,
-    /// Cool down (every scope) until this time, in ms: an API's reset.
-    pub(crate) cool_until: Option<i64>,
     /// Disable with this reason.
     pub(crate) disable: Option<&'a str>,
     /// A budget to keep in a scope's limits (scoped, or with requests left).
@@ -759,10 +757,8 @@ impl ReleaseEffect<'_> {
     /// Until when the credential cools down in every scope, from `now`
     /// (ms), if it does.
     pub(crate) fn cooling_until(&self, now: i64) -> Option<i64> {
-        let pause = self
-            .cool_for
-            .map(|pause| now.saturating_add(crate::time::duration_ms(pause)));
-        crate::time::latest(pause, self.cool_until.filter(|&until| until > now))
+        self.cool_for
+            .map(|pause| now.saturating_add(crate::time::duration_ms(pause)))
     }
 }
 
@@ -771,18 +767,12 @@ impl ReleaseOutcome {
     pub(crate) fn effect(&self) -> ReleaseEffect<'_> {
         let mut effect = ReleaseEffect {
             cool_for: None,
-            cool_until: None,
             disable: None,
             report: None,
         };
         match self {
             ReleaseOutcome::CoolDown(pause) if !pause.is_zero() => effect.cool_for = Some(*pause),
             ReleaseOutcome::Disable(reason) => effect.disable = Some(reason.as_str()),
-            ReleaseOutcome::Limited(limited)
-                if limited.scope.is_none() && limited.remaining == 0 =>
-            {
-                effect.cool_until = Some(limited.until_ms());
-            }
             ReleaseOutcome::Limited(limited) => effect.report = Some(limited),
             _ => {}
         }

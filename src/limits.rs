@@ -341,11 +341,13 @@ impl QuotaLog {
         u32::try_from(used).unwrap_or(u32::MAX)
     }
 
-    /// Records a grant at `now` (after pruning).
-    pub(crate) fn record(&mut self, rate: Rate, now: i64) {
+    /// Records a grant dated `at` (usually `now`; a lease handed to another
+    /// process's waiter is dated at its claim deadline), after pruning what
+    /// left the window by `now`.
+    pub(crate) fn record(&mut self, rate: Rate, now: i64, at: i64) {
         self.prune(rate, now);
-        let at = self.0.last().map_or(now, |&last| last.max(now));
-        self.0.push(at);
+        let place = self.0.partition_point(|&logged| logged <= at);
+        self.0.insert(place, at);
     }
 
     /// The earliest time the next grant is allowed; `None`: at any time.
@@ -415,10 +417,10 @@ impl Limit {
         crate::time::latest(reported, quota)
     }
 
-    /// Counts a grant made at `now`.
-    pub(crate) fn record(&mut self, now: i64) {
+    /// Counts a grant made at `now`, dated `at` in the quota's log.
+    pub(crate) fn record(&mut self, now: i64, at: i64) {
         if let Some(rate) = self.rate {
-            self.log.record(rate, now);
+            self.log.record(rate, now, at);
         }
         if self.until.is_some_and(|until| until > now) {
             self.remaining = self.remaining.saturating_sub(1);
@@ -521,13 +523,17 @@ mod tests {
         let per = rate("2/100ms");
         let mut log = QuotaLog::default();
         assert_eq!(log.free_at(per), None);
-        log.record(per, 1_000);
+        log.record(per, 1_000, 1_000);
         assert_eq!(log.free_at(per), None, "one of two used");
-        log.record(per, 1_040);
+        log.record(per, 1_040, 1_040);
         assert_eq!(log.free_at(per), Some(1_101));
         assert_eq!(log.used(per, 1_100), 1, "the first left the window");
-        log.record(per, 1_101);
+        log.record(per, 1_101, 1_101);
         assert_eq!(log.0, [1_040, 1_101], "pruned");
+        log.record(per, 1_102, 1_500);
+        log.record(per, 1_103, 1_103);
+        assert_eq!(log.0, [1_040, 1_101, 1_103, 1_500], "in order");
+        log.0.truncate(2);
         assert_eq!(log.free_at(per), Some(1_141));
         log.moved(1_040, 1_120);
         assert_eq!(log.0, [1_101, 1_120], "kept in order");
@@ -548,7 +554,7 @@ mod tests {
         assert_eq!(limit.blocked_until(now), Some(now + 60_000));
         limit.report(&Limited::until(at(now + 60_000)).remaining(4), now);
         assert_eq!(limit.remaining, 0, "the same window: the fewer left");
-        limit.record(now);
+        limit.record(now, now);
         assert_eq!(limit.remaining, 0);
         limit.reset();
         assert!(limit.is_idle(now));
@@ -560,7 +566,7 @@ mod tests {
         let mut limit = Limit::new("");
         limit.set_rate(Some(rate("3/1h")));
         for at in [10, 20, 30] {
-            limit.record(at);
+            limit.record(at, at);
         }
         assert!(limit.blocked_until(40).is_some());
         limit.set_rate(Some(rate("4/1h")));

@@ -372,6 +372,40 @@ fn demo_stops_gracefully_on_sighup() {
 /// A short `credpool torture` run on a file: worker processes killed with
 /// SIGKILL every 0.8 s, another connection taking the write lock, and the
 /// checker finds no credential held twice and none lost.
+/// A torture with a quota: the checker proves from the logs that no
+/// credential was granted more often in its scope than the quota allows,
+/// while workers are killed.
+#[test]
+fn a_torture_run_with_a_quota_keeps_it() {
+    let db = fresh_db("torture-rate");
+    let report = ok(&run(
+        &db,
+        &[
+            "torture",
+            "--duration",
+            "3s",
+            "--processes",
+            "2",
+            "--tasks",
+            "8",
+            "--kill-every",
+            "1s",
+            "--lease-ttl",
+            "700ms",
+            "--rate",
+            "20/500ms",
+        ],
+    ));
+    assert!(report.contains("quota              20/500ms"), "{report}");
+    assert_eq!(common::report_number(&report, "violations"), 0, "{report}");
+    assert_eq!(
+        common::report_number(&report, "credentials lost"),
+        0,
+        "{report}"
+    );
+    assert!(common::report_number(&report, "grants") > 50, "{report}");
+}
+
 #[test]
 fn a_short_torture_run_finds_nothing_wrong() {
     let db = fresh_db("torture");

@@ -377,7 +377,7 @@ impl State {
             let scope = want.scope_key();
             for limit in &mut slot.limits {
                 if limit.scope.is_empty() || limit.scope == scope {
-                    limit.record(now);
+                    limit.record(now, now);
                 }
             }
             self.block_every_scope(index, now);
@@ -416,8 +416,7 @@ impl State {
         let state = self;
         // The clock costs as much as the rest of a release: read it only when needed.
         let effect = outcome.effect();
-        let timed =
-            effect.cool_for.is_some() || effect.cool_until.is_some() || effect.report.is_some();
+        let timed = effect.cool_for.is_some() || effect.report.is_some();
         let now = if state.has_timers() || timed {
             let now = now_ms();
             state.reclaim(now, &mut Vec::new());
@@ -450,8 +449,18 @@ impl State {
             })?;
         slot.holders.swap_remove(held);
         let name = slot.credential.name_arc().clone();
+        let mut lifted = false;
         if let Some(limited) = effect.report {
-            slot.limit_mut(limited.scope_key()).report(limited, now);
+            let limit = slot.limit_mut(limited.scope_key());
+            let old_block = limit.blocked_until(now);
+            limit.report(limited, now);
+            // The latest report holds: a cool-down of every scope that the
+            // last one set ends, to be set again from what this one says.
+            if limited.scope.is_none() && old_block.is_some() && slot.cooling_until == old_block {
+                slot.cooling_until = None;
+                slot.generation = slot.generation.wrapping_add(1);
+                lifted = true;
+            }
             slot.limits.retain(|limit| !limit.is_idle(now));
         }
         if let Some(reason) = effect.disable {
@@ -463,7 +472,10 @@ impl State {
             return Ok(name);
         }
         let cool = effect.cooling_until(now);
-        if cool.is_none() && slot.can_hand_out() {
+        if lifted && slot.can_hand_out() {
+            // Every free unit, this one too, is queued anew.
+            ready.push_back(index, slot.generation, slot.free_units());
+        } else if cool.is_none() && slot.can_hand_out() {
             ready.push_back(index, slot.generation, 1);
         }
         if let Some(until) = cool {

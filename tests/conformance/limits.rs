@@ -191,6 +191,22 @@ pub async fn a_reported_budget_allows_that_many_more<F: Factory>(factory: &F) {
     use_once(&pool, &Want::scope("timeline").unwrap()).await;
     assert!(pool.try_acquire_for("search").await.unwrap().is_none());
     assert!(pool.try_acquire().await.unwrap().is_none());
+    // The latest report holds: "none left until the reset", from one
+    // holder, is lifted by a later "five left" from another, in every scope.
+    let pool = pool_of(factory, vec![NewCredential::new("carol", "c").capacity(2)]).await;
+    let (first, second) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    first
+        .release_with(ReleaseOutcome::Limited(Limited::until(reset)))
+        .await
+        .unwrap();
+    assert!(pool.try_acquire().await.unwrap().is_none(), "none left");
+    let later = SystemTime::now() + Duration::from_secs(120);
+    second
+        .release_with(ReleaseOutcome::Limited(Limited::until(later).remaining(5)))
+        .await
+        .unwrap();
+    let lease = pool.try_acquire().await.unwrap();
+    assert!(lease.is_some(), "five left now");
 }
 
 /// Many tasks take credentials with quotas in one scope and over every

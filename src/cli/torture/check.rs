@@ -32,6 +32,10 @@ struct Hold {
     start: u128,
     expires: u128,
     ended: Ended,
+    /// The scope asked for (`None`: the default), and the store's time of
+    /// the grant in ms, when the log says.
+    scope: Option<String>,
+    acquired_ms: Option<i64>,
 }
 
 impl Hold {
@@ -95,7 +99,7 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                     .ok_or_else(|| format!("a log line that does not parse: {line:?}"))
             };
             match fields[0] {
-                "G" if fields.len() == 6 => {
+                "G" if fields.len() == 6 || fields.len() == 8 => {
                     let lease_id = number(3)? as u64;
                     if by_id.insert(lease_id, holds.len()).is_some() {
                         violations.push(format!("lease id {lease_id} was granted twice"));
@@ -107,6 +111,15 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                         start: number(4)?,
                         expires: number(5)?,
                         ended: Ended::Expired,
+                        scope: fields
+                            .get(6)
+                            .filter(|scope| **scope != "-")
+                            .map(|scope| scope.to_string()),
+                        acquired_ms: if fields.len() == 8 {
+                            Some(number(7)? as i64)
+                        } else {
+                            None
+                        },
                     });
                 }
                 // A worker that ended with releases its pool never saw commit.
@@ -143,8 +156,10 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
 
 /// Checks the workers' logs: no credential held by more leases than its
 /// capacity at any moment, lease ids unique, and increasing in grant order
-/// for each credential of capacity 1.
-pub(crate) fn check(texts: &[String]) -> Checked {
+/// for each credential of capacity 1; with `quota`, no window of its length
+/// holding more grants of a credential for its scope than it allows (by the
+/// store's times of the grants).
+pub(crate) fn check(texts: &[String], quota: Option<(&str, credpool::Rate)>) -> Checked {
     let holds = match parse_logs(texts) {
         Ok(holds) => holds,
         Err(violation) => {
@@ -233,8 +248,43 @@ pub(crate) fn check(texts: &[String]) -> Checked {
                 }
             }
         }
+        if let Some((scope, rate)) = quota {
+            check_quota(name, &holds, scope, rate, &mut checked.violations);
+        }
     }
     checked
+}
+
+/// No window `[t, t + W)` holds more than `rate.count()` of these grants
+/// (one credential's) for `scope`.
+fn check_quota(
+    name: &str,
+    holds: &[&Hold],
+    scope: &str,
+    rate: credpool::Rate,
+    violations: &mut Vec<String>,
+) {
+    let window = rate.per().as_millis() as i64;
+    let mut times: Vec<i64> = holds
+        .iter()
+        .filter(|hold| hold.scope.as_deref() == Some(scope))
+        .filter_map(|hold| hold.acquired_ms)
+        .collect();
+    times.sort_unstable();
+    let mut end = 0;
+    for start in 0..times.len() {
+        while end < times.len() && times[end] < times[start] + window {
+            end += 1;
+        }
+        if end - start > rate.count() as usize {
+            violations.push(format!(
+                "{name}: {} grants for scope {scope:?} in the {window} ms from {} ms: the quota is {rate}",
+                end - start,
+                times[start]
+            ));
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -245,9 +295,42 @@ mod tests {
         vec![lines.join("\n")]
     }
 
+    fn check_all(texts: &[String]) -> Checked {
+        check(texts, None)
+    }
+
+    /// Grants for the quota's scope by the store's times: three within
+    /// 100 ms break a quota of 2 per 100 ms; grants in another scope do not
+    /// count.
+    #[test]
+    fn a_quota_exceeded_is_caught() {
+        let rate: credpool::Rate = "2/100ms".parse().unwrap();
+        let lines = [
+            "G a 2 1 100 9000 torture 1000",
+            "E 1 200 released",
+            "G a 2 2 300 9000 - 1010",
+            "E 2 400 released",
+            "G a 2 3 500 9000 torture 1050",
+            "E 3 600 released",
+            "G a 2 4 700 9000 torture 1100",
+            "E 4 800 released",
+        ];
+        let kept = check(&log(&lines), Some(("torture", rate)));
+        assert_eq!(kept.violations, Vec::<String>::new());
+        let mut broken = lines.to_vec();
+        broken[6] = "G a 2 4 700 9000 torture 1099";
+        let caught = check(&log(&broken), Some(("torture", rate)));
+        assert_eq!(caught.violations.len(), 1, "{:?}", caught.violations);
+        assert!(
+            caught.violations[0].contains("3 grants"),
+            "{:?}",
+            caught.violations
+        );
+    }
+
     #[test]
     fn clean_logs_pass() {
-        let checked = check(&log(&[
+        let checked = check_all(&log(&[
             "G a 1 1 100 9000",
             "E 1 200 released",
             "G a 1 2 300 9000",
@@ -262,7 +345,7 @@ mod tests {
 
     #[test]
     fn an_overlap_is_caught() {
-        let checked = check(&log(&[
+        let checked = check_all(&log(&[
             "G a 1 1 100 9000",
             "G a 1 2 150 9000",
             "E 2 170 released",
@@ -275,15 +358,15 @@ mod tests {
     #[test]
     fn a_killed_holder_holds_until_its_lease_expires() {
         // Lease 1's process died: the next grant must wait for the expiry at 500.
-        let early = check(&log(&["G a 1 1 100 500", "G a 1 2 400 9000"]));
+        let early = check_all(&log(&["G a 1 1 100 500", "G a 1 2 400 9000"]));
         assert_eq!(early.violations.len(), 1, "{:?}", early.violations);
-        let late = check(&log(&["G a 1 1 100 500", "G a 1 2 600 9000"]));
+        let late = check_all(&log(&["G a 1 1 100 500", "G a 1 2 600 9000"]));
         assert!(late.violations.is_empty(), "{:?}", late.violations);
     }
 
     #[test]
     fn duplicate_and_decreasing_ids_are_caught() {
-        let twice = check(&log(&[
+        let twice = check_all(&log(&[
             "G a 1 7 100 9000",
             "E 7 200 released",
             "G b 1 7 300 9000",
@@ -293,7 +376,7 @@ mod tests {
             "{:?}",
             twice.violations
         );
-        let decreasing = check(&log(&[
+        let decreasing = check_all(&log(&[
             "G a 1 9 100 9000",
             "E 9 200 released",
             "G a 1 8 300 9000",
@@ -309,7 +392,7 @@ mod tests {
     fn a_pending_release_ends_when_its_holder_gave_it_back() {
         // Lease 1's release was kept and committed after 200: the store
         // rightly granted lease 2 at 300, long before lease 1's expiry.
-        let checked = check(&log(&[
+        let checked = check_all(&log(&[
             "G a 1 1 100 9000",
             "E 1 200 released",
             "P 1",
@@ -318,7 +401,7 @@ mod tests {
         assert!(checked.violations.is_empty(), "{:?}", checked.violations);
         assert_eq!(checked.pending, 1);
         // Its holder used it until 200: a grant before that is an overlap.
-        let overlap = check(&log(&[
+        let overlap = check_all(&log(&[
             "G a 1 1 100 9000",
             "G a 1 2 150 9000",
             "E 1 200 released",
@@ -336,11 +419,11 @@ mod tests {
     /// effect, are violations: releases are never lost.
     #[test]
     fn a_release_that_did_not_take_effect_is_a_violation() {
-        let failed = check(&log(&["G a 1 1 100 9000", "E 1 200 released", "X 1"]));
+        let failed = check_all(&log(&["G a 1 1 100 9000", "E 1 200 released", "X 1"]));
         assert_eq!(failed.failed, 1);
         assert_eq!(failed.violations.len(), 1, "{:?}", failed.violations);
         assert!(failed.violations[0].contains("dropped by the store"));
-        let lost = check(&log(&["G a 1 1 100 9000", "E 1 200 released", "L 1"]));
+        let lost = check_all(&log(&["G a 1 1 100 9000", "E 1 200 released", "L 1"]));
         assert_eq!(lost.violations.len(), 1, "{:?}", lost.violations);
         assert!(lost.violations[0].contains("never took effect"));
     }
@@ -350,7 +433,7 @@ mod tests {
     /// its credential a violation.
     #[test]
     fn a_lease_expired_on_arrival_ends_as_it_begins() {
-        let checked = check(&log(&[
+        let checked = check_all(&log(&[
             "G a 1 1 600 500",
             "E 1 700 released",
             "F 1",
@@ -362,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_fenced_release_ends_at_the_expiry() {
-        let checked = check(&log(&[
+        let checked = check_all(&log(&[
             "G a 1 1 100 500",
             "E 1 700 released",
             "F 1",

@@ -73,6 +73,11 @@ pub(crate) struct TortureArgs {
     /// Keep the workers' logs in this folder (default: a temporary folder, removed).
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// A quota on every credential, e.g. 50/1s, in the scope `torture` that
+    /// half the grants ask for; the checker proves from the logs that no
+    /// window ever held more grants of a credential in it.
+    #[arg(long, value_parser = super::parse_rate, value_name = "N/DURATION")]
+    pub(crate) rate: Option<credpool::Rate>,
     /// Seed for the random choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -110,6 +115,8 @@ struct Workers<S: Store> {
     ticket_ttl: Option<Duration>,
     seed: AtomicU64,
     started: usize,
+    /// The scope half the grants ask for, with --rate.
+    scope: Option<String>,
 }
 
 enum Running {
@@ -155,6 +162,7 @@ impl<S: Store> Workers<S> {
             until_ms: self.until_ms,
             seed: self.seed.fetch_add(0x9E37_79B9, Ordering::Relaxed),
             ttl_ms: self.ttl_ms,
+            scope: self.scope.clone(),
         };
         self.started += 1;
         let Some(place) = &self.place else {
@@ -171,6 +179,11 @@ impl<S: Store> Workers<S> {
             .args(["--until-ms", &args.until_ms.to_string()])
             .args(["--ttl-ms", &args.ttl_ms.to_string()])
             .args(["--seed", &args.seed.to_string()])
+            .args(
+                args.scope
+                    .iter()
+                    .flat_map(|scope| ["--scope", scope.as_str()]),
+            )
             .args(
                 self.ticket_ttl
                     .into_iter()
@@ -206,6 +219,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         ticket_ttl: args.ticket_ttl,
         seed: AtomicU64::new(seed),
         started: 0,
+        scope: args.rate.map(|_| QUOTA_SCOPE.to_string()),
     };
     let mut running = Vec::new();
     for _ in 0..args.processes {
@@ -238,7 +252,10 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
     let hung = stop(running).await;
     faults.stop().await;
 
-    let mut checked = check(&workers.logs_written());
+    let mut checked = check(
+        &workers.logs_written(),
+        args.rate.map(|rate| (QUOTA_SCOPE, rate)),
+    );
     if hung > 0 {
         checked
             .violations
@@ -272,6 +289,17 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         Ok(())
     } else {
         Err("torture found violations (see above)".into())
+    }
+}
+
+/// The scope that a run's quota (--rate) counts.
+const QUOTA_SCOPE: &str = "torture";
+
+/// A credential of the run, with its quota when there is one.
+fn with_rate(credential: NewCredential, rate: Option<credpool::Rate>) -> NewCredential {
+    match rate {
+        Some(rate) => credential.rate_for(QUOTA_SCOPE, rate),
+        None => credential,
     }
 }
 
@@ -317,11 +345,14 @@ async fn prepare<S: Store>(pool: &Pool<S>, args: &TortureArgs) -> Result<Logs, F
     std::fs::create_dir_all(&logs.path)
         .map_err(|error| Failure(format!("{}: {error}", logs.path.display())))?;
     pool.add_many((0..args.credentials).map(|i| {
-        NewCredential::new(format!("torture-{i}"), "secret").capacity(if i % 3 == 2 {
-            2
-        } else {
-            1
-        })
+        with_rate(
+            NewCredential::new(format!("torture-{i}"), "secret").capacity(if i % 3 == 2 {
+                2
+            } else {
+                1
+            }),
+            args.rate,
+        )
     }))
     .await?;
     Ok(logs)
@@ -475,7 +506,11 @@ async fn churn<S: Store>(
             next_admin = now + Duration::from_millis(700);
             // The store may be restarting or locked: an operator tries again later.
             let name = format!("torture-added-{}", churn.added);
-            if pool.add(NewCredential::new(name, "secret")).await.is_ok() {
+            if pool
+                .add(with_rate(NewCredential::new(name, "secret"), args.rate))
+                .await
+                .is_ok()
+            {
                 churn.added += 1;
             }
             let name = format!("torture-{}", rng.usize(..args.credentials));
@@ -610,6 +645,11 @@ fn report<S: Store>(place: &Place, args: &TortureArgs, summary: &Summary<'_, S>)
         "  grants             {} logged, {uses} counted by the store (removed credentials' uses leave with them)",
         checked.grants
     );
+    if let Some(rate) = args.rate {
+        outln!(
+            "  quota              {rate} per credential in scope `{QUOTA_SCOPE}` (half the grants), checked"
+        );
+    }
     outln!("  faults injected    {}", injected.describe());
     outln!("  fenced releases    {}", checked.fenced);
     outln!(

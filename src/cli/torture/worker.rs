@@ -4,7 +4,9 @@
 //! The log has one line per event, appended in one `write` each, so that a
 //! process killed mid-run leaves whole lines:
 //!
-//! - `G NAME CAPACITY LEASE_ID START_NS EXPIRES_NS` after a grant;
+//! - `G NAME CAPACITY LEASE_ID START_NS EXPIRES_NS SCOPE ACQUIRED_MS` after
+//!   a grant (`SCOPE`: `-` for the default; `ACQUIRED_MS`: the store's time
+//!   of the grant, what quotas count);
 //! - `E LEASE_ID END_NS HOW` just before the lease is given back (`HOW`:
 //!   released, cooled, disabled, dropped, or aborted when the task was
 //!   cancelled while holding it);
@@ -39,6 +41,9 @@ pub(crate) struct WorkerArgs {
     pub(crate) seed: u64,
     #[arg(long)]
     pub(crate) ttl_ms: u64,
+    /// Half the grants ask for this scope (the one the run's quota counts).
+    #[arg(long)]
+    pub(crate) scope: Option<String>,
 }
 
 impl WorkerArgs {
@@ -109,6 +114,7 @@ pub(crate) async fn worker<S: Store>(pool: Pool<S>, args: WorkerArgs) -> Outcome
             log.clone(),
             args.seed ^ (task << 32),
             until,
+            args.scope.clone(),
         ));
     }
     while tasks.join_next().await.is_some() {}
@@ -120,7 +126,13 @@ pub(crate) async fn worker<S: Store>(pool: Pool<S>, args: WorkerArgs) -> Outcome
     Ok(())
 }
 
-async fn work<S: Store>(pool: Pool<S>, log: Arc<Log>, seed: u64, until: SystemTime) {
+async fn work<S: Store>(
+    pool: Pool<S>,
+    log: Arc<Log>,
+    seed: u64,
+    until: SystemTime,
+    scope: Option<String>,
+) {
     let mut rng = fastrand::Rng::with_seed(seed);
     while SystemTime::now() < until {
         let patience = if rng.u8(..4) == 0 {
@@ -128,7 +140,14 @@ async fn work<S: Store>(pool: Pool<S>, log: Arc<Log>, seed: u64, until: SystemTi
         } else {
             Duration::from_secs(2)
         };
-        let lease = match tokio::time::timeout(patience, pool.acquire()).await {
+        let scope = scope.as_deref().filter(|_| rng.bool());
+        let acquire = async {
+            match scope {
+                Some(scope) => pool.acquire_for(scope).await,
+                None => pool.acquire().await,
+            }
+        };
+        let lease = match tokio::time::timeout(patience, acquire).await {
             Err(_) => continue, // cancelled at a random point
             Ok(Ok(lease)) => lease,
             Ok(Err(Error::NoCredentials { .. })) => {
@@ -143,11 +162,13 @@ async fn work<S: Store>(pool: Pool<S>, log: Arc<Log>, seed: u64, until: SystemTi
         };
         let expires = lease.expires_at().map_or(u128::MAX, to_ns);
         let id = lease.id();
+        let acquired_ms = to_ns(lease.acquired_at()) / 1_000_000;
         log.line(format!(
-            "G {} {} {id} {} {expires}\n",
+            "G {} {} {id} {} {expires} {} {acquired_ms}\n",
             lease.credential().name(),
             lease.credential().capacity(),
-            now_ns()
+            now_ns(),
+            scope.unwrap_or("-"),
         ));
         let held = Held {
             lease: Some(lease),

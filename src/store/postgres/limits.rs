@@ -54,6 +54,9 @@ pub(crate) fn migration(schema: &str) -> String {
          CREATE INDEX limits_blocked ON {s}.limits (pool, blocked_until)
              WHERE blocked_until IS NOT NULL;
          CREATE INDEX limits_of_pool ON {s}.limits (pool, credential_id);
+         -- What a plain newcomer asks: whether a plain ticket waits.
+         CREATE INDEX tickets_plain_in_line ON {s}.tickets (pool, id)
+             WHERE lease_id IS NULL AND scope IS NULL AND name IS NULL;
 
          -- When a row's limits next allow a grant, after `at`; NULL: now.
          CREATE FUNCTION {s}.limit_blocked(log bigint[], rate_count integer,
@@ -100,22 +103,23 @@ pub(crate) fn migration(schema: &str) -> String {
              WHERE c.id = cid;
          END $$;
 
-         -- A grant of a credential that has limits counts against them.
+         -- A grant of a credential that has limits counts against them, at
+         -- its acquired_at: a lease handed to another process's ticket is
+         -- dated at its claim deadline, the latest it can be first used,
+         -- and moves to its claim (earlier) when it is claimed.
          CREATE FUNCTION {s}.count_grant() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              UPDATE {s}.limits AS l
              SET log = CASE WHEN l.rate_count IS NULL THEN l.log ELSE
-                           array(SELECT t FROM unnest(l.log) AS t
-                                 WHERE t > NEW.acquired_at - l.rate_window_ms ORDER BY t)
-                           || greatest(NEW.acquired_at,
-                                       coalesce(l.log[cardinality(l.log)], NEW.acquired_at)) END,
+                           array(SELECT t FROM unnest(l.log || NEW.acquired_at) AS t
+                                 WHERE t > {NOW} - l.rate_window_ms ORDER BY t) END,
                  remaining = CASE WHEN l.until > NEW.acquired_at
                                   THEN greatest(l.remaining - 1, 0) ELSE l.remaining END
              WHERE l.credential_id = NEW.credential_id
                AND l.scope IN ('', coalesce(NEW.scope, ''));
-             PERFORM {s}.settle_limit(NEW.credential_id, '', NEW.acquired_at);
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
              IF coalesce(NEW.scope, '') <> '' THEN
-                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, NEW.acquired_at);
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
              END IF;
              RETURN NULL;
          END $$;
@@ -126,6 +130,8 @@ pub(crate) fn migration(schema: &str) -> String {
          -- (when it can first be used): its grant moves to that time.
          CREATE FUNCTION {s}.move_grant() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
+             -- The credential before its limits, as every grant locks them.
+             PERFORM 1 FROM {s}.credentials WHERE id = NEW.credential_id FOR UPDATE;
              UPDATE {s}.limits AS l
              SET log = (SELECT coalesce(array_agg(t ORDER BY t), '{{}}') FROM (
                             SELECT t FROM unnest(l.log) WITH ORDINALITY AS u(t, i)
@@ -135,9 +141,9 @@ pub(crate) fn migration(schema: &str) -> String {
                AND l.scope IN ('', coalesce(NEW.scope, ''))
                AND l.rate_count IS NOT NULL
                AND array_position(l.log, OLD.acquired_at) IS NOT NULL;
-             PERFORM {s}.settle_limit(NEW.credential_id, '', NEW.acquired_at);
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
              IF coalesce(NEW.scope, '') <> '' THEN
-                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, NEW.acquired_at);
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
              END IF;
              RETURN NULL;
          END $$;
@@ -145,24 +151,35 @@ pub(crate) fn migration(schema: &str) -> String {
              FOR EACH ROW WHEN (NEW.limited AND NEW.acquired_at <> OLD.acquired_at)
              EXECUTE FUNCTION {s}.move_grant();
 
-         -- Sets (or with a NULL count removes) a quota; a new one starts
-         -- with an empty log.
-         CREATE FUNCTION {s}.set_rate(cid bigint, sc text, n integer, w bigint)
+         -- Locks credential `cid` (before its limits, as every grant does)
+         -- and, for the scope of every scope, ends the cool-down that its
+         -- limits set, to be set again from what they say next.
+         CREATE FUNCTION {s}.lift_block(cid bigint, sc text)
          RETURNS void LANGUAGE plpgsql AS $$
          DECLARE old_block bigint;
          BEGIN
+             PERFORM 1 FROM {s}.credentials WHERE id = cid FOR UPDATE;
+             IF sc = '' THEN
+                 SELECT blocked_until INTO old_block FROM {s}.limits
+                 WHERE credential_id = cid AND scope = '' FOR UPDATE;
+                 IF old_block IS NOT NULL THEN
+                     UPDATE {s}.credentials SET cooling_until = NULL
+                     WHERE id = cid AND cooling_until = old_block;
+                 END IF;
+             END IF;
+         END $$;
+
+         -- Sets (or with a NULL count removes) a quota; the grants logged
+         -- count against the new one too.
+         CREATE FUNCTION {s}.set_rate(cid bigint, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM {s}.lift_block(cid, sc);
              INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms)
              SELECT id, sc, pool, n, w FROM {s}.credentials WHERE id = cid
              ON CONFLICT (credential_id, scope) DO UPDATE SET
                  rate_count = EXCLUDED.rate_count,
-                 rate_window_ms = EXCLUDED.rate_window_ms
-             RETURNING (SELECT blocked_until FROM {s}.limits
-                        WHERE credential_id = cid AND scope = sc) INTO old_block;
-             -- A cool-down that the old quota of every scope set ends with it.
-             IF sc = '' AND old_block IS NOT NULL THEN
-                 UPDATE {s}.credentials SET cooling_until = NULL
-                 WHERE id = cid AND cooling_until = old_block;
-             END IF;
+                 rate_window_ms = EXCLUDED.rate_window_ms;
              PERFORM {s}.settle_limit(cid, sc, {NOW});
          END $$;
 
@@ -172,6 +189,7 @@ pub(crate) fn migration(schema: &str) -> String {
          RETURNS void LANGUAGE plpgsql AS $$
          DECLARE at bigint := {NOW};
          BEGIN
+             PERFORM {s}.lift_block(cid, sc);
              INSERT INTO {s}.limits (credential_id, scope, pool, until, remaining)
              SELECT id, sc, pool, reset, left_ FROM {s}.credentials WHERE id = cid
              ON CONFLICT (credential_id, scope) DO UPDATE SET
@@ -189,6 +207,8 @@ pub(crate) fn migration(schema: &str) -> String {
          RETURNS bigint LANGUAGE plpgsql AS $$
          DECLARE at bigint := {NOW}; ids bigint[]; r record;
          BEGIN
+             PERFORM 1 FROM {s}.credentials
+             WHERE pool = p AND (nm IS NULL OR name = nm) ORDER BY id FOR UPDATE;
              WITH cooled AS (
                  UPDATE {s}.credentials SET cooling_until = NULL
                  WHERE pool = p AND (nm IS NULL OR name = nm) AND sc IS NULL

@@ -343,7 +343,8 @@ impl Sql {
                  ),
                  leased AS (
                      INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
-                     SELECT $3, freed.id, {CLOCK},
+                     SELECT $3, freed.id,
+                            {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN 0 ELSE $6::bigint END,
                             {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN $9::bigint ELSE $6::bigint END,
                             next.scope, freed.limited
                      FROM freed, next
@@ -463,7 +464,7 @@ impl Sql {
                  ),
                  leased AS (
                      INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
-                     SELECT $1, marked.id, {CLOCK}, {CLOCK} + $2::bigint,
+                     SELECT $1, marked.id, {CLOCK} + $2::bigint, {CLOCK} + $2::bigint,
                             (SELECT scope FROM next), marked.limited
                      FROM marked
                      RETURNING id, credential_id
@@ -482,6 +483,7 @@ impl Sql {
                  UNION ALL
                  SELECT NULL, NULL, NULL, true
                  WHERE NOT EXISTS (SELECT 1 FROM handed)
+                   AND {free_now}
                    AND EXISTS (SELECT 1 FROM {tickets}
                                WHERE {tickets}.pool = $1 AND {waiting}
                                  AND NOT ({tickets}.id = ANY($5::bigint[]))

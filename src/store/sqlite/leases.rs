@@ -179,6 +179,20 @@ pub(crate) fn lease(
     want: &Want,
     expires_at: Option<i64>,
 ) -> rusqlite::Result<Grant> {
+    let now = ctx.now;
+    lease_dated(ctx, free, want, expires_at, now)
+}
+
+/// As [`lease`], the lease dated `acquired_at`: a lease handed to another
+/// process's ticket is dated at its claim deadline, the latest its waiter
+/// can first use it, and counts against quotas from then until claimed.
+pub(crate) fn lease_dated(
+    ctx: &mut Ctx<'_>,
+    free: Free,
+    want: &Want,
+    expires_at: Option<i64>,
+    acquired_at: i64,
+) -> rusqlite::Result<Grant> {
     let (pool, now) = (ctx.pool, ctx.now);
     let Free {
         id,
@@ -190,10 +204,10 @@ pub(crate) fn lease(
     } = free;
     ctx.statement(Hot::Mark)?.execute(params![id, now])?;
     if limited {
-        limits::record_grant(ctx, id, want.scope_key())?;
+        limits::record_grant(ctx, id, want.scope_key(), acquired_at)?;
     }
     ctx.statement(Hot::Record)?
-        .execute(params![pool, id, now, expires_at])?;
+        .execute(params![pool, id, acquired_at, expires_at])?;
     let lease_id = ctx.connection.last_insert_rowid();
     grant_of(
         ctx,

@@ -85,9 +85,9 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Counts a grant of the credential `id` for `scope` (`""`: the default)
-/// against its limits of every scope and of that one.
-pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str) -> rusqlite::Result<()> {
+/// Counts a grant of the credential `id` for `scope` (`""`: the default),
+/// dated `at`, against its limits of every scope and of that one.
+pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str, at: i64) -> rusqlite::Result<()> {
     let scopes: &[&str] = if scope.is_empty() {
         &[""]
     } else {
@@ -95,7 +95,7 @@ pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str) -> rusqlite::Res
     };
     for scope in scopes {
         if let Some(mut limit) = read(ctx, id, scope)? {
-            limit.record(ctx.now);
+            limit.record(ctx.now, at);
             write(ctx, id, &limit)?;
         }
     }
@@ -106,8 +106,24 @@ pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str) -> rusqlite::Res
 pub(crate) fn report(ctx: &Ctx<'_>, id: i64, limited: &Limited) -> rusqlite::Result<()> {
     let scope = limited.scope_key();
     let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
+    // The latest report holds: a cool-down of every scope that the last
+    // one set ends, to be set again from what this one says.
+    lift_block(ctx, id, &limit)?;
     limit.report(limited, ctx.now);
     write(ctx, id, &limit)
+}
+
+/// For the limit of every scope: ends the cool-down it set (`write` sets
+/// it again from what the limit says after a change).
+fn lift_block(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
+    if let (true, Some(old_block)) = (limit.scope.is_empty(), limit.blocked_until(ctx.now)) {
+        ctx.connection
+            .prepare_cached(
+                "UPDATE credentials SET cooling_until = NULL WHERE id = ?1 AND cooling_until = ?2",
+            )?
+            .execute(params![id, old_block])?;
+    }
+    Ok(())
 }
 
 /// Sets (or with `None` removes) the quota of `scope` on the credential `id`.
@@ -118,16 +134,9 @@ pub(crate) fn set_rate(
     rate: Option<Rate>,
 ) -> rusqlite::Result<()> {
     let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
-    let old_block = limit.blocked_until(ctx.now);
+    // A cool-down that the old quota of every scope set ends with it.
+    lift_block(ctx, id, &limit)?;
     limit.set_rate(rate);
-    if let (true, Some(old_block)) = (scope.is_empty(), old_block) {
-        // A cool-down that the old quota of every scope set ends with it.
-        ctx.connection
-            .prepare_cached(
-                "UPDATE credentials SET cooling_until = NULL WHERE id = ?1 AND cooling_until = ?2",
-            )?
-            .execute(params![id, old_block])?;
-    }
     write(ctx, id, &limit)
 }
 

@@ -101,7 +101,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             }
             None => {
                 let deadline = ctx.now.saturating_add(ctx.ticket_ttl);
-                let grant = leases::lease(ctx, free, &want, Some(deadline))?;
+                let grant = leases::lease_dated(ctx, free, &want, Some(deadline), deadline)?;
                 ctx.connection
                     .prepare_cached(
                         "UPDATE tickets SET lease_id = ?2, credential_id = ?3, expires_at = ?4
