@@ -16,6 +16,7 @@
 //! ([`QuotaLog::free_at`]), and only time passing can move it earlier, so
 //! stores keep it beside the log and a grant's search compares one number.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -301,9 +302,10 @@ impl Limited {
     }
 }
 
-/// The times of a quota's grants within its last window, oldest first.
+/// The times of a quota's grants within its last window, oldest first
+/// (a deque: a grant drops the oldest from the front, adds at the back).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct QuotaLog(pub(crate) Vec<i64>);
+pub(crate) struct QuotaLog(pub(crate) VecDeque<i64>);
 
 impl QuotaLog {
     /// Reads a log as the SQLite store keeps it: 8 bytes a grant, little-endian.
@@ -330,8 +332,9 @@ impl QuotaLog {
     /// Drops the grants older than `rate`'s window at `now`.
     pub(crate) fn prune(&mut self, rate: Rate, now: i64) {
         let start = now.saturating_sub(rate.window_ms());
-        let keep_from = self.0.partition_point(|&at| at <= start);
-        self.0.drain(..keep_from);
+        while self.0.front().is_some_and(|&at| at <= start) {
+            self.0.pop_front();
+        }
     }
 
     /// Grants made in the window that ends at `now`.
@@ -346,8 +349,12 @@ impl QuotaLog {
     /// left the window by `now`.
     pub(crate) fn record(&mut self, rate: Rate, now: i64, at: i64) {
         self.prune(rate, now);
-        let place = self.0.partition_point(|&logged| logged <= at);
-        self.0.insert(place, at);
+        if self.0.back().is_none_or(|&last| last <= at) {
+            self.0.push_back(at);
+        } else {
+            let place = self.0.partition_point(|&logged| logged <= at);
+            self.0.insert(place, at);
+        }
     }
 
     /// The earliest time the next grant is allowed; `None`: at any time.

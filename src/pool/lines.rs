@@ -105,6 +105,22 @@ impl Lines {
         Line::Other(queue)
     }
 
+    /// The epoch of the line of `want` (`None`: there is none) and whether
+    /// anyone waits in it, without making it.
+    #[inline]
+    pub(crate) fn look(&self, want: &Want) -> (Option<u64>, bool) {
+        if want.is_any() {
+            return (Some(self.plain.epoch()), self.plain.is_empty());
+        }
+        if self.other_lines.load(SeqCst) == 0 {
+            return (None, true);
+        }
+        match self.others().get(want) {
+            Some(queue) => (Some(queue.epoch()), queue.is_empty()),
+            None => (None, true),
+        }
+    }
+
     /// Whether anyone waits in the line of `want` (without making it).
     #[inline]
     pub(crate) fn is_empty_for(&self, want: &Want) -> bool {

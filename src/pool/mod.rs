@@ -425,24 +425,17 @@ impl<S: Store> Pool<S> {
     ) -> Result<Lease<S>> {
         self.check_open()?;
         self.check_ttl(self.shared.lease_ttl)?;
-        // Left (and forgotten when empty) however the acquire ends.
-        let line = self.shared.books.waiters.enter(want);
-        self.acquire_in(want, &line, deadline).await
-    }
-
-    async fn acquire_in(
-        &self,
-        want: &Want,
-        line: &WaitQueue,
-        deadline: Option<(Instant, Duration)>,
-    ) -> Result<Lease<S>> {
-        let seen = line.epoch();
+        let lines = &self.shared.books.waiters;
+        // The line's epoch before asking the store, and whether anyone is
+        // in it. A line for a scope or a name is made only when a caller
+        // must wait in it (`None`: there is none yet).
+        let (seen, empty) = lines.look(want);
         let mut retry_at = None;
         let mut seat = SeatGuard::new(self);
         // On a store with a waiting line of its own, a newcomer asks the
         // store even with waiters here: the store serves the tickets in order
         // and gives the newcomer a ticket behind them.
-        if self.shared.lined || line.is_empty() {
+        if self.shared.lined || empty {
             match self.attempt(want, OnBusy::TakeTicket).await? {
                 GrantAttempt::Granted(grant) => return Ok(self.lease(grant, Duration::ZERO)),
                 GrantAttempt::Busy { retry_at: at } => retry_at = at,
@@ -455,9 +448,14 @@ impl<S: Store> Pool<S> {
                 }
             }
         }
+        // Left (and forgotten when empty) however the acquire ends. A line
+        // made just now was not there to hear of releases: its first waiter
+        // asks the store again at once.
+        let line = lines.enter(want);
+        let seen = seen.unwrap_or(u64::MAX);
         // Boxed: the waiting state machine is large, and the fast path should
         // not pay for moving it around.
-        Box::pin(self.wait_in_line(want, line, seen, retry_at, seat, deadline)).await
+        Box::pin(self.wait_in_line(want, &line, seen, retry_at, seat, deadline)).await
     }
 
     async fn wait_in_line(

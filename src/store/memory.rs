@@ -219,13 +219,15 @@ impl MemoryStore {
         let mut expired = Vec::new();
         let mut state = self.lock();
         state.reclaim(now, &mut expired);
+        // The unit found, and whether it was taken off the front of the
+        // ready queue (its place in the queue's order is then right).
         let found = if want.is_any() {
-            state.next_ready()
+            state.next_ready().map(|index| (index, true))
         } else {
             self.find_for(&mut state, want, now)?
         };
-        if let Some(index) = found {
-            let grant = state.lease_slot(index, ttl, want, now);
+        if let Some((index, in_order)) = found {
+            let grant = state.lease_slot(index, ttl, want, now, in_order);
             return Ok(GrantAnswer {
                 attempt: GrantAttempt::Granted(grant),
                 expired,
@@ -262,8 +264,11 @@ impl MemoryStore {
 
     /// The credential that serves `want` now, least recently used first:
     /// the ready queue's first entry that the scope does not block, or the
-    /// one named.
-    fn find_for(&self, state: &mut State, want: &Want, now: i64) -> Result<Option<usize>> {
+    /// one named. Returns its index, and whether its unit was taken off the
+    /// front of the queue (the common case: the least recently used
+    /// credential serves the scope); one found further back keeps its
+    /// queued units, which the grant queues anew.
+    fn find_for(&self, state: &mut State, want: &Want, now: i64) -> Result<Option<(usize, bool)>> {
         let scope = want.scope_key();
         if let Some(name) = want.name() {
             let index = state.index_of(name).ok_or_else(|| self.unknown(name))?;
@@ -280,22 +285,38 @@ impl MemoryStore {
             let free = slot.can_hand_out()
                 && slot.free_units() > 0
                 && slot.blocked_in(scope, now).is_none();
-            return Ok(free.then_some(index));
+            return Ok(free.then_some((index, false)));
         }
-        let slots = &state.slots;
-        Ok(state
-            .ready
-            .0
-            .iter()
-            .find(|run| {
-                slots[run.index].as_ref().is_some_and(|slot| {
-                    slot.generation == run.generation
-                        && slot.can_hand_out()
-                        && slot.free_units() > 0
-                        && slot.blocked_in(scope, now).is_none()
-                })
+        let State { slots, ready, .. } = state;
+        let usable = |run: &Run| {
+            slots[run.index].as_ref().is_some_and(|slot| {
+                slot.generation == run.generation && slot.can_hand_out() && slot.free_units() > 0
             })
-            .map(|run| run.index))
+        };
+        // Stale entries at the front go, as a plain grant drops them.
+        while ready.0.front().is_some_and(|run| !usable(run)) {
+            ready.0.pop_front();
+        }
+        let serves = |run: &Run| {
+            usable(run)
+                && slots[run.index]
+                    .as_ref()
+                    .is_some_and(|slot| slot.blocked_in(scope, now).is_none())
+        };
+        let Some(position) = ready.0.iter().position(serves) else {
+            return Ok(None);
+        };
+        let index = ready.0[position].index;
+        if position > 0 {
+            return Ok(Some((index, false)));
+        }
+        if let Some(front) = ready.0.front_mut() {
+            front.units -= 1;
+            if front.units == 0 {
+                ready.0.pop_front();
+            }
+        }
+        Ok(Some((index, true)))
     }
 
     /// Ends a lease and completes its receipt while the state is still
@@ -342,9 +363,16 @@ impl State {
     }
 
     /// Leases a unit of the credential at `index` for `want`. One found
-    /// out of the ready queue's order has its queued units queued anew,
-    /// behind the others: it was used last.
-    fn lease_slot(&mut self, index: usize, ttl: Option<Duration>, want: &Want, now: i64) -> Grant {
+    /// out of the ready queue's order (`in_order` false) has its queued
+    /// units queued anew, behind the others: it was used last.
+    fn lease_slot(
+        &mut self,
+        index: usize,
+        ttl: Option<Duration>,
+        want: &Want,
+        now: i64,
+        in_order: bool,
+    ) -> Grant {
         let lease_id = LeaseId::new(self.next_lease);
         self.next_lease += 1;
         let expires_at = ttl.map(|ttl| now.saturating_add(duration_ms(ttl)));
@@ -366,7 +394,7 @@ impl State {
         if let Some(at) = expires_at {
             self.expiring.push(Reverse((at, index, lease_id)));
         }
-        if !want.is_any() {
+        if !in_order {
             slot.generation = slot.generation.wrapping_add(1);
             if slot.can_hand_out() {
                 self.ready

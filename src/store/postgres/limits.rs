@@ -330,7 +330,7 @@ impl Inner {
                 rate: count
                     .zip(window)
                     .and_then(|(count, window)| Rate::from_stored(count.into(), window)),
-                log: QuotaLog(row.try_get(4)?),
+                log: QuotaLog(row.try_get::<_, Vec<i64>>(4)?.into()),
                 until: row.try_get(5)?,
                 remaining: remaining.max(0) as u32,
             });
