@@ -1,27 +1,53 @@
 //! Random sequences of operations, checked step by step against a reference model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use credpool::{Error, Lease, LeaseToken, NewCredential, Pool, ReleaseOutcome, Store};
+use credpool::store::Want;
+use credpool::{
+    CredentialChange, Error, Lease, LeaseToken, Limited, NewCredential, Pool, Rate, ReleaseOutcome,
+    Store,
+};
 
 use super::Factory;
 
 const NAMES: [&str; 6] = ["ann", "ben", "cat", "dan", "eve", "fay"];
+/// The scopes the model asks for; its cool-downs and quotas last an hour,
+/// so nothing frees by itself while it runs.
+const SCOPES: [&str; 2] = ["a", "b"];
 const SEEDS: u64 = 60;
 const STEPS: usize = 120;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Credential {
     capacity: u32,
     holders: u32,
     disabled: bool,
     cooling: bool,
+    /// Scopes cooling down (a reported budget used up).
+    scoped_cooling: BTreeSet<&'static str>,
+    /// Quotas by scope, per hour, and the grants each counted.
+    rates: BTreeMap<&'static str, u32>,
+    grants: BTreeMap<&'static str, u32>,
 }
 
 impl Credential {
     fn can_hand_out(&self) -> bool {
         !self.disabled && !self.cooling && self.holders < self.capacity
+    }
+
+    /// Whether a scope's limits refuse it now.
+    fn blocked_in(&self, scope: &str) -> bool {
+        self.scoped_cooling.contains(scope)
+            || self
+                .rates
+                .get(scope)
+                .is_some_and(|&count| self.grants.get(scope).copied().unwrap_or(0) >= count)
+    }
+
+    /// Whether it may serve `scope` (`None`: the default) now.
+    fn serves(&self, scope: Option<&str>) -> bool {
+        self.can_hand_out() && scope.is_none_or(|scope| !self.blocked_in(scope))
     }
 }
 
@@ -59,25 +85,51 @@ async fn one_run<S: Store>(
         let name = NAMES[rng.usize(..NAMES.len())].to_string();
         match rng.u8(0..10) {
             0..=2 => {
-                trace.push("try_acquire".into());
+                // Any credential, one that serves a scope, or one by name.
+                let scope = SCOPES.get(rng.usize(..4)).copied();
+                let by_name = rng.u8(..5) == 0;
+                let mut want = Want::any();
+                if let Some(scope) = scope {
+                    want = want.in_scope(scope).unwrap();
+                }
+                if by_name {
+                    want = want.named(&name).unwrap();
+                }
+                trace.push(format!("try_acquire {want}"));
                 let enabled = model.values().filter(|c| !c.disabled).count();
-                let result = pool.try_acquire().await;
+                let result = pool.try_acquire_matching(&want).await;
+                let named = by_name.then(|| model.get(&name));
+                let none_serves = match named {
+                    Some(Some(credential)) => !credential.serves(scope),
+                    _ => !model.values().any(|c| c.serves(scope)),
+                };
                 match result {
-                    Err(Error::NoCredentials { .. }) if enabled == 0 => {}
-                    Ok(None) if enabled > 0 && !model.values().any(Credential::can_hand_out) => {}
+                    Err(Error::UnknownCredential { .. }) if matches!(named, Some(None)) => {}
+                    Err(Error::Disabled { .. }) if named.flatten().is_some_and(|c| c.disabled) => {}
+                    Err(Error::NoCredentials { .. })
+                        if enabled == 0 && !named.flatten().is_some_and(|c| c.disabled) => {}
+                    Ok(None) if enabled > 0 && none_serves => {}
                     Ok(Some(lease)) => {
                         let name = lease.credential().name().to_string();
                         let Some(credential) = model.get_mut(&name) else {
                             return Err(format!("granted unknown credential {name}"));
                         };
-                        if !credential.can_hand_out() {
-                            return Err(format!("granted {name}, which is {credential:?}"));
+                        if !credential.serves(scope) || by_name && want.name() != Some(&name) {
+                            return Err(format!(
+                                "granted {name} for {want}, which is {credential:?}"
+                            ));
                         }
                         if lease.id().get() <= last_id {
                             return Err(format!("lease id {} after {last_id}", lease.id()));
                         }
                         last_id = lease.id().get();
                         credential.holders += 1;
+                        // A quota counts the grants made while it exists.
+                        if let Some(scope) =
+                            scope.filter(|scope| credential.rates.contains_key(scope))
+                        {
+                            *credential.grants.entry(scope).or_default() += 1;
+                        }
                         trace.push(format!("  -> {name} lease {}", lease.id()));
                         held.push(Held {
                             lease,
@@ -87,7 +139,7 @@ async fn one_run<S: Store>(
                     }
                     other => {
                         return Err(format!(
-                            "try_acquire gave {:?} with model {model:?}",
+                            "try_acquire {want} gave {:?} with model {model:?}",
                             other.map(|lease| lease.map(|l| l.id()))
                         ))
                     }
@@ -96,9 +148,15 @@ async fn one_run<S: Store>(
             3 | 4 if !held.is_empty() => {
                 let Held { lease, name, lost } = held.swap_remove(rng.usize(..held.len()));
                 let token = lease.token();
-                let outcome = match rng.u8(0..4) {
+                let scope = SCOPES[rng.usize(..SCOPES.len())];
+                let outcome = match rng.u8(0..5) {
                     0 => ReleaseOutcome::CoolDown(Duration::from_secs(3600)),
                     1 => ReleaseOutcome::Disable("model".into()),
+                    2 => ReleaseOutcome::Limited(
+                        Limited::after(Duration::from_secs(3600))
+                            .scope(scope)
+                            .unwrap(),
+                    ),
                     _ => ReleaseOutcome::Success,
                 };
                 let drop_it = rng.u8(0..4) == 0 && outcome == ReleaseOutcome::Success;
@@ -122,6 +180,9 @@ async fn one_run<S: Store>(
                     match outcome {
                         ReleaseOutcome::CoolDown(_) => credential.cooling = true,
                         ReleaseOutcome::Disable(_) => credential.disabled = true,
+                        ReleaseOutcome::Limited(_) => {
+                            credential.scoped_cooling.insert(scope);
+                        }
                         _ => {}
                     }
                 }
@@ -147,9 +208,7 @@ async fn one_run<S: Store>(
                             name,
                             Credential {
                                 capacity,
-                                holders: 0,
-                                disabled: false,
-                                cooling: false,
+                                ..Credential::default()
                             },
                         );
                     }
@@ -194,6 +253,26 @@ async fn one_run<S: Store>(
                     _ => return Err(format!("disable/enable gave {result:?}")),
                 }
             }
+            9 if rng.bool() => {
+                // A quota for a scope: a new one counts from now, a changed
+                // one the grants it counted so far.
+                let scope = SCOPES[rng.usize(..SCOPES.len())];
+                let count = rng.u32(1..=3);
+                trace.push(format!("rate {name} {count}/1h in {scope}"));
+                let rate: Rate = format!("{count}/1h").parse().unwrap();
+                let result = pool
+                    .update(&name, CredentialChange::new().rate_for(scope, Some(rate)))
+                    .await;
+                match (&result, model.get_mut(&name)) {
+                    (Err(Error::UnknownCredential { .. }), None) => {}
+                    (Ok(()), Some(credential)) => {
+                        if credential.rates.insert(scope, count).is_none() {
+                            credential.grants.remove(scope);
+                        }
+                    }
+                    _ => return Err(format!("rate gave {result:?}")),
+                }
+            }
             _ if !held.is_empty() => {
                 let index = rng.usize(..held.len());
                 let entry = &mut held[index];
@@ -228,6 +307,7 @@ async fn check_stats<S: Store>(
         count(&|c| !c.disabled && !c.cooling && c.holders >= c.capacity),
         count(&Credential::can_hand_out),
         model.values().map(|c| u64::from(c.holders)).sum::<u64>(),
+        count(&|c| SCOPES.iter().any(|scope| c.blocked_in(scope))),
     );
     let actual = (
         stats.total,
@@ -236,10 +316,11 @@ async fn check_stats<S: Store>(
         stats.leased,
         stats.available,
         stats.leases,
+        stats.scope_blocked,
     );
     if actual != expected {
         return Err(format!(
-            "step {step}: stats (total, disabled, cooling, leased, available, leases) = {actual:?}, model says {expected:?}"
+            "step {step}: stats (total, disabled, cooling, leased, available, leases, blocked in a scope) = {actual:?}, model says {expected:?}"
         ));
     }
     Ok(())
