@@ -398,6 +398,8 @@ pub(crate) struct Limit {
     pub(crate) until: Option<i64>,
     /// Grants left before `until`.
     pub(crate) remaining: u32,
+    /// Whether `rate` is the pool's default, not the credential's own.
+    pub(crate) inherited: bool,
 }
 
 impl Limit {
@@ -409,6 +411,7 @@ impl Limit {
             log: QuotaLog::default(),
             until: None,
             remaining: 0,
+            inherited: false,
         }
     }
 
@@ -458,6 +461,23 @@ impl Limit {
         }
     }
 
+    /// Sets the credential's own quota; `None`: none of its own, so the
+    /// pool's `default` holds (if there is one).
+    pub(crate) fn set_own_rate(&mut self, rate: Option<Rate>, default: Option<Rate>) {
+        self.set_rate(rate.or(default));
+        self.inherited = rate.is_none() && default.is_some();
+    }
+
+    /// The pool's default quota changed (`None`: no default): a quota of
+    /// the credential's own stays as it is.
+    pub(crate) fn set_default_rate(&mut self, default: Option<Rate>) {
+        if self.rate.is_some() && !self.inherited {
+            return;
+        }
+        self.set_rate(default);
+        self.inherited = default.is_some();
+    }
+
     /// Forgets a reported budget and cool-down (`credpool reset-locks`);
     /// the quota's log stays: it records what was sent.
     pub(crate) fn reset(&mut self) {
@@ -490,6 +510,7 @@ impl Limit {
             },
             blocked_until: self.blocked_until(now).map(from_ms),
             reset_at: reported.map(from_ms),
+            default: self.inherited,
         }
     }
 }
@@ -513,6 +534,10 @@ pub struct ScopeLimit {
     pub blocked_until: Option<SystemTime>,
     /// When a budget the API reported resets.
     pub reset_at: Option<SystemTime>,
+    /// Whether the quota is the pool's default
+    /// ([`Pool::set_default_rate`](crate::Pool::set_default_rate)), not the
+    /// credential's own.
+    pub default: bool,
 }
 
 #[cfg(test)]

@@ -1714,6 +1714,27 @@ fn acquire_and_release_from_the_shell_with_scopes_and_quotas() {
 }
 
 #[test]
+fn default_rates_are_set_shown_and_removed() {
+    let db = fresh_db("default-rate");
+    add_alice(&db, "s");
+    assert!(ok(&run(&db, &["default-rate"])).contains("no default quota"));
+    let said = ok(&run(&db, &["default-rate", "2/1h", "--scope", "search"]));
+    assert!(
+        said.contains("default quota 2/1h in scope \"search\""),
+        "{said}"
+    );
+    assert!(ok(&run(&db, &["default-rate"])).contains("2/1h in scope \"search\""));
+    let limits = &list_json(&db)[0]["limits"];
+    assert_eq!(limits[0]["rate"], "2/1h", "{limits}");
+    // An export writes a credential's own quotas, not the pool's defaults.
+    assert!(!ok(&run(&db, &["export"])).contains("rate"));
+    ok(&run(&db, &["default-rate", "--none", "--scope", "search"]));
+    assert_eq!(list_json(&db)[0]["limits"], serde_json::json!([]));
+    usage_error(&run(&db, &["default-rate", "0/1h"]), "rate");
+    fails(&run(&db, &["default-rate", "--scope", "search"]), "--none");
+}
+
+#[test]
 fn bad_rates_are_refused_with_the_form_to_write() {
     let db = fresh_db("bad-rates");
     add_alice(&db, "s");

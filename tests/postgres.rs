@@ -246,7 +246,9 @@ fn undo_version_5(schema: &str) -> String {
          DROP FUNCTION \"{schema}\".move_grant CASCADE;
          DROP FUNCTION \"{schema}\".settle_limit, \"{schema}\".limit_blocked,
                        \"{schema}\".set_rate, \"{schema}\".report_limit, \"{schema}\".reset_limits,
-                       \"{schema}\".lift_block;
+                       \"{schema}\".lift_block, \"{schema}\".set_default,
+                       \"{schema}\".set_pool_default;
+         DROP TABLE \"{schema}\".pool_rates;
          ALTER TABLE \"{schema}\".credentials DROP COLUMN limited, DROP COLUMN blocks;
          ALTER TABLE \"{schema}\".leases DROP COLUMN scope, DROP COLUMN limited;
          ALTER TABLE \"{schema}\".tickets DROP COLUMN scope, DROP COLUMN name;"

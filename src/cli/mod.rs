@@ -310,6 +310,23 @@ enum Command {
     )]
     Release(leases::ReleaseArgs),
 
+    /// Set, remove or show the pool's default quotas: every credential
+    /// without a quota of its own in a scope has the default of that scope.
+    #[command(
+        after_help = "Examples:\n  credpool default-rate 400/15m --scope search   # each credential, 400 searches in any 15 minutes\n  credpool default-rate --none --scope search\n  credpool default-rate                          # the defaults"
+    )]
+    DefaultRate {
+        /// The quota, N/DURATION (400/15m) [default: show the defaults].
+        #[arg(value_parser = parse_rate, value_name = "N/DURATION", conflicts_with = "none")]
+        rate: Option<credpool::Rate>,
+        /// Remove the default (of --scope, or over every grant).
+        #[arg(long)]
+        none: bool,
+        /// The scope the default counts [default: every scope].
+        #[arg(long)]
+        scope: Option<String>,
+    },
+
     /// End cool-downs and reported budgets, of one credential or all, in one
     /// scope or all (twscrape's reset_locks); quotas keep counting.
     #[command(
@@ -948,6 +965,41 @@ async fn execute<S: Store>(
         Command::Acquire(acquire_args) => leases::acquire(&pool, acquire_args).await,
         Command::Release(release_args) => leases::release(&pool, release_args).await,
         Command::ResetLocks(reset_args) => leases::reset_locks(&pool, reset_args).await,
+        Command::DefaultRate { rate, none, scope } => {
+            if rate.is_none() && !none {
+                if scope.is_some() {
+                    return Err(
+                        "--scope says which default to set or remove: give a rate, or --none"
+                            .into(),
+                    );
+                }
+                let defaults = pool.default_rates().await?;
+                if defaults.is_empty() {
+                    outln!("no default quota in pool `{}`", pool.name());
+                }
+                for (scope, rate) in defaults {
+                    outln!(
+                        "{rate} in {}",
+                        scope.map_or("every scope".to_string(), |scope| format!(
+                            "scope {scope:?}"
+                        ))
+                    );
+                }
+                return Ok(());
+            }
+            pool.set_default_rate(scope.as_deref(), rate).await?;
+            let scope = scope.map_or("every scope".to_string(), |scope| {
+                format!("scope {scope:?}")
+            });
+            match rate {
+                Some(rate) => outln!("default quota {rate} in {scope} of pool `{}`", pool.name()),
+                None => outln!(
+                    "no default quota in {scope} of pool `{}` any more",
+                    pool.name()
+                ),
+            }
+            Ok(())
+        }
         Command::Import { .. }
         | Command::Add { .. }
         | Command::Torture(_)

@@ -66,6 +66,8 @@ fn rates_json(info: &CredentialInfo) -> Option<Value> {
     let rates: Vec<(Option<&str>, credpool::Rate)> = info
         .limits
         .iter()
+        // The pool's defaults are not the credential's own.
+        .filter(|limit| !limit.default)
         .filter_map(|limit| Some((limit.scope.as_deref(), limit.rate?)))
         .collect();
     match rates.as_slice() {

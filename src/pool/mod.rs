@@ -1141,6 +1141,60 @@ impl<S: Store> Pool<S> {
         Ok(())
     }
 
+    /// Sets (or with `None` removes) the pool's default quota in `scope`
+    /// (`None`: over every grant): every credential without a quota of its
+    /// own there has it, and so does every credential added later; a
+    /// credential's own quota ([`NewCredential::rate_for`],
+    /// [`CredentialChange::rate_for`](crate::CredentialChange::rate_for))
+    /// takes precedence. Each credential counts its own grants against it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2")).await?;
+    /// pool.set_default_rate(Some("search"), Some("1/1h".parse()?)).await?;
+    /// pool.acquire_for("search").await?.release().await?;
+    /// assert!(pool.try_acquire_for("search").await?.is_none());
+    /// assert_eq!(pool.default_rates().await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// The change is made whole or not at all, and may be made after the
+    /// future is dropped; waiters are woken only when it completes.
+    pub async fn set_default_rate(
+        &self,
+        scope: Option<&str>,
+        rate: Option<crate::Rate>,
+    ) -> Result<()> {
+        if let Some(scope) = scope {
+            crate::limits::validate_scope(scope)?;
+        }
+        self.after_earlier_work().await;
+        self.shared
+            .store
+            .set_default_rate(scope.unwrap_or(""), rate)
+            .await?;
+        tracing::info!(pool = self.name(), scope = scope.unwrap_or("*"), rate = ?rate.map(|rate| rate.to_string()), "default quota set");
+        self.shared.books.waiters.wake_in_turn();
+        Ok(())
+    }
+
+    /// The pool's default quotas, by scope (`None`: over every grant).
+    pub async fn default_rates(&self) -> Result<Vec<(Option<String>, crate::Rate)>> {
+        Ok(self
+            .shared
+            .store
+            .default_rates()
+            .await?
+            .into_iter()
+            .map(|(scope, rate)| ((!scope.is_empty()).then_some(scope), rate))
+            .collect())
+    }
+
     /// Ends the cool-downs and forgets the budgets an API reported (twscrape's
     /// `reset_locks`): of the credential `name`, or of every one; in
     /// `scope`, or in every scope. Quotas keep counting the grants made.

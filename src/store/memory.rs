@@ -57,6 +57,8 @@ struct State {
     next_lease: u64,
     /// Credentials that exist and are enabled.
     enabled: usize,
+    /// The pool's default quotas, by scope (`""`: every scope).
+    default_rates: std::collections::BTreeMap<String, crate::Rate>,
 }
 
 /// The run-length queue of free units.
@@ -628,6 +630,15 @@ impl State {
                 ..Limit::new(&scope)
             })
             .collect();
+        for (scope, rate) in &self.default_rates {
+            if !limits.iter().any(|limit| &limit.scope == scope) {
+                limits.push(Limit {
+                    rate: Some(*rate),
+                    inherited: true,
+                    ..Limit::new(scope)
+                });
+            }
+        }
         limits.sort_by(|a, b| a.scope.cmp(&b.scope));
         let credential = Credential::new(
             CredentialId::new(index as u64),
@@ -827,6 +838,7 @@ impl Admin for MemoryStore {
     async fn update(&self, name: &str, change: CredentialChange) -> Result<()> {
         let mut state = self.lock();
         state.reclaim(now_ms(), &mut Vec::new());
+        let state_defaults = state.default_rates.clone();
         let (index, slot, ready) = state.named(name).ok_or_else(|| self.unknown(name))?;
         let holders = slot.holders.len() as u32;
         if let Some(capacity) = change.capacity {
@@ -858,9 +870,10 @@ impl Admin for MemoryStore {
         if !change.rates.is_empty() {
             let now = now_ms();
             for (scope, rate) in change.rates {
+                let default = state_defaults.get(&scope).copied();
                 let limit = slot.limit_mut(&scope);
                 let old_block = limit.blocked_until(now);
-                limit.set_rate(rate);
+                limit.set_own_rate(rate, default);
                 // A cool-down that the old quota of every scope set ends with it.
                 if scope.is_empty() && old_block.is_some() && slot.cooling_until == old_block {
                     slot.cooling_until = None;
@@ -874,6 +887,45 @@ impl Admin for MemoryStore {
             state.block_every_scope(index, now);
         }
         Ok(())
+    }
+
+    async fn set_default_rate(&self, scope: &str, rate: Option<crate::Rate>) -> Result<()> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        match rate {
+            Some(rate) => state.default_rates.insert(scope.to_string(), rate),
+            None => state.default_rates.remove(scope),
+        };
+        for index in 0..state.slots.len() {
+            let State { slots, ready, .. } = &mut *state;
+            let Some(slot) = slots[index].as_mut() else {
+                continue;
+            };
+            let limit = slot.limit_mut(scope);
+            let old_block = limit.blocked_until(now);
+            limit.set_default_rate(rate);
+            // A cool-down that the old quota of every scope set ends with it.
+            if scope.is_empty() && old_block.is_some() && slot.cooling_until == old_block {
+                slot.cooling_until = None;
+                slot.generation = slot.generation.wrapping_add(1);
+                if slot.disabled.is_none() {
+                    ready.push_back(index, slot.generation, slot.free_units());
+                }
+            }
+            slot.limits.retain(|limit| !limit.is_idle(now));
+            state.block_every_scope(index, now);
+        }
+        Ok(())
+    }
+
+    async fn default_rates(&self) -> Result<Vec<(String, crate::Rate)>> {
+        Ok(self
+            .lock()
+            .default_rates
+            .iter()
+            .map(|(scope, rate)| (scope.clone(), *rate))
+            .collect())
     }
 
     async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {

@@ -453,6 +453,27 @@ pub trait Admin: Send + Sync + 'static {
         scope: Option<&str>,
     ) -> impl Future<Output = Result<u64>> + Send;
 
+    /// Sets (`Some`) or removes (`None`) the pool's default quota for
+    /// `scope` (`""`: over every grant): every credential without a quota
+    /// of its own in that scope has it, those added later too. The grants
+    /// each already counted in that scope count against it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Atomic even when the future is dropped before it completes.
+    fn set_default_rate(
+        &self,
+        scope: &str,
+        rate: Option<crate::Rate>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The pool's default quotas, by scope (`""`: over every grant).
+    ///
+    /// # Cancel safety
+    ///
+    /// A read: dropping the future changes nothing.
+    fn default_rates(&self) -> impl Future<Output = Result<Vec<(String, crate::Rate)>>> + Send;
+
     /// Every credential, without secrets, in id order.
     ///
     /// # Cancel safety

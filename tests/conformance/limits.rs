@@ -30,6 +30,7 @@ macro_rules! limits_suite {
             sticky_acquire_of_an_unknown_or_disabled_credential_fails,
             a_named_waiter_hears_when_its_credential_is_disabled,
             rates_are_listed_changed_and_removed,
+            a_pool_default_rate_holds_where_a_credential_has_none_of_its_own,
             reset_limits_ends_cool_downs_but_keeps_quotas,
             a_limited_release_sends_its_event,
             bad_scopes_and_rates_are_refused,
@@ -507,6 +508,101 @@ pub async fn rates_are_listed_changed_and_removed<F: Factory>(factory: &F) {
         "{:?}",
         listed[0].state
     );
+}
+
+pub async fn a_pool_default_rate_holds_where_a_credential_has_none_of_its_own<F: Factory>(
+    factory: &F,
+) {
+    let pool = pool_of(
+        factory,
+        vec![
+            NewCredential::new("alice", "a").rate_for("search", rate("3/1h")),
+            NewCredential::new("bob", "b"),
+        ],
+    )
+    .await;
+    let search = |name: &str| Want::scope("search").unwrap().named(name).unwrap();
+    let grants = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut granted = 0;
+            while let Some(lease) = pool.try_acquire_matching(&search(name)).await.unwrap() {
+                lease.release().await.unwrap();
+                granted += 1;
+                assert!(granted <= 10, "no quota held {name}");
+            }
+            granted
+        }
+    };
+    use_once(&pool, &search("bob")).await;
+    pool.set_default_rate(Some("search"), Some(rate("2/1h")))
+        .await
+        .unwrap();
+    assert_eq!(
+        pool.default_rates().await.unwrap(),
+        [(Some("search".to_string()), rate("2/1h"))]
+    );
+    assert_eq!(grants("alice").await, 3, "alice's own quota");
+    assert_eq!(
+        grants("bob").await,
+        2,
+        "the default counts from when it is set"
+    );
+    pool.add(NewCredential::new("carol", "c")).await.unwrap();
+    assert_eq!(
+        grants("carol").await,
+        2,
+        "a credential added later has it too"
+    );
+    let listed = pool.list().await.unwrap();
+    let default_of = |name: &str| {
+        let info = listed.iter().find(|info| info.name == name).unwrap();
+        limit_of(info, Some("search")).unwrap().default
+    };
+    assert!(!default_of("alice") && default_of("bob") && default_of("carol"));
+    // bob's own quota counts what the default counted; without it, the
+    // default holds again.
+    pool.update(
+        "bob",
+        CredentialChange::new().rate_for("search", Some(rate("3/1h"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(grants("bob").await, 1);
+    pool.update("bob", CredentialChange::new().rate_for("search", None))
+        .await
+        .unwrap();
+    assert_eq!(grants("bob").await, 0, "the default again, its count kept");
+    // Without the default, only alice has a quota.
+    pool.set_default_rate(Some("search"), None).await.unwrap();
+    assert!(pool.default_rates().await.unwrap().is_empty());
+    assert_eq!(grants("alice").await, 0);
+    let carol = pool.try_acquire_matching(&search("carol")).await.unwrap();
+    assert!(carol.is_some(), "carol has no quota any more");
+    drop(carol);
+    super::leases_back(&pool).await;
+    // A default over every grant cools a credential down once it is used up.
+    pool.set_default_rate(None, Some(rate("1/1h")))
+        .await
+        .unwrap();
+    pool.add(NewCredential::new("dan", "d")).await.unwrap();
+    use_once(&pool, &Want::any().named("dan").unwrap()).await;
+    let listed = pool.list().await.unwrap();
+    let dan = listed.iter().find(|info| info.name == "dan").unwrap();
+    assert!(
+        matches!(dan.state, CredentialState::CoolingDown { .. }),
+        "{:?}",
+        dan.state
+    );
+    pool.set_default_rate(None, None).await.unwrap();
+    let listed = pool.list().await.unwrap();
+    let dan = listed.iter().find(|info| info.name == "dan").unwrap();
+    assert_eq!(
+        dan.state,
+        CredentialState::Available,
+        "its cool-down ended with it"
+    );
+    assert!(pool.set_default_rate(Some(""), None).await.is_err());
 }
 
 pub async fn reset_limits_ends_cool_downs_but_keeps_quotas<F: Factory>(factory: &F) {

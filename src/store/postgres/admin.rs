@@ -76,6 +76,15 @@ impl Inner {
             }
             added.skipped.extend(skipped);
         }
+        if !self.default_rates(&transaction).await?.is_empty() {
+            let names: Vec<&str> = credentials
+                .iter()
+                .enumerate()
+                .filter(|(position, _)| !added.skipped.contains(position))
+                .map(|(_, c)| c.name.as_str())
+                .collect();
+            self.apply_defaults(&transaction, &names).await?;
+        }
         let rated: Vec<&NewCredential> =
             credentials.iter().filter(|c| !c.rates.is_empty()).collect();
         if !rated.is_empty() {

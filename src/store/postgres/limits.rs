@@ -49,7 +49,18 @@ pub(crate) fn migration(schema: &str) -> String {
              until          bigint,
              remaining      integer  NOT NULL DEFAULT 0,
              blocked_until  bigint,
+             -- Whether the quota is the pool's default, not the credential's own.
+             inherited      boolean  NOT NULL DEFAULT false,
              PRIMARY KEY (credential_id, scope)
+         );
+         -- The pools' default quotas, by scope: every credential without one
+         -- of its own has a row in limits with it (inherited).
+         CREATE TABLE {s}.pool_rates (
+             pool           text    NOT NULL,
+             scope          text    NOT NULL,
+             rate_count     integer NOT NULL,
+             rate_window_ms bigint  NOT NULL,
+             PRIMARY KEY (pool, scope)
          );
          CREATE INDEX limits_blocked ON {s}.limits (pool, blocked_until)
              WHERE blocked_until IS NOT NULL;
@@ -169,18 +180,65 @@ pub(crate) fn migration(schema: &str) -> String {
              END IF;
          END $$;
 
-         -- Sets (or with a NULL count removes) a quota; the grants logged
-         -- count against the new one too.
+         -- Sets (or with a NULL count removes) a credential's own quota;
+         -- without one, the pool's default holds. The grants logged count
+         -- against the new quota too.
          CREATE FUNCTION {s}.set_rate(cid bigint, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE dn integer; dw bigint;
+         BEGIN
+             PERFORM {s}.lift_block(cid, sc);
+             IF n IS NULL THEN
+                 SELECT pr.rate_count, pr.rate_window_ms INTO dn, dw
+                 FROM {s}.pool_rates AS pr JOIN {s}.credentials AS c ON c.pool = pr.pool
+                 WHERE c.id = cid AND pr.scope = sc;
+             END IF;
+             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms, inherited)
+             SELECT id, sc, pool, coalesce(n, dn), CASE WHEN n IS NULL THEN dw ELSE w END,
+                    n IS NULL AND dn IS NOT NULL
+             FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 rate_count = EXCLUDED.rate_count,
+                 rate_window_ms = EXCLUDED.rate_window_ms,
+                 inherited = EXCLUDED.inherited,
+                 log = CASE WHEN EXCLUDED.rate_count IS NULL THEN '{{}}' ELSE limits.log END;
+             PERFORM {s}.settle_limit(cid, sc, {NOW});
+         END $$;
+
+         -- The pool's default quota of `sc` changed (a NULL count: none):
+         -- a quota of the credential's own stays.
+         CREATE FUNCTION {s}.set_default(cid bigint, sc text, n integer, w bigint)
          RETURNS void LANGUAGE plpgsql AS $$
          BEGIN
              PERFORM {s}.lift_block(cid, sc);
-             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms)
-             SELECT id, sc, pool, n, w FROM {s}.credentials WHERE id = cid
+             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms, inherited)
+             SELECT id, sc, pool, n, w, n IS NOT NULL FROM {s}.credentials WHERE id = cid
              ON CONFLICT (credential_id, scope) DO UPDATE SET
                  rate_count = EXCLUDED.rate_count,
-                 rate_window_ms = EXCLUDED.rate_window_ms;
+                 rate_window_ms = EXCLUDED.rate_window_ms,
+                 inherited = EXCLUDED.inherited,
+                 log = CASE WHEN EXCLUDED.rate_count IS NULL THEN '{{}}' ELSE limits.log END
+             WHERE limits.inherited OR limits.rate_count IS NULL;
              PERFORM {s}.settle_limit(cid, sc, {NOW});
+         END $$;
+
+         -- Sets (or removes) pool `p`'s default quota of `sc`, on every
+         -- credential without one of its own, in id order.
+         CREATE FUNCTION {s}.set_pool_default(p text, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE r record;
+         BEGIN
+             IF n IS NULL THEN
+                 DELETE FROM {s}.pool_rates WHERE pool = p AND scope = sc;
+             ELSE
+                 INSERT INTO {s}.pool_rates (pool, scope, rate_count, rate_window_ms)
+                 VALUES (p, sc, n, w)
+                 ON CONFLICT (pool, scope) DO UPDATE SET
+                     rate_count = EXCLUDED.rate_count, rate_window_ms = EXCLUDED.rate_window_ms;
+             END IF;
+             FOR r IN SELECT id FROM {s}.credentials WHERE pool = p ORDER BY id LOOP
+                 PERFORM {s}.set_default(r.id, sc, n, w);
+             END LOOP;
          END $$;
 
          -- Takes in a budget an API reported: the latest report holds,
@@ -260,6 +318,68 @@ impl Inner {
         Ok(())
     }
 
+    /// The pool's default quotas, by scope.
+    pub(super) async fn default_rates(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+    ) -> Result<Vec<(String, Rate)>> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT scope, rate_count, rate_window_ms FROM \"{}\".pool_rates
+                     WHERE pool = $1 ORDER BY scope",
+                    self.schema
+                ),
+                &[&self.pool],
+            )
+            .await?;
+        let mut rates = Vec::new();
+        for row in rows {
+            let count: i32 = row.try_get(1)?;
+            if let Some(rate) = Rate::from_stored(count.into(), row.try_get(2)?) {
+                rates.push((row.try_get(0)?, rate));
+            }
+        }
+        Ok(rates)
+    }
+
+    /// Sets (or removes) the pool's default quota of `scope`.
+    pub(super) async fn set_pool_default(&self, scope: String, rate: Option<Rate>) -> Result<()> {
+        let conn = self.connections.get().await?;
+        let count = rate.map(|rate| rate.count() as i32);
+        let window = rate.map(|rate| rate.window_ms());
+        conn.client
+            .execute(
+                &format!(
+                    "SELECT \"{}\".set_pool_default($1, $2, $3, $4)",
+                    self.schema
+                ),
+                &[&self.pool, &scope, &count, &window],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Gives the credentials just added (by name) the pool's defaults.
+    pub(super) async fn apply_defaults(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        names: &[&str],
+    ) -> Result<()> {
+        client
+            .execute(
+                &format!(
+                    "SELECT \"{schema}\".set_default(c.id, d.scope, d.rate_count, d.rate_window_ms)
+                     FROM \"{schema}\".credentials AS c, \"{schema}\".pool_rates AS d
+                     WHERE c.pool = $1 AND d.pool = $1 AND c.name = ANY($2)",
+                    schema = self.schema
+                ),
+                &[&self.pool, &names],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Takes in a budget an API reported for the credential `id`.
     pub(super) async fn report(&self, conn: &Conn, id: i64, limited: &Limited) -> Result<()> {
         let until = limited.until_ms();
@@ -313,7 +433,8 @@ impl Inner {
             .client
             .query(
                 &format!(
-                    "SELECT credential_id, scope, rate_count, rate_window_ms, log, until, remaining
+                    "SELECT credential_id, scope, rate_count, rate_window_ms, log, until, remaining,
+                            inherited
                      FROM {} WHERE pool = $1 ORDER BY credential_id, scope",
                     self.limits_table()
                 ),
@@ -333,6 +454,7 @@ impl Inner {
                 log: QuotaLog(row.try_get::<_, Vec<i64>>(4)?.into()),
                 until: row.try_get(5)?,
                 remaining: remaining.max(0) as u32,
+                inherited: row.try_get(7)?,
             });
         }
         Ok(limits)

@@ -581,6 +581,25 @@ impl Admin for PostgresStore {
         .await
     }
 
+    async fn set_default_rate(&self, scope: &str, rate: Option<crate::Rate>) -> Result<()> {
+        let (inner, scope) = (self.inner.clone(), scope.to_string());
+        self.run(async move {
+            inner.set_pool_default(scope, rate).await?;
+            inner.serve_line_now().await;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn default_rates(&self) -> Result<Vec<(String, crate::Rate)>> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            let conn = inner.connections.get().await?;
+            inner.default_rates(&conn.client).await
+        })
+        .await
+    }
+
     async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
         let (inner, name, scope) = (
             self.inner.clone(),

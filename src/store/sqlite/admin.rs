@@ -32,6 +32,7 @@ pub(crate) fn add_many(
             }
         };
         let mut insert = connection.prepare_cached(sql)?;
+        let defaults = limits::default_rates(ctx)?;
         let mut added = Added::default();
         for (index, credential) in credentials.iter().enumerate() {
             if index > 0 && index % PROGRESS_EVERY == 0 {
@@ -50,8 +51,13 @@ pub(crate) fn add_many(
                 Ok(0) => added.skipped.push(index),
                 Ok(count) => {
                     added.count += count;
-                    if !credential.rates.is_empty() {
+                    if !credential.rates.is_empty() || !defaults.is_empty() {
                         let id = connection.last_insert_rowid();
+                        for (scope, rate) in &defaults {
+                            if !credential.rates.iter().any(|(own, _)| own == scope) {
+                                limits::set_default(ctx, id, scope, Some(*rate))?;
+                            }
+                        }
                         for (scope, rate) in &credential.rates {
                             limits::set_rate(ctx, id, scope, Some(*rate))?;
                         }

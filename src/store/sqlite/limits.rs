@@ -10,7 +10,7 @@ use crate::limits::{Limit, Limited, QuotaLog, Rate};
 
 use super::ctx::Ctx;
 
-const COLUMNS: &str = "scope, rate_count, rate_window_ms, log, until, remaining";
+const COLUMNS: &str = "scope, rate_count, rate_window_ms, log, until, remaining, inherited";
 
 fn limit_of(row: &Row<'_>) -> rusqlite::Result<Limit> {
     let count: Option<i64> = row.get(1)?;
@@ -24,6 +24,7 @@ fn limit_of(row: &Row<'_>) -> rusqlite::Result<Limit> {
         log: log.map_or_else(QuotaLog::default, |bytes| QuotaLog::from_bytes(&bytes)),
         until: row.get(4)?,
         remaining: row.get(5)?,
+        inherited: row.get(6)?,
     })
 }
 
@@ -49,11 +50,11 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
         ctx.connection
             .prepare_cached(
                 "INSERT INTO limits (credential_id, scope, pool, rate_count, rate_window_ms, log,
-                                     until, remaining, blocked_until)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                                     until, remaining, blocked_until, inherited)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (credential_id, scope) DO UPDATE SET
                      rate_count = ?4, rate_window_ms = ?5, log = ?6, until = ?7,
-                     remaining = ?8, blocked_until = ?9",
+                     remaining = ?8, blocked_until = ?9, inherited = ?10",
             )?
             .execute(params![
                 id,
@@ -65,6 +66,7 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
                 limit.until,
                 limit.remaining,
                 limit.blocked_until(now),
+                limit.inherited,
             ])?;
     }
     let blocked = limit
@@ -126,18 +128,93 @@ fn lift_block(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Sets (or with `None` removes) the quota of `scope` on the credential `id`.
+/// Sets (or with `None` removes) the credential `id`'s own quota of
+/// `scope`; without one, the pool's default holds.
 pub(crate) fn set_rate(
     ctx: &Ctx<'_>,
     id: i64,
     scope: &str,
     rate: Option<Rate>,
 ) -> rusqlite::Result<()> {
+    let default = default_rate(ctx, scope)?;
+    change(ctx, id, scope, |limit| limit.set_own_rate(rate, default))
+}
+
+/// The pool's default quota changed for `scope` on the credential `id`.
+pub(crate) fn set_default(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    rate: Option<Rate>,
+) -> rusqlite::Result<()> {
+    change(ctx, id, scope, |limit| limit.set_default_rate(rate))
+}
+
+fn change(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    apply: impl FnOnce(&mut Limit),
+) -> rusqlite::Result<()> {
     let mut limit = read(ctx, id, scope)?.unwrap_or_else(|| Limit::new(scope));
     // A cool-down that the old quota of every scope set ends with it.
     lift_block(ctx, id, &limit)?;
-    limit.set_rate(rate);
+    apply(&mut limit);
     write(ctx, id, &limit)
+}
+
+/// The pool's default quotas, by scope.
+pub(crate) fn default_rates(ctx: &Ctx<'_>) -> rusqlite::Result<Vec<(String, Rate)>> {
+    ctx.connection
+        .prepare_cached(
+            "SELECT scope, rate_count, rate_window_ms FROM pool_rates WHERE pool = ?1 ORDER BY scope",
+        )?
+        .query_map([ctx.pool], |row| {
+            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+        })?
+        .filter_map(|row| match row {
+            Ok((scope, count, window)) => Rate::from_stored(count, window).map(|rate| Ok((scope, rate))),
+            Err(error) => Some(Err(error)),
+        })
+        .collect()
+}
+
+fn default_rate(ctx: &Ctx<'_>, scope: &str) -> rusqlite::Result<Option<Rate>> {
+    Ok(default_rates(ctx)?
+        .into_iter()
+        .find(|(kept, _)| kept == scope)
+        .map(|(_, rate)| rate))
+}
+
+/// Sets (or removes) the pool's default quota of `scope`, on every
+/// credential without one of its own.
+pub(crate) fn set_pool_default(
+    ctx: &Ctx<'_>,
+    scope: &str,
+    rate: Option<Rate>,
+) -> rusqlite::Result<()> {
+    match rate {
+        Some(rate) => ctx
+            .connection
+            .prepare_cached(
+                "INSERT INTO pool_rates (pool, scope, rate_count, rate_window_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (pool, scope) DO UPDATE SET rate_count = ?3, rate_window_ms = ?4",
+            )?
+            .execute(params![ctx.pool, scope, rate.count(), rate.window_ms()])?,
+        None => ctx
+            .connection
+            .prepare_cached("DELETE FROM pool_rates WHERE pool = ?1 AND scope = ?2")?
+            .execute(params![ctx.pool, scope])?,
+    };
+    let ids: Vec<i64> = ctx
+        .connection
+        .prepare_cached("SELECT id FROM credentials WHERE pool = ?1 ORDER BY id")?
+        .query_map([ctx.pool], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in ids {
+        set_default(ctx, id, scope, rate)?;
+    }
+    Ok(())
 }
 
 /// Moves the grant of the credential `id` for `scope` logged at `from` to
@@ -211,7 +288,7 @@ pub(crate) fn of_pool(
     ))?;
     let mut rows = statement.query([pool])?;
     while let Some(row) = rows.next()? {
-        limits.entry(row.get(6)?).or_default().push(limit_of(row)?);
+        limits.entry(row.get(7)?).or_default().push(limit_of(row)?);
     }
     Ok(limits)
 }

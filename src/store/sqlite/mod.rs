@@ -659,6 +659,21 @@ impl Admin for SqliteStore {
         .await
     }
 
+    async fn set_default_rate(&self, scope: &str, rate: Option<crate::Rate>) -> Result<()> {
+        let scope = scope.to_string();
+        self.call(move |ctx| {
+            limits::set_pool_default(ctx, &scope, rate)?;
+            // Credentials whose cool-down the old default set go to the line.
+            line::serve(ctx)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn default_rates(&self) -> Result<Vec<(String, crate::Rate)>> {
+        self.call(|ctx| Ok(limits::default_rates(ctx)?)).await
+    }
+
     async fn reset_limits(&self, name: Option<&str>, scope: Option<&str>) -> Result<u64> {
         let (name, scope) = (name.map(str::to_string), scope.map(str::to_string));
         self.call(move |ctx| {

@@ -98,7 +98,18 @@ const MIGRATIONS: &[&str] = &[
         until          INTEGER,
         remaining      INTEGER NOT NULL DEFAULT 0,
         blocked_until  INTEGER,
+        -- Whether the quota is the pool's default, not the credential's own.
+        inherited      INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (credential_id, scope)
+    ) WITHOUT ROWID;
+    -- The pools' default quotas, by scope: every credential without one of
+    -- its own has a row in `limits` with it (inherited).
+    CREATE TABLE pool_rates (
+        pool           TEXT    NOT NULL,
+        scope          TEXT    NOT NULL,
+        rate_count     INTEGER NOT NULL,
+        rate_window_ms INTEGER NOT NULL,
+        PRIMARY KEY (pool, scope)
     ) WITHOUT ROWID;
     CREATE INDEX limits_blocked ON limits (pool, blocked_until) WHERE blocked_until IS NOT NULL;
     CREATE INDEX limits_of_pool ON limits (pool, credential_id);
