@@ -24,9 +24,27 @@ pub(crate) struct Lines {
     polls: bool,
     lined: bool,
     plain: WaitQueue,
-    others: Mutex<HashMap<Want, Arc<WaitQueue>>>,
+    others: Mutex<HashMap<Want, Arc<Numbered>>>,
+    /// The number of the last line made, so that a line made again is
+    /// never taken for one forgotten.
+    numbered: std::sync::atomic::AtomicU64,
     /// How many lines `others` holds; read without the lock on the fast path.
     other_lines: AtomicUsize,
+}
+
+/// A line for a scope or a name, with the number it was made with.
+#[derive(Debug)]
+pub(crate) struct Numbered {
+    number: u64,
+    queue: WaitQueue,
+}
+
+impl std::ops::Deref for Numbered {
+    type Target = WaitQueue;
+
+    fn deref(&self) -> &WaitQueue {
+        &self.queue
+    }
 }
 
 /// A line entered ([`Lines::enter`]); dropped, it leaves.
@@ -35,6 +53,31 @@ pub(crate) struct Entered<'a> {
     lines: &'a Lines,
     want: &'a Want,
     line: Option<Line<'a>>,
+}
+
+/// A line looked at ([`Lines::look`]): which one, and its epoch then.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// The line's number; 0 for the plain line.
+    line: u64,
+    epoch: u64,
+}
+
+impl Entered<'_> {
+    /// The epoch to join this line with, given what was seen before asking
+    /// the store: a line that was not there then (or was forgotten and
+    /// made again since) heard of no release, so its waiter asks again at
+    /// once.
+    pub(crate) fn epoch_seen(&self, seen: Option<Seen>) -> u64 {
+        let line = match &self.line {
+            Some(Line::Other(queue)) => queue.number,
+            _ => 0,
+        };
+        match seen {
+            Some(seen) if seen.line == line => seen.epoch,
+            _ => u64::MAX,
+        }
+    }
 }
 
 impl std::ops::Deref for Entered<'_> {
@@ -60,7 +103,7 @@ impl Drop for Entered<'_> {
 #[derive(Debug)]
 pub(crate) enum Line<'a> {
     Plain(&'a WaitQueue),
-    Other(Arc<WaitQueue>),
+    Other(Arc<Numbered>),
 }
 
 impl std::ops::Deref for Line<'_> {
@@ -69,7 +112,7 @@ impl std::ops::Deref for Line<'_> {
     fn deref(&self) -> &WaitQueue {
         match self {
             Line::Plain(queue) => queue,
-            Line::Other(queue) => queue,
+            Line::Other(queue) => &queue.queue,
         }
     }
 }
@@ -84,7 +127,7 @@ impl Lines {
         }
     }
 
-    fn others(&self) -> MutexGuard<'_, HashMap<Want, Arc<WaitQueue>>> {
+    fn others(&self) -> MutexGuard<'_, HashMap<Want, Arc<Numbered>>> {
         self.others
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -99,24 +142,39 @@ impl Lines {
         let mut others = self.others();
         let queue = others
             .entry(want.clone())
-            .or_insert_with(|| Arc::new(WaitQueue::new(self.polls, self.lined)))
+            .or_insert_with(|| {
+                Arc::new(Numbered {
+                    number: self.numbered.fetch_add(1, SeqCst) + 1,
+                    queue: WaitQueue::new(self.polls, self.lined),
+                })
+            })
             .clone();
         self.other_lines.store(others.len(), SeqCst);
         Line::Other(queue)
     }
 
-    /// The epoch of the line of `want` (`None`: there is none) and whether
-    /// anyone waits in it, without making it.
+    /// The line of `want` as it is now, without making it: which line it is
+    /// and its epoch (`None`: there is none), and whether anyone waits in it.
     #[inline]
-    pub(crate) fn look(&self, want: &Want) -> (Option<u64>, bool) {
+    pub(crate) fn look(&self, want: &Want) -> (Option<Seen>, bool) {
         if want.is_any() {
-            return (Some(self.plain.epoch()), self.plain.is_empty());
+            let seen = Seen {
+                line: 0,
+                epoch: self.plain.epoch(),
+            };
+            return (Some(seen), self.plain.is_empty());
         }
         if self.other_lines.load(SeqCst) == 0 {
             return (None, true);
         }
         match self.others().get(want) {
-            Some(queue) => (Some(queue.epoch()), queue.is_empty()),
+            Some(queue) => {
+                let seen = Seen {
+                    line: queue.number,
+                    epoch: queue.epoch(),
+                };
+                (Some(seen), queue.is_empty())
+            }
             None => (None, true),
         }
     }
@@ -229,5 +287,28 @@ mod tests {
             lines.others().is_empty(),
             "the plain line is not kept there"
         );
+    }
+
+    /// What a caller saw of a line before it asked the store holds only
+    /// for that same line: one forgotten and made again since heard of no
+    /// release, so its new waiter asks the store at once.
+    #[test]
+    fn a_line_made_again_is_not_taken_for_the_one_seen() {
+        let lines = Lines::new(false, false);
+        let want = Want::scope("search").unwrap();
+        let (nothing, empty) = lines.look(&want);
+        assert!(nothing.is_none() && empty);
+        let holder = lines.enter(&want);
+        let (seen, _) = lines.look(&want);
+        let same = lines.enter(&want);
+        assert_eq!(same.epoch_seen(seen), holder.epoch(), "the same line");
+        drop(same);
+        drop(holder);
+        let again = lines.enter(&want);
+        assert_eq!(again.epoch_seen(seen), u64::MAX, "a new line");
+        assert_eq!(again.epoch_seen(nothing), u64::MAX);
+        let plain = Want::any();
+        let (seen, _) = lines.look(&plain);
+        assert_eq!(lines.enter(&plain).epoch_seen(seen), lines.plain.epoch());
     }
 }

@@ -449,10 +449,10 @@ impl<S: Store> Pool<S> {
             }
         }
         // Left (and forgotten when empty) however the acquire ends. A line
-        // made just now was not there to hear of releases: its first waiter
+        // made since the look was not there to hear of releases: its waiter
         // asks the store again at once.
         let line = lines.enter(want);
-        let seen = seen.unwrap_or(u64::MAX);
+        let seen = line.epoch_seen(seen);
         // Boxed: the waiting state machine is large, and the fast path should
         // not pay for moving it around.
         Box::pin(self.wait_in_line(want, &line, seen, retry_at, seat, deadline)).await

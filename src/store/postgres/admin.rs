@@ -76,15 +76,25 @@ impl Inner {
             }
             added.skipped.extend(skipped);
         }
+        // A default set meanwhile waits for this add to commit (and then
+        // reaches its credentials), or this add sees it.
+        transaction
+            .execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtext($1))",
+                &[&self.defaults_lock()],
+            )
+            .await?;
         if !self.default_rates(&transaction).await?.is_empty() {
+            let skipped: HashSet<usize> = added.skipped.iter().copied().collect();
             let names: Vec<&str> = credentials
                 .iter()
                 .enumerate()
-                .filter(|(position, _)| !added.skipped.contains(position))
+                .filter(|(position, _)| !skipped.contains(position))
                 .map(|(_, c)| c.name.as_str())
                 .collect();
             self.apply_defaults(&transaction, &names).await?;
         }
+        let skipped_set: HashSet<usize> = added.skipped.iter().copied().collect();
         let rated: Vec<&NewCredential> =
             credentials.iter().filter(|c| !c.rates.is_empty()).collect();
         if !rated.is_empty() {
@@ -102,7 +112,7 @@ impl Inner {
                 .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect::<Result<_>>()?;
             for (position, credential) in credentials.iter().enumerate() {
-                if credential.rates.is_empty() || added.skipped.contains(&position) {
+                if credential.rates.is_empty() || skipped_set.contains(&position) {
                     continue;
                 }
                 if let Some(&id) = ids.get(&credential.name) {

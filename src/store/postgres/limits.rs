@@ -228,6 +228,9 @@ pub(crate) fn migration(schema: &str) -> String {
          RETURNS void LANGUAGE plpgsql AS $$
          DECLARE r record;
          BEGIN
+             -- Waits for the adds in flight (each holds this lock shared):
+             -- none of their credentials misses the change.
+             PERFORM pg_advisory_xact_lock(hashtext('credpool.defaults.{schema}.' || p));
              IF n IS NULL THEN
                  DELETE FROM {s}.pool_rates WHERE pool = p AND scope = sc;
              ELSE
@@ -343,7 +346,8 @@ impl Inner {
         Ok(rates)
     }
 
-    /// Sets (or removes) the pool's default quota of `scope`.
+    /// Sets (or removes) the pool's default quota of `scope` (after the
+    /// adds in flight: see `set_pool_default` in the schema).
     pub(super) async fn set_pool_default(&self, scope: String, rate: Option<Rate>) -> Result<()> {
         let conn = self.connections.get().await?;
         let count = rate.map(|rate| rate.count() as i32);
@@ -358,6 +362,12 @@ impl Inner {
             )
             .await?;
         Ok(())
+    }
+
+    /// The name of the advisory lock between adds and default changes of
+    /// this pool (the schema's `set_pool_default` names it the same way).
+    pub(super) fn defaults_lock(&self) -> String {
+        format!("credpool.defaults.{}.{}", self.schema, self.pool)
     }
 
     /// Gives the credentials just added (by name) the pool's defaults.
