@@ -4,7 +4,9 @@
 //! the same run, at 1,000 credentials and at a larger pool (1,000,000 in
 //! memory, 100,000 on SQLite, whose seeding writes each quota's row).
 //!
-//! `cargo bench --bench limits`
+//! `cargo bench --bench limits`; with
+//! `scripts/with-postgres.sh cargo bench --features postgres --bench limits`
+//! the Postgres store too (1,000 and 100,000 credentials).
 
 use std::time::{Duration, Instant};
 
@@ -91,5 +93,44 @@ fn sqlite(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, sqlite);
+#[cfg(feature = "postgres")]
+fn postgres(c: &mut Criterion) {
+    use credpool::store::postgres::PostgresStore;
+    let Ok(url) = std::env::var("CREDPOOL_TEST_POSTGRES_URL") else {
+        eprintln!("limits/postgres: CREDPOOL_TEST_POSTGRES_URL is not set; skipped");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("limits/postgres");
+    group.throughput(Throughput::Elements(1));
+    for size in [1_000, 100_000] {
+        for (label, limited) in [("plain", false), ("quota_3_scopes", true)] {
+            let schema = format!("bench_limits_{label}_{size}_{}", std::process::id());
+            let pool = runtime.block_on(async {
+                let store = PostgresStore::options_url(&url)
+                    .unwrap()
+                    .schema(schema.as_str())
+                    .open()
+                    .await
+                    .unwrap();
+                let pool = Pool::new(store);
+                pool.add_many(credentials(size, limited)).await.unwrap();
+                pool
+            });
+            group.bench_function(format!("{label}/{size}"), |b| {
+                b.iter_custom(|iterations| runtime.block_on(pairs(&pool, iterations, limited)))
+            });
+        }
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "postgres"))]
+fn postgres(_: &mut Criterion) {}
+
+criterion_group!(benches, memory, sqlite, postgres);
 criterion_main!(benches);
