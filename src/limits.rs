@@ -166,7 +166,7 @@ impl std::str::FromStr for Rate {
 /// a scope, a named credential, or both.
 ///
 /// ```
-/// use credpool::store::Want;
+/// use credpool::Want;
 /// let want = Want::scope("search")?.named("alice")?;
 /// assert_eq!(want.scope_name(), Some("search"));
 /// assert_eq!(want.name(), Some("alice"));
