@@ -229,13 +229,18 @@ async fn many_stores_opening_one_new_schema_at_once_all_succeed() {
     for open in opens {
         open.await.unwrap().expect("every concurrent open succeeds");
     }
+    assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
+}
+
+/// The version the schema's table says it is at.
+async fn schema_version(schema: &str) -> i64 {
     let version: i32 = raw()
         .await
         .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(i64::from(version), SCHEMA_VERSION);
+    i64::from(version)
 }
 
 /// What migration 4 -> 5 added (rate limits), taken out again.
@@ -271,13 +276,7 @@ async fn a_version_4_schema_is_migrated_and_takes_quotas() {
         .await
         .unwrap();
     let pool = Pool::new(open(&schema).await);
-    let version: i32 = raw()
-        .await
-        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(i64::from(version), SCHEMA_VERSION);
+    assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
     let rate: credpool::Rate = "1/1h".parse().unwrap();
     pool.update(
         "kept",
@@ -322,13 +321,7 @@ async fn a_version_3_schema_is_migrated_and_its_line_works() {
         .await
         .unwrap();
     let pool = Pool::new(open(&schema).await);
-    let version: i32 = raw()
-        .await
-        .query_one(&format!("SELECT version FROM {schema}.schema_version"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(i64::from(version), SCHEMA_VERSION);
+    assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
     let held = pool.acquire().await.unwrap();
     assert_eq!(held.credential().name(), "kept");
     let waiter = tokio::spawn({

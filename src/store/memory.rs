@@ -137,6 +137,24 @@ impl Slot {
             .max()
     }
 
+    /// Changes the limit of `scope` (made when missing) with `change`. A
+    /// cool-down that the limit of every scope set before ends, to be set
+    /// again from what it says now (`State::block_every_scope`): returns
+    /// whether it did (the credential's free units are then to be queued
+    /// anew). A limit that says nothing any more goes.
+    fn change_limit(&mut self, scope: &str, now: i64, change: impl FnOnce(&mut Limit)) -> bool {
+        let limit = self.limit_mut(scope);
+        let old_block = limit.blocked_until(now);
+        change(limit);
+        let lifted = scope.is_empty() && old_block.is_some() && self.cooling_until == old_block;
+        if lifted {
+            self.cooling_until = None;
+            self.generation = self.generation.wrapping_add(1);
+        }
+        self.limits.retain(|limit| !limit.is_idle(now));
+        lifted
+    }
+
     /// The limit of `scope`, made when it is missing.
     fn limit_mut(&mut self, scope: &str) -> &mut Limit {
         let at = match self.limits.iter().position(|limit| limit.scope == scope) {
@@ -479,20 +497,11 @@ impl State {
             })?;
         slot.holders.swap_remove(held);
         let name = slot.credential.name_arc().clone();
-        let mut lifted = false;
-        if let Some(limited) = effect.report {
-            let limit = slot.limit_mut(limited.scope_key());
-            let old_block = limit.blocked_until(now);
-            limit.report(limited, now);
-            // The latest report holds: a cool-down of every scope that the
-            // last one set ends, to be set again from what this one says.
-            if limited.scope.is_none() && old_block.is_some() && slot.cooling_until == old_block {
-                slot.cooling_until = None;
-                slot.generation = slot.generation.wrapping_add(1);
-                lifted = true;
-            }
-            slot.limits.retain(|limit| !limit.is_idle(now));
-        }
+        // The latest report holds: a cool-down of every scope that the last
+        // one set ends, to be set again from what this one says.
+        let lifted = effect.report.is_some_and(|limited| {
+            slot.change_limit(limited.scope_key(), now, |limit| limit.report(limited, now))
+        });
         if let Some(reason) = effect.disable {
             if slot.disabled.is_none() {
                 *enabled -= 1;
@@ -871,19 +880,12 @@ impl Admin for MemoryStore {
             let now = now_ms();
             for (scope, rate) in change.rates {
                 let default = state_defaults.get(&scope).copied();
-                let limit = slot.limit_mut(&scope);
-                let old_block = limit.blocked_until(now);
-                limit.set_own_rate(rate, default);
-                // A cool-down that the old quota of every scope set ends with it.
-                if scope.is_empty() && old_block.is_some() && slot.cooling_until == old_block {
-                    slot.cooling_until = None;
-                    slot.generation = slot.generation.wrapping_add(1);
-                    if slot.disabled.is_none() {
-                        ready.push_back(index, slot.generation, slot.free_units());
-                    }
+                let lifted =
+                    slot.change_limit(&scope, now, |limit| limit.set_own_rate(rate, default));
+                if lifted && slot.disabled.is_none() {
+                    ready.push_back(index, slot.generation, slot.free_units());
                 }
             }
-            slot.limits.retain(|limit| !limit.is_idle(now));
             state.block_every_scope(index, now);
         }
         Ok(())
@@ -902,18 +904,10 @@ impl Admin for MemoryStore {
             let Some(slot) = slots[index].as_mut() else {
                 continue;
             };
-            let limit = slot.limit_mut(scope);
-            let old_block = limit.blocked_until(now);
-            limit.set_default_rate(rate);
-            // A cool-down that the old quota of every scope set ends with it.
-            if scope.is_empty() && old_block.is_some() && slot.cooling_until == old_block {
-                slot.cooling_until = None;
-                slot.generation = slot.generation.wrapping_add(1);
-                if slot.disabled.is_none() {
-                    ready.push_back(index, slot.generation, slot.free_units());
-                }
+            let lifted = slot.change_limit(scope, now, |limit| limit.set_default_rate(rate));
+            if lifted && slot.disabled.is_none() {
+                ready.push_back(index, slot.generation, slot.free_units());
             }
-            slot.limits.retain(|limit| !limit.is_idle(now));
             state.block_every_scope(index, now);
         }
         Ok(())

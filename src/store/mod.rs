@@ -27,6 +27,7 @@ pub mod postgres;
 mod receipt;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod want;
 
 pub use self::line::{Leaving, OnBusy, Seat, DEFAULT_TICKET_TTL};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -34,7 +35,7 @@ pub(crate) use self::line::{Line, Undelivered};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;
 pub use self::receipt::Receipt;
-pub use crate::limits::Want;
+pub use self::want::Want;
 
 /// What a store granted: the credential and the lease's identity and times.
 #[derive(Debug, Clone)]

@@ -293,7 +293,7 @@ impl Inner {
                     expired,
                 });
             }
-            match self.why_busy(&mut expired).await? {
+            match self.why_busy(&mut expired, &Want::any()).await? {
                 Some(retry_at) => {
                     let attempt = match on_busy {
                         OnBusy::TakeTicket => {
@@ -340,41 +340,10 @@ impl Inner {
                     expired,
                 });
             }
-            let asked: [&(dyn ToSql + Sync); 3] = [&self.pool, &scope, &name];
-            let (reclaimed, busy) = tokio::join!(
-                self.reclaim(&conn),
-                conn.client.query_one(&conn.busy_for, &asked),
-            );
-            let (reclaimed, busy) = (reclaimed?, busy?);
-            if let Some(name) = name {
-                if !busy.column::<bool>(5, "known")? {
-                    return Err(Error::UnknownCredential {
-                        name: name.to_string(),
-                        pool: self.pool.clone(),
-                    });
-                }
-                if let Some(reason) = busy.column::<Option<String>>(6, "disabled_reason")? {
-                    return Err(Error::Disabled {
-                        name: name.to_string(),
-                        pool: self.pool.clone(),
-                        reason,
-                    });
-                }
-            }
-            if !busy.column::<bool>(0, "enabled")? {
-                return Err(Error::NoCredentials {
-                    pool: self.pool.clone(),
-                });
-            }
-            let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
-            expired.extend(reclaimed);
-            if free_after_all {
+            let Some(retry_at) = self.why_busy(&mut expired, want).await? else {
+                // Something was free after all: ask again.
                 continue;
-            }
-            let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
-            let expiry: Option<i64> = busy.column(3, "next expiry")?;
-            let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
-            let retry_at = earliest(earliest(cooling, expiry), unblocked).map(from_ms);
+            };
             let attempt = match on_busy {
                 OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await?,
                 OnBusy::Answer => GrantAttempt::Busy { retry_at },
@@ -426,47 +395,63 @@ impl Inner {
     async fn why_busy(
         &self,
         expired: &mut Vec<ExpiredLease>,
+        want: &Want,
     ) -> Result<Option<Option<SystemTime>>> {
         let conn = self.connections.get().await?;
-        let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
-        let (reclaimed, busy) = tokio::join!(
-            self.reclaim(&conn),
-            conn.client.query_one(&conn.busy, &pool),
-        );
-        let reclaimed = reclaimed?;
-        let busy = busy?;
+        let (scope, name) = (want.scope_key(), want.name());
+        let plain: [&(dyn ToSql + Sync); 1] = [&self.pool];
+        let asked: [&(dyn ToSql + Sync); 3] = [&self.pool, &scope, &name];
+        // `busy_for` answers `busy`'s columns for a scope or a name, and
+        // whether the name is known and why it is disabled.
+        let (reclaimed, busy) = tokio::join!(self.reclaim(&conn), async {
+            match want.is_any() {
+                true => conn.client.query_one(&conn.busy, &plain).await,
+                false => conn.client.query_one(&conn.busy_for, &asked).await,
+            }
+        });
+        let (reclaimed, busy) = (reclaimed?, busy?);
+        if let Some(name) = name {
+            if !busy.column::<bool>(5, "known")? {
+                return Err(Error::UnknownCredential {
+                    name: name.to_string(),
+                    pool: self.pool.clone(),
+                });
+            }
+            if let Some(reason) = busy.column::<Option<String>>(6, "disabled_reason")? {
+                return Err(Error::Disabled {
+                    name: name.to_string(),
+                    pool: self.pool.clone(),
+                    reason,
+                });
+            }
+        }
+        let retry_at = self.retry_at(&busy)?;
+        let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
+        expired.extend(reclaimed);
+        Ok((!free_after_all).then_some(retry_at))
+    }
+
+    /// From a row of `busy` (or `busy_for`): fails when no credential is
+    /// enabled, else says when something changes by itself (a cool-down
+    /// ends, a lease expires, a scope's block ends).
+    fn retry_at(&self, busy: &tokio_postgres::Row) -> Result<Option<SystemTime>> {
         if !busy.column::<bool>(0, "enabled")? {
             return Err(Error::NoCredentials {
                 pool: self.pool.clone(),
             });
         }
-        let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
-        expired.extend(reclaimed);
-        if free_after_all {
-            return Ok(None);
-        }
         let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
         let expiry: Option<i64> = busy.column(3, "next expiry")?;
         let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
-        Ok(Some(
-            earliest(earliest(cooling, expiry), unblocked).map(from_ms),
-        ))
+        Ok(earliest(earliest(cooling, expiry), unblocked).map(from_ms))
     }
 
     /// For a waiter in line: fails when no credential is enabled, else says
     /// when something changes by itself.
     pub(super) async fn why_waiting(&self, conn: &Conn) -> Result<Option<SystemTime>> {
         let busy = conn.client.query_one(&conn.busy, &[&self.pool]).await?;
-        if !busy.column::<bool>(0, "enabled")? {
-            return Err(Error::NoCredentials {
-                pool: self.pool.clone(),
-            });
-        }
-        let cooling: Option<i64> = busy.column(2, "next cool-down end")?;
-        let expiry: Option<i64> = busy.column(3, "next expiry")?;
         // Tickets that wait for a scope are served when its block ends.
-        let unblocked: Option<i64> = busy.column(4, "next end of a block")?;
-        Ok(earliest(earliest(cooling, expiry), unblocked).map(from_ms))
+        self.retry_at(&busy)
     }
 
     /// A lease, or none when nothing was free; the statement is shared with

@@ -54,6 +54,7 @@ mod batch;
 mod connections;
 mod leases;
 mod limits;
+mod limits_schema;
 mod line;
 #[cfg(test)]
 mod plans;

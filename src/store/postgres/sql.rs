@@ -174,6 +174,31 @@ impl Sql {
              AND (next.scope IS NULL OR c.blocks IS NULL
                   OR coalesce((c.blocks ->> next.scope)::bigint, 0) <= {NOW})"
         );
+        // Marks the credential `picked` used and records its lease (for the
+        // scope `scope`, an SQL expression), returning the grant's columns:
+        // the end of `acquire` and `acquire_for`.
+        let lease_picked = |scope: &str| {
+            format!(
+                "marked AS (
+                     UPDATE {credentials} AS c
+                     SET holders = c.holders + 1, last_used_at = {NOW},
+                         use_count = c.use_count + 1, cooling_until = NULL
+                     WHERE c.id = (SELECT id FROM picked)
+                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, c.limited
+                 ),
+                 leased AS (
+                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
+                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, {scope}, marked.limited
+                     FROM marked
+                     RETURNING id, acquired_at, expires_at
+                 )
+                 SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
+                        leased.id, leased.acquired_at, leased.expires_at
+                 FROM marked, leased"
+            )
+        };
+        let lease_picked_plain = lease_picked("NULL");
+        let lease_picked_for = lease_picked("nullif($3, '')");
         Self {
             acquire: format!(
                 "WITH picked AS (
@@ -184,21 +209,7 @@ impl Sql {
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
                  ),
-                 marked AS (
-                     UPDATE {credentials} AS c
-                     SET holders = c.holders + 1, last_used_at = {NOW},
-                         use_count = c.use_count + 1, cooling_until = NULL
-                     WHERE c.id = (SELECT id FROM picked)
-                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, c.limited
-                 ),
-                 leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, limited)
-                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, marked.limited FROM marked
-                     RETURNING id, acquired_at, expires_at
-                 )
-                 SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
-                        leased.id, leased.acquired_at, leased.expires_at
-                 FROM marked, leased"
+                 {lease_picked_plain}"
             ),
             acquire_for: format!(
                 "WITH picked AS (
@@ -213,22 +224,7 @@ impl Sql {
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
                  ),
-                 marked AS (
-                     UPDATE {credentials} AS c
-                     SET holders = c.holders + 1, last_used_at = {NOW},
-                         use_count = c.use_count + 1, cooling_until = NULL
-                     WHERE c.id = (SELECT id FROM picked)
-                     RETURNING c.id, c.name, c.secret, c.extra, c.capacity, c.limited
-                 ),
-                 leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
-                     SELECT $1, marked.id, {NOW}, {NOW} + $2::bigint, nullif($3, ''), marked.limited
-                     FROM marked
-                     RETURNING id, acquired_at, expires_at
-                 )
-                 SELECT marked.id, marked.name, marked.secret, marked.extra, marked.capacity,
-                        leased.id, leased.acquired_at, leased.expires_at
-                 FROM marked, leased"
+                 {lease_picked_for}"
             ),
             // The constant limits are for the planner, which plans this
             // once for every `$3` (the store forces generic plans): it
@@ -833,7 +829,7 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
              );"
         ),
         // 4 -> 5: rate limits by scope, and tickets for a scope or a name.
-        super::limits::migration(schema),
+        super::limits_schema::migration(schema),
     ]
 }
 

@@ -374,7 +374,7 @@ pub(crate) fn release(
     }
     ctx.statement(Hot::Return)?.execute([credential_id])?;
     if let Some(until) = cool_until {
-        cool(ctx, credential_id, until)?;
+        limits::cool(ctx, credential_id, until)?;
     }
     if let Some(reason) = disable {
         ctx.connection
@@ -393,18 +393,6 @@ pub(crate) fn release(
         .statement(Hot::NameOf)?
         .query_row([credential_id], |row| row.get(0))?;
     Ok(name.into())
-}
-
-/// Cools the credential `id` down in every scope until `until` (ms),
-/// unless it cools down longer already.
-pub(crate) fn cool(ctx: &Ctx<'_>, id: i64, until: i64) -> rusqlite::Result<()> {
-    ctx.connection
-        .prepare_cached(
-            "UPDATE credentials SET cooling_until = max(coalesce(cooling_until, 0), ?2)
-             WHERE id = ?1",
-        )?
-        .execute(params![id, until])?;
-    Ok(())
 }
 
 pub(crate) fn renew(

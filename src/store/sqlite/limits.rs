@@ -75,7 +75,7 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
         .then(|| limit.blocked_until(now))
         .flatten();
     if let Some(until) = blocked {
-        super::leases::cool(ctx, id, until)?;
+        cool(ctx, id, until)?;
     }
     ctx.connection
         .prepare_cached(
@@ -90,18 +90,19 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
 /// Counts a grant of the credential `id` for `scope` (`""`: the default),
 /// dated `at`, against its limits of every scope and of that one.
 pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str, at: i64) -> rusqlite::Result<()> {
-    let scopes: &[&str] = if scope.is_empty() {
-        &[""]
-    } else {
-        &["", scope]
-    };
-    for scope in scopes {
+    for scope in counted_in(scope) {
         if let Some(mut limit) = read(ctx, id, scope)? {
             limit.record(ctx.now, at);
             write(ctx, id, &limit)?;
         }
     }
     Ok(())
+}
+
+/// The scopes whose limits a grant for `scope` counts against: every
+/// scope's (`""`), and its own.
+fn counted_in(scope: &str) -> impl Iterator<Item = &str> {
+    std::iter::once("").chain((!scope.is_empty()).then_some(scope))
 }
 
 /// Takes in a budget an API reported at a release.
@@ -226,12 +227,7 @@ pub(crate) fn move_grant(
     from: i64,
     to: i64,
 ) -> rusqlite::Result<()> {
-    let scopes: &[&str] = if scope.is_empty() {
-        &[""]
-    } else {
-        &["", scope]
-    };
-    for scope in scopes {
+    for scope in counted_in(scope) {
         if let Some(mut limit) = read(ctx, id, scope)? {
             if limit.rate.is_some() {
                 limit.log.moved(from, to);
@@ -291,4 +287,16 @@ pub(crate) fn of_pool(
         limits.entry(row.get(7)?).or_default().push(limit_of(row)?);
     }
     Ok(limits)
+}
+
+/// Cools the credential `id` down in every scope until `until` (ms),
+/// unless it cools down longer already.
+pub(crate) fn cool(ctx: &Ctx<'_>, id: i64, until: i64) -> rusqlite::Result<()> {
+    ctx.connection
+        .prepare_cached(
+            "UPDATE credentials SET cooling_until = max(coalesce(cooling_until, 0), ?2)
+             WHERE id = ?1",
+        )?
+        .execute(params![id, until])?;
+    Ok(())
 }

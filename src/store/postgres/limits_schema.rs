@@ -1,0 +1,279 @@
+//! The schema of rate limits on Postgres (migration 4 -> 5): the limits
+//! table, the pools' defaults, and the functions and triggers that count
+//! grants and keep each credential's blocks on its own row (see
+//! `limits.rs`). A leaf: it imports nothing of the crate.
+
+/// The server's time in ms, as the statements read it.
+const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+
+/// Migration 4 -> 5: the limits table, its functions and trigger, and the
+/// columns that carry a scope and a name.
+pub(crate) fn migration(schema: &str) -> String {
+    let s = format!("\"{schema}\"");
+    format!(
+        "ALTER TABLE {s}.credentials ADD COLUMN limited boolean NOT NULL DEFAULT false,
+                                     ADD COLUMN blocks jsonb;
+         ALTER TABLE {s}.leases ADD COLUMN scope text,
+                                ADD COLUMN limited boolean NOT NULL DEFAULT false;
+         ALTER TABLE {s}.tickets ADD COLUMN scope text, ADD COLUMN name text;
+         -- One scope's limits on one credential ('' for every scope): a
+         -- quota of rate_count grants in any rate_window_ms, with the times
+         -- of the grants in its last window (log); a budget an API
+         -- reported (remaining grants until `until`); and when the next
+         -- grant is allowed (blocked_until), written with the rest.
+         CREATE TABLE {s}.limits (
+             credential_id  bigint   NOT NULL REFERENCES {s}.credentials (id) ON DELETE CASCADE,
+             scope          text     NOT NULL,
+             pool           text     NOT NULL,
+             rate_count     integer,
+             rate_window_ms bigint,
+             log            bigint[] NOT NULL DEFAULT '{{}}',
+             until          bigint,
+             remaining      integer  NOT NULL DEFAULT 0,
+             blocked_until  bigint,
+             -- Whether the quota is the pool's default, not the credential's own.
+             inherited      boolean  NOT NULL DEFAULT false,
+             PRIMARY KEY (credential_id, scope)
+         );
+         -- The pools' default quotas, by scope: every credential without one
+         -- of its own has a row in limits with it (inherited).
+         CREATE TABLE {s}.pool_rates (
+             pool           text    NOT NULL,
+             scope          text    NOT NULL,
+             rate_count     integer NOT NULL,
+             rate_window_ms bigint  NOT NULL,
+             PRIMARY KEY (pool, scope)
+         );
+         CREATE INDEX limits_blocked ON {s}.limits (pool, blocked_until)
+             WHERE blocked_until IS NOT NULL;
+         CREATE INDEX limits_of_pool ON {s}.limits (pool, credential_id);
+         -- What a plain newcomer asks: whether a plain ticket waits.
+         CREATE INDEX tickets_plain_in_line ON {s}.tickets (pool, id)
+             WHERE lease_id IS NULL AND scope IS NULL AND name IS NULL;
+
+         -- When a row's limits next allow a grant, after `at`; NULL: now.
+         CREATE FUNCTION {s}.limit_blocked(log bigint[], rate_count integer,
+                                           rate_window_ms bigint, until bigint,
+                                           remaining integer, at bigint)
+         RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+             SELECT greatest(
+                 CASE WHEN rate_count IS NOT NULL AND cardinality(log) >= rate_count
+                           AND log[cardinality(log) - rate_count + 1] + rate_window_ms + 1 > at
+                      THEN log[cardinality(log) - rate_count + 1] + rate_window_ms + 1 END,
+                 CASE WHEN until > at AND remaining = 0 THEN until END)
+         $$;
+
+         -- After a change to the limits of scope `sc` of credential `cid`:
+         -- drops the row when it says nothing any more, writes when it next
+         -- allows a grant, and copies that onto the credential's row (a
+         -- block of every scope into its cool-down, a scope's into blocks).
+         CREATE FUNCTION {s}.settle_limit(cid bigint, sc text, at bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE blocked bigint;
+         BEGIN
+             DELETE FROM {s}.limits
+             WHERE credential_id = cid AND scope = sc AND rate_count IS NULL
+               AND (until IS NULL OR until <= at);
+             UPDATE {s}.limits AS l
+             SET blocked_until = {s}.limit_blocked(l.log, l.rate_count, l.rate_window_ms,
+                                                   l.until, l.remaining, at)
+             WHERE credential_id = cid AND scope = sc
+             RETURNING blocked_until INTO blocked;
+             IF sc = '' THEN
+                 IF blocked IS NOT NULL THEN
+                     UPDATE {s}.credentials
+                     SET cooling_until = greatest(coalesce(cooling_until, 0), blocked)
+                     WHERE id = cid;
+                 END IF;
+             ELSE
+                 UPDATE {s}.credentials
+                 SET blocks = CASE WHEN blocked IS NULL THEN blocks - sc
+                                   ELSE coalesce(blocks, '{{}}'::jsonb) || jsonb_build_object(sc, blocked) END
+                 WHERE id = cid;
+             END IF;
+             UPDATE {s}.credentials AS c
+             SET limited = EXISTS (SELECT 1 FROM {s}.limits WHERE credential_id = cid)
+             WHERE c.id = cid;
+         END $$;
+
+         -- A grant of a credential that has limits counts against them, at
+         -- its acquired_at: a lease handed to another process's ticket is
+         -- dated at its claim deadline, the latest it can be first used,
+         -- and moves to its claim (earlier) when it is claimed.
+         CREATE FUNCTION {s}.count_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE {s}.limits AS l
+             SET log = CASE WHEN l.rate_count IS NULL THEN l.log ELSE
+                           array(SELECT t FROM unnest(l.log || NEW.acquired_at) AS t
+                                 WHERE t > {NOW} - l.rate_window_ms ORDER BY t) END,
+                 remaining = CASE WHEN l.until > NEW.acquired_at
+                                  THEN greatest(l.remaining - 1, 0) ELSE l.remaining END
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''));
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER leases_count_grant AFTER INSERT ON {s}.leases
+             FOR EACH ROW WHEN (NEW.limited) EXECUTE FUNCTION {s}.count_grant();
+
+         -- A lease handed to a ticket counts from when its waiter claims it
+         -- (when it can first be used): its grant moves to that time.
+         CREATE FUNCTION {s}.move_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             -- The credential before its limits, as every grant locks them.
+             PERFORM 1 FROM {s}.credentials WHERE id = NEW.credential_id FOR UPDATE;
+             UPDATE {s}.limits AS l
+             SET log = (SELECT coalesce(array_agg(t ORDER BY t), '{{}}') FROM (
+                            SELECT t FROM unnest(l.log) WITH ORDINALITY AS u(t, i)
+                            WHERE i <> array_position(l.log, OLD.acquired_at)
+                            UNION ALL SELECT NEW.acquired_at) AS moved)
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''))
+               AND l.rate_count IS NOT NULL
+               AND array_position(l.log, OLD.acquired_at) IS NOT NULL;
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER leases_move_grant AFTER UPDATE OF acquired_at ON {s}.leases
+             FOR EACH ROW WHEN (NEW.limited AND NEW.acquired_at <> OLD.acquired_at)
+             EXECUTE FUNCTION {s}.move_grant();
+
+         -- Locks credential `cid` (before its limits, as every grant does)
+         -- and, for the scope of every scope, ends the cool-down that its
+         -- limits set, to be set again from what they say next.
+         CREATE FUNCTION {s}.lift_block(cid bigint, sc text)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE old_block bigint;
+         BEGIN
+             PERFORM 1 FROM {s}.credentials WHERE id = cid FOR UPDATE;
+             IF sc = '' THEN
+                 SELECT blocked_until INTO old_block FROM {s}.limits
+                 WHERE credential_id = cid AND scope = '' FOR UPDATE;
+                 IF old_block IS NOT NULL THEN
+                     UPDATE {s}.credentials SET cooling_until = NULL
+                     WHERE id = cid AND cooling_until = old_block;
+                 END IF;
+             END IF;
+         END $$;
+
+         -- Sets (or with a NULL count removes) a credential's own quota;
+         -- without one, the pool's default holds. The grants logged count
+         -- against the new quota too.
+         CREATE FUNCTION {s}.set_rate(cid bigint, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE dn integer; dw bigint;
+         BEGIN
+             PERFORM {s}.lift_block(cid, sc);
+             IF n IS NULL THEN
+                 SELECT pr.rate_count, pr.rate_window_ms INTO dn, dw
+                 FROM {s}.pool_rates AS pr JOIN {s}.credentials AS c ON c.pool = pr.pool
+                 WHERE c.id = cid AND pr.scope = sc;
+             END IF;
+             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms, inherited)
+             SELECT id, sc, pool, coalesce(n, dn), CASE WHEN n IS NULL THEN dw ELSE w END,
+                    n IS NULL AND dn IS NOT NULL
+             FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 rate_count = EXCLUDED.rate_count,
+                 rate_window_ms = EXCLUDED.rate_window_ms,
+                 inherited = EXCLUDED.inherited,
+                 log = CASE WHEN EXCLUDED.rate_count IS NULL THEN '{{}}' ELSE limits.log END;
+             PERFORM {s}.settle_limit(cid, sc, {NOW});
+         END $$;
+
+         -- The pool's default quota of `sc` changed (a NULL count: none):
+         -- a quota of the credential's own stays.
+         CREATE FUNCTION {s}.set_default(cid bigint, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM {s}.lift_block(cid, sc);
+             INSERT INTO {s}.limits (credential_id, scope, pool, rate_count, rate_window_ms, inherited)
+             SELECT id, sc, pool, n, w, n IS NOT NULL FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 rate_count = EXCLUDED.rate_count,
+                 rate_window_ms = EXCLUDED.rate_window_ms,
+                 inherited = EXCLUDED.inherited,
+                 log = CASE WHEN EXCLUDED.rate_count IS NULL THEN '{{}}' ELSE limits.log END
+             WHERE limits.inherited OR limits.rate_count IS NULL;
+             PERFORM {s}.settle_limit(cid, sc, {NOW});
+         END $$;
+
+         -- Sets (or removes) pool `p`'s default quota of `sc`, on every
+         -- credential without one of its own, in id order.
+         CREATE FUNCTION {s}.set_pool_default(p text, sc text, n integer, w bigint)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE r record;
+         BEGIN
+             -- Waits for the adds in flight (each holds this lock shared):
+             -- none of their credentials misses the change.
+             PERFORM pg_advisory_xact_lock(hashtext('credpool.defaults.{schema}.' || p));
+             IF n IS NULL THEN
+                 DELETE FROM {s}.pool_rates WHERE pool = p AND scope = sc;
+             ELSE
+                 INSERT INTO {s}.pool_rates (pool, scope, rate_count, rate_window_ms)
+                 VALUES (p, sc, n, w)
+                 ON CONFLICT (pool, scope) DO UPDATE SET
+                     rate_count = EXCLUDED.rate_count, rate_window_ms = EXCLUDED.rate_window_ms;
+             END IF;
+             FOR r IN SELECT id FROM {s}.credentials WHERE pool = p ORDER BY id LOOP
+                 PERFORM {s}.set_default(r.id, sc, n, w);
+             END LOOP;
+         END $$;
+
+         -- Takes in a budget an API reported: the latest report holds,
+         -- and within one window (the same reset) the fewer requests left.
+         CREATE FUNCTION {s}.report_limit(cid bigint, sc text, reset bigint, left_ integer)
+         RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE at bigint := {NOW};
+         BEGIN
+             PERFORM {s}.lift_block(cid, sc);
+             INSERT INTO {s}.limits (credential_id, scope, pool, until, remaining)
+             SELECT id, sc, pool, reset, left_ FROM {s}.credentials WHERE id = cid
+             ON CONFLICT (credential_id, scope) DO UPDATE SET
+                 until = EXCLUDED.until,
+                 remaining = CASE WHEN limits.until > at AND limits.until = EXCLUDED.until
+                                  THEN least(limits.remaining, EXCLUDED.remaining)
+                                  ELSE EXCLUDED.remaining END;
+             PERFORM {s}.settle_limit(cid, sc, at);
+         END $$;
+
+         -- Ends the cool-downs and reported budgets of the credentials of
+         -- pool `p` (named `nm`, or all), in scope `sc` (or all, and their
+         -- own cool-downs); returns how many credentials it changed.
+         CREATE FUNCTION {s}.reset_limits(p text, nm text, sc text)
+         RETURNS bigint LANGUAGE plpgsql AS $$
+         DECLARE at bigint := {NOW}; ids bigint[]; r record;
+         BEGIN
+             PERFORM 1 FROM {s}.credentials
+             WHERE pool = p AND (nm IS NULL OR name = nm) ORDER BY id FOR UPDATE;
+             WITH cooled AS (
+                 UPDATE {s}.credentials SET cooling_until = NULL
+                 WHERE pool = p AND (nm IS NULL OR name = nm) AND sc IS NULL
+                   AND cooling_until > at
+                 RETURNING id
+             )
+             SELECT coalesce(array_agg(id), '{{}}') INTO ids FROM cooled;
+             FOR r IN
+                 UPDATE {s}.limits AS l SET until = NULL, remaining = 0
+                 FROM {s}.credentials AS c
+                 WHERE c.id = l.credential_id AND c.pool = p AND (nm IS NULL OR c.name = nm)
+                   AND (sc IS NULL OR l.scope = sc) AND l.until IS NOT NULL
+                 RETURNING l.credential_id, l.scope
+             LOOP
+                 ids := ids || r.credential_id;
+                 PERFORM {s}.settle_limit(r.credential_id, r.scope, at);
+             END LOOP;
+             -- A quota of every scope that is used up still holds.
+             FOR r IN SELECT DISTINCT unnest(ids) AS id LOOP
+                 PERFORM {s}.settle_limit(r.id, '', at);
+             END LOOP;
+             RETURN (SELECT count(DISTINCT x) FROM unnest(ids) AS x);
+         END $$;"
+    )
+}
