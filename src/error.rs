@@ -63,6 +63,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A weighted grant asked for more units than any enabled credential
+    /// (or the one named) has capacity for, or than its quotas allow in
+    /// one window: it could never be served.
+    #[error(
+        "{units} units asked at once in pool `{pool}`, but {} takes at most {most}: ask for fewer units, or raise a capacity (or quota)",
+        if *.named { "the credential asked for" } else { "any enabled credential" }
+    )]
+    TooManyUnits {
+        /// The units asked for.
+        units: u32,
+        /// The most units any credential that could serve the ask takes at once.
+        most: u32,
+        /// Whether one credential was asked for by name.
+        named: bool,
+        /// The pool's name.
+        pool: String,
+    },
+
     /// No credential has this name.
     #[error("no credential named {name:?} in pool `{pool}`")]
     UnknownCredential {

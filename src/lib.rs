@@ -24,5 +24,5 @@ pub use pool::{Pool, PoolBuilder};
 pub use store::memory::MemoryStore;
 pub use store::{
     Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnDuplicate,
-    Options, Receipt, Store, StoreSettings, Want,
+    Options, Receipt, Store, StoreSettings, Want, MAX_UNITS,
 };

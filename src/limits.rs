@@ -227,6 +227,10 @@ impl Limited {
     }
 }
 
+/// A time that never comes: when a quota allows fewer grants in a window
+/// than a weighted grant asks for at once.
+pub(crate) const NEVER: i64 = i64::MAX;
+
 /// The times of a quota's grants within its last window, oldest first
 /// (a deque: a grant drops the oldest from the front, adds at the back).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -289,11 +293,24 @@ impl QuotaLog {
     /// must have left the window. Times are whole milliseconds, cut down
     /// from the clock's: one more millisecond keeps two grants logged W
     /// apart at least W apart in real time too.
+    #[cfg(test)]
     pub(crate) fn free_at(&self, rate: Rate) -> Option<i64> {
-        let count = rate.count() as usize;
+        self.free_at_for(rate, 1)
+    }
+
+    /// The earliest time `units` more grants at once are allowed (a
+    /// weighted grant); `None`: at any time, [`NEVER`] when `units` is more
+    /// than the quota allows in a window. With `len` logged, the newest
+    /// `count - units` may stay in the window, so the one before them must
+    /// have left it.
+    pub(crate) fn free_at_for(&self, rate: Rate, units: u32) -> Option<i64> {
+        let (count, units) = (rate.count() as usize, units as usize);
+        if units > count {
+            return Some(NEVER);
+        }
         let len = self.0.len();
-        (len >= count).then(|| {
-            self.0[len - count]
+        (len + units > count).then(|| {
+            self.0[len + units - 1 - count]
                 .saturating_add(rate.window_ms())
                 .saturating_add(1)
         })
@@ -342,23 +359,42 @@ impl Limit {
 
     /// Until when this limit refuses a grant, from `now`; `None`: it allows one.
     pub(crate) fn blocked_until(&self, now: i64) -> Option<i64> {
+        self.blocked_for(now, 1)
+    }
+
+    /// Until when this limit refuses a grant of `units` at once, from
+    /// `now`; `None`: it allows one; [`NEVER`]: the quota is smaller.
+    pub(crate) fn blocked_for(&self, now: i64, units: u32) -> Option<i64> {
         let reported = self
             .until
-            .filter(|&until| until > now && self.remaining == 0);
+            .filter(|&until| until > now && self.remaining < units);
         let quota = self
             .rate
-            .and_then(|rate| self.log.free_at(rate))
+            .and_then(|rate| self.log.free_at_for(rate, units))
             .filter(|&at| at > now);
         crate::time::latest(reported, quota)
     }
 
+    /// The most units one grant may take under this limit: its quota's count.
+    pub(crate) fn most_units(&self) -> Option<u32> {
+        self.rate.map(|rate| rate.count())
+    }
+
     /// Counts a grant made at `now`, dated `at` in the quota's log.
+    #[cfg(test)]
     pub(crate) fn record(&mut self, now: i64, at: i64) {
+        self.record_units(now, at, 1);
+    }
+
+    /// Counts a grant of `units` at once: `units` grants at `at`.
+    pub(crate) fn record_units(&mut self, now: i64, at: i64, units: u32) {
         if let Some(rate) = self.rate {
-            self.log.record(rate, now, at);
+            for _ in 0..units {
+                self.log.record(rate, now, at);
+            }
         }
         if self.until.is_some_and(|until| until > now) {
-            self.remaining = self.remaining.saturating_sub(1);
+            self.remaining = self.remaining.saturating_sub(units);
         }
     }
 

@@ -67,6 +67,7 @@ impl conformance::Factory for Postgres {
 
 conformance_suite!(Postgres);
 limits_suite!(Postgres);
+weighted_suite!(Postgres);
 
 /// A plain connection to the test server, for looking behind the store's back.
 async fn raw() -> tokio_postgres::Client {
@@ -244,9 +245,21 @@ async fn schema_version(schema: &str) -> i64 {
 }
 
 /// What migration 4 -> 5 added (rate limits), taken out again.
+/// SQL that takes a current schema back to version 5 (before weighted
+/// grants); its trigger functions stay as version 6 left them, which its
+/// migration writes again.
+fn undo_version_6(schema: &str) -> String {
+    format!(
+        "DROP FUNCTION \"{schema}\".grant_units, \"{schema}\".limit_blocked_for;
+         ALTER TABLE \"{schema}\".leases DROP COLUMN units;
+         ALTER TABLE \"{schema}\".tickets DROP COLUMN units;"
+    )
+}
+
 fn undo_version_5(schema: &str) -> String {
     format!(
-        "DROP TABLE \"{schema}\".limits;
+        "{}
+         DROP TABLE \"{schema}\".limits;
          DROP FUNCTION \"{schema}\".count_grant CASCADE;
          DROP FUNCTION \"{schema}\".move_grant CASCADE;
          DROP FUNCTION \"{schema}\".settle_limit, \"{schema}\".limit_blocked,
@@ -256,8 +269,46 @@ fn undo_version_5(schema: &str) -> String {
          DROP TABLE \"{schema}\".pool_rates;
          ALTER TABLE \"{schema}\".credentials DROP COLUMN limited, DROP COLUMN blocks;
          ALTER TABLE \"{schema}\".leases DROP COLUMN scope, DROP COLUMN limited;
-         ALTER TABLE \"{schema}\".tickets DROP COLUMN scope, DROP COLUMN name;"
+         ALTER TABLE \"{schema}\".tickets DROP COLUMN scope, DROP COLUMN name;",
+        undo_version_6(schema)
     )
+}
+
+/// A schema of version 5 (before weighted grants) is migrated when a store
+/// opens it: a lease held across the migration is given back, and
+/// weighted grants work, counted against quotas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_schema_is_migrated_and_takes_weighted_grants() {
+    let schema = fresh_schema("from_v5");
+    let pool = pool_in(&schema, &[]).await;
+    pool.add(
+        NewCredential::new("kept", "s")
+            .capacity(4)
+            .rate("6/1h".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let token = pool.acquire().await.unwrap().into_token();
+    drop(pool);
+    raw()
+        .await
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".schema_version SET version = 5;",
+            undo_version_6(&schema)
+        ))
+        .await
+        .unwrap();
+    let pool = Pool::new(open(&schema).await);
+    assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
+    pool.release_token(token, credpool::ReleaseOutcome::Success)
+        .await
+        .expect("the lease from before comes back: one unit");
+    let heavy = pool.acquire_units(4).await.unwrap();
+    assert_eq!(heavy.units(), 4);
+    heavy.release().await.unwrap();
+    // One grant before and four now count against the quota of six.
+    assert!(pool.try_acquire_units(2).await.unwrap().is_none());
+    assert!(pool.try_acquire().await.unwrap().is_some());
 }
 
 /// A schema of version 4 (before rate limits) is migrated when a store

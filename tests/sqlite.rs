@@ -41,6 +41,7 @@ impl conformance::Factory for Sqlite {
 
 conformance_suite!(Sqlite);
 limits_suite!(Sqlite);
+weighted_suite!(Sqlite);
 
 async fn pool_at(path: &Path, names: &[&str]) -> Pool<SqliteStore> {
     let pool = Pool::new(SqliteStore::open(path).await.unwrap());
@@ -62,6 +63,49 @@ async fn state_survives_reopening() {
         Pool::new(SqliteStore::open(&path).await.unwrap())
     })
     .await;
+}
+
+/// A store file of version 4 (before weighted grants) is migrated when it
+/// is opened: a lease held across the migration comes back as one unit,
+/// and weighted grants work, counted against quotas.
+#[tokio::test]
+async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
+    let path = fresh_path("from-v4");
+    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+    pool.add(
+        NewCredential::new("kept", "s")
+            .capacity(4)
+            .rate("6/1h".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let token = pool.acquire().await.unwrap().into_token();
+    pool.close();
+    drop(pool);
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "ALTER TABLE leases DROP COLUMN units;
+             ALTER TABLE tickets DROP COLUMN units;
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    pool.release_token(token, credpool::ReleaseOutcome::Success)
+        .await
+        .expect("the lease from before comes back: one unit");
+    let heavy = pool.acquire_units(4).await.unwrap();
+    assert_eq!(heavy.units(), 4);
+    heavy.release().await.unwrap();
+    // One grant before and four now count against the quota of six.
+    assert!(pool.try_acquire_units(2).await.unwrap().is_none());
+    assert!(pool.try_acquire().await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -116,13 +116,14 @@ impl ReceiptBooks for Books {
         &self,
         token: LeaseToken,
         name: &Arc<str>,
+        units: u32,
         counted: bool,
         outcome: Option<ReleaseOutcome>,
     ) {
         if counted {
             self.lease_returned();
         }
-        self.waiters.freed_one();
+        self.waiters.freed(units);
         if let Some(outcome) = outcome {
             tracing::debug!(pool = &*self.pool, credential = %name, lease_id = %token.lease_id(), ?outcome, "released");
             if self.events.wanted() {

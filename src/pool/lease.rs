@@ -53,6 +53,12 @@ impl<S: Store> Lease<S> {
         self.grant.expires_at
     }
 
+    /// The units of the credential's capacity this lease holds: 1, or what
+    /// a weighted grant asked for ([`Pool::acquire_units`](crate::Pool::acquire_units)).
+    pub fn units(&self) -> u32 {
+        self.grant.units
+    }
+
     /// The token that names this lease (for logs, or to hand to another process).
     pub fn token(&self) -> LeaseToken {
         self.grant.token()

@@ -11,6 +11,11 @@
 //! never wakes a second waiter of it past the first, who could then be
 //! served before it. (A store that keeps its own line hands units to its
 //! tickets itself: a release wakes no line here.)
+//!
+//! A weighted ask waits in the line of the same ask for one unit: first
+//! come, first served among both. While one waits in a line, that line too
+//! wakes its first waiter to ask in turn, so a unit freed never goes past
+//! a weighted waiter at the head to a lighter one behind it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -136,12 +141,12 @@ impl Lines {
     /// The line of `want`, made when nobody waits for it yet.
     #[inline]
     fn line(&self, want: &Want) -> Line<'_> {
-        if want.is_any() {
+        if want.is_unscoped_any() {
             return Line::Plain(&self.plain);
         }
         let mut others = self.others();
         let queue = others
-            .entry(want.clone())
+            .entry(want.one_unit())
             .or_insert_with(|| {
                 Arc::new(Numbered {
                     number: self.numbered.fetch_add(1, SeqCst) + 1,
@@ -157,7 +162,7 @@ impl Lines {
     /// and its epoch (`None`: there is none), and whether anyone waits in it.
     #[inline]
     pub(crate) fn look(&self, want: &Want) -> (Option<Seen>, bool) {
-        if want.is_any() {
+        if want.is_unscoped_any() {
             let seen = Seen {
                 line: 0,
                 epoch: self.plain.epoch(),
@@ -167,7 +172,7 @@ impl Lines {
         if self.other_lines.load(SeqCst) == 0 {
             return (None, true);
         }
-        match self.others().get(want) {
+        match self.others().get(&want.one_unit()) {
             Some(queue) => {
                 let seen = Seen {
                     line: queue.number,
@@ -182,13 +187,15 @@ impl Lines {
     /// Whether anyone waits in the line of `want` (without making it).
     #[inline]
     pub(crate) fn is_empty_for(&self, want: &Want) -> bool {
-        if want.is_any() {
+        if want.is_unscoped_any() {
             return self.plain.is_empty();
         }
         if self.other_lines.load(SeqCst) == 0 {
             return true;
         }
-        self.others().get(want).is_none_or(|queue| queue.is_empty())
+        self.others()
+            .get(&want.one_unit())
+            .is_none_or(|queue| queue.is_empty())
     }
 
     /// Enters the line of `want` (made when nobody waits for it yet); the
@@ -209,12 +216,13 @@ impl Lines {
             return;
         };
         drop(queue);
+        let key = want.one_unit();
         let mut others = self.others();
         if others
-            .get(want)
+            .get(&key)
             .is_some_and(|queue| Arc::strong_count(queue) == 1 && queue.is_empty())
         {
-            others.remove(want);
+            others.remove(&key);
             self.other_lines.store(others.len(), SeqCst);
         }
     }
@@ -235,6 +243,17 @@ impl Lines {
         self.plain.freed_one();
         if !self.lined && self.other_lines.load(SeqCst) > 0 {
             self.freed_one_elsewhere();
+        }
+    }
+
+    /// `units` units were freed at once: more than one, and the first
+    /// waiter of every line asks in turn (on a store that keeps no line).
+    #[inline]
+    pub(crate) fn freed(&self, units: u32) {
+        if units > 1 && !self.lined {
+            self.wake_in_turn();
+        } else {
+            self.freed_one();
         }
     }
 

@@ -254,6 +254,66 @@ impl<S: Store> Pool<S> {
         self.acquire_matching_timeout(&Want::any(), timeout).await
     }
 
+    /// Waits until one credential has `units` units of its capacity free
+    /// (and its quotas allow `units` more grants), then leases them
+    /// together: a heavy job that needs 3 of an account's 5 concurrent
+    /// slots asks for 3, and the grant counts 3 against its quotas
+    /// (qpool's weighted acquire). The lease gives them all back.
+    ///
+    /// Waiting stays first come, first served: a weighted waiter at the head
+    /// of the line is not overtaken by smaller asks behind it, which wait
+    /// with it until it is served.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2").capacity(5)).await?;
+    /// let heavy = pool.acquire_units(3).await?;
+    /// assert_eq!(heavy.units(), 3);
+    /// let light = pool.acquire_units(2).await?;
+    /// // All five are taken: a third ask waits.
+    /// assert!(pool.try_acquire().await?.is_none());
+    /// // More than any capacity can never be served, and says so at once.
+    /// assert!(matches!(pool.acquire_units(6).await, Err(credpool::Error::TooManyUnits { .. })));
+    /// # drop((heavy, light)); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Pool::acquire); [`Error::TooManyUnits`] at once
+    /// when no enabled credential has `units` of capacity (or allows that
+    /// many grants in one window); [`Error::InvalidInput`] for 0 units.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_units(&self, units: u32) -> Result<Lease<S>> {
+        self.acquire_until(&Want::any().units(units)?, None).await
+    }
+
+    /// As [`acquire_units`](Pool::acquire_units), but fails with
+    /// [`Error::Timeout`] after `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn acquire_units_timeout(&self, units: u32, timeout: Duration) -> Result<Lease<S>> {
+        self.acquire_matching_timeout(&Want::any().units(units)?, timeout)
+            .await
+    }
+
+    /// As [`acquire_units`](Pool::acquire_units) without waiting: `Ok(None)`
+    /// when no credential has `units` free now, or when others wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Pool::acquire).
+    pub async fn try_acquire_units(&self, units: u32) -> Result<Option<Lease<S>>> {
+        self.try_acquire_matching(&Want::any().units(units)?).await
+    }
+
     /// Waits until a credential may serve `scope` (an endpoint, say), then
     /// leases it: one that does not cool down in that scope (nor in every
     /// scope), and whose quotas of that scope and of every scope allow one
@@ -468,7 +528,7 @@ impl<S: Store> Pool<S> {
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
-        let (waiter, mut place) = line.join(seen, retry_at);
+        let (waiter, mut place) = line.join(seen, retry_at, want.is_weighted());
         // When the first in line polls next: kept across wake-ups, so that
         // wake-ups that come more often than the poll interval cannot put
         // the poll off for ever.
@@ -500,6 +560,7 @@ impl<S: Store> Pool<S> {
                 () = sleep_until(deadline.map(|(at, _)| at)) => {
                     let waited = deadline.map_or(Duration::ZERO, |(_, timeout)| timeout);
                     let what = match (want.name(), want.scope_name()) {
+                        (None, None) if want.is_weighted() => "a credential with the units asked free",
                         (None, None) => "a free credential",
                         (None, Some(_)) => "a credential free in its scope",
                         (Some(_), _) => "the credential asked for by name",

@@ -28,6 +28,11 @@ pub(crate) struct WaitQueue {
     /// Bumped on every release, so a task that is about to queue can tell
     /// whether something was freed since it last asked the store.
     epoch: AtomicU64,
+    /// How many of the waiters ask for more than one unit at once. While
+    /// any does, a freed unit wakes the first waiter to ask in turn
+    /// ([`WaitQueue::wake_in_turn`]) rather than the first asleep, so it
+    /// never goes past a weighted waiter at the head to one behind it.
+    weighted: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +62,8 @@ struct Entry {
     relay: bool,
     /// Woken with everyone else ([`WaitQueue::wake_all`]).
     all: bool,
+    /// Asks for more than one unit at once.
+    weighted: bool,
 }
 
 /// What a waiter was woken for, from [`Waiter::trying`].
@@ -143,6 +150,10 @@ impl WaitQueue {
     /// (unless a waiter woken early is about to ask the store anyway).
     #[inline]
     pub(crate) fn freed_one(&self) {
+        if !self.lined && self.weighted.load(SeqCst) > 0 {
+            self.wake_in_turn();
+            return;
+        }
         self.epoch.fetch_add(1, SeqCst);
         if !self.lined && self.len.load(SeqCst) > 0 {
             self.wake_for_one();
@@ -200,16 +211,21 @@ impl WaitQueue {
     /// caller last asked the store: if a release happened since, the new waiter
     /// starts awake, so that release is not missed. `retry_at` is what the
     /// store said, if the caller asked it. Returns the waiter and its place.
+    /// `weighted`: the waiter asks for more than one unit at once.
     pub(crate) fn join(
         &self,
         seen_epoch: u64,
         retry_at: Option<SystemTime>,
+        weighted: bool,
     ) -> (Waiter<'_>, (bool, Option<SystemTime>)) {
         let signal = Arc::new(Notify::new());
         let mut list = self.lock();
         let ticket = list.next_ticket;
         list.next_ticket += 1;
         self.len.fetch_add(1, SeqCst);
+        if weighted {
+            self.weighted.fetch_add(1, SeqCst);
+        }
         // Ask the store first if a release happened since the caller did, or if
         // nobody is ahead (the line may have emptied since the caller looked).
         let awake = self.epoch.load(SeqCst) != seen_epoch || list.entries.is_empty();
@@ -222,6 +238,7 @@ impl WaitQueue {
             awake,
             relay: false,
             all: false,
+            weighted,
         });
         if retry_at.is_some() {
             list.retry_at = retry_at;
@@ -328,6 +345,9 @@ impl Waiter<'_> {
         if let Some(position) = list.position(self.ticket) {
             let entry = list.entries.remove(position);
             self.queue.len.fetch_sub(1, SeqCst);
+            if entry.as_ref().is_some_and(|entry| entry.weighted) {
+                self.queue.weighted.fetch_sub(1, SeqCst);
+            }
             // A wake-up this waiter will not use goes on; so does the timer it kept.
             if let Some(Entry {
                 awake: true, relay, ..
@@ -378,9 +398,9 @@ mod tests {
     fn an_announcement_during_a_poll_that_wins_wakes_only_the_next_waiter() {
         let queue = WaitQueue::new(true, false);
         let epoch = queue.epoch();
-        let (first, _) = queue.join(epoch, None);
-        let (second, _) = queue.join(epoch, None);
-        let (third, _) = queue.join(epoch, None);
+        let (first, _) = queue.join(epoch, None, false);
+        let (second, _) = queue.join(epoch, None, false);
+        let (third, _) = queue.join(epoch, None, false);
         first.trying();
         queue.freed_one();
         assert_eq!(awake(&queue), [true, false, false], "the first is told");
@@ -402,9 +422,9 @@ mod tests {
     fn an_announcement_after_a_poll_does_not_wake_a_second_waiter() {
         let queue = WaitQueue::new(true, false);
         let epoch = queue.epoch();
-        let (first, _) = queue.join(epoch, None);
-        let (second, _) = queue.join(epoch, None);
-        let (_third, _) = queue.join(epoch, None);
+        let (first, _) = queue.join(epoch, None, false);
+        let (second, _) = queue.join(epoch, None, false);
+        let (_third, _) = queue.join(epoch, None, false);
         // The first in line asks at once and finds nothing; later its timer
         // wakes it (no release was announced) and it is served.
         first.trying();
@@ -428,9 +448,9 @@ mod tests {
     fn without_polling_every_announcement_wakes_a_waiter() {
         let queue = WaitQueue::new(false, false);
         let epoch = queue.epoch();
-        let (first, _) = queue.join(epoch, None);
-        let (_second, _) = queue.join(epoch, None);
-        let (_third, _) = queue.join(epoch, None);
+        let (first, _) = queue.join(epoch, None, false);
+        let (_second, _) = queue.join(epoch, None, false);
+        let (_third, _) = queue.join(epoch, None, false);
         first.trying();
         first.served(true);
         queue.freed_one();

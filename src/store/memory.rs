@@ -102,6 +102,8 @@ impl Ready {
 struct Slot {
     credential: Credential,
     holders: Vec<Holder>,
+    /// The units the holders hold, together (a weighted lease holds more than one).
+    held: u32,
     disabled: Option<String>,
     cooling_until: Option<i64>,
     generation: u32,
@@ -116,11 +118,34 @@ struct Slot {
 struct Holder {
     lease_id: LeaseId,
     expires_at: Option<i64>,
+    units: u32,
 }
 
 impl Slot {
     fn free_units(&self) -> usize {
-        (self.credential.capacity() as usize).saturating_sub(self.holders.len())
+        (self.credential.capacity() as usize).saturating_sub(self.held as usize)
+    }
+
+    /// Whether `units` units are free at once.
+    fn has_free(&self, units: u32) -> bool {
+        self.free_units() >= units as usize
+    }
+
+    /// Takes out the holder at `held`; returns its units.
+    fn drop_holder(&mut self, held: usize) -> u32 {
+        let holder = self.holders.swap_remove(held);
+        self.held = self.held.saturating_sub(holder.units);
+        holder.units
+    }
+
+    /// The most units one grant for `scope` may take here: its capacity,
+    /// or less under a quota of that scope or of every scope.
+    fn most_units(&self, scope: &str) -> u32 {
+        self.limits
+            .iter()
+            .filter(|limit| limit.scope.is_empty() || limit.scope == scope)
+            .filter_map(Limit::most_units)
+            .fold(self.credential.capacity(), u32::min)
     }
 
     fn can_hand_out(&self) -> bool {
@@ -128,12 +153,12 @@ impl Slot {
     }
 
     /// Until when this credential refuses a grant in `scope` (`""`: the
-    /// default), beyond a cool-down of every scope.
-    fn blocked_in(&self, scope: &str, now: i64) -> Option<i64> {
+    /// default) of `units` grants at once, beyond a cool-down of every scope.
+    fn blocked_for(&self, scope: &str, units: u32, now: i64) -> Option<i64> {
         self.limits
             .iter()
             .filter(|limit| limit.scope.is_empty() || limit.scope == scope)
-            .filter_map(|limit| limit.blocked_until(now))
+            .filter_map(|limit| limit.blocked_for(now, units))
             .max()
     }
 
@@ -258,6 +283,9 @@ impl MemoryStore {
                 pool: self.settings.pool().to_string(),
             });
         }
+        if want.is_weighted() {
+            self.check_units(&state, want)?;
+        }
         let next_cool = state.cooling.peek().map(|Reverse((at, ..))| *at);
         let next_expiry = state.expiring.peek().map(|Reverse((at, ..))| *at);
         let mut retry_at = earliest(next_cool, next_expiry);
@@ -270,7 +298,7 @@ impl MemoryStore {
                     want.name()
                         .is_none_or(|name| slot.credential.name() == name)
                 })
-                .filter_map(|slot| slot.blocked_in(scope, now))
+                .filter_map(|slot| slot.blocked_for(scope, want.units_asked(), now))
                 .min();
             retry_at = earliest(retry_at, unblocked);
         }
@@ -303,10 +331,11 @@ impl MemoryStore {
                 });
             }
             let free = slot.can_hand_out()
-                && slot.free_units() > 0
-                && slot.blocked_in(scope, now).is_none();
+                && slot.has_free(want.units_asked())
+                && slot.blocked_for(scope, want.units_asked(), now).is_none();
             return Ok(free.then_some((index, false)));
         }
+        let units = want.units_asked();
         let State { slots, ready, .. } = state;
         let usable = |run: &Run| {
             slots[run.index].as_ref().is_some_and(|slot| {
@@ -319,15 +348,17 @@ impl MemoryStore {
         }
         let serves = |run: &Run| {
             usable(run)
-                && slots[run.index]
-                    .as_ref()
-                    .is_some_and(|slot| slot.blocked_in(scope, now).is_none())
+                && slots[run.index].as_ref().is_some_and(|slot| {
+                    slot.has_free(units) && slot.blocked_for(scope, units, now).is_none()
+                })
         };
         let Some(position) = ready.0.iter().position(serves) else {
             return Ok(None);
         };
         let index = ready.0[position].index;
-        if position > 0 {
+        // A weighted grant takes several units: the credential's queued
+        // ones are queued anew, as for one found further back.
+        if position > 0 || units > 1 {
             return Ok(Some((index, false)));
         }
         if let Some(front) = ready.0.front_mut() {
@@ -351,11 +382,38 @@ impl MemoryStore {
         let mut state = self.lock();
         let result = state.release(lease, &outcome);
         match &result {
-            Ok(name) => receipt.released(name),
+            Ok((name, units)) => receipt.released_units(name, *units),
             Err(_) => receipt.refused(),
         }
         drop(state);
-        result
+        result.map(|(name, _)| name)
+    }
+
+    /// Fails a weighted grant that no enabled credential (or not the one
+    /// named) could ever serve: its capacity, or a quota, is smaller.
+    fn check_units(&self, state: &State, want: &Want) -> Result<()> {
+        let scope = want.scope_key();
+        let most = state
+            .slots
+            .iter()
+            .flatten()
+            .filter(|slot| slot.disabled.is_none())
+            .filter(|slot| {
+                want.name()
+                    .is_none_or(|name| slot.credential.name() == name)
+            })
+            .map(|slot| slot.most_units(scope))
+            .max()
+            .unwrap_or(0);
+        if want.units_asked() > most {
+            return Err(Error::TooManyUnits {
+                units: want.units_asked(),
+                most,
+                named: want.name().is_some(),
+                pool: self.settings.pool().to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -399,10 +457,13 @@ impl State {
         let Some(slot) = self.slots[index].as_mut() else {
             unreachable!("a credential found free exists");
         };
+        let units = want.units_asked();
         slot.holders.push(Holder {
             lease_id,
             expires_at,
+            units,
         });
+        slot.held += units;
         slot.last_used_at = Some(now);
         slot.use_count += 1;
         let grant = Grant {
@@ -410,6 +471,7 @@ impl State {
             lease_id,
             acquired_at: from_ms(now),
             expires_at: expires_at.map(from_ms),
+            units,
         };
         if let Some(at) = expires_at {
             self.expiring.push(Reverse((at, index, lease_id)));
@@ -425,7 +487,7 @@ impl State {
             let scope = want.scope_key();
             for limit in &mut slot.limits {
                 if limit.scope.is_empty() || limit.scope == scope {
-                    limit.record(now, now);
+                    limit.record_units(now, now, units);
                 }
             }
             self.block_every_scope(index, now);
@@ -460,7 +522,8 @@ impl State {
         }
     }
 
-    fn release(&mut self, lease: LeaseToken, outcome: &ReleaseOutcome) -> Result<Arc<str>> {
+    /// Ends a lease: the credential's name, and the units it held.
+    fn release(&mut self, lease: LeaseToken, outcome: &ReleaseOutcome) -> Result<(Arc<str>, u32)> {
         let state = self;
         // The clock costs as much as the rest of a release: read it only when needed.
         let effect = outcome.effect();
@@ -495,7 +558,7 @@ impl State {
                 credential: slot.credential.name().to_string(),
                 lease_id: lease.lease_id(),
             })?;
-        slot.holders.swap_remove(held);
+        let units = slot.drop_holder(held);
         let name = slot.credential.name_arc().clone();
         // The latest report holds: a cool-down of every scope that the last
         // one set ends, to be set again from what this one says.
@@ -508,14 +571,14 @@ impl State {
                 slot.generation = slot.generation.wrapping_add(1);
             }
             slot.disabled = Some(reason.to_string());
-            return Ok(name);
+            return Ok((name, units));
         }
         let cool = effect.cooling_until(now);
         if lifted && slot.can_hand_out() {
             // Every free unit, this one too, is queued anew.
             ready.push_back(index, slot.generation, slot.free_units());
         } else if cool.is_none() && slot.can_hand_out() {
-            ready.push_back(index, slot.generation, 1);
+            ready.push_back(index, slot.generation, units as usize);
         }
         if let Some(until) = cool {
             state.cool(index, until);
@@ -523,7 +586,7 @@ impl State {
         if effect.report.is_some() {
             state.block_every_scope(index, now);
         }
-        Ok(name)
+        Ok((name, units))
     }
 }
 
@@ -587,13 +650,13 @@ impl State {
             }) else {
                 continue;
             };
-            slot.holders.swap_remove(held);
+            let units = slot.drop_holder(held);
             expired.push(ExpiredLease {
                 name: slot.credential.name_arc().clone(),
                 lease_id,
             });
             if slot.can_hand_out() {
-                self.ready.push_back(index, slot.generation, 1);
+                self.ready.push_back(index, slot.generation, units as usize);
             }
         }
         if self.ready.len() > self.compact_at {
@@ -664,6 +727,7 @@ impl State {
         self.slots.push(Some(Slot {
             credential,
             holders: Vec::new(),
+            held: 0,
             disabled,
             cooling_until: None,
             generation: 0,
@@ -683,7 +747,7 @@ impl State {
             id: CredentialId::new(index as u64),
             name: slot.credential.name().to_string(),
             capacity: slot.credential.capacity(),
-            holders: slot.holders.len() as u32,
+            holders: slot.held,
             disabled_reason: slot.disabled.clone(),
             cooling_until: slot.cooling_until.map(from_ms),
             has_extra: slot.credential.extra().is_some(),
@@ -777,7 +841,7 @@ impl Admin for MemoryStore {
         if !slot.holders.is_empty() && !force {
             return Err(Error::InUse {
                 name: name.to_string(),
-                holders: slot.holders.len() as u32,
+                holders: slot.held,
             });
         }
         let was_enabled = slot.disabled.is_none();
@@ -803,9 +867,10 @@ impl Admin for MemoryStore {
         state.reclaim(now_ms(), &mut Vec::new());
         let (index, slot, ready) = state.named(name).ok_or_else(|| self.unknown(name))?;
         let ended = slot.holders.len();
+        let freed = std::mem::take(&mut slot.held);
         slot.holders.clear();
         if slot.can_hand_out() {
-            ready.push_back(index, slot.generation, ended);
+            ready.push_back(index, slot.generation, freed as usize);
         }
         Ok(u32::try_from(ended).unwrap_or(u32::MAX))
     }
@@ -849,7 +914,7 @@ impl Admin for MemoryStore {
         state.reclaim(now_ms(), &mut Vec::new());
         let state_defaults = state.default_rates.clone();
         let (index, slot, ready) = state.named(name).ok_or_else(|| self.unknown(name))?;
-        let holders = slot.holders.len() as u32;
+        let holders = slot.held;
         if let Some(capacity) = change.capacity {
             if capacity < holders {
                 return Err(crate::credential::capacity_below_holders(
@@ -991,7 +1056,7 @@ impl Admin for MemoryStore {
                 slot.cooling_until.is_some_and(|until| until > now),
                 slot.free_units() == 0,
             );
-            stats.add(kind, 1, slot.holders.len() as u64);
+            stats.add(kind, 1, u64::from(slot.held));
             stats.uses += slot.use_count;
             let scope_blocked = slot
                 .limits

@@ -35,7 +35,7 @@ pub(crate) use self::line::{Line, Undelivered};
 pub use self::options::{Options, StoreSettings};
 pub(crate) use self::receipt::Books;
 pub use self::receipt::Receipt;
-pub use self::want::Want;
+pub use self::want::{Want, MAX_UNITS};
 
 /// What a store granted: the credential and the lease's identity and times.
 #[derive(Debug, Clone)]
@@ -48,6 +48,9 @@ pub struct Grant {
     pub acquired_at: SystemTime,
     /// When it expires; `None` without a TTL.
     pub expires_at: Option<SystemTime>,
+    /// The units of the credential's capacity the lease holds (1 unless
+    /// weighted, [`Want::units`]).
+    pub units: u32,
 }
 
 impl Grant {

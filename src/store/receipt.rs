@@ -16,11 +16,13 @@ use crate::store::order::Work;
 /// What a pool keeps about the leases it handed out, as a receipt reports to it.
 pub(crate) trait Books: Send + Sync + fmt::Debug {
     /// The release of `token` committed: the credential `name` is free
-    /// again. `outcome` is there when someone listens for events.
+    /// again, `units` of its capacity. `outcome` is there when someone
+    /// listens for events.
     fn released(
         &self,
         token: LeaseToken,
         name: &Arc<str>,
+        units: u32,
         counted: bool,
         outcome: Option<ReleaseOutcome>,
     );
@@ -102,9 +104,16 @@ impl Receipt {
     /// The release is committed: the credential named `name` is free again
     /// (or cooling down, or disabled, as the outcome said).
     #[inline]
-    pub fn released(mut self, name: &Arc<str>) {
+    pub fn released(self, name: &Arc<str>) {
+        self.released_units(name, 1);
+    }
+
+    /// As [`released`](Receipt::released), for a lease that held `units`
+    /// units of the credential's capacity (a weighted grant).
+    #[inline]
+    pub fn released_units(mut self, name: &Arc<str>, units: u32) {
         if let Some(books) = self.books.take() {
-            books.released(self.token, name, self.counted, self.for_event.take());
+            books.released(self.token, name, units, self.counted, self.for_event.take());
         }
     }
 

@@ -19,11 +19,26 @@ use crate::limits::validate_scope;
 /// assert!(Want::any().is_any());
 /// # Ok::<(), credpool::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Want {
     scope: Option<Arc<str>>,
     name: Option<Arc<str>>,
+    /// Units of capacity taken at once (1 unless weighted).
+    units: u32,
 }
+
+impl Default for Want {
+    fn default() -> Self {
+        Self {
+            scope: None,
+            name: None,
+            units: 1,
+        }
+    }
+}
+
+/// The most units one grant may take at once.
+pub const MAX_UNITS: u32 = 1_000_000;
 
 impl Want {
     /// Any credential, for the default scope: what [`Pool::acquire`](crate::Pool::acquire) asks.
@@ -50,6 +65,49 @@ impl Want {
         Ok(self)
     }
 
+    /// Takes `units` of the credential's capacity at once, and counts
+    /// `units` grants against its quotas (qpool's weighted acquire): a job
+    /// that needs 3 of an account's 5 concurrent slots asks for 3. From 1
+    /// to [`MAX_UNITS`]; 1 is a plain grant.
+    ///
+    /// ```
+    /// use credpool::Want;
+    /// let heavy = Want::any().units(3)?;
+    /// assert_eq!(heavy.units_asked(), 3);
+    /// assert!(Want::any().units(0).is_err());
+    /// # Ok::<(), credpool::Error>(())
+    /// ```
+    pub fn units(mut self, units: u32) -> Result<Self> {
+        if units == 0 || units > MAX_UNITS {
+            return Err(crate::error::InvalidInput::new(
+                "units",
+                format!("{units} is not a number of units to take: ask for 1 to {MAX_UNITS}"),
+            )
+            .into());
+        }
+        self.units = units;
+        Ok(self)
+    }
+
+    /// How many units of capacity a grant takes (1 unless weighted).
+    pub fn units_asked(&self) -> u32 {
+        self.units
+    }
+
+    /// Whether the grant takes more than one unit at once.
+    pub fn is_weighted(&self) -> bool {
+        self.units > 1
+    }
+
+    /// The same ask for one unit: the key of its waiting line, which
+    /// weighted and plain asks for the same thing share.
+    pub(crate) fn one_unit(&self) -> Self {
+        Self {
+            units: 1,
+            ..self.clone()
+        }
+    }
+
     /// The scope, if not the default.
     pub fn scope_name(&self) -> Option<&str> {
         self.scope.as_deref()
@@ -60,8 +118,15 @@ impl Want {
         self.name.as_deref()
     }
 
-    /// Whether this is the plain ask: any credential, default scope.
+    /// Whether this is the plain ask: any credential, default scope, one
+    /// unit.
     pub fn is_any(&self) -> bool {
+        self.scope.is_none() && self.name.is_none() && self.units == 1
+    }
+
+    /// Whether it asks for any credential in the default scope (of any
+    /// weight).
+    pub(crate) fn is_unscoped_any(&self) -> bool {
         self.scope.is_none() && self.name.is_none()
     }
 
@@ -74,10 +139,14 @@ impl Want {
 impl fmt::Display for Want {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.name, &self.scope) {
-            (None, None) => f.write_str("a free credential"),
-            (None, Some(scope)) => write!(f, "a free credential for scope {scope:?}"),
-            (Some(name), None) => write!(f, "credential {name:?}"),
-            (Some(name), Some(scope)) => write!(f, "credential {name:?} for scope {scope:?}"),
+            (None, None) => f.write_str("a free credential")?,
+            (None, Some(scope)) => write!(f, "a free credential for scope {scope:?}")?,
+            (Some(name), None) => write!(f, "credential {name:?}")?,
+            (Some(name), Some(scope)) => write!(f, "credential {name:?} for scope {scope:?}")?,
         }
+        if self.units > 1 {
+            write!(f, " with {} units free", self.units)?;
+        }
+        Ok(())
     }
 }

@@ -13,13 +13,15 @@ pub struct Hold {
     pub lease_id: u64,
     pub start: u64,
     pub end: u64,
+    /// The units of capacity it held (1 unless weighted).
+    pub units: u32,
 }
 
 #[derive(Debug, Default)]
 pub struct HoldLog {
     clock: AtomicU64,
     live: Mutex<HashMap<String, u32>>,
-    open: Mutex<HashMap<u64, (String, u64)>>,
+    open: Mutex<HashMap<u64, (String, u64, u32)>>,
     holds: Mutex<Vec<Hold>>,
     violations: Mutex<Vec<String>>,
 }
@@ -31,14 +33,19 @@ impl HoldLog {
 
     /// Call right after a lease was granted.
     pub fn start(&self, credential: &str, capacity: u32, lease_id: u64) {
+        self.start_units(credential, capacity, lease_id, 1);
+    }
+
+    /// Call right after a lease of `units` units was granted.
+    pub fn start_units(&self, credential: &str, capacity: u32, lease_id: u64, units: u32) {
         let at = self.clock.fetch_add(1, SeqCst);
         {
             let mut live = self.live.lock().unwrap();
             let holders = live.entry(credential.to_string()).or_insert(0);
-            *holders += 1;
+            *holders += units;
             if *holders > capacity {
                 self.violations.lock().unwrap().push(format!(
-                    "credential {credential} held by {holders} leases at once (capacity {capacity}), lease {lease_id}"
+                    "credential {credential} held {holders} units at once (capacity {capacity}), lease {lease_id}"
                 ));
             }
         }
@@ -46,7 +53,7 @@ impl HoldLog {
             .open
             .lock()
             .unwrap()
-            .insert(lease_id, (credential.to_string(), at));
+            .insert(lease_id, (credential.to_string(), at, units));
         if previous.is_some() {
             self.violations
                 .lock()
@@ -58,7 +65,7 @@ impl HoldLog {
     /// Call right before the lease is released or dropped.
     pub fn end(&self, lease_id: u64) {
         let at = self.clock.fetch_add(1, SeqCst);
-        let Some((credential, start)) = self.open.lock().unwrap().remove(&lease_id) else {
+        let Some((credential, start, units)) = self.open.lock().unwrap().remove(&lease_id) else {
             self.violations
                 .lock()
                 .unwrap()
@@ -66,13 +73,14 @@ impl HoldLog {
             return;
         };
         if let Some(holders) = self.live.lock().unwrap().get_mut(&credential) {
-            *holders -= 1;
+            *holders -= units;
         }
         self.holds.lock().unwrap().push(Hold {
             credential,
             lease_id,
             start,
             end: at,
+            units,
         });
     }
 
@@ -80,13 +88,18 @@ impl HoldLog {
         self.holds.lock().unwrap().len() + self.open.lock().unwrap().len()
     }
 
-    /// The most leases that held `credential` at once, from the log.
+    /// The most units held of `credential` at once, from the log.
     pub fn peak(&self, credential: &str) -> u32 {
         let holds = self.holds.lock().unwrap();
         let mut points: Vec<(u64, i32)> = holds
             .iter()
             .filter(|hold| hold.credential == credential)
-            .flat_map(|hold| [(hold.start, 1), (hold.end, -1)])
+            .flat_map(|hold| {
+                [
+                    (hold.start, hold.units as i32),
+                    (hold.end, -(hold.units as i32)),
+                ]
+            })
             .collect();
         points.sort();
         let (mut now, mut peak) = (0i32, 0i32);
@@ -101,7 +114,7 @@ impl HoldLog {
     /// unique lease ids. Returns every violation found.
     pub fn check(&self, capacity: impl Fn(&str) -> u32) -> Result<(), Vec<String>> {
         let mut violations = self.violations.lock().unwrap().clone();
-        for (lease_id, (credential, _)) in self.open.lock().unwrap().iter() {
+        for (lease_id, (credential, ..)) in self.open.lock().unwrap().iter() {
             violations.push(format!("lease {lease_id} on {credential} never ended"));
         }
         let holds = self.holds.lock().unwrap();
@@ -121,9 +134,10 @@ impl HoldLog {
             let mut points: Vec<(u64, i32, u64)> = holds
                 .iter()
                 .flat_map(|hold| {
+                    let units = hold.units as i32;
                     [
-                        (hold.start, 1, hold.lease_id),
-                        (hold.end, -1, hold.lease_id),
+                        (hold.start, units, hold.lease_id),
+                        (hold.end, -units, hold.lease_id),
                     ]
                 })
                 .collect();

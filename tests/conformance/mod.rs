@@ -17,6 +17,7 @@ use crate::common::checker::HoldLog;
 
 pub mod limits;
 mod model;
+pub mod weighted;
 
 /// Makes fresh, empty pools of one kind of store.
 pub trait Factory: Sync {

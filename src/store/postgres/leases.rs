@@ -155,6 +155,7 @@ pub(super) fn grant_from_at(row: &Row, first: usize) -> Result<Grant> {
         expires_at: row
             .column::<Option<i64>>(first + 7, "leases.expires_at")?
             .map(from_ms),
+        units: 1,
     })
 }
 
@@ -269,6 +270,10 @@ impl Inner {
         want: &Want,
         on_busy: OnBusy,
     ) -> Result<GrantAnswer> {
+        if want.is_weighted() {
+            self.wanted.store(true, Ordering::Relaxed);
+            return self.grant_units(asked_ttl, want, on_busy).await;
+        }
         if !want.is_any() {
             self.wanted.store(true, Ordering::Relaxed);
             return self.grant_for(asked_ttl, want, on_busy).await;
@@ -359,6 +364,80 @@ impl Inner {
         })
     }
 
+    /// A weighted grant (`grant_units` in the schema, which locks each
+    /// candidate before it reads its limits), then why nothing was free.
+    async fn grant_units(
+        self: &Arc<Self>,
+        asked_ttl: Option<Duration>,
+        want: &Want,
+        on_busy: OnBusy,
+    ) -> Result<GrantAnswer> {
+        let ttl = asked_ttl.map(ms);
+        let (scope, name) = (want.scope_key(), want.name());
+        let units = i32::try_from(want.units_asked()).unwrap_or(i32::MAX);
+        let conn = self.connections.get().await?;
+        let row = conn
+            .client
+            .query_opt(
+                &self.sql.grant_units(),
+                &[&self.pool, &ttl, &scope, &name, &units, &None::<i64>],
+            )
+            .await?;
+        if let Some(row) = row {
+            let mut grant = grant_from(&row)?;
+            grant.units = want.units_asked();
+            return Ok(GrantAttempt::Granted(grant).into());
+        }
+        let expired = self.reclaim(&conn).await?;
+        let busy = conn
+            .client
+            .query_one(&self.sql.busy_units(), &[&self.pool, &scope, &name, &units])
+            .await?;
+        self.check_named(&busy, name)?;
+        let mut retry_at = self.retry_at(&busy)?;
+        let most = busy
+            .column::<Option<i32>>(7, "most units")?
+            .map_or(0, |most| most.max(0) as u32);
+        if want.units_asked() > most {
+            return Err(Error::TooManyUnits {
+                units: want.units_asked(),
+                most,
+                named: name.is_some(),
+                pool: self.pool.clone(),
+            });
+        }
+        let quota_free: Option<i64> = busy.column(8, "quota allows")?;
+        let quota_free = quota_free.filter(|&at| at != i64::MAX).map(from_ms);
+        retry_at = earliest(retry_at, quota_free);
+        let attempt = match on_busy {
+            OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await?,
+            OnBusy::Answer => GrantAttempt::Busy { retry_at },
+        };
+        Ok(GrantAnswer { attempt, expired })
+    }
+
+    /// From a row of `busy_for` (or `busy_units`): fails when the
+    /// credential asked for by name is unknown or disabled.
+    fn check_named(&self, busy: &tokio_postgres::Row, name: Option<&str>) -> Result<()> {
+        let Some(name) = name else {
+            return Ok(());
+        };
+        if !busy.column::<bool>(5, "known")? {
+            return Err(Error::UnknownCredential {
+                name: name.to_string(),
+                pool: self.pool.clone(),
+            });
+        }
+        if let Some(reason) = busy.column::<Option<String>>(6, "disabled_reason")? {
+            return Err(Error::Disabled {
+                name: name.to_string(),
+                pool: self.pool.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
     /// Asks for a lease, and at most every [`RECLAIM_INTERVAL`] reclaims
     /// expired leases beside it. The grant is queued at once, before any
     /// wait for a connection, so that grants asked for together share a
@@ -410,21 +489,7 @@ impl Inner {
             }
         });
         let (reclaimed, busy) = (reclaimed?, busy?);
-        if let Some(name) = name {
-            if !busy.column::<bool>(5, "known")? {
-                return Err(Error::UnknownCredential {
-                    name: name.to_string(),
-                    pool: self.pool.clone(),
-                });
-            }
-            if let Some(reason) = busy.column::<Option<String>>(6, "disabled_reason")? {
-                return Err(Error::Disabled {
-                    name: name.to_string(),
-                    pool: self.pool.clone(),
-                    reason,
-                });
-            }
-        }
+        self.check_named(&busy, name)?;
         let retry_at = self.retry_at(&busy)?;
         let free_after_all = busy.column::<bool>(1, "free")? || !reclaimed.is_empty();
         expired.extend(reclaimed);

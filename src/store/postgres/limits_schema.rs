@@ -1,10 +1,13 @@
 //! The schema of rate limits on Postgres (migration 4 -> 5): the limits
 //! table, the pools' defaults, and the functions and triggers that count
 //! grants and keep each credential's blocks on its own row (see
-//! `limits.rs`). A leaf: it imports nothing of the crate.
+//! `limits.rs`); and weighted grants (migration 5 -> 6), which count as
+//! many grants as they take units. A leaf: it imports nothing of the crate.
 
 /// The server's time in ms, as the statements read it.
 const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+/// The server's time in ms as it is, not as the transaction began.
+const CLOCK: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// Migration 4 -> 5: the limits table, its functions and trigger, and the
 /// columns that carry a scope and a name.
@@ -274,6 +277,146 @@ pub(crate) fn migration(schema: &str) -> String {
                  PERFORM {s}.settle_limit(r.id, '', at);
              END LOOP;
              RETURN (SELECT count(DISTINCT x) FROM unnest(ids) AS x);
+         END $$;"
+    )
+}
+
+/// Migration 5 -> 6: leases and tickets of several units (a weighted
+/// grant), which count as that many grants, and when a credential's limits
+/// allow several at once.
+pub(crate) fn weighted(schema: &str) -> String {
+    let s = format!("\"{schema}\"");
+    format!(
+        "ALTER TABLE {s}.leases ADD COLUMN units integer NOT NULL DEFAULT 1 CHECK (units >= 1);
+         ALTER TABLE {s}.tickets ADD COLUMN units integer NOT NULL DEFAULT 1 CHECK (units >= 1);
+         -- Whether a weighted ticket waits: every newcomer asks.
+         CREATE INDEX tickets_weighted_in_line ON {s}.tickets (pool, id)
+             WHERE lease_id IS NULL AND units > 1;
+
+         -- When a row's limits next allow `n` grants at once, after `at`;
+         -- NULL: now; the largest bigint: never (the quota is smaller).
+         CREATE FUNCTION {s}.limit_blocked_for(log bigint[], rate_count integer,
+                                               rate_window_ms bigint, until bigint,
+                                               remaining integer, at bigint, n integer)
+         RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+             SELECT greatest(
+                 CASE WHEN rate_count IS NULL THEN NULL
+                      WHEN n > rate_count THEN 9223372036854775807
+                      WHEN cardinality(log) + n > rate_count
+                           AND log[cardinality(log) + n - rate_count] + rate_window_ms + 1 > at
+                      THEN log[cardinality(log) + n - rate_count] + rate_window_ms + 1 END,
+                 CASE WHEN until > at AND remaining < n THEN until END)
+         $$;
+
+         CREATE OR REPLACE FUNCTION {s}.count_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE {s}.limits AS l
+             SET log = CASE WHEN l.rate_count IS NULL THEN l.log ELSE
+                           array(SELECT t FROM unnest(l.log || array_fill(NEW.acquired_at,
+                                                                          ARRAY[NEW.units])) AS t
+                                 WHERE t > {NOW} - l.rate_window_ms ORDER BY t) END,
+                 remaining = CASE WHEN l.until > NEW.acquired_at
+                                  THEN greatest(l.remaining - NEW.units, 0) ELSE l.remaining END
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''));
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
+             END IF;
+             RETURN NULL;
+         END $$;
+
+         -- A weighted lease moves all its grants.
+         CREATE OR REPLACE FUNCTION {s}.move_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM 1 FROM {s}.credentials WHERE id = NEW.credential_id FOR UPDATE;
+             UPDATE {s}.limits AS l
+             SET log = (SELECT coalesce(array_agg(moved.t ORDER BY moved.t), '{{}}') FROM (
+                            SELECT CASE WHEN u.t = OLD.acquired_at AND u.r <= NEW.units
+                                        THEN NEW.acquired_at ELSE u.t END AS t
+                            FROM (SELECT t, row_number() OVER (PARTITION BY t ORDER BY i) AS r
+                                  FROM unnest(l.log) WITH ORDINALITY AS x(t, i)) AS u) AS moved)
+             WHERE l.credential_id = NEW.credential_id
+               AND l.scope IN ('', coalesce(NEW.scope, ''))
+               AND l.rate_count IS NOT NULL
+               AND array_position(l.log, OLD.acquired_at) IS NOT NULL;
+             PERFORM {s}.settle_limit(NEW.credential_id, '', {NOW});
+             IF coalesce(NEW.scope, '') <> '' THEN
+                 PERFORM {s}.settle_limit(NEW.credential_id, NEW.scope, {NOW});
+             END IF;
+             RETURN NULL;
+         END $$;
+
+         -- A weighted grant of `n` units for scope `sc` ('' the default)
+         -- and name `nm` (NULL: any), in pool `p`: the least recently used
+         -- credential with `n` units free whose limits allow `n` grants.
+         -- Each candidate is locked before its limits are read (a new
+         -- snapshot for each statement here), so no grant counted since is
+         -- missed. For a newcomer (`tk` NULL), nothing while a ticket waits
+         -- for the same or a weighted one waits; the lease lives `ttl` ms.
+         -- For the ticket `tk`, the lease is handed to it (dated and
+         -- expiring at its claim deadline, `ttl` ms on), if it still waits.
+         CREATE FUNCTION {s}.grant_units(p text, ttl bigint, sc text, nm text, n integer,
+                                         tk bigint)
+         RETURNS TABLE (id bigint, name text, secret text, extra text, capacity integer,
+                        lease_id bigint, acquired_at bigint, expires_at bigint)
+         LANGUAGE plpgsql AS $$
+         DECLARE at bigint := {NOW}; cand record; granted record;
+         BEGIN
+             IF tk IS NULL THEN
+                 IF EXISTS (SELECT 1 FROM {s}.tickets AS t
+                            WHERE t.pool = p AND t.lease_id IS NULL
+                              AND (t.units > 1 OR (t.scope IS NOT DISTINCT FROM nullif(sc, '')
+                                                   AND t.name IS NOT DISTINCT FROM nm))
+                              AND EXISTS (SELECT 1 FROM {s}.ticket_owners AS o
+                                          WHERE o.pool = t.pool AND o.owner = t.owner
+                                            AND o.expires_at > at)) THEN
+                     RETURN;
+                 END IF;
+             ELSE
+                 PERFORM 1 FROM {s}.tickets AS t WHERE t.id = tk AND t.lease_id IS NULL
+                     FOR UPDATE SKIP LOCKED;
+                 IF NOT FOUND THEN
+                     RETURN;
+                 END IF;
+             END IF;
+             FOR cand IN
+                 SELECT c.id, c.limited FROM {s}.credentials AS c
+                 WHERE c.pool = p AND c.disabled_reason IS NULL AND c.holders + n <= c.capacity
+                   AND (c.cooling_until IS NULL OR c.cooling_until <= at)
+                   AND (nm IS NULL OR c.name = nm)
+                   AND (c.blocks IS NULL OR coalesce((c.blocks ->> sc)::bigint, 0) <= at)
+                 ORDER BY c.last_used_at NULLS FIRST, c.id
+                 FOR UPDATE SKIP LOCKED
+             LOOP
+                 CONTINUE WHEN cand.limited AND EXISTS (
+                     SELECT 1 FROM {s}.limits AS l
+                     WHERE l.credential_id = cand.id AND l.scope IN ('', sc)
+                       AND {s}.limit_blocked_for(l.log, l.rate_count, l.rate_window_ms,
+                                                 l.until, l.remaining, at, n) IS NOT NULL);
+                 UPDATE {s}.credentials AS c
+                 SET holders = c.holders + n, last_used_at = at, use_count = c.use_count + 1,
+                     cooling_until = NULL
+                 WHERE c.id = cand.id;
+                 INSERT INTO {s}.leases AS l (pool, credential_id, acquired_at, expires_at,
+                                               scope, limited, units)
+                 VALUES (p, cand.id,
+                         CASE WHEN tk IS NULL THEN at ELSE {CLOCK} + ttl END,
+                         CASE WHEN tk IS NULL THEN at + ttl ELSE {CLOCK} + ttl END,
+                         nullif(sc, ''), cand.limited, n)
+                 RETURNING l.id, l.acquired_at, l.expires_at INTO granted;
+                 IF tk IS NOT NULL THEN
+                     UPDATE {s}.tickets AS t
+                     SET lease_id = granted.id, credential_id = cand.id,
+                         expires_at = granted.expires_at
+                     WHERE t.id = tk;
+                 END IF;
+                 RETURN QUERY
+                     SELECT c.id, c.name, c.secret, c.extra, c.capacity,
+                            granted.id, granted.acquired_at, granted.expires_at
+                     FROM {s}.credentials AS c WHERE c.id = cand.id;
+                 RETURN;
+             END LOOP;
          END $$;"
     )
 }

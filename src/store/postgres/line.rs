@@ -56,6 +56,7 @@ impl Inner {
                     &beat,
                     &want.scope_name(),
                     &want.name(),
+                    &i32::try_from(want.units_asked()).unwrap_or(i32::MAX),
                 ],
             )
             .await;
@@ -97,6 +98,11 @@ impl Inner {
                 )
                 .await?;
             let Some(row) = handed else {
+                // Nothing for a ticket of one unit: a weighted one first in
+                // line may be served.
+                if self.serve_weighted(conn, &leaving).await? {
+                    continue;
+                }
                 return Ok(());
             };
             let Some(ticket) = row.column::<Option<i64>>(0, "tickets.id")? else {
@@ -112,6 +118,53 @@ impl Inner {
                 self.claim(conn, ticket).await?;
             }
         }
+    }
+
+    /// Hands the lowest weighted ticket waiting its units, when one
+    /// credential has them free; whether it did. (The hand-offs of one
+    /// unit stop behind it, so it is not overtaken by lighter asks.)
+    async fn serve_weighted(&self, conn: &Conn, leaving: &[i64]) -> Result<bool> {
+        let Some(next) = conn
+            .client
+            .query_opt(&self.sql.next_weighted(), &[&self.pool, &leaving])
+            .await?
+        else {
+            return Ok(false);
+        };
+        let ticket: i64 = next.column(0, "tickets.id")?;
+        let owner: i64 = next.column(1, "tickets.owner")?;
+        let scope: Option<String> = next.column(2, "tickets.scope")?;
+        let name: Option<String> = next.column(3, "tickets.name")?;
+        let units: i32 = next.column(4, "tickets.units")?;
+        let handed = conn
+            .client
+            .query_opt(
+                &self.sql.grant_units(),
+                &[
+                    &self.pool,
+                    &self.ticket_ttl,
+                    &scope.unwrap_or_default(),
+                    &name,
+                    &units,
+                    &Some(ticket),
+                ],
+            )
+            .await?;
+        if handed.is_none() {
+            return Ok(false);
+        }
+        let ticket = ticket as u64;
+        if owner == self.line.owner() {
+            self.claim(conn, ticket).await?;
+        } else {
+            conn.client
+                .execute(
+                    "SELECT pg_notify($1, $2)",
+                    &[&self.channel, &format!("{owner}:{}", self.pool)],
+                )
+                .await?;
+        }
+        Ok(true)
     }
 
     /// Claims the lease handed to `ticket`, when its waiter is seated here,
@@ -145,7 +198,11 @@ impl Inner {
             self.line.unseat(ticket);
             return Ok(());
         }
-        self.hand_over(ticket, grant_from_at(row, first)?).await;
+        let mut grant = grant_from_at(row, first)?;
+        grant.units = row
+            .column::<Option<i32>>(first + 8, "leases.units")?
+            .map_or(1, |units| units.max(1) as u32);
+        self.hand_over(ticket, grant).await;
         Ok(())
     }
 

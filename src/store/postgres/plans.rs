@@ -49,8 +49,14 @@ fn statements(sql: &Sql) -> Vec<(&'static str, String, &'static str)> {
         (
             "take_ticket",
             sql.take_ticket(),
-            "'default', 1, 3000, true, NULL, NULL",
+            "'default', 1, 3000, true, NULL, NULL, 1",
         ),
+        (
+            "next_weighted",
+            sql.next_weighted(),
+            "'default', ARRAY[3]::bigint[]",
+        ),
+
         (
             "acquire_for",
             sql.acquire_for.clone(),
@@ -89,7 +95,10 @@ fn statements(sql: &Sql) -> Vec<(&'static str, String, &'static str)> {
         ),
         // Not `revoke` (nor `remove`): an operator's statement, which reads
         // the live leases of the pool, as no grant or release pays for an
-        // index on their credential.
+        // index on their credential. Nor `busy_units`, nor `grant_units`
+        // when nothing fits: a weighted ask that finds no credential with
+        // its units free reads the pool's enabled credentials (free units
+        // are not indexed; every grant would pay to keep them so).
     ]
 }
 

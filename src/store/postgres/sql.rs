@@ -114,6 +114,9 @@ pub(crate) struct Sql {
     waiting: String,
     /// Whether a credential has a unit free now.
     free_now: String,
+    limits: String,
+    /// The schema's name (checked).
+    schema: String,
 }
 
 impl Sql {
@@ -124,6 +127,15 @@ impl Sql {
         let tickets = format!("\"{schema}\".tickets");
         let owners = format!("\"{schema}\".ticket_owners");
         let limits = format!("\"{schema}\".limits");
+        // No weighted ticket waits: while one does, newcomers queue behind
+        // it rather than take the units it waits for.
+        let no_weighted = format!(
+            "NOT EXISTS (SELECT 1 FROM {tickets} AS w
+                         WHERE w.pool = $1 AND w.lease_id IS NULL AND w.units > 1
+                           AND EXISTS (SELECT 1 FROM {owners} AS o
+                                       WHERE o.pool = w.pool AND o.owner = w.owner
+                                         AND o.expires_at > {NOW}))"
+        );
         // A ticket that waits for a credential: none handed to it yet, and
         // its store alive (its heartbeat renews the store's row in
         // `ticket_owners`, never the ticket's own row, so that no heartbeat
@@ -157,8 +169,25 @@ impl Sql {
         // not need).
         let line_empty = format!(
             "NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
-                         AND scope IS NULL AND name IS NULL)"
+                         AND scope IS NULL AND name IS NULL)
+             AND {no_weighted}"
         );
+        // A ticket `t` of one unit with no weighted ticket waiting ahead of
+        // it: the hand-offs serve only those (the weighted are served by
+        // `serve_weighted`, first come, first served).
+        let unit_first = |t: &str, pool: &str| {
+            format!(
+                "{t}.units = 1
+                 AND NOT EXISTS (SELECT 1 FROM {tickets} AS w
+                                 WHERE w.pool = {pool} AND w.lease_id IS NULL AND w.units > 1
+                                   AND w.id < {t}.id
+                                   AND EXISTS (SELECT 1 FROM {owners} AS o
+                                               WHERE o.pool = w.pool AND o.owner = w.owner
+                                                 AND o.expires_at > {NOW}))"
+            )
+        };
+        let unit_first_release = unit_first(&tickets, "$3");
+        let unit_first_serve = unit_first(&tickets, "$1");
         // A credential `c` that may serve the ticket `t` (its scope, its name).
         let serves = |c: &str, t: &str| {
             format!(
@@ -220,6 +249,7 @@ impl Sql {
                        AND NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
                                          AND scope IS NOT DISTINCT FROM nullif($3, '')
                                          AND name IS NOT DISTINCT FROM $4)
+                       AND {no_weighted}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
@@ -281,11 +311,11 @@ impl Sql {
                      DELETE FROM {leases}
                      WHERE id = $1 AND credential_id = $2 AND pool = $3
                        AND (expires_at IS NULL OR expires_at > {NOW})
-                     RETURNING credential_id
+                     RETURNING credential_id, units
                  ),
                  back AS (
                      UPDATE {credentials} AS c
-                     SET holders = c.holders - 1,
+                     SET holders = c.holders - (SELECT units FROM gone),
                          cooling_until = CASE WHEN $4::bigint IS NULL THEN c.cooling_until
                              ELSE greatest(coalesce(c.cooling_until, 0), {NOW} + $4::bigint) END,
                          disabled_reason = coalesce($5::text, c.disabled_reason)
@@ -302,7 +332,7 @@ impl Sql {
                      DELETE FROM {leases}
                      WHERE id = $1 AND credential_id = $2 AND pool = $3
                        AND (expires_at IS NULL OR expires_at > {NOW})
-                     RETURNING credential_id
+                     RETURNING credential_id, units
                  ),
                  freed AS (
                      SELECT c.id, c.name, c.secret, c.extra, c.capacity, c.blocks, c.limited,
@@ -322,12 +352,14 @@ impl Sql {
                        AND {tickets}.pool = $3 AND {waiting}
                        AND NOT ({tickets}.id = ANY($10::bigint[]))
                        AND {serves_freed}
+                       AND {unit_first_release}
                      ORDER BY {tickets}.id LIMIT 1
                      FOR UPDATE OF tickets SKIP LOCKED
                  ),
                  back AS (
                      UPDATE {credentials} AS c
-                     SET holders = c.holders - CASE WHEN EXISTS (SELECT 1 FROM next) THEN 0 ELSE 1 END,
+                     SET holders = c.holders - (SELECT units FROM gone)
+                                   + CASE WHEN EXISTS (SELECT 1 FROM next) THEN 1 ELSE 0 END,
                          last_used_at = CASE WHEN EXISTS (SELECT 1 FROM next) THEN {NOW}
                                              ELSE c.last_used_at END,
                          use_count = c.use_count + CASE WHEN EXISTS (SELECT 1 FROM next) THEN 1 ELSE 0 END,
@@ -364,7 +396,7 @@ impl Sql {
                              THEN pg_notify($8, next.owner::text || ':' || $3)::text END,
                         freed.id, freed.name, freed.secret, freed.extra, freed.capacity,
                         leased.id, leased.acquired_at, leased.expires_at,
-                        next.id IS NULL
+                        (next.id IS NULL OR (SELECT units FROM gone) > 1)
                         AND EXISTS (SELECT 1 FROM {tickets}
                                     WHERE pool = $3 AND {waiting}
                                       AND NOT (id = ANY($10::bigint[]))),
@@ -386,10 +418,10 @@ impl Sql {
                          WHERE pool = $1 AND expires_at <= {NOW}
                          ORDER BY id
                          FOR UPDATE SKIP LOCKED)
-                     RETURNING id, credential_id
+                     RETURNING id, credential_id, units
                  ),
                  counts AS (
-                     SELECT credential_id, count(*)::integer AS n FROM expired GROUP BY credential_id
+                     SELECT credential_id, sum(units)::integer AS n FROM expired GROUP BY credential_id
                  ),
                  back AS (
                      UPDATE {credentials} AS c SET holders = c.holders - counts.n
@@ -438,6 +470,7 @@ impl Sql {
                      FROM {tickets}
                      WHERE {free_now} AND {tickets}.pool = $1 AND {waiting}
                        AND NOT ({tickets}.id = ANY($5::bigint[]))
+                       AND {unit_first_serve}
                        AND EXISTS (SELECT 1 FROM {credentials} AS c
                                    WHERE c.pool = $1 AND {usable} AND {serves_c})
                      ORDER BY {tickets}.id LIMIT 1
@@ -483,6 +516,7 @@ impl Sql {
                    AND EXISTS (SELECT 1 FROM {tickets}
                                WHERE {tickets}.pool = $1 AND {waiting}
                                  AND NOT ({tickets}.id = ANY($5::bigint[]))
+                                 AND {unit_first_serve}
                                  AND EXISTS (SELECT 1 FROM {credentials} AS c
                                              WHERE c.pool = $1 AND {usable} AND {serves_c}))"
             ),
@@ -495,10 +529,10 @@ impl Sql {
                  claimed AS (
                      UPDATE {leases} SET expires_at = {CLOCK} + $2::bigint, acquired_at = {CLOCK}
                      WHERE id = (SELECT lease_id FROM mine) AND expires_at > {CLOCK}
-                     RETURNING id, credential_id, acquired_at, expires_at
+                     RETURNING id, credential_id, acquired_at, expires_at, units
                  )
                  SELECT c.id, c.name, c.secret, c.extra, c.capacity,
-                        claimed.id, claimed.acquired_at, claimed.expires_at
+                        claimed.id, claimed.acquired_at, claimed.expires_at, claimed.units
                  FROM mine
                  LEFT JOIN claimed ON true
                  LEFT JOIN {credentials} AS c ON c.id = claimed.credential_id"
@@ -509,7 +543,72 @@ impl Sql {
             owners,
             waiting,
             free_now,
+            limits,
+            schema: schema.to_string(),
         }
+    }
+
+    /// `$1` pool, `$2` TTL in ms (the claim deadline for a ticket), `$3`
+    /// scope (`''`: the default), `$4` name (NULL: any), `$5` units, `$6`
+    /// the ticket to hand the lease to (NULL: for the caller). A weighted
+    /// grant (`grant_units` in the schema): the grant's columns as
+    /// `acquire`, no row when nothing had the units free.
+    pub(crate) fn grant_units(&self) -> String {
+        format!(
+            "SELECT * FROM \"{}\".grant_units($1, $2::bigint, $3, $4, $5::integer, $6::bigint)",
+            self.schema
+        )
+    }
+
+    /// `$1` pool, `$2` scope (`''`: the default), `$3` name (NULL: any),
+    /// `$4` units. Why a weighted grant found nothing: `busy_for`'s columns
+    /// 0 and 2 to 6, then the most units a grant may take (the largest
+    /// capacity of an enabled credential that may serve it, less where a
+    /// quota is smaller), then when a quota of one with the units free
+    /// next allows them.
+    pub(crate) fn busy_units(&self) -> String {
+        let (credentials, leases, limits) = (&self.credentials, &self.leases, &self.limits);
+        let schema = &self.schema;
+        format!(
+            "SELECT
+                 (SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
+                  ORDER BY id LIMIT 1) IS NOT NULL,
+                 NULL::boolean,
+                 (SELECT min(cooling_until) FROM {credentials}
+                  WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
+                 (SELECT min(expires_at) FROM {leases}
+                  WHERE pool = $1 AND expires_at IS NOT NULL),
+                 (SELECT min(blocked_until) FROM {limits}
+                  WHERE pool = $1 AND scope = $2 AND blocked_until > {NOW}),
+                 $3::text IS NULL OR EXISTS (SELECT 1 FROM {credentials} WHERE pool = $1 AND name = $3),
+                 (SELECT disabled_reason FROM {credentials} WHERE pool = $1 AND name = $3),
+                 (SELECT max(least(c.capacity, coalesce(
+                             (SELECT min(l.rate_count) FROM {limits} AS l
+                              WHERE l.credential_id = c.id AND l.scope IN ('', $2)
+                                AND l.rate_count IS NOT NULL), c.capacity)))
+                  FROM {credentials} AS c
+                  WHERE c.pool = $1 AND c.disabled_reason IS NULL
+                    AND ($3::text IS NULL OR c.name = $3)),
+                 (SELECT min(\"{schema}\".limit_blocked_for(l.log, l.rate_count, l.rate_window_ms,
+                                                            l.until, l.remaining, {NOW}, $4::integer))
+                  FROM {limits} AS l JOIN {credentials} AS c ON c.id = l.credential_id
+                  WHERE c.pool = $1 AND l.scope IN ('', $2) AND c.disabled_reason IS NULL
+                    AND c.holders + $4::integer <= c.capacity
+                    AND ($3::text IS NULL OR c.name = $3))"
+        )
+    }
+
+    /// `$1` pool, `$2` the tickets leaving. The lowest weighted ticket
+    /// waiting, if any: its id, owner, scope, name and units.
+    pub(crate) fn next_weighted(&self) -> String {
+        format!(
+            "SELECT id, owner, scope, name, units FROM {tickets}
+             WHERE pool = $1 AND units > 1 AND {waiting}
+               AND NOT (id = ANY($2::bigint[]))
+             ORDER BY id LIMIT 1",
+            tickets = self.tickets,
+            waiting = self.waiting
+        )
     }
 
     /// `$1` pool, `$2` owner, `$3` ticket TTL in ms, `$4` whether to renew
@@ -524,8 +623,8 @@ impl Sql {
                  {beat} WHERE $4::boolean {on_beat}
              ),
              taken AS (
-                 INSERT INTO {tickets} (pool, owner, expires_at, scope, name)
-                 VALUES ($1, $2, {NOW} + $3::bigint, $5, $6)
+                 INSERT INTO {tickets} (pool, owner, expires_at, scope, name, units)
+                 VALUES ($1, $2, {NOW} + $3::bigint, $5, $6, $7)
                  RETURNING id
              )
              SELECT id, {free_now} FROM taken",
@@ -620,10 +719,11 @@ impl Sql {
              claimed AS (
                  UPDATE {leases} AS l SET expires_at = {CLOCK} + $3::bigint, acquired_at = {CLOCK}
                  FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {CLOCK}
-                 RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at
+                 RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at,
+                           l.units
              )
              SELECT mine.id, c.id, c.name, c.secret, c.extra, c.capacity,
-                    claimed.id, claimed.acquired_at, claimed.expires_at
+                    claimed.id, claimed.acquired_at, claimed.expires_at, claimed.units
              FROM mine
              LEFT JOIN claimed ON claimed.ticket = mine.id
              LEFT JOIN {credentials} AS c ON c.id = claimed.credential_id",
@@ -699,10 +799,11 @@ impl Sql {
                      WHERE pool = $1 AND credential_id = (SELECT id FROM target)
                      ORDER BY id
                      FOR UPDATE)
-                 RETURNING id
+                 RETURNING id, units
              ),
              back AS (
-                 UPDATE {credentials} AS c SET holders = c.holders - (SELECT count(*) FROM ended)
+                 UPDATE {credentials} AS c
+                 SET holders = c.holders - (SELECT coalesce(sum(units), 0) FROM ended)
                  WHERE c.id = (SELECT id FROM target)
                  RETURNING c.id
              )
@@ -830,6 +931,8 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
         ),
         // 4 -> 5: rate limits by scope, and tickets for a scope or a name.
         super::limits_schema::migration(schema),
+        // 5 -> 6: weighted grants, of several units at once.
+        super::limits_schema::weighted(schema),
     ]
 }
 

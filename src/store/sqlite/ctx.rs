@@ -55,6 +55,9 @@ pub(crate) struct Ctx<'a> {
     /// Whether the line passed over a ticket that nothing free served (its
     /// scope or name): a plain grant may still find a credential free.
     pub(crate) passed_over: bool,
+    /// Whether the line stopped at a weighted ticket that found too few
+    /// units free: until it is served, newcomers queue behind it.
+    pub(crate) held_up: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -78,6 +81,7 @@ impl<'a> Ctx<'a> {
             tickets: false,
             deliveries: Vec::new(),
             passed_over: false,
+            held_up: false,
         }
     }
 
@@ -138,22 +142,27 @@ impl Hot {
                  ORDER BY last_used_at, id LIMIT 1"
             }
             Hot::Mark => {
-                "UPDATE credentials SET holders = holders + 1, last_used_at = ?2,
+                "UPDATE credentials SET holders = holders + ?3, last_used_at = ?2,
                         use_count = use_count + 1
                  WHERE id = ?1"
             }
             Hot::Record => {
-                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4)"
+                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at, units)
+                 VALUES (?1, ?2, ?3, ?4, ?5)"
             }
-            Hot::Forget => "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3",
+            // A lease of one unit; a weighted one is ended by `release`
+            // when this finds none.
+            Hot::Forget => {
+                "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3
+                   AND units = 1"
+            }
             // Only `holders`: SQLite updates an index only when the
             // statement sets a column it names (or its condition does), so
             // a plain release keeps `credentials_free` alone up to date.
-            Hot::Return => "UPDATE credentials SET holders = holders - 1 WHERE id = ?1",
+            Hot::Return => "UPDATE credentials SET holders = holders - ?2 WHERE id = ?1",
             Hot::NameOf => "SELECT name FROM credentials WHERE id = ?1",
             Hot::NextTicket => {
-                "SELECT id, owner, scope, name FROM tickets WHERE pool = ?1 AND lease_id IS NULL
+                "SELECT id, owner, scope, name, units FROM tickets WHERE pool = ?1 AND lease_id IS NULL
                    AND id > ?2
                  ORDER BY id LIMIT 1"
             }

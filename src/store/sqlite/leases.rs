@@ -53,23 +53,23 @@ pub(crate) fn reclaim(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
              WHERE pool = ?1 AND blocked_until IS NOT NULL AND blocked_until <= ?2",
         )?
         .execute(params![ctx.pool, ctx.now])?;
-    let expired: Vec<(i64, i64)> = ctx
+    let expired: Vec<(i64, i64, i64)> = ctx
         .connection
         .prepare_cached(
             "DELETE FROM leases WHERE pool = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2
-             RETURNING id, credential_id",
+             RETURNING id, credential_id, units",
         )?
         .query_map(params![ctx.pool, ctx.now], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (lease_id, credential_id) in expired {
+    for (lease_id, credential_id, units) in expired {
         let name: String = ctx
             .connection
             .prepare_cached(
-                "UPDATE credentials SET holders = holders - 1 WHERE id = ?1 RETURNING name",
+                "UPDATE credentials SET holders = holders - ?2 WHERE id = ?1 RETURNING name",
             )?
-            .query_row([credential_id], |row| row.get(0))?;
+            .query_row([credential_id, units], |row| row.get(0))?;
         ctx.expired.push(ExpiredLease {
             name: name.into(),
             lease_id: LeaseId::new(unsigned(lease_id)?),
@@ -134,9 +134,12 @@ fn free_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Free> {
 }
 
 /// The least recently used credential with a unit free that serves
-/// `want`, if any.
+/// `want` (with as many units free as it asks), if any.
 pub(crate) fn pick(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<Option<Free>> {
     let pool = ctx.pool;
+    if want.is_weighted() {
+        return Ok(pick_units(ctx, want)?.0);
+    }
     if want.is_any() {
         return ctx
             .statement(Hot::Pick)?
@@ -172,6 +175,54 @@ pub(crate) fn pick(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<Option<Fr
     }
 }
 
+/// For a weighted `want`: the least recently used credential with its
+/// units free whose quotas allow that many grants now, if any; and, when
+/// none, the earliest time a quota of one with its units free allows them.
+fn pick_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<(Option<Free>, Option<i64>)> {
+    let (scope, units) = (want.scope_key(), want.units_asked());
+    // The blocks of one grant are in the row already; the quotas of
+    // several are checked on each candidate's logs.
+    let mut statement = ctx.connection.prepare_cached(
+        "SELECT id, name, secret, extra, capacity, limited FROM credentials c
+         WHERE pool = ?1 AND (?4 IS NULL OR name = ?4) AND disabled_reason IS NULL
+           AND cooling_until IS NULL AND holders < capacity AND holders + ?5 <= capacity
+           AND NOT EXISTS (SELECT 1 FROM limits l WHERE l.credential_id = c.id
+                             AND l.scope = ?2 AND l.blocked_until > ?3)
+         ORDER BY last_used_at, id",
+    )?;
+    let mut rows = statement.query(params![ctx.pool, scope, ctx.now, want.name(), units])?;
+    let mut free_at: Option<i64> = None;
+    while let Some(row) = rows.next()? {
+        let free = free_of(row)?;
+        if !free.limited {
+            return Ok((Some(free), None));
+        }
+        match limits::blocked_for(ctx, free.id, scope, units)? {
+            None => return Ok((Some(free), None)),
+            Some(at) => free_at = earliest(free_at, Some(at)),
+        }
+    }
+    Ok((None, free_at.filter(|&at| at != crate::limits::NEVER)))
+}
+
+/// The most units one grant for `want` may take: the largest capacity of
+/// an enabled credential that may serve it, less where a quota is
+/// smaller; `None` when none is enabled.
+fn most_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<Option<u32>> {
+    ctx.connection
+        .prepare_cached(
+            "SELECT max(min(capacity, coalesce(
+                        (SELECT min(rate_count) FROM limits l
+                         WHERE l.credential_id = c.id AND l.scope IN ('', ?2)
+                           AND l.rate_count IS NOT NULL), capacity)))
+             FROM credentials c
+             WHERE pool = ?1 AND disabled_reason IS NULL AND (?3 IS NULL OR name = ?3)",
+        )?
+        .query_row(params![ctx.pool, want.scope_key(), want.name()], |row| {
+            row.get(0)
+        })
+}
+
 /// Leases `free` for `want` until `expires_at` (ms; `None`: no expiry).
 pub(crate) fn lease(
     ctx: &mut Ctx<'_>,
@@ -202,12 +253,13 @@ pub(crate) fn lease_dated(
         capacity,
         limited,
     } = free;
-    ctx.statement(Hot::Mark)?.execute(params![id, now])?;
+    let units = want.units_asked();
+    ctx.statement(Hot::Mark)?.execute(params![id, now, units])?;
     if limited {
-        limits::record_grant(ctx, id, want.scope_key(), acquired_at)?;
+        limits::record_grant(ctx, id, want.scope_key(), acquired_at, units)?;
     }
     ctx.statement(Hot::Record)?
-        .execute(params![pool, id, acquired_at, expires_at])?;
+        .execute(params![pool, id, acquired_at, expires_at, units])?;
     let lease_id = ctx.connection.last_insert_rowid();
     grant_of(
         ctx,
@@ -221,16 +273,18 @@ pub(crate) fn lease_dated(
         },
         lease_id,
         expires_at,
+        units,
     )
 }
 
-/// The grant of lease `lease_id` on `credential`, acquired now; its name
-/// is kept for the release.
+/// The grant of lease `lease_id` of `units` on `credential`, acquired
+/// now; its name is kept for the release.
 fn grant_of(
     ctx: &Ctx<'_>,
     credential: Free,
     lease_id: i64,
     expires_at: Option<i64>,
+    units: u32,
 ) -> rusqlite::Result<Grant> {
     let name: Arc<str> = credential.name.into();
     ctx.names.borrow_mut().insert(lease_id, name.clone());
@@ -245,6 +299,7 @@ fn grant_of(
         lease_id: LeaseId::new(unsigned(lease_id)?),
         acquired_at: from_ms(ctx.now),
         expires_at: expires_at.map(from_ms),
+        units,
     })
 }
 
@@ -254,6 +309,7 @@ pub(crate) fn granted(
     credential_id: i64,
     lease_id: i64,
     expires_at: Option<i64>,
+    units: u32,
 ) -> rusqlite::Result<Grant> {
     let credential = ctx
         .connection
@@ -268,7 +324,7 @@ pub(crate) fn granted(
                 limited: false,
             })
         })?;
-    grant_of(ctx, credential, lease_id, expires_at)
+    grant_of(ctx, credential, lease_id, expires_at, units)
 }
 
 /// When a lease for `ttl` granted now expires, in ms.
@@ -281,13 +337,20 @@ pub(crate) fn grant(
     ttl: Option<Duration>,
     want: &Want,
 ) -> std::result::Result<GrantAttempt, Failure> {
-    match pick(ctx, want)? {
+    // Newcomers wait behind a weighted ticket that too few units are free
+    // for, rather than take them.
+    let (picked, free_at) = match (ctx.held_up, want.is_weighted()) {
+        (true, _) => (None, None),
+        (false, true) => pick_units(ctx, want)?,
+        (false, false) => (pick(ctx, want)?, None),
+    };
+    match picked {
         Some(free) => {
             let expires_at = expiry(ctx, ttl);
             Ok(GrantAttempt::Granted(lease(ctx, free, want, expires_at)?))
         }
         None => Ok(GrantAttempt::Busy {
-            retry_at: why_busy(ctx, want)?.map(from_ms),
+            retry_at: earliest(why_busy(ctx, want)?, free_at).map(from_ms),
         }),
     }
 }
@@ -333,6 +396,17 @@ pub(crate) fn why_busy(ctx: &Ctx<'_>, want: &Want) -> std::result::Result<Option
             pool: pool.to_string(),
         }));
     }
+    if want.is_weighted() {
+        let most = most_units(ctx, want)?.unwrap_or(0);
+        if want.units_asked() > most {
+            return Err(Failure::Refused(Error::TooManyUnits {
+                units: want.units_asked(),
+                most,
+                named: want.name().is_some(),
+                pool: pool.to_string(),
+            }));
+        }
+    }
     Ok(retry_at(ctx, want)?)
 }
 
@@ -358,13 +432,25 @@ pub(crate) fn release(
 ) -> std::result::Result<Arc<str>, Failure> {
     let (pool, now) = (ctx.pool, ctx.now);
     let credential_id = lease.credential_id().get() as i64;
-    let deleted = ctx.statement(Hot::Forget)?.execute(params![
-        lease.lease_id().get() as i64,
-        credential_id,
-        pool
-    ])?;
+    let lease_id = lease.lease_id().get() as i64;
+    let mut units: i64 = 1;
+    let deleted = ctx
+        .statement(Hot::Forget)?
+        .execute(params![lease_id, credential_id, pool])?;
     if deleted == 0 {
-        return Err(Failure::Refused(lease_lost(ctx, lease)?));
+        // A weighted lease, or none.
+        let weighted: Option<i64> = ctx
+            .connection
+            .prepare_cached(
+                "DELETE FROM leases WHERE id = ?1 AND credential_id = ?2 AND pool = ?3
+                 RETURNING units",
+            )?
+            .query_row(params![lease_id, credential_id, pool], |row| row.get(0))
+            .optional()?;
+        match weighted {
+            Some(held) => units = held,
+            None => return Err(Failure::Refused(lease_lost(ctx, lease)?)),
+        }
     }
     let effect = outcome.effect();
     let cool_until = effect.cooling_until(now);
@@ -372,7 +458,8 @@ pub(crate) fn release(
     if let Some(limited) = effect.report {
         limits::report(ctx, credential_id, limited)?;
     }
-    ctx.statement(Hot::Return)?.execute([credential_id])?;
+    ctx.statement(Hot::Return)?
+        .execute([credential_id, units])?;
     if let Some(until) = cool_until {
         limits::cool(ctx, credential_id, until)?;
     }

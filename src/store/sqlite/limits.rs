@@ -87,16 +87,40 @@ fn write(ctx: &Ctx<'_>, id: i64, limit: &Limit) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Counts a grant of the credential `id` for `scope` (`""`: the default),
-/// dated `at`, against its limits of every scope and of that one.
-pub(crate) fn record_grant(ctx: &Ctx<'_>, id: i64, scope: &str, at: i64) -> rusqlite::Result<()> {
+/// Counts a grant of `units` of the credential `id` for `scope` (`""`:
+/// the default), dated `at`, against its limits of every scope and of
+/// that one.
+pub(crate) fn record_grant(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    at: i64,
+    units: u32,
+) -> rusqlite::Result<()> {
     for scope in counted_in(scope) {
         if let Some(mut limit) = read(ctx, id, scope)? {
-            limit.record(ctx.now, at);
+            limit.record_units(ctx.now, at, units);
             write(ctx, id, &limit)?;
         }
     }
     Ok(())
+}
+
+/// Until when the limits of the credential `id` refuse a grant of `units`
+/// at once for `scope`; `None`: they allow it.
+pub(crate) fn blocked_for(
+    ctx: &Ctx<'_>,
+    id: i64,
+    scope: &str,
+    units: u32,
+) -> rusqlite::Result<Option<i64>> {
+    let mut blocked = None;
+    for scope in counted_in(scope) {
+        if let Some(limit) = read(ctx, id, scope)? {
+            blocked = crate::time::latest(blocked, limit.blocked_for(ctx.now, units));
+        }
+    }
+    Ok(blocked)
 }
 
 /// The scopes whose limits a grant for `scope` counts against: every
@@ -226,11 +250,14 @@ pub(crate) fn move_grant(
     scope: &str,
     from: i64,
     to: i64,
+    units: u32,
 ) -> rusqlite::Result<()> {
     for scope in counted_in(scope) {
         if let Some(mut limit) = read(ctx, id, scope)? {
             if limit.rate.is_some() {
-                limit.log.moved(from, to);
+                for _ in 0..units {
+                    limit.log.moved(from, to);
+                }
                 write(ctx, id, &limit)?;
             }
         }

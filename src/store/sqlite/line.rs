@@ -26,7 +26,8 @@ pub(crate) fn take_ticket(
 ) -> rusqlite::Result<GrantAttempt> {
     ctx.connection
         .prepare_cached(
-            "INSERT INTO tickets (pool, owner, expires_at, scope, name) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO tickets (pool, owner, expires_at, scope, name, units)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             ctx.pool,
@@ -34,6 +35,7 @@ pub(crate) fn take_ticket(
             ctx.now.saturating_add(ctx.ticket_ttl),
             want.scope_name(),
             want.name(),
+            want.units_asked(),
         ])?;
     let ticket = unsigned(ctx.connection.last_insert_rowid())?;
     ctx.tickets = true;
@@ -44,7 +46,10 @@ pub(crate) fn take_ticket(
 /// Hands free credentials to the tickets waiting, lowest number first, while
 /// both last. A ticket that waits for a scope (or a name) that nothing free
 /// serves is passed over, and so is every later ticket that waits for the
-/// same: the others behind it are served. A waiter seated here gets its lease for its own TTL, delivered
+/// same: the others behind it are served. A weighted ticket that finds too
+/// few units free (where one unit would serve it) stops the line: no one
+/// behind it, nor any newcomer, takes the units it waits for
+/// (`ctx.held_up`). A waiter seated here gets its lease for its own TTL, delivered
 /// after the commit; another process's ticket gets a lease that expires at
 /// the claim deadline, which that process extends when it claims it.
 ///
@@ -55,26 +60,35 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     // found nothing free.
     let mut after = 0;
     let mut unserved: Vec<Want> = Vec::new();
+    ctx.held_up = false;
     while ctx.tickets {
         let pool = ctx.pool;
-        let next: Option<(i64, i64, Option<String>, Option<String>)> = ctx
+        let next: Option<(i64, i64, Want)> = ctx
             .statement(Hot::NextTicket)?
             .query_row(params![pool, after], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                let scope: Option<String> = row.get(2)?;
+                let name: Option<String> = row.get(3)?;
+                let want = ticket_want(scope.as_deref(), name.as_deref(), row.get(4)?);
+                Ok((row.get(0)?, row.get(1)?, want))
             })
             .optional()?;
-        let Some((ticket, owner, scope, name)) = next else {
+        let Some((ticket, owner, want)) = next else {
             if after == 0 {
                 ctx.tickets = false;
             }
             break;
         };
-        let want = ticket_want(scope.as_deref(), name.as_deref());
         if unserved.contains(&want) {
             after = ticket;
             continue;
         }
         let Some(free) = leases::pick(ctx, &want)? else {
+            if want.is_weighted() && leases::pick(ctx, &want.one_unit())?.is_some() {
+                // Too few units for it where one would do: it is served
+                // first, when enough come free.
+                ctx.held_up = true;
+                break;
+            }
             if want.is_any() {
                 // Nothing is free at all: no other want is served either.
                 break;
@@ -178,8 +192,8 @@ fn unseat_hopeless(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 }
 
 /// What a ticket waits for, as its row says.
-fn ticket_want(scope: Option<&str>, name: Option<&str>) -> Want {
-    let mut want = Want::any();
+fn ticket_want(scope: Option<&str>, name: Option<&str>, units: u32) -> Want {
+    let mut want = Want::any().units(units).unwrap_or_default();
     // Rows hold only what was checked when the ticket was taken.
     if let Some(scope) = scope {
         want = want.in_scope(scope).unwrap_or_default();
@@ -218,17 +232,17 @@ pub(crate) fn renew_tickets(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 /// Claims the leases other processes handed to tickets seated here: each
 /// gets its waiter's TTL from now and goes to the waiter after the commit.
 pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
-    let handed: Vec<(i64, i64, Option<String>)> = ctx
+    let handed: Vec<(i64, i64, Option<String>, u32)> = ctx
         .connection
         .prepare_cached(
-            "SELECT id, lease_id, scope FROM tickets
+            "SELECT id, lease_id, scope, units FROM tickets
              WHERE pool = ?1 AND owner = ?2 AND lease_id IS NOT NULL",
         )?
         .query_map(params![ctx.pool, ctx.line.owner()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    for (ticket, lease_id, scope) in handed {
+    for (ticket, lease_id, scope, units) in handed {
         let number = unsigned(ticket)?;
         // A seat that left here: the ticket's removal is on its way.
         let Some(ttl) = ctx.line.seated(number) else {
@@ -269,9 +283,10 @@ pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
                 scope.as_deref().unwrap_or(""),
                 from,
                 ctx.now,
+                units,
             )?;
         }
-        let grant = leases::granted(ctx, credential_id, lease_id, expires_at)?;
+        let grant = leases::granted(ctx, credential_id, lease_id, expires_at, units)?;
         ctx.deliveries.push((number, grant));
     }
     Ok(())

@@ -119,6 +119,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tickets ADD COLUMN scope TEXT;
     ALTER TABLE tickets ADD COLUMN name TEXT;
     ",
+    // 4 -> 5: weighted grants, which take several units of a credential's
+    // capacity at once (`holders` counts units), and tickets that wait
+    // for several.
+    "
+    ALTER TABLE leases ADD COLUMN units INTEGER NOT NULL DEFAULT 1 CHECK (units >= 1);
+    ALTER TABLE tickets ADD COLUMN units INTEGER NOT NULL DEFAULT 1 CHECK (units >= 1);
+    ",
 ];
 
 /// The store schema version this build writes, and the newest it reads.

@@ -1,0 +1,382 @@
+//! Weighted grants (`acquire_units`), on every store (`weighted_suite!`):
+//! several units of one credential's capacity at once, counted against its
+//! quotas, first come, first served with lighter asks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use credpool::store::Want;
+use credpool::{Error, NewCredential, Pool, Store};
+use tokio::time::sleep;
+
+use super::{wait_for_waiters, within, Factory};
+use crate::common::checker::HoldLog;
+
+/// Generates one test per weighted conformance test for a factory.
+#[macro_export]
+macro_rules! weighted_suite {
+    ($factory:expr) => {
+        $crate::weighted_suite!(@tests $factory;
+            a_weighted_grant_takes_its_units_and_gives_them_back,
+            units_no_credential_can_take_fail_at_once,
+            weighted_grants_never_exceed_capacity,
+            a_weighted_waiter_is_not_overtaken_by_lighter_asks,
+            a_weighted_grant_counts_its_units_against_quotas,
+            a_weighted_grant_for_a_scope_and_a_name,
+            an_expired_weighted_lease_gives_back_all_its_units,
+        );
+    };
+    (@tests $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                $crate::conformance::weighted::$name(&$factory).await;
+            }
+        )*
+    };
+}
+
+async fn pool_of<F: Factory>(factory: &F, credentials: Vec<NewCredential>) -> Pool<F::Store> {
+    let pool = factory.pool(Some(Duration::from_secs(30))).await;
+    pool.add_many(credentials).await.expect("add credentials");
+    pool
+}
+
+async fn holders<S: Store>(pool: &Pool<S>, name: &str) -> u32 {
+    let list = pool.list().await.unwrap();
+    list.iter()
+        .find(|info| info.name == name)
+        .map(|info| info.holders)
+        .unwrap()
+}
+
+pub async fn a_weighted_grant_takes_its_units_and_gives_them_back<F: Factory>(factory: &F) {
+    let pool = pool_of(factory, vec![NewCredential::new("alice", "a").capacity(5)]).await;
+    let heavy = pool.acquire_units(3).await.unwrap();
+    assert_eq!(heavy.units(), 3);
+    assert_eq!(heavy.credential().name(), "alice");
+    assert_eq!(holders(&pool, "alice").await, 3, "three units are held");
+    assert!(
+        pool.try_acquire_units(3).await.unwrap().is_none(),
+        "only two are free"
+    );
+    let two = pool.try_acquire_units(2).await.unwrap().expect("two free");
+    assert_eq!(two.units(), 2);
+    assert!(pool.try_acquire().await.unwrap().is_none(), "all five held");
+    assert_eq!(holders(&pool, "alice").await, 5);
+    heavy.release().await.unwrap();
+    assert_eq!(holders(&pool, "alice").await, 2, "all three came back");
+    let again = pool
+        .try_acquire_units(3)
+        .await
+        .unwrap()
+        .expect("three free");
+    assert_eq!(again.units(), 3);
+    let one = pool.try_acquire().await.unwrap();
+    assert!(one.is_none(), "two plus three is five");
+    drop(again);
+    two.release().await.unwrap();
+    // A dropped weighted lease gives its units back too.
+    within(Duration::from_secs(10), "five units free again", async {
+        loop {
+            if let Some(all) = pool.try_acquire_units(5).await.unwrap() {
+                assert_eq!(all.units(), 5);
+                break;
+            }
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        pool.acquire().await.unwrap().units(),
+        1,
+        "plain is one unit"
+    );
+}
+
+pub async fn units_no_credential_can_take_fail_at_once<F: Factory>(factory: &F) {
+    let pool = pool_of(
+        factory,
+        vec![
+            NewCredential::new("small", "s").capacity(2),
+            NewCredential::new("large", "l").capacity(4),
+            NewCredential::new("huge", "h")
+                .capacity(9)
+                .disabled("banned"),
+            NewCredential::new("quota", "q")
+                .capacity(8)
+                .rate_for("search", "3/1m".parse().unwrap()),
+        ],
+    )
+    .await;
+    // Even while a waiter would otherwise wait: the answer is at once.
+    let large = Want::any().named("large").unwrap().units(4).unwrap();
+    let _held = pool.acquire_matching(&large).await.unwrap();
+    let asked = within(
+        Duration::from_secs(5),
+        "an impossible ask",
+        pool.acquire_units(9),
+    )
+    .await;
+    match asked {
+        Err(
+            error @ Error::TooManyUnits {
+                units: 9, most: 8, ..
+            },
+        ) => {
+            let text = error.to_string();
+            assert!(
+                text.contains("9 units") && text.contains("at most 8"),
+                "{text}"
+            );
+        }
+        other => panic!("expected TooManyUnits, got {other:?}"),
+    }
+    let named = Want::any().named("small").unwrap().units(3).unwrap();
+    match within(
+        Duration::from_secs(5),
+        "named",
+        pool.acquire_matching(&named),
+    )
+    .await
+    {
+        Err(Error::TooManyUnits {
+            most: 2,
+            named: true,
+            ..
+        }) => {}
+        other => panic!("expected TooManyUnits for small, got {other:?}"),
+    }
+    // In search, quota's 3 per window allow at most 3 at once: large's
+    // capacity of 4 is the most there.
+    let scoped = Want::scope("search").unwrap().units(5).unwrap();
+    match within(
+        Duration::from_secs(5),
+        "scoped",
+        pool.acquire_matching(&scoped),
+    )
+    .await
+    {
+        Err(Error::TooManyUnits { most: 4, .. }) => {}
+        other => panic!("expected TooManyUnits in search, got {other:?}"),
+    }
+    assert!(pool.acquire_units(0).await.is_err(), "0 units is no ask");
+    assert!(Want::any().units(0).is_err());
+    // Within what exists, a weighted ask waits rather than fails.
+    let waited = pool
+        .acquire_units_timeout(8, Duration::from_millis(50))
+        .await;
+    assert!(waited.is_ok(), "quota's 8 units are free: {waited:?}");
+}
+
+/// Many tasks ask for 1 to 4 units of three credentials, some giving up
+/// while they wait: the hold log, counted in units, never exceeds a
+/// capacity.
+pub async fn weighted_grants_never_exceed_capacity<F: Factory>(factory: &F) {
+    let pool = pool_of(
+        factory,
+        (0..3)
+            .map(|n| NewCredential::new(format!("c{n}"), "s").capacity(4))
+            .collect(),
+    )
+    .await;
+    let log = Arc::new(HoldLog::new());
+    let mut tasks = Vec::new();
+    for task in 0..16u64 {
+        let (pool, log) = (pool.clone(), log.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(task);
+            let end = tokio::time::Instant::now() + Duration::from_millis(1200);
+            while tokio::time::Instant::now() < end {
+                let units = rng.u32(1..=4);
+                let patience = Duration::from_millis(rng.u64(1..100));
+                let Ok(lease) = tokio::time::timeout(patience, pool.acquire_units(units)).await
+                else {
+                    continue;
+                };
+                let lease = lease.unwrap();
+                assert_eq!(lease.units(), units);
+                let name = lease.credential().name().to_string();
+                log.start_units(&name, 4, lease.id().get(), units);
+                sleep(Duration::from_millis(rng.u64(0..4))).await;
+                log.end(lease.id().get());
+                if rng.bool() {
+                    lease.release().await.unwrap();
+                } else {
+                    drop(lease);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        within(Duration::from_secs(30), "the tasks", task)
+            .await
+            .unwrap();
+    }
+    log.check(|_| 4).expect("no credential past its capacity");
+    assert!(log.grants() > 50, "work was done: {} grants", log.grants());
+    let peak = (0..3).map(|n| log.peak(&format!("c{n}"))).max().unwrap();
+    assert!(peak >= 3, "the credentials were used to capacity: {peak}");
+}
+
+/// A weighted waiter first in line is served before lighter asks that
+/// came after it, though units came free for them all along.
+pub async fn a_weighted_waiter_is_not_overtaken_by_lighter_asks<F: Factory>(factory: &F) {
+    let pool = pool_of(factory, vec![NewCredential::new("alice", "a").capacity(3)]).await;
+    let first = pool.acquire().await.unwrap();
+    let second = pool.acquire().await.unwrap();
+    let order: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let heavy = {
+        let (pool, order) = (pool.clone(), order.clone());
+        tokio::spawn(async move {
+            let lease = pool.acquire_units(3).await.unwrap();
+            order.lock().unwrap().push("heavy");
+            sleep(Duration::from_millis(20)).await;
+            lease.release().await.unwrap();
+        })
+    };
+    wait_for_waiters(&pool, 1).await;
+    // One unit is free, but the heavy ask at the head needs three: lighter
+    // asks behind it wait too, and so does a try.
+    assert!(
+        pool.try_acquire().await.unwrap().is_none(),
+        "a try does not jump the heavy waiter"
+    );
+    let mut lights = Vec::new();
+    for turn in 0..4u64 {
+        let (task_pool, order) = (pool.clone(), order.clone());
+        lights.push(tokio::spawn(async move {
+            let lease = task_pool.acquire().await.unwrap();
+            order.lock().unwrap().push("light");
+            sleep(Duration::from_millis(5)).await;
+            lease.release().await.unwrap();
+        }));
+        wait_for_waiters(&pool, turn + 2).await;
+    }
+    sleep(Duration::from_millis(50)).await;
+    assert!(
+        order.lock().unwrap().is_empty(),
+        "nobody was served past the heavy waiter: {:?}",
+        order.lock().unwrap()
+    );
+    first.release().await.unwrap();
+    second.release().await.unwrap();
+    within(Duration::from_secs(10), "the heavy waiter", heavy)
+        .await
+        .unwrap();
+    for light in lights {
+        within(Duration::from_secs(10), "the light waiters", light)
+            .await
+            .unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 5);
+    assert_eq!(order[0], "heavy", "served first: {order:?}");
+}
+
+pub async fn a_weighted_grant_counts_its_units_against_quotas<F: Factory>(factory: &F) {
+    let pool = pool_of(
+        factory,
+        vec![NewCredential::new("alice", "a")
+            .capacity(10)
+            .rate("5/1m".parse().unwrap())],
+    )
+    .await;
+    pool.acquire_units(3)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(
+        pool.try_acquire_units(3).await.unwrap().is_none(),
+        "three of five were counted: three more exceed the quota"
+    );
+    let two = pool.try_acquire_units(2).await.unwrap().expect("two left");
+    assert!(pool.try_acquire().await.unwrap().is_none(), "quota used up");
+    let info = pool.list().await.unwrap();
+    let limit = info[0]
+        .limits
+        .iter()
+        .find(|limit| limit.scope.is_none())
+        .expect("the quota is listed");
+    assert_eq!(limit.used, 5, "{limit:?}");
+    assert_eq!(limit.remaining, Some(0));
+    drop(two);
+}
+
+pub async fn a_weighted_grant_for_a_scope_and_a_name<F: Factory>(factory: &F) {
+    let pool = pool_of(
+        factory,
+        vec![
+            NewCredential::new("alice", "a")
+                .capacity(4)
+                .rate_for("search", "2/1m".parse().unwrap()),
+            NewCredential::new("bob", "b").capacity(4),
+        ],
+    )
+    .await;
+    let want = Want::scope("search").unwrap().units(2).unwrap();
+    let mut names = Vec::new();
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        let lease = pool.acquire_matching(&want).await.unwrap();
+        assert_eq!(lease.units(), 2);
+        names.push(lease.credential().name().to_string());
+        leases.push(lease);
+    }
+    names.sort();
+    assert_eq!(names, ["alice", "bob"]);
+    drop(leases);
+    // alice's quota of search is used up by the two units she served.
+    let alice = Want::scope("search")
+        .unwrap()
+        .named("alice")
+        .unwrap()
+        .units(1)
+        .unwrap();
+    let mut tried = None;
+    for _ in 0..200 {
+        // The dropped leases come back in the background.
+        if holders(&pool, "alice").await == 0 {
+            tried = Some(pool.try_acquire_matching(&alice).await.unwrap());
+            break;
+        }
+        sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        tried.expect("alice came back").is_none(),
+        "her quota of search is used"
+    );
+    let timeline = Want::scope("timeline")
+        .unwrap()
+        .named("alice")
+        .unwrap()
+        .units(4)
+        .unwrap();
+    let lease = pool.try_acquire_matching(&timeline).await.unwrap();
+    assert_eq!(lease.expect("alice serves the timeline").units(), 4);
+}
+
+pub async fn an_expired_weighted_lease_gives_back_all_its_units<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_millis(300))).await;
+    pool.add(NewCredential::new("alice", "a").capacity(3))
+        .await
+        .unwrap();
+    let token = pool.acquire_units(3).await.unwrap().into_token();
+    assert!(pool.try_acquire().await.unwrap().is_none());
+    let lease = within(
+        Duration::from_secs(10),
+        "the units after the expiry",
+        pool.acquire_units(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(lease.units(), 3);
+    assert!(
+        pool.release_token(token, credpool::ReleaseOutcome::Success)
+            .await
+            .is_err(),
+        "the expired lease is fenced"
+    );
+}
