@@ -1713,6 +1713,36 @@ fn acquire_and_release_from_the_shell_with_scopes_and_quotas() {
     );
 }
 
+/// `acquire --units N` takes N units of one credential's capacity from the
+/// shell, `release` gives them all back, and an ask above every capacity
+/// fails at once naming the most there is.
+#[test]
+fn weighted_acquire_from_the_shell() {
+    let db = fresh_db("units");
+    ok(&run_with_stdin(
+        &db,
+        &["add", "alice", "--secret-stdin", "--capacity", "5"],
+        "s",
+    ));
+    let leased = ok(&run(&db, &["acquire", "--units", "3", "--json"]));
+    let lease: serde_json::Value = serde_json::from_str(&leased).unwrap();
+    assert_eq!(lease["units"], 3, "{lease}");
+    let token = lease["token"].as_str().unwrap().to_string();
+    assert_eq!(list_json(&db)[0]["holders"], 3);
+    fails(&run(&db, &["acquire", "--units", "3"]), "with 3 units free");
+    let two = ok(&run(&db, &["acquire", "--units", "2"]));
+    assert!(two.contains("units   2"), "{two}");
+    ok(&run(&db, &["release", &token]));
+    assert_eq!(list_json(&db)[0]["holders"], 2, "all three came back");
+    let said = fails(
+        &run(&db, &["acquire", "--units", "6", "--wait", "10s"]),
+        "6 units",
+    );
+    assert!(said.contains("at most 5"), "{said}");
+    usage_error(&run(&db, &["acquire", "--units", "0"]), "--units");
+    usage_error(&run(&db, &["acquire", "--units", "many"]), "--units");
+}
+
 #[test]
 fn default_rates_are_set_shown_and_removed() {
     let db = fresh_db("default-rate");

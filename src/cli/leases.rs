@@ -17,6 +17,10 @@ pub(crate) struct AcquireArgs {
     /// This credential, and no other.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Take this many units of one credential's capacity at once (a heavy
+    /// job); they count as as many grants against its quotas.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(credpool::MAX_UNITS)), value_name = "N")]
+    units: u32,
     /// How long the lease lives unless released first.
     #[arg(long, default_value = "60s", value_parser = duration::parse_positive, value_name = "DURATION")]
     pub(crate) ttl: Duration,
@@ -68,6 +72,7 @@ pub(crate) async fn acquire<S: Store>(pool: &Pool<S>, args: AcquireArgs) -> Outc
     if let Some(name) = &args.name {
         want = want.named(name)?;
     }
+    want = want.units(args.units)?;
     let lease = match args.wait.filter(|wait| !wait.is_zero()) {
         Some(wait) => match pool.acquire_matching_timeout(&want, wait).await {
             Err(Error::Timeout { .. }) => None,
@@ -86,12 +91,14 @@ pub(crate) async fn acquire<S: Store>(pool: &Pool<S>, args: AcquireArgs) -> Outc
         )));
     };
     let credential = lease.credential().clone();
+    let units = lease.units();
     let expires = lease.expires_at().map(humantime::format_rfc3339_millis);
     let token = lease.into_token();
     if args.json {
         let mut object = serde_json::json!({
             "token": token.to_string(),
             "name": credential.name(),
+            "units": units,
             "expires_at": expires.map(|at| at.to_string()),
         });
         if args.show_secrets {
@@ -102,6 +109,9 @@ pub(crate) async fn acquire<S: Store>(pool: &Pool<S>, args: AcquireArgs) -> Outc
     } else {
         outln!("token   {token}");
         outln!("name    {}", credential.name());
+        if units > 1 {
+            outln!("units   {units}");
+        }
         if let Some(at) = expires {
             outln!("expires {at}");
         }

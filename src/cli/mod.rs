@@ -300,7 +300,7 @@ enum Command {
     /// until `credpool release TOKEN` or its --ttl. Exits with 1 when none
     /// came free within --wait.
     #[command(
-        after_help = "Examples:\n  lease=$(credpool acquire --scope search --wait 10s --json --show-secrets)\n  credpool release \"$(echo \"$lease\" | jq -r .token)\" --cool-down 5m --scope search"
+        after_help = "Examples:\n  lease=$(credpool acquire --scope search --wait 10s --json --show-secrets)\n  credpool release \"$(echo \"$lease\" | jq -r .token)\" --cool-down 5m --scope search\n  credpool acquire --units 3 --wait 1m   # a heavy job: 3 of one account's slots"
     )]
     Acquire(leases::AcquireArgs),
 
