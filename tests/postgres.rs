@@ -537,6 +537,10 @@ fn child_process_entry() {
                 let pool = Pool::new(options.open().await.unwrap());
                 processes::quota_hammer(pool, &child.log.unwrap()).await;
             }
+            "weighted-hammer" => {
+                let pool = Pool::new(options.open().await.unwrap());
+                processes::weighted_hammer(pool, &child.log.unwrap()).await;
+            }
             "hammer" => {
                 let pool = Pool::new(options.open().await.unwrap());
                 processes::hammer(pool, &child.log.unwrap()).await;
@@ -948,6 +952,16 @@ async fn four_processes_never_hold_a_credential_twice() {
     let pool = Pool::new(open(&schema).await);
     processes::four_hammers_never_hold_a_credential_twice(&pool, &schema, |i| {
         common::fresh_path("postgres-tests", &format!("{schema}-log{i}"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_never_exceed_capacity_with_weighted_grants() {
+    let schema = fresh_schema("weighted_processes");
+    let pool = Pool::new(open(&schema).await);
+    processes::four_processes_never_exceed_capacity_with_weighted_grants(&pool, &schema, |i| {
+        common::fresh_path("postgres-tests", &format!("{schema}-weighted{i}"))
     })
     .await;
 }

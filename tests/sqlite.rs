@@ -478,6 +478,10 @@ fn child_process_entry() {
                 let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
                 processes::quota_hammer(pool, &child.log.unwrap()).await;
             }
+            "weighted-hammer" => {
+                let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
+                processes::weighted_hammer(pool, &child.log.unwrap()).await;
+            }
             "hammer" => {
                 let pool = Pool::new(SqliteStore::open(&child.store).await.unwrap());
                 processes::hammer(pool, &child.log.unwrap()).await;
@@ -554,6 +558,18 @@ async fn four_processes_never_hold_a_credential_twice() {
     processes::four_hammers_never_hold_a_credential_twice(&pool, db.to_str().unwrap(), |i| {
         db.with_extension(format!("log{i}"))
     })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_never_exceed_capacity_with_weighted_grants() {
+    let db = fresh_path("weighted-processes");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    processes::four_processes_never_exceed_capacity_with_weighted_grants(
+        &pool,
+        db.to_str().unwrap(),
+        |i| db.with_extension(format!("log{i}")),
+    )
     .await;
 }
 

@@ -193,6 +193,116 @@ pub async fn hammer_giving_up<S: Store>(pool: Pool<S>, log: &Path, give_up: bool
     }
 }
 
+/// 8 tasks ask for 1 to 3 units at once for a second and a half, some
+/// giving up while they wait, logging every hold to `log` as `NAME
+/// LEASE_ID START_NS END_NS UNITS`.
+pub async fn weighted_hammer<S: Store>(pool: Pool<S>, log: &Path) {
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let tasks: Vec<_> = (0..8u64)
+        .map(|seed| {
+            let (pool, lines) = (pool.clone(), lines.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(seed ^ u64::from(std::process::id()));
+                while tokio::time::Instant::now() < deadline {
+                    let units = rng.u32(1..=3);
+                    let patience = Duration::from_millis(rng.u64(5..300));
+                    let lease = match pool.acquire_units_timeout(units, patience).await {
+                        Ok(lease) => lease,
+                        Err(credpool::Error::Timeout { .. }) => continue,
+                        Err(error) => panic!("{error}"),
+                    };
+                    assert_eq!(lease.units(), units);
+                    let start = now_ns();
+                    tokio::time::sleep(Duration::from_micros(rng.u64(100..2000))).await;
+                    let end = now_ns();
+                    lines.lock().unwrap().push(format!(
+                        "{} {} {start} {end} {units}",
+                        lease.credential().name(),
+                        lease.id()
+                    ));
+                    if rng.bool() {
+                        drop(lease);
+                    } else {
+                        lease.release().await.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    pool.close();
+    pool.wait_for_leases(Duration::from_secs(20)).await.unwrap();
+    let mut file = std::fs::File::create(log).unwrap();
+    for line in lines.lock().unwrap().iter() {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+/// Four child processes run [`weighted_hammer`] against two credentials of
+/// capacity 3: merged in wall-clock order, their logs never hold more
+/// units of a credential at once than its capacity, and every unit comes
+/// back in the end.
+pub async fn four_processes_never_exceed_capacity_with_weighted_grants<S: Store>(
+    pool: &Pool<S>,
+    store: &str,
+    log_of: impl Fn(usize) -> PathBuf,
+) {
+    pool.add_many((0..2).map(|i| NewCredential::new(format!("heavy-{i}"), "s").capacity(3)))
+        .await
+        .unwrap();
+    let logs: Vec<PathBuf> = (0..4).map(log_of).collect();
+    let children = logs
+        .iter()
+        .map(|log| spawn_child("weighted-hammer", store, Some(log)))
+        .collect();
+    let statuses = wait_all(children).await;
+    assert!(
+        statuses.iter().all(|status| status.success()),
+        "{statuses:?}"
+    );
+    let mut holds: Vec<(String, u64, u128, u128, u32)> = Vec::new();
+    for log in &logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            holds.push((
+                fields[0].to_string(),
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+                fields[3].parse().unwrap(),
+                fields[4].parse().unwrap(),
+            ));
+        }
+    }
+    let log = HoldLog::new();
+    let mut points: Vec<(u128, bool, usize)> = holds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, hold)| [(hold.2, true, i), (hold.3, false, i)])
+        .collect();
+    points.sort_by_key(|&(at, is_start, _)| (at, is_start));
+    for (_, is_start, i) in points {
+        let (name, lease_id, _, _, units) = &holds[i];
+        if is_start {
+            log.start_units(name, 3, *lease_id, *units);
+        } else {
+            log.end(*lease_id);
+        }
+    }
+    log.check(|_| 3)
+        .expect("no credential held past its capacity by four processes");
+    let weighted = holds.iter().filter(|hold| hold.4 > 1).count();
+    assert!(
+        holds.len() > 50 && weighted > 10,
+        "the processes really worked: {} grants, {weighted} weighted",
+        holds.len()
+    );
+    let stats = pool.stats().await.unwrap();
+    assert_eq!((stats.available, stats.leases), (2, 0), "{stats:?}");
+}
+
 /// Takes three leases, says `HELD`, and hangs until killed.
 pub async fn hold_and_hang<S: Store>(pool: Pool<S>) {
     let mut held = Vec::new();
