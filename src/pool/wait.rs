@@ -345,7 +345,8 @@ impl Waiter<'_> {
         if let Some(position) = list.position(self.ticket) {
             let entry = list.entries.remove(position);
             self.queue.len.fetch_sub(1, SeqCst);
-            if entry.as_ref().is_some_and(|entry| entry.weighted) {
+            let weighted = entry.as_ref().is_some_and(|entry| entry.weighted);
+            if weighted {
                 self.queue.weighted.fetch_sub(1, SeqCst);
             }
             // A wake-up this waiter will not use goes on; so does the timer it kept.
@@ -358,6 +359,10 @@ impl Waiter<'_> {
                     list.woken_early = woken;
                 }
                 passed = Some(woken);
+            } else if weighted && position == 0 {
+                // A weighted waiter at the head held up those behind it
+                // while units were free for them: they ask in turn now.
+                passed = Some(list.wake_first_asleep(true));
             } else if position == 0 {
                 list.promote_first(self.queue.polls);
             }

@@ -299,6 +299,7 @@ impl MemoryStore {
                         .is_none_or(|name| slot.credential.name() == name)
                 })
                 .filter_map(|slot| slot.blocked_for(scope, want.units_asked(), now))
+                .filter(|&at| at != crate::limits::NEVER)
                 .min();
             retry_at = earliest(retry_at, unblocked);
         }

@@ -24,6 +24,10 @@ macro_rules! weighted_suite {
             a_weighted_grant_counts_its_units_against_quotas,
             a_weighted_grant_for_a_scope_and_a_name,
             an_expired_weighted_lease_gives_back_all_its_units,
+            revoking_a_weighted_lease_gives_back_all_its_units,
+            a_weighted_waiter_that_gives_up_lets_those_behind_it_in,
+            a_weighted_waiter_hears_when_no_credential_can_take_its_units,
+            a_weighted_waiter_holds_up_only_what_it_may_use,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -189,7 +193,7 @@ pub async fn weighted_grants_never_exceed_capacity<F: Factory>(factory: &F) {
             let end = tokio::time::Instant::now() + Duration::from_millis(1200);
             while tokio::time::Instant::now() < end {
                 let units = rng.u32(1..=4);
-                let patience = Duration::from_millis(rng.u64(1..100));
+                let patience = Duration::from_millis(rng.u64(1..500));
                 let Ok(lease) = tokio::time::timeout(patience, pool.acquire_units(units)).await
                 else {
                     continue;
@@ -379,4 +383,170 @@ pub async fn an_expired_weighted_lease_gives_back_all_its_units<F: Factory>(fact
             .is_err(),
         "the expired lease is fenced"
     );
+}
+
+pub async fn revoking_a_weighted_lease_gives_back_all_its_units<F: Factory>(factory: &F) {
+    let pool = pool_of(factory, vec![NewCredential::new("alice", "a").capacity(3)]).await;
+    let lease = pool.acquire_units(3).await.unwrap();
+    assert_eq!(pool.revoke("alice").await.unwrap(), 1, "one lease ended");
+    assert_eq!(holders(&pool, "alice").await, 0, "all three units back");
+    let again = pool.try_acquire_units(3).await.unwrap();
+    assert_eq!(again.expect("three free again").units(), 3);
+    assert!(
+        lease.release().await.is_err(),
+        "the revoked lease is fenced"
+    );
+}
+
+/// A weighted waiter at the head holds up a lighter one behind it while
+/// the units it needs are not free; when it gives up, the lighter one is
+/// served at once with the units that were free all along (no TTL, no
+/// poll would wake it on the memory store).
+pub async fn a_weighted_waiter_that_gives_up_lets_those_behind_it_in<F: Factory>(factory: &F) {
+    let pool = factory.pool(None).await;
+    pool.add(NewCredential::new("alice", "a").capacity(5))
+        .await
+        .unwrap();
+    let _held = pool.acquire_units(3).await.unwrap();
+    let heavy = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.acquire_units_timeout(3, Duration::from_millis(300))
+                .await
+        })
+    };
+    wait_for_waiters(&pool, 1).await;
+    let light = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire().await.map(|lease| lease.units()) })
+    };
+    wait_for_waiters(&pool, 2).await;
+    let gave_up = within(Duration::from_secs(10), "the heavy waiter", heavy)
+        .await
+        .unwrap();
+    assert!(matches!(gave_up, Err(Error::Timeout { .. })), "{gave_up:?}");
+    let served = within(Duration::from_secs(5), "the light waiter", light)
+        .await
+        .unwrap();
+    assert_eq!(served.unwrap(), 1);
+}
+
+/// A weighted waiter whose units no credential can hold any more (a
+/// capacity lowered while it waits) hears so, rather than hold up the line
+/// for ever; a lighter ask behind it is served.
+pub async fn a_weighted_waiter_hears_when_no_credential_can_take_its_units<F: Factory>(
+    factory: &F,
+) {
+    let pool = pool_of(factory, vec![NewCredential::new("alice", "a").capacity(4)]).await;
+    let held = pool.acquire().await.unwrap();
+    let heavy = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire_units(4).await.map(|lease| lease.units()) })
+    };
+    wait_for_waiters(&pool, 1).await;
+    pool.update("alice", credpool::CredentialChange::new().capacity(2))
+        .await
+        .unwrap();
+    let heard = within(Duration::from_secs(10), "the heavy waiter", heavy)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            heard,
+            Err(Error::TooManyUnits {
+                units: 4,
+                most: 2,
+                ..
+            })
+        ),
+        "{heard:?}"
+    );
+    let light = within(Duration::from_secs(5), "a light ask", pool.acquire()).await;
+    assert_eq!(light.unwrap().credential().name(), "alice");
+    drop(held);
+}
+
+/// A weighted waiter keeps only the credentials it may use: one waiting
+/// for alice does not hold up asks that bob serves, and one whose scope is
+/// out of quota does not hold up other scopes.
+pub async fn a_weighted_waiter_holds_up_only_what_it_may_use<F: Factory>(factory: &F) {
+    let pool = pool_of(
+        factory,
+        vec![
+            NewCredential::new("alice", "a")
+                .capacity(3)
+                .rate_for("search", "2/1h".parse().unwrap()),
+            NewCredential::new("bob", "b").capacity(3),
+        ],
+    )
+    .await;
+    let alice_one = Want::any().named("alice").unwrap();
+    let held = pool.acquire_matching(&alice_one).await.unwrap();
+    let alice_three = Want::any().named("alice").unwrap().units(3).unwrap();
+    let heavy = {
+        let (pool, want) = (pool.clone(), alice_three.clone());
+        tokio::spawn(async move {
+            pool.acquire_matching(&want)
+                .await
+                .map(|lease| lease.units())
+        })
+    };
+    wait_for_waiters(&pool, 1).await;
+    // bob serves a plain ask at once; alice's free units are kept.
+    let plain = within(Duration::from_secs(5), "a plain ask", pool.acquire())
+        .await
+        .unwrap();
+    assert_eq!(plain.credential().name(), "bob");
+    assert!(
+        pool.try_acquire_matching(&alice_one)
+            .await
+            .unwrap()
+            .is_none(),
+        "alice's free units are kept for the heavy waiter"
+    );
+    held.release().await.unwrap();
+    let heavy = within(Duration::from_secs(10), "the heavy waiter", heavy)
+        .await
+        .unwrap();
+    assert_eq!(heavy.unwrap(), 3);
+    drop(plain);
+    // alice's searches are used up for an hour: a weighted search for her
+    // waits, and keeps nothing from her other scopes.
+    within(Duration::from_secs(10), "alice free again", async {
+        while holders(&pool, "alice").await > 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let searches = Want::scope("search")
+        .unwrap()
+        .named("alice")
+        .unwrap()
+        .units(2)
+        .unwrap();
+    pool.acquire_matching(&searches)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let blocked = {
+        let (pool, want) = (pool.clone(), searches.clone());
+        tokio::spawn(async move {
+            pool.acquire_matching_timeout(&want, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+        })
+    };
+    wait_for_waiters(&pool, 1).await;
+    let timeline = Want::scope("timeline").unwrap().named("alice").unwrap();
+    let other = within(
+        Duration::from_secs(5),
+        "a timeline ask while a weighted search waits",
+        pool.acquire_matching(&timeline),
+    )
+    .await;
+    assert_eq!(other.unwrap().credential().name(), "alice");
+    assert!(!blocked.is_finished(), "the search still waits");
+    blocked.abort();
 }

@@ -355,7 +355,9 @@ pub(crate) fn weighted(schema: &str) -> String {
          -- missed. For a newcomer (`tk` NULL), nothing while a ticket waits
          -- for the same or a weighted one waits; the lease lives `ttl` ms.
          -- For the ticket `tk`, the lease is handed to it (dated and
-         -- expiring at its claim deadline, `ttl` ms on), if it still waits.
+         -- expiring at its claim deadline, `ttl` ms on), if it still waits;
+         -- a row of NULLs when another transaction holds the ticket (it may
+         -- be handing it units this one does not see yet: ask again).
          CREATE FUNCTION {s}.grant_units(p text, ttl bigint, sc text, nm text, n integer,
                                          tk bigint)
          RETURNS TABLE (id bigint, name text, secret text, extra text, capacity integer,
@@ -377,6 +379,12 @@ pub(crate) fn weighted(schema: &str) -> String {
                  PERFORM 1 FROM {s}.tickets AS t WHERE t.id = tk AND t.lease_id IS NULL
                      FOR UPDATE SKIP LOCKED;
                  IF NOT FOUND THEN
+                     IF EXISTS (SELECT 1 FROM {s}.tickets AS t
+                                WHERE t.id = tk AND t.lease_id IS NULL) THEN
+                         RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::text,
+                                             NULL::integer, NULL::bigint, NULL::bigint,
+                                             NULL::bigint;
+                     END IF;
                      RETURN;
                  END IF;
              END IF;

@@ -66,7 +66,9 @@ impl Inner {
         let row = taken?;
         let ticket = row.unsigned(0, "tickets.id")?;
         let seat = self.line.seat(ticket, ttl);
-        if row.column::<bool>(1, "free")? {
+        // A weighted ticket may be served at once: `free` leaves out what
+        // is kept for weighted tickets, its own among them.
+        if row.column::<bool>(1, "free")? || want.is_weighted() {
             // A failure here is made good by the first waiter's next poll.
             if let Err(error) = self.serve_line(&conn).await {
                 tracing::debug!(%error, "handing a credential to the waiting line failed");
@@ -100,10 +102,17 @@ impl Inner {
             let Some(row) = handed else {
                 // Nothing for a ticket of one unit: a weighted one first in
                 // line may be served.
-                if self.serve_weighted(conn, &leaving).await? {
-                    continue;
+                match self.serve_weighted(conn, &leaving).await? {
+                    Weighted::Handed => continue,
+                    Weighted::Locked if again > 1 => {
+                        // Another transaction holds it, and may not see
+                        // units this one freed: ask again when it is done.
+                        again -= 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        continue;
+                    }
+                    _ => return Ok(()),
                 }
-                return Ok(());
             };
             let Some(ticket) = row.column::<Option<i64>>(0, "tickets.id")? else {
                 again -= 1;
@@ -123,13 +132,13 @@ impl Inner {
     /// Hands the lowest weighted ticket waiting its units, when one
     /// credential has them free; whether it did. (The hand-offs of one
     /// unit stop behind it, so it is not overtaken by lighter asks.)
-    async fn serve_weighted(&self, conn: &Conn, leaving: &[i64]) -> Result<bool> {
+    async fn serve_weighted(&self, conn: &Conn, leaving: &[i64]) -> Result<Weighted> {
         let Some(next) = conn
             .client
             .query_opt(&self.sql.next_weighted(), &[&self.pool, &leaving])
             .await?
         else {
-            return Ok(false);
+            return Ok(Weighted::None);
         };
         let ticket: i64 = next.column(0, "tickets.id")?;
         let owner: i64 = next.column(1, "tickets.owner")?;
@@ -150,8 +159,12 @@ impl Inner {
                 ],
             )
             .await?;
-        if handed.is_none() {
-            return Ok(false);
+        match handed {
+            None => return Ok(Weighted::None),
+            Some(row) if row.column::<Option<i64>>(0, "credentials.id")?.is_none() => {
+                return Ok(Weighted::Locked)
+            }
+            Some(_) => {}
         }
         let ticket = ticket as u64;
         if owner == self.line.owner() {
@@ -164,7 +177,7 @@ impl Inner {
                 )
                 .await?;
         }
-        Ok(true)
+        Ok(Weighted::Handed)
     }
 
     /// Claims the lease handed to `ticket`, when its waiter is seated here,
@@ -268,20 +281,30 @@ impl Inner {
     }
 
     /// Takes out the tickets seated here that wait for a credential by name
-    /// that is gone or disabled: their waiters, unseated, ask again and
-    /// hear why.
+    /// that is gone or disabled, and weighted ones that no enabled
+    /// credential has the capacity (or quota) for any more: their waiters,
+    /// unseated, ask again and hear why, and the line goes on behind them.
     async fn unseat_hopeless(&self, conn: &Conn) -> Result<()> {
         let tickets = &self.sql.tickets;
         let credentials = &self.sql.credentials;
+        let limits = self.sql.limits();
         let rows = conn
             .client
             .query(
                 &format!(
                     "DELETE FROM {tickets}
-                     WHERE pool = $1 AND owner = $2 AND name IS NOT NULL AND lease_id IS NULL
-                       AND NOT EXISTS (SELECT 1 FROM {credentials} AS c
-                                       WHERE c.pool = {tickets}.pool AND c.name = {tickets}.name
-                                         AND c.disabled_reason IS NULL)
+                     WHERE pool = $1 AND owner = $2 AND lease_id IS NULL
+                       AND (name IS NOT NULL OR units > 1)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM {credentials} AS c
+                           WHERE c.pool = {tickets}.pool AND c.disabled_reason IS NULL
+                             AND ({tickets}.name IS NULL OR c.name = {tickets}.name)
+                             AND c.capacity >= {tickets}.units
+                             AND NOT EXISTS (
+                                 SELECT 1 FROM {limits} AS l
+                                 WHERE l.credential_id = c.id
+                                   AND l.scope IN ('', coalesce({tickets}.scope, ''))
+                                   AND l.rate_count < {tickets}.units))
                      RETURNING id"
                 ),
                 &[&self.pool, &self.line.owner()],
@@ -404,6 +427,10 @@ impl Inner {
         };
         let lease: Option<i64> = row.column(0, "tickets.lease_id")?;
         let credential: Option<i64> = row.column(1, "tickets.credential_id")?;
+        if lease.is_none() && row.column::<i32>(2, "tickets.units")? > 1 {
+            // A weighted ticket may have kept units from those behind it.
+            self.serve_line_now().await;
+        }
         if let (Some(lease), Some(credential)) = (lease, credential) {
             let token = LeaseToken::new(
                 CredentialId::new(credential as u64),
@@ -429,6 +456,16 @@ impl Inner {
             .await?;
         row.unsigned(0, "count")
     }
+}
+
+/// What `serve_weighted` did.
+enum Weighted {
+    /// No weighted ticket waits, or none has its units free.
+    None,
+    /// The lowest weighted ticket was handed its units.
+    Handed,
+    /// Another transaction holds the lowest weighted ticket.
+    Locked,
 }
 
 /// Ends a ticket's leaving in its line when dropped: its removal has

@@ -127,15 +127,6 @@ impl Sql {
         let tickets = format!("\"{schema}\".tickets");
         let owners = format!("\"{schema}\".ticket_owners");
         let limits = format!("\"{schema}\".limits");
-        // No weighted ticket waits: while one does, newcomers queue behind
-        // it rather than take the units it waits for.
-        let no_weighted = format!(
-            "NOT EXISTS (SELECT 1 FROM {tickets} AS w
-                         WHERE w.pool = $1 AND w.lease_id IS NULL AND w.units > 1
-                           AND EXISTS (SELECT 1 FROM {owners} AS o
-                                       WHERE o.pool = w.pool AND o.owner = w.owner
-                                         AND o.expires_at > {NOW}))"
-        );
         // A ticket that waits for a credential: none handed to it yet, and
         // its store alive (its heartbeat renews the store's row in
         // `ticket_owners`, never the ticket's own row, so that no heartbeat
@@ -156,8 +147,40 @@ impl Sql {
         // `EXISTS`: the planner drops an `EXISTS`'s order and reads the
         // table from the start, expecting a match at once; when none
         // matches, which is when these are asked, that reads every row.
-        let free_now = format!(
+        let free_any = format!(
             "(SELECT true FROM {credentials} WHERE pool = $1 AND {usable}
+              ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL"
+        );
+        // A credential `c` that may serve the ticket `t` (its scope, its name).
+        let serves = |c: &str, t: &str| {
+            format!(
+                "({t}.name IS NULL OR {t}.name = {c}.name)
+                 AND ({t}.scope IS NULL OR {c}.blocks IS NULL
+                      OR coalesce(({c}.blocks ->> {t}.scope)::bigint, 0) <= {NOW})"
+            )
+        };
+        // Whether the credential `c` is kept for a weighted ticket waiting
+        // (ahead of the ticket `ahead_of`, when given) that it may serve and
+        // has the room for: while one waits, neither newcomers nor later
+        // tickets of one unit take its units, so it is not overtaken.
+        let held = |c: &str, pool: &str, ahead_of: Option<&str>| {
+            let ahead = ahead_of.map_or(String::new(), |t| format!("AND w.id < {t}.id"));
+            let serves_w = serves(c, "w");
+            format!(
+                "EXISTS (SELECT 1 FROM {tickets} AS w
+                         WHERE w.pool = {pool} AND w.lease_id IS NULL AND w.units > 1 {ahead}
+                           AND w.units <= {c}.capacity AND {serves_w}
+                           AND EXISTS (SELECT 1 FROM {owners} AS o
+                                       WHERE o.pool = w.pool AND o.owner = w.owner
+                                         AND o.expires_at > {NOW}))"
+            )
+        };
+        let held_here = held(&credentials, "$1", None);
+        let held_c = held("c", "$1", None);
+        // What a newcomer may take: a credential with a unit free that no
+        // weighted ticket waits for.
+        let free_now = format!(
+            "(SELECT true FROM {credentials} WHERE pool = $1 AND {usable} AND NOT {held_here}
               ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL"
         );
         let any_enabled = format!(
@@ -169,33 +192,20 @@ impl Sql {
         // not need).
         let line_empty = format!(
             "NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
-                         AND scope IS NULL AND name IS NULL)
-             AND {no_weighted}"
+                         AND scope IS NULL AND name IS NULL)"
         );
-        // A ticket `t` of one unit with no weighted ticket waiting ahead of
-        // it: the hand-offs serve only those (the weighted are served by
-        // `serve_weighted`, first come, first served).
-        let unit_first = |t: &str, pool: &str| {
-            format!(
-                "{t}.units = 1
-                 AND NOT EXISTS (SELECT 1 FROM {tickets} AS w
-                                 WHERE w.pool = {pool} AND w.lease_id IS NULL AND w.units > 1
-                                   AND w.id < {t}.id
-                                   AND EXISTS (SELECT 1 FROM {owners} AS o
-                                               WHERE o.pool = w.pool AND o.owner = w.owner
-                                                 AND o.expires_at > {NOW}))"
-            )
-        };
-        let unit_first_release = unit_first(&tickets, "$3");
-        let unit_first_serve = unit_first(&tickets, "$1");
-        // A credential `c` that may serve the ticket `t` (its scope, its name).
-        let serves = |c: &str, t: &str| {
-            format!(
-                "({t}.name IS NULL OR {t}.name = {c}.name)
-                 AND ({t}.scope IS NULL OR {c}.blocks IS NULL
-                      OR coalesce(({c}.blocks ->> {t}.scope)::bigint, 0) <= {NOW})"
-            )
-        };
+        // The hand-offs serve tickets of one unit (the weighted are served
+        // by `serve_weighted`), and not with a credential kept for a
+        // weighted ticket ahead of them.
+        let unit_first_release = format!(
+            "{tickets}.units = 1 AND NOT {}",
+            held("freed", "$3", Some(&tickets))
+        );
+        let unit_first_c = format!(
+            "{tickets}.units = 1 AND NOT {}",
+            held("c", "$1", Some(&tickets))
+        );
+        let unit_first_next = held("c", "$1", Some("next"));
         let serves_freed = serves("freed", &tickets);
         let serves_c = serves("c", &tickets);
         let serves_next = format!(
@@ -233,7 +243,7 @@ impl Sql {
                 "WITH picked AS (
                      SELECT id FROM {credentials}
                      WHERE pool = $1 AND {usable}
-                       AND {line_empty}
+                       AND {line_empty} AND NOT {held_here}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
@@ -249,7 +259,7 @@ impl Sql {
                        AND NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
                                          AND scope IS NOT DISTINCT FROM nullif($3, '')
                                          AND name IS NOT DISTINCT FROM $4)
-                       AND {no_weighted}
+                       AND NOT {held_c}
                      ORDER BY last_used_at NULLS FIRST, id
                      LIMIT 1
                      FOR UPDATE SKIP LOCKED
@@ -272,7 +282,7 @@ impl Sql {
                                 last_used_at
                          FROM {credentials}
                          WHERE pool = $1 AND {usable}
-                           AND {line_empty}
+                           AND {line_empty} AND NOT {held_here}
                          ORDER BY last_used_at NULLS FIRST, id
                          LIMIT $3
                          FOR UPDATE SKIP LOCKED
@@ -451,6 +461,7 @@ impl Sql {
                         AND NOT EXISTS (SELECT 1 FROM {tickets} WHERE pool = $1 AND {waiting}
                                           AND scope IS NOT DISTINCT FROM nullif($2, '')
                                           AND name IS NOT DISTINCT FROM $3)
+                        AND NOT {held_c}
                       ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL,
                      (SELECT min(cooling_until) FROM {credentials}
                       WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
@@ -468,18 +479,18 @@ impl Sql {
                 "WITH next AS (
                      SELECT {tickets}.id, {tickets}.owner, {tickets}.scope, {tickets}.name
                      FROM {tickets}
-                     WHERE {free_now} AND {tickets}.pool = $1 AND {waiting}
+                     WHERE {free_any} AND {tickets}.pool = $1 AND {waiting}
                        AND NOT ({tickets}.id = ANY($5::bigint[]))
-                       AND {unit_first_serve}
-                       AND EXISTS (SELECT 1 FROM {credentials} AS c
-                                   WHERE c.pool = $1 AND {usable} AND {serves_c})
+                       AND (SELECT true FROM {credentials} AS c
+                            WHERE c.pool = $1 AND {usable} AND {serves_c} AND {unit_first_c}
+                            ORDER BY c.last_used_at NULLS FIRST, c.id LIMIT 1) IS NOT NULL
                      ORDER BY {tickets}.id LIMIT 1
                      FOR UPDATE OF tickets SKIP LOCKED
                  ),
                  picked AS (
                      SELECT c.id FROM {credentials} AS c, next
                      WHERE c.pool = $1 AND {usable}
-                       AND {serves_next}
+                       AND {serves_next} AND NOT {unit_first_next}
                      ORDER BY c.last_used_at NULLS FIRST, c.id
                      LIMIT 1
                      FOR UPDATE OF c SKIP LOCKED
@@ -512,13 +523,15 @@ impl Sql {
                  UNION ALL
                  SELECT NULL, NULL, NULL, true
                  WHERE NOT EXISTS (SELECT 1 FROM handed)
-                   AND {free_now}
+                   AND {free_any}
                    AND EXISTS (SELECT 1 FROM {tickets}
                                WHERE {tickets}.pool = $1 AND {waiting}
                                  AND NOT ({tickets}.id = ANY($5::bigint[]))
-                                 AND {unit_first_serve}
-                                 AND EXISTS (SELECT 1 FROM {credentials} AS c
-                                             WHERE c.pool = $1 AND {usable} AND {serves_c}))"
+                                 AND (SELECT true FROM {credentials} AS c
+                                      WHERE c.pool = $1 AND {usable} AND {serves_c}
+                                        AND {unit_first_c}
+                                      ORDER BY c.last_used_at NULLS FIRST, c.id LIMIT 1)
+                                     IS NOT NULL)"
             ),
             claim: format!(
                 "WITH mine AS (
@@ -546,6 +559,11 @@ impl Sql {
             limits,
             schema: schema.to_string(),
         }
+    }
+
+    /// The limits table's name.
+    pub(crate) fn limits(&self) -> &str {
+        &self.limits
     }
 
     /// `$1` pool, `$2` TTL in ms (the claim deadline for a ticket), `$3`
@@ -738,7 +756,7 @@ impl Sql {
     /// while it holds it.
     pub(crate) fn leave(&self) -> String {
         format!(
-            "DELETE FROM {} WHERE id = $1 AND pool = $2 RETURNING lease_id, credential_id",
+            "DELETE FROM {} WHERE id = $1 AND pool = $2 RETURNING lease_id, credential_id, units",
             self.tickets
         )
     }

@@ -124,14 +124,16 @@ pub(crate) fn remove(
 /// their claims find them gone); returns how many.
 pub(crate) fn revoke(ctx: &mut Ctx<'_>, name: &str) -> std::result::Result<u32, Failure> {
     let (id, _) = credential_id_by_name(ctx, name)?;
-    let ended = ctx
+    // Each lease gives back its units (a weighted one more than one).
+    let ended: Vec<i64> = ctx
         .connection
-        .prepare_cached("DELETE FROM leases WHERE credential_id = ?1")?
-        .execute([id])?;
+        .prepare_cached("DELETE FROM leases WHERE credential_id = ?1 RETURNING units")?
+        .query_map([id], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     ctx.connection
         .prepare_cached("UPDATE credentials SET holders = holders - ?2 WHERE id = ?1")?
-        .execute(params![id, ended as i64])?;
-    Ok(u32::try_from(ended).unwrap_or(u32::MAX))
+        .execute(params![id, ended.iter().sum::<i64>()])?;
+    Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
 }
 
 pub(crate) fn set_disabled(

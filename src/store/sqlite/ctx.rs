@@ -55,9 +55,10 @@ pub(crate) struct Ctx<'a> {
     /// Whether the line passed over a ticket that nothing free served (its
     /// scope or name): a plain grant may still find a credential free.
     pub(crate) passed_over: bool,
-    /// Whether the line stopped at a weighted ticket that found too few
-    /// units free: until it is served, newcomers queue behind it.
-    pub(crate) held_up: bool,
+    /// The weighted tickets waiting that found too few units free where
+    /// one would do: the credentials that may serve them are kept for
+    /// them, from newcomers and from the tickets behind them.
+    pub(crate) kept: Vec<crate::store::Want>,
 }
 
 impl<'a> Ctx<'a> {
@@ -81,7 +82,7 @@ impl<'a> Ctx<'a> {
             tickets: false,
             deliveries: Vec::new(),
             passed_over: false,
-            held_up: false,
+            kept: Vec::new(),
         }
     }
 

@@ -238,6 +238,9 @@ impl GrantJob {
         self.result = Some(match leases::grant(ctx, self.ttl, &self.want) {
             Ok(GrantAttempt::Busy { retry_at }) if self.on_busy == OnBusy::TakeTicket => {
                 let attempt = line::take_ticket(ctx, self.ttl, &self.want, retry_at)?;
+                // Later grants of this batch queue behind a weighted
+                // ticket too, as the next batch's line would have them.
+                line::hold_up_for(ctx, &self.want)?;
                 Ok(GrantAnswer { attempt, expired })
             }
             Ok(attempt) => Ok(GrantAnswer { attempt, expired }),

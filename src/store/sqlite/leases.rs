@@ -137,7 +137,7 @@ fn free_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Free> {
 /// `want` (with as many units free as it asks), if any.
 pub(crate) fn pick(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<Option<Free>> {
     let pool = ctx.pool;
-    if want.is_weighted() {
+    if want.is_weighted() || !ctx.kept.is_empty() {
         return Ok(pick_units(ctx, want)?.0);
     }
     if want.is_any() {
@@ -175,9 +175,11 @@ pub(crate) fn pick(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<Option<Fr
     }
 }
 
-/// For a weighted `want`: the least recently used credential with its
-/// units free whose quotas allow that many grants now, if any; and, when
-/// none, the earliest time a quota of one with its units free allows them.
+/// For a weighted `want` (or any, while credentials are kept for weighted
+/// tickets): the least recently used credential with its units free whose
+/// quotas allow that many grants now, and that is not kept for a weighted
+/// ticket waiting (`ctx.kept`), if any; and, when none, the earliest time
+/// a quota of one with its units free allows them.
 fn pick_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<(Option<Free>, Option<i64>)> {
     let (scope, units) = (want.scope_key(), want.units_asked());
     // The blocks of one grant are in the row already; the quotas of
@@ -194,7 +196,11 @@ fn pick_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<(Option<Free>, Opt
     let mut free_at: Option<i64> = None;
     while let Some(row) = rows.next()? {
         let free = free_of(row)?;
-        if !free.limited {
+        if kept(ctx, &free)? {
+            continue;
+        }
+        if !free.limited || units == 1 {
+            // One grant's limits are in the query.
             return Ok((Some(free), None));
         }
         match limits::blocked_for(ctx, free.id, scope, units)? {
@@ -203,6 +209,24 @@ fn pick_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<(Option<Free>, Opt
         }
     }
     Ok((None, free_at.filter(|&at| at != crate::limits::NEVER)))
+}
+
+/// Whether `free` is kept for a weighted ticket waiting: one it may serve
+/// (its name, its scope not blocked there) and has the room for.
+fn kept(ctx: &Ctx<'_>, free: &Free) -> rusqlite::Result<bool> {
+    for waiting in &ctx.kept {
+        let serves = waiting.name().is_none_or(|name| name == free.name)
+            && waiting.units_asked() <= free.capacity;
+        let scope = waiting.scope_key();
+        if serves
+            && (!free.limited
+                || scope.is_empty()
+                || limits::blocked_for(ctx, free.id, scope, 1)?.is_none())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The most units one grant for `want` may take: the largest capacity of
@@ -337,12 +361,11 @@ pub(crate) fn grant(
     ttl: Option<Duration>,
     want: &Want,
 ) -> std::result::Result<GrantAttempt, Failure> {
-    // Newcomers wait behind a weighted ticket that too few units are free
-    // for, rather than take them.
-    let (picked, free_at) = match (ctx.held_up, want.is_weighted()) {
-        (true, _) => (None, None),
-        (false, true) => pick_units(ctx, want)?,
-        (false, false) => (pick(ctx, want)?, None),
+    // Newcomers do not take what is kept for a weighted ticket that too
+    // few units are free for (`pick` leaves it out).
+    let (picked, free_at) = match want.is_weighted() {
+        true => pick_units(ctx, want)?,
+        false => (pick(ctx, want)?, None),
     };
     match picked {
         Some(free) => {

@@ -47,9 +47,9 @@ pub(crate) fn take_ticket(
 /// both last. A ticket that waits for a scope (or a name) that nothing free
 /// serves is passed over, and so is every later ticket that waits for the
 /// same: the others behind it are served. A weighted ticket that finds too
-/// few units free (where one unit would serve it) stops the line: no one
-/// behind it, nor any newcomer, takes the units it waits for
-/// (`ctx.held_up`). A waiter seated here gets its lease for its own TTL, delivered
+/// few units free (where one unit would serve it) keeps the credentials
+/// that may serve it: no one behind it, nor any newcomer, takes their units
+/// (`ctx.kept`). A waiter seated here gets its lease for its own TTL, delivered
 /// after the commit; another process's ticket gets a lease that expires at
 /// the claim deadline, which that process extends when it claims it.
 ///
@@ -60,7 +60,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     // found nothing free.
     let mut after = 0;
     let mut unserved: Vec<Want> = Vec::new();
-    ctx.held_up = false;
+    ctx.kept.clear();
     while ctx.tickets {
         let pool = ctx.pool;
         let next: Option<(i64, i64, Want)> = ctx
@@ -83,13 +83,13 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             continue;
         }
         let Some(free) = leases::pick(ctx, &want)? else {
-            if want.is_weighted() && leases::pick(ctx, &want.one_unit())?.is_some() {
+            if hold_up_for(ctx, &want)? {
                 // Too few units for it where one would do: it is served
                 // first, when enough come free.
-                ctx.held_up = true;
-                break;
+                after = ticket;
+                continue;
             }
-            if want.is_any() {
+            if want.one_unit().is_any() {
                 // Nothing is free at all: no other want is served either.
                 break;
             }
@@ -133,6 +133,16 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// For a weighted `want` that found too few units free where one would
+/// do: keeps the credentials that may serve it (`ctx.kept`). Whether it did.
+pub(crate) fn hold_up_for(ctx: &mut Ctx<'_>, want: &Want) -> rusqlite::Result<bool> {
+    let held_up = want.is_weighted() && leases::pick(ctx, &want.one_unit())?.is_some();
+    if held_up && !ctx.kept.contains(want) {
+        ctx.kept.push(want.clone());
+    }
+    Ok(held_up)
+}
+
 /// Ends tickets whose holders stopped renewing them, and tickets whose
 /// handed lease is gone (its claim deadline passed, or its credential was
 /// removed); then hands out what is free. Runs as a batch begins, when
@@ -171,16 +181,25 @@ pub(crate) fn poll(ctx: &mut Ctx<'_>) -> std::result::Result<Option<i64>, Failur
 }
 
 /// Takes out the tickets seated here that wait for a credential by name
-/// that is gone or disabled: their waiters, unseated, ask again and hear why.
+/// that is gone or disabled, and weighted ones that no enabled credential
+/// has the capacity (or quota) for any more: their waiters, unseated, ask
+/// again and hear why, and the line goes on behind them.
 fn unseat_hopeless(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
     let hopeless: Vec<i64> = ctx
         .connection
         .prepare_cached(
             "DELETE FROM tickets
-             WHERE pool = ?1 AND owner = ?2 AND name IS NOT NULL AND lease_id IS NULL
-               AND NOT EXISTS (SELECT 1 FROM credentials AS c
-                               WHERE c.pool = tickets.pool AND c.name = tickets.name
-                                 AND c.disabled_reason IS NULL)
+             WHERE pool = ?1 AND owner = ?2 AND lease_id IS NULL
+               AND (name IS NOT NULL OR units > 1)
+               AND NOT EXISTS (
+                   SELECT 1 FROM credentials AS c
+                   WHERE c.pool = tickets.pool AND c.disabled_reason IS NULL
+                     AND (tickets.name IS NULL OR c.name = tickets.name)
+                     AND c.capacity >= tickets.units
+                     AND NOT EXISTS (SELECT 1 FROM limits AS l
+                                     WHERE l.credential_id = c.id
+                                       AND l.scope IN ('', coalesce(tickets.scope, ''))
+                                       AND l.rate_count < tickets.units))
              RETURNING id",
         )?
         .query_map(params![ctx.pool, ctx.line.owner()], |row| row.get(0))?
@@ -295,16 +314,21 @@ pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
 /// Removes a ticket whose waiter gave up; a lease already handed to it goes
 /// back, to the next ticket if one waits.
 pub(crate) fn leave(ctx: &mut Ctx<'_>, ticket: u64) -> std::result::Result<(), Failure> {
-    let handed: Option<(Option<i64>, Option<i64>)> = ctx
+    let handed: Option<(Option<i64>, Option<i64>, i64)> = ctx
         .connection
         .prepare_cached(
-            "DELETE FROM tickets WHERE id = ?1 AND pool = ?2 RETURNING lease_id, credential_id",
+            "DELETE FROM tickets WHERE id = ?1 AND pool = ?2
+             RETURNING lease_id, credential_id, units",
         )?
         .query_row(params![ticket as i64, ctx.pool], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    if let Some((Some(lease_id), Some(credential_id))) = handed {
+    if let Some((None, _, 2..)) = handed {
+        // A weighted ticket may have held the line up: it goes on.
+        serve(ctx)?;
+    }
+    if let Some((Some(lease_id), Some(credential_id), _)) = handed {
         let token = LeaseToken::new(
             crate::ids::CredentialId::new(unsigned(credential_id)?),
             crate::ids::LeaseId::new(unsigned(lease_id)?),

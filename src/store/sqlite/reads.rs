@@ -34,7 +34,7 @@ pub(crate) struct Reader {
 /// expiry, which the reads leave out of its holders (the store thread
 /// reclaims them at its next write; a read never waits for it).
 const EXPIRED: &str = "WITH expired AS (
-    SELECT credential_id, count(*) AS n FROM leases
+    SELECT credential_id, sum(units) AS n FROM leases
     WHERE pool = ?1 AND expires_at <= ?2
     GROUP BY credential_id
 )";
