@@ -24,6 +24,7 @@ impl conformance::Factory for Memory {
 conformance_suite!(Memory);
 limits_suite!(Memory);
 weighted_suite!(Memory);
+weighted_keeping_suite!(Memory);
 
 /// The memory store hands out first in, first out by time of return.
 #[tokio::test]

@@ -42,6 +42,7 @@ impl conformance::Factory for Sqlite {
 conformance_suite!(Sqlite);
 limits_suite!(Sqlite);
 weighted_suite!(Sqlite);
+weighted_keeping_suite!(Sqlite);
 
 async fn pool_at(path: &Path, names: &[&str]) -> Pool<SqliteStore> {
     let pool = Pool::new(SqliteStore::open(path).await.unwrap());

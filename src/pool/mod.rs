@@ -528,6 +528,9 @@ impl<S: Store> Pool<S> {
         deadline: Option<(Instant, Duration)>,
     ) -> Result<Lease<S>> {
         let started = Instant::now();
+        // Kept for it from other lines while it waits (dropped last).
+        let _kept =
+            (want.is_weighted() && !self.shared.lined).then(|| KeptWhileWaiting::new(self, want));
         let (waiter, mut place) = line.join(seen, retry_at, want.is_weighted());
         // When the first in line polls next: kept across wake-ups, so that
         // wake-ups that come more often than the poll interval cannot put
@@ -1478,6 +1481,28 @@ impl<S: Store> Drop for SeatGuard<'_, S> {
         if let Some(seat) = self.seat.take() {
             self.pool.leave_seat(seat);
         }
+    }
+}
+
+/// A weighted waiter's credentials, kept from other lines while it waits
+/// ([`Leases::weighted_waiting`]); dropped, they are free for all again,
+/// and the first waiter of every line asks in turn.
+struct KeptWhileWaiting<'a, S: Store> {
+    pool: &'a Pool<S>,
+    want: &'a Want,
+}
+
+impl<'a, S: Store> KeptWhileWaiting<'a, S> {
+    fn new(pool: &'a Pool<S>, want: &'a Want) -> Self {
+        pool.shared.store.weighted_waiting(want, true);
+        Self { pool, want }
+    }
+}
+
+impl<S: Store> Drop for KeptWhileWaiting<'_, S> {
+    fn drop(&mut self) {
+        self.pool.shared.store.weighted_waiting(self.want, false);
+        self.pool.shared.books.waiters.wake_in_turn();
     }
 }
 

@@ -59,6 +59,10 @@ struct State {
     enabled: usize,
     /// The pool's default quotas, by scope (`""`: every scope).
     default_rates: std::collections::BTreeMap<String, crate::Rate>,
+    /// What the weighted waiters of the pool's lines ask for, one entry a
+    /// waiter: the credentials that may serve them are kept from the asks
+    /// of other lines ([`Leases::weighted_waiting`]).
+    kept: Vec<Want>,
 }
 
 /// The run-length queue of free units.
@@ -129,6 +133,25 @@ impl Slot {
     /// Whether `units` units are free at once.
     fn has_free(&self, units: u32) -> bool {
         self.free_units() >= units as usize
+    }
+
+    /// Whether this credential is kept for a weighted waiter of another
+    /// line than `want`'s: one it may serve (its name, its scope not
+    /// blocked here) and has the capacity for. A weighted waiter itself
+    /// yields only to those that began to wait before it.
+    fn kept_from(&self, kept: &[Want], want: &Want, now: i64) -> bool {
+        let before = match kept.iter().position(|waiting| waiting == want) {
+            Some(mine) => &kept[..mine],
+            None => kept,
+        };
+        before.iter().any(|waiting| {
+            !waiting.same_line(want)
+                && waiting
+                    .name()
+                    .is_none_or(|name| self.credential.name() == name)
+                && waiting.units_asked() <= self.most_units(waiting.scope_key())
+                && self.blocked_for(waiting.scope_key(), 1, now).is_none()
+        })
     }
 
     /// Takes out the holder at `held`; returns its units.
@@ -266,7 +289,7 @@ impl MemoryStore {
         state.reclaim(now, &mut expired);
         // The unit found, and whether it was taken off the front of the
         // ready queue (its place in the queue's order is then right).
-        let found = if want.is_any() {
+        let found = if want.is_any() && state.kept.is_empty() {
             state.next_ready().map(|index| (index, true))
         } else {
             self.find_for(&mut state, want, now)?
@@ -333,11 +356,14 @@ impl MemoryStore {
             }
             let free = slot.can_hand_out()
                 && slot.has_free(want.units_asked())
-                && slot.blocked_for(scope, want.units_asked(), now).is_none();
+                && slot.blocked_for(scope, want.units_asked(), now).is_none()
+                && !slot.kept_from(&state.kept, want, now);
             return Ok(free.then_some((index, false)));
         }
         let units = want.units_asked();
-        let State { slots, ready, .. } = state;
+        let State {
+            slots, ready, kept, ..
+        } = state;
         let usable = |run: &Run| {
             slots[run.index].as_ref().is_some_and(|slot| {
                 slot.generation == run.generation && slot.can_hand_out() && slot.free_units() > 0
@@ -350,7 +376,9 @@ impl MemoryStore {
         let serves = |run: &Run| {
             usable(run)
                 && slots[run.index].as_ref().is_some_and(|slot| {
-                    slot.has_free(units) && slot.blocked_for(scope, units, now).is_none()
+                    slot.has_free(units)
+                        && slot.blocked_for(scope, units, now).is_none()
+                        && !slot.kept_from(kept, want, now)
                 })
         };
         let Some(position) = ready.0.iter().position(serves) else {
@@ -359,7 +387,7 @@ impl MemoryStore {
         let index = ready.0[position].index;
         // A weighted grant takes several units: the credential's queued
         // ones are queued anew, as for one found further back.
-        if position > 0 || units > 1 {
+        if position > 0 || units > 1 || !kept.is_empty() {
             return Ok(Some((index, false)));
         }
         if let Some(front) = ready.0.front_mut() {
@@ -774,6 +802,16 @@ impl Leases for MemoryStore {
     fn grant(&self, ttl: Option<Duration>, want: &Want, _on_busy: OnBusy) -> Granting {
         // The pool's own line is the whole line: no tickets here.
         Granting::Now(self.grant_now(ttl, want))
+    }
+
+    fn weighted_waiting(&self, want: &Want, waiting: bool) {
+        let mut state = self.lock();
+        if waiting {
+            state.kept.push(want.clone());
+        } else if let Some(at) = state.kept.iter().position(|kept| kept == want) {
+            // In the order they began to wait.
+            state.kept.remove(at);
+        }
     }
 
     fn release(

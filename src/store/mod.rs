@@ -307,6 +307,15 @@ pub trait Leases: Send + Sync + 'static {
         std::future::ready(Ok(None))
     }
 
+    /// On a store that keeps no waiting line of its own: a weighted waiter
+    /// for `want` joined the pool's line (`waiting` true) or left it. While
+    /// it waits, grants for other asks (of other lines) leave alone the
+    /// credentials that may serve it, so that lighter asks do not take the
+    /// units it waits for. (A store with a line keeps them by its tickets.)
+    fn weighted_waiting(&self, want: &Want, waiting: bool) {
+        let _ = (want, waiting);
+    }
+
     /// Takes a ticket out of the waiting line, from `Drop`: its waiter gave
     /// up. A credential already handed to the ticket goes back (to the next
     /// ticket, if one waits). No runtime may be there. Drops `leaving` once

@@ -108,6 +108,11 @@ impl Want {
         }
     }
 
+    /// Whether `other` asks for the same, of any weight: they wait in one line.
+    pub(crate) fn same_line(&self, other: &Want) -> bool {
+        self.scope == other.scope && self.name == other.name
+    }
+
     /// The scope, if not the default.
     pub fn scope_name(&self) -> Option<&str> {
         self.scope.as_deref()

@@ -212,16 +212,20 @@ fn pick_units(ctx: &Ctx<'_>, want: &Want) -> rusqlite::Result<(Option<Free>, Opt
 }
 
 /// Whether `free` is kept for a weighted ticket waiting: one it may serve
-/// (its name, its scope not blocked there) and has the room for.
+/// (its name, its scope not blocked there) and has the room (and a quota
+/// large enough) for.
 fn kept(ctx: &Ctx<'_>, free: &Free) -> rusqlite::Result<bool> {
     for waiting in &ctx.kept {
         let serves = waiting.name().is_none_or(|name| name == free.name)
             && waiting.units_asked() <= free.capacity;
+        if !serves {
+            continue;
+        }
         let scope = waiting.scope_key();
-        if serves
-            && (!free.limited
-                || scope.is_empty()
-                || limits::blocked_for(ctx, free.id, scope, 1)?.is_none())
+        if !free.limited
+            || (limits::blocked_for(ctx, free.id, scope, 1)?.is_none()
+                && limits::blocked_for(ctx, free.id, scope, waiting.units_asked())?
+                    != Some(crate::limits::NEVER))
         {
             return Ok(true);
         }

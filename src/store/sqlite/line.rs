@@ -185,6 +185,7 @@ pub(crate) fn poll(ctx: &mut Ctx<'_>) -> std::result::Result<Option<i64>, Failur
 /// has the capacity (or quota) for any more: their waiters, unseated, ask
 /// again and hear why, and the line goes on behind them.
 fn unseat_hopeless(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
+    let mut unseated = false;
     let hopeless: Vec<i64> = ctx
         .connection
         .prepare_cached(
@@ -206,6 +207,11 @@ fn unseat_hopeless(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
         .collect::<rusqlite::Result<_>>()?;
     for ticket in hopeless {
         ctx.line.unseat(unsigned(ticket)?);
+        unseated = true;
+    }
+    if unseated {
+        // What they kept goes to the line.
+        serve(ctx)?;
     }
     Ok(())
 }
