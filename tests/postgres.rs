@@ -553,6 +553,14 @@ fn child_process_entry() {
                     .unwrap();
                 processes::hold_and_hang(Pool::new(store)).await;
             }
+            "hold-units-and-hang" => {
+                let store = options
+                    .lease_ttl(Duration::from_secs(1))
+                    .open()
+                    .await
+                    .unwrap();
+                processes::hold_units_and_hang(Pool::new(store)).await;
+            }
             "queue-once" => line::queue_once(Pool::new(options.open().await.unwrap())).await,
             "share" => {
                 // STORE is `SCHEMA START_NS`.
@@ -974,6 +982,13 @@ async fn four_processes_share_one_quota() {
         common::fresh_path("postgres-tests", &format!("{schema}-quota{i}"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_loses_its_weighted_leases_after_the_ttl() {
+    let schema = fresh_schema("killed_weighted");
+    let pool = Pool::new(open(&schema).await);
+    processes::a_killed_weighted_holder_loses_its_units_after_the_ttl(&pool, &schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -495,6 +495,14 @@ fn child_process_entry() {
                     .unwrap();
                 processes::hold_and_hang(Pool::new(store)).await;
             }
+            "hold-units-and-hang" => {
+                let store = SqliteStore::options(&child.store)
+                    .lease_ttl(Duration::from_secs(1))
+                    .open()
+                    .await
+                    .unwrap();
+                processes::hold_units_and_hang(Pool::new(store)).await;
+            }
             "fill-disk" => child_fill_disk(&child.store).await,
             "open-at" => {
                 // STORE is `PATH START_NS`: open at that instant, add one credential.
@@ -582,6 +590,14 @@ async fn four_processes_share_one_quota() {
         db.with_extension(format!("log{i}"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_process_loses_its_weighted_leases_after_the_ttl() {
+    let db = fresh_path("killed-weighted");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    processes::a_killed_weighted_holder_loses_its_units_after_the_ttl(&pool, db.to_str().unwrap())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -447,6 +447,52 @@ pub async fn a_killed_holder_loses_its_leases_after_the_ttl<S: Store>(pool: &Poo
     assert_eq!(all.len(), 5);
 }
 
+/// Takes 3 and then 2 units (weighted leases), says `HELD`, and hangs until
+/// killed.
+pub async fn hold_units_and_hang<S: Store>(pool: Pool<S>) {
+    let heavy = pool.acquire_units(3).await.unwrap();
+    let lighter = pool.acquire_units(2).await.unwrap();
+    println!("HELD");
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop((heavy, lighter));
+}
+
+/// A child process takes weighted leases of 3 and 2 units of the empty
+/// pool's two credentials of capacity 3, with a one-second TTL, and is
+/// killed with SIGKILL: their units are not granted before the TTL, and
+/// all of them come back after it.
+pub async fn a_killed_weighted_holder_loses_its_units_after_the_ttl<S: Store>(
+    pool: &Pool<S>,
+    store: &str,
+) {
+    pool.add_many((0..2).map(|i| NewCredential::new(format!("heavy-{i}"), "s").capacity(3)))
+        .await
+        .unwrap();
+    let child = spawn_child("hold-units-and-hang", store, None);
+    let mut child = wait_for_line(child, "HELD").await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = tokio::time::Instant::now();
+    let held: u32 = pool.list().await.unwrap().iter().map(|c| c.holders).sum();
+    let early = pool.try_acquire_units(2).await.unwrap();
+    if killed_at.elapsed() < Duration::from_millis(900) {
+        assert_eq!(held, 5, "the dead process's units are held until the TTL");
+        assert!(early.is_none(), "two units are not free before the TTL");
+    }
+    drop(early);
+    let mut back = Vec::new();
+    for _ in 0..2 {
+        back.push(
+            pool.acquire_units_timeout(3, Duration::from_secs(5))
+                .await
+                .expect("every unit of the dead process comes back after the TTL"),
+        );
+    }
+    let held: u32 = pool.list().await.unwrap().iter().map(|c| c.holders).sum();
+    assert_eq!(held, 6, "both credentials whole, held here");
+}
+
 /// Runs a program on a runtime of its own, which ends when this returns:
 /// for a second (or until they held 10 leases), 16 tasks over the pool
 /// `open` gives acquire and give up at random (one try in four within
