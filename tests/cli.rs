@@ -434,6 +434,36 @@ fn a_short_torture_run_finds_nothing_wrong() {
     );
 }
 
+/// With weighted grants: one in four takes 2 units of a credential of
+/// capacity 2, processes killed and locks held; the checker counts units.
+#[test]
+fn a_short_weighted_torture_run_finds_nothing_wrong() {
+    let db = fresh_db("torture-weighted");
+    let report = ok(&run(
+        &db,
+        &[
+            "torture",
+            "--faults",
+            "--weighted",
+            "--duration",
+            "4",
+            "--processes",
+            "3",
+            "--tasks",
+            "8",
+            "--kill-every",
+            "0.8",
+            "--lease-ttl",
+            "700ms",
+        ],
+    ));
+    common::assert_clean_torture_report(&report);
+    assert!(
+        report.contains("one grant in four takes 2 units"),
+        "{report}"
+    );
+}
+
 /// The same on the memory store: worker tasks aborted at random points.
 #[test]
 fn a_short_torture_run_in_memory_finds_nothing_wrong() {

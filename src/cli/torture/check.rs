@@ -36,6 +36,8 @@ struct Hold {
     /// the grant in ms, when the log says.
     scope: Option<String>,
     acquired_ms: Option<i64>,
+    /// The units of capacity it held (1 unless weighted).
+    units: u32,
 }
 
 impl Hold {
@@ -99,7 +101,7 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                     .ok_or_else(|| format!("a log line that does not parse: {line:?}"))
             };
             match fields[0] {
-                "G" if fields.len() == 6 || fields.len() == 8 => {
+                "G" if fields.len() == 6 || fields.len() == 8 || fields.len() == 9 => {
                     let lease_id = number(3)? as u64;
                     if by_id.insert(lease_id, holds.len()).is_some() {
                         violations.push(format!("lease id {lease_id} was granted twice"));
@@ -115,10 +117,15 @@ fn parse_logs(texts: &[String]) -> Result<Vec<Hold>, String> {
                             .get(6)
                             .filter(|scope| **scope != "-")
                             .map(|scope| scope.to_string()),
-                        acquired_ms: if fields.len() == 8 {
+                        acquired_ms: if fields.len() >= 8 {
                             Some(number(7)? as i64)
                         } else {
                             None
+                        },
+                        units: if fields.len() == 9 {
+                            number(8)? as u32
+                        } else {
+                            1
                         },
                     });
                 }
@@ -226,12 +233,14 @@ pub(crate) fn check(texts: &[String], quota: Option<(&str, credpool::Rate)>) -> 
             if holds[index].end() == holds[index].start {
                 continue;
             }
-            if out.len() >= capacity as usize {
+            let held: u32 = out.iter().map(|&other| holds[other].units).sum();
+            if held + holds[index].units > capacity {
                 let others: Vec<String> =
                     out.iter().map(|&other| holds[other].describe()).collect();
                 checked.violations.push(format!(
-                    "{name} held by {} leases at once (capacity {capacity}) when lease {} was granted at {at} ns; also out: {}",
+                    "{name} held by {} leases of {} units at once (capacity {capacity}) when lease {} was granted at {at} ns; also out: {}",
                     out.len() + 1,
+                    held + holds[index].units,
                     holds[index].lease_id,
                     others.join("; ")
                 ));
@@ -265,10 +274,15 @@ fn check_quota(
     violations: &mut Vec<String>,
 ) {
     let window = rate.per().as_millis() as i64;
+    // A weighted grant counts as many grants as it took units.
     let mut times: Vec<i64> = holds
         .iter()
         .filter(|hold| hold.scope.as_deref() == Some(scope))
-        .filter_map(|hold| hold.acquired_ms)
+        .flat_map(|hold| {
+            hold.acquired_ms
+                .into_iter()
+                .flat_map(|at| std::iter::repeat_n(at, hold.units as usize))
+        })
         .collect();
     times.sort_unstable();
     let mut end = 0;
@@ -353,6 +367,42 @@ mod tests {
         ]));
         assert_eq!(checked.violations.len(), 1, "{:?}", checked.violations);
         assert!(checked.violations[0].contains("a held by 2"));
+    }
+
+    /// Weighted holds count their units against the capacity, and as many
+    /// grants against a quota.
+    #[test]
+    fn weighted_holds_count_their_units() {
+        let clean = check_all(&log(&[
+            "G a 3 1 100 9000 - 1000 2",
+            "G a 3 2 150 9000 - 1001 1",
+            "E 2 170 released",
+            "E 1 200 released",
+        ]));
+        assert!(clean.violations.is_empty(), "{:?}", clean.violations);
+        let over = check_all(&log(&[
+            "G a 3 1 100 9000 - 1000 2",
+            "G a 3 2 150 9000 - 1001 2",
+            "E 2 170 released",
+            "E 1 200 released",
+        ]));
+        assert_eq!(over.violations.len(), 1, "{:?}", over.violations);
+        assert!(
+            over.violations[0].contains("4 units"),
+            "{:?}",
+            over.violations
+        );
+        let rate: credpool::Rate = "3/1s".parse().unwrap();
+        let quota = check(
+            &log(&[
+                "G a 5 1 100 9000 torture 1000 2",
+                "E 1 110 released",
+                "G a 5 2 300 9000 torture 1010 2",
+                "E 2 310 released",
+            ]),
+            Some(("torture", rate)),
+        );
+        assert_eq!(quota.violations.len(), 1, "{:?}", quota.violations);
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub(crate) struct TortureArgs {
     /// window ever held more grants of a credential in it.
     #[arg(long, value_parser = super::parse_rate, value_name = "N/DURATION")]
     pub(crate) rate: Option<credpool::Rate>,
+    /// One grant in four asks for 2 units of a credential at once (those of
+    /// capacity 2 serve them); the checker counts the units held.
+    #[arg(long)]
+    pub(crate) weighted: bool,
     /// Seed for the random choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -117,6 +121,8 @@ struct Workers<S: Store> {
     started: usize,
     /// The scope half the grants ask for, with --rate.
     scope: Option<String>,
+    /// Whether one grant in four takes 2 units.
+    weighted: bool,
 }
 
 enum Running {
@@ -163,6 +169,7 @@ impl<S: Store> Workers<S> {
             seed: self.seed.fetch_add(0x9E37_79B9, Ordering::Relaxed),
             ttl_ms: self.ttl_ms,
             scope: self.scope.clone(),
+            weighted: self.weighted,
         };
         self.started += 1;
         let Some(place) = &self.place else {
@@ -184,6 +191,7 @@ impl<S: Store> Workers<S> {
                     .iter()
                     .flat_map(|scope| ["--scope", scope.as_str()]),
             )
+            .args(args.weighted.then_some("--weighted"))
             .args(
                 self.ticket_ttl
                     .into_iter()
@@ -220,6 +228,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
         seed: AtomicU64::new(seed),
         started: 0,
         scope: args.rate.map(|_| QUOTA_SCOPE.to_string()),
+        weighted: args.weighted,
     };
     let mut running = Vec::new();
     for _ in 0..args.processes {
@@ -649,6 +658,9 @@ fn report<S: Store>(place: &Place, args: &TortureArgs, summary: &Summary<'_, S>)
         outln!(
             "  quota              {rate} per credential in scope `{QUOTA_SCOPE}` (half the grants), checked"
         );
+    }
+    if args.weighted {
+        outln!("  weighted           one grant in four takes 2 units; units held checked against capacity");
     }
     outln!("  faults injected    {}", injected.describe());
     outln!("  fenced releases    {}", checked.fenced);

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use credpool::{Error, Lease, Pool, ReleaseOutcome, Store};
+use credpool::{Error, Lease, Pool, ReleaseOutcome, Store, Want};
 use tokio::task::JoinSet;
 
 use crate::cli::{Failure, Outcome};
@@ -44,6 +44,9 @@ pub(crate) struct WorkerArgs {
     /// Half the grants ask for this scope (the one the run's quota counts).
     #[arg(long)]
     pub(crate) scope: Option<String>,
+    /// One grant in four takes 2 units.
+    #[arg(long)]
+    pub(crate) weighted: bool,
 }
 
 impl WorkerArgs {
@@ -115,6 +118,7 @@ pub(crate) async fn worker<S: Store>(pool: Pool<S>, args: WorkerArgs) -> Outcome
             args.seed ^ (task << 32),
             until,
             args.scope.clone(),
+            args.weighted,
         ));
     }
     while tasks.join_next().await.is_some() {}
@@ -132,6 +136,7 @@ async fn work<S: Store>(
     seed: u64,
     until: SystemTime,
     scope: Option<String>,
+    weighted: bool,
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
     while SystemTime::now() < until {
@@ -141,10 +146,18 @@ async fn work<S: Store>(
             Duration::from_secs(2)
         };
         let scope = scope.as_deref().filter(|_| rng.bool());
+        let units = if weighted && rng.u8(..4) == 0 { 2 } else { 1 };
         let acquire = async {
-            match scope {
-                Some(scope) => pool.acquire_for(scope).await,
-                None => pool.acquire().await,
+            match (scope, units) {
+                (Some(scope), 1) => pool.acquire_for(scope).await,
+                (None, 1) => pool.acquire().await,
+                (scope, units) => {
+                    let mut want = Want::any().units(units)?;
+                    if let Some(scope) = scope {
+                        want = want.in_scope(scope)?;
+                    }
+                    pool.acquire_matching(&want).await
+                }
             }
         };
         let lease = match tokio::time::timeout(patience, acquire).await {
@@ -164,11 +177,12 @@ async fn work<S: Store>(
         let id = lease.id();
         let acquired_ms = to_ns(lease.acquired_at()) / 1_000_000;
         log.line(format!(
-            "G {} {} {id} {} {expires} {} {acquired_ms}\n",
+            "G {} {} {id} {} {expires} {} {acquired_ms} {}\n",
             lease.credential().name(),
             lease.credential().capacity(),
             now_ns(),
             scope.unwrap_or("-"),
+            lease.units(),
         ));
         let held = Held {
             lease: Some(lease),
