@@ -300,15 +300,7 @@ async fn a_version_5_schema_is_migrated_and_takes_weighted_grants() {
         .unwrap();
     let pool = Pool::new(open(&schema).await);
     assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
-    pool.release_token(token, credpool::ReleaseOutcome::Success)
-        .await
-        .expect("the lease from before comes back: one unit");
-    let heavy = pool.acquire_units(4).await.unwrap();
-    assert_eq!(heavy.units(), 4);
-    heavy.release().await.unwrap();
-    // One grant before and four now count against the quota of six.
-    assert!(pool.try_acquire_units(2).await.unwrap().is_none());
-    assert!(pool.try_acquire().await.unwrap().is_some());
+    conformance::weighted::weighted_grants_work_after_a_migration(&pool, token).await;
 }
 
 /// A schema of version 4 (before rate limits) is migrated when a store

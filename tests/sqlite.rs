@@ -98,15 +98,7 @@ async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    pool.release_token(token, credpool::ReleaseOutcome::Success)
-        .await
-        .expect("the lease from before comes back: one unit");
-    let heavy = pool.acquire_units(4).await.unwrap();
-    assert_eq!(heavy.units(), 4);
-    heavy.release().await.unwrap();
-    // One grant before and four now count against the quota of six.
-    assert!(pool.try_acquire_units(2).await.unwrap().is_none());
-    assert!(pool.try_acquire().await.unwrap().is_some());
+    conformance::weighted::weighted_grants_work_after_a_migration(&pool, token).await;
 }
 
 #[tokio::test]

@@ -172,7 +172,7 @@ impl Lines {
         if self.other_lines.load(SeqCst) == 0 {
             return (None, true);
         }
-        match self.others().get(&want.one_unit()) {
+        match self.others().get(&*line_key(want)) {
             Some(queue) => {
                 let seen = Seen {
                     line: queue.number,
@@ -194,7 +194,7 @@ impl Lines {
             return true;
         }
         self.others()
-            .get(&want.one_unit())
+            .get(&*line_key(want))
             .is_none_or(|queue| queue.is_empty())
     }
 
@@ -216,13 +216,13 @@ impl Lines {
             return;
         };
         drop(queue);
-        let key = want.one_unit();
+        let key = line_key(want);
         let mut others = self.others();
         if others
-            .get(&key)
+            .get(&*key)
             .is_some_and(|queue| Arc::strong_count(queue) == 1 && queue.is_empty())
         {
-            others.remove(&key);
+            others.remove(&*key);
             self.other_lines.store(others.len(), SeqCst);
         }
     }
@@ -279,6 +279,16 @@ impl Lines {
         let mut len = 0;
         self.each(|queue| len += queue.len());
         len
+    }
+}
+
+/// The key of `want`'s line: the same ask for one unit, which weighted
+/// and plain asks share; borrowed for a plain ask (no clone on the way).
+fn line_key(want: &Want) -> std::borrow::Cow<'_, Want> {
+    if want.is_weighted() {
+        std::borrow::Cow::Owned(want.one_unit())
+    } else {
+        std::borrow::Cow::Borrowed(want)
     }
 }
 

@@ -180,11 +180,21 @@ pub async fn hammer_giving_up<S: Store>(pool: Pool<S>, log: &Path, give_up: bool
             })
         })
         .collect();
+    end_hammer(pool, tasks, &lines, log).await;
+}
+
+/// Waits for a hammer's tasks, ends gracefully (what the tasks gave up on
+/// is back before the runtime, and with it the store's work, stops), and
+/// writes the log.
+async fn end_hammer<S: Store>(
+    pool: Pool<S>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    lines: &std::sync::Mutex<Vec<String>>,
+    log: &Path,
+) {
     for task in tasks {
         task.await.unwrap();
     }
-    // A graceful end: what the tasks gave up on is back before the runtime
-    // (and with it the store's work) stops.
     pool.close();
     pool.wait_for_leases(Duration::from_secs(20)).await.unwrap();
     let mut file = std::fs::File::create(log).unwrap();
@@ -230,15 +240,7 @@ pub async fn weighted_hammer<S: Store>(pool: Pool<S>, log: &Path) {
             })
         })
         .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    pool.close();
-    pool.wait_for_leases(Duration::from_secs(20)).await.unwrap();
-    let mut file = std::fs::File::create(log).unwrap();
-    for line in lines.lock().unwrap().iter() {
-        writeln!(file, "{line}").unwrap();
-    }
+    end_hammer(pool, tasks, &lines, log).await;
 }
 
 /// Four child processes run [`weighted_hammer`] against two credentials of

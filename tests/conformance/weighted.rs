@@ -651,3 +651,22 @@ pub async fn a_credential_whose_quota_is_below_the_units_is_not_kept<F: Factory>
         .unwrap();
     assert_eq!(served.unwrap(), "busy");
 }
+
+/// After a migration from the schema before weighted grants, with `token`
+/// a one-unit lease of the only credential (capacity 4, quota 6 per hour)
+/// taken before it: that lease comes back as one unit, and weighted grants
+/// work, counted against the quota with the grant from before.
+pub async fn weighted_grants_work_after_a_migration<S: Store>(
+    pool: &Pool<S>,
+    token: credpool::LeaseToken,
+) {
+    pool.release_token(token, credpool::ReleaseOutcome::Success)
+        .await
+        .expect("the lease from before comes back: one unit");
+    let heavy = pool.acquire_units(4).await.unwrap();
+    assert_eq!(heavy.units(), 4);
+    heavy.release().await.unwrap();
+    // One grant before and four now count against the quota of six.
+    assert!(pool.try_acquire_units(2).await.unwrap().is_none());
+    assert!(pool.try_acquire().await.unwrap().is_some());
+}

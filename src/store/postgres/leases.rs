@@ -300,12 +300,9 @@ impl Inner {
             }
             match self.why_busy(&mut expired, &Want::any()).await? {
                 Some(retry_at) => {
-                    let attempt = match on_busy {
-                        OnBusy::TakeTicket => {
-                            self.take_ticket(asked_ttl, &Want::any(), retry_at).await?
-                        }
-                        OnBusy::Answer => GrantAttempt::Busy { retry_at },
-                    };
+                    let attempt = self
+                        .busy(asked_ttl, &Want::any(), on_busy, retry_at)
+                        .await?;
                     return Ok(GrantAnswer { attempt, expired });
                 }
                 // Something was free after all: ask again.
@@ -349,10 +346,7 @@ impl Inner {
                 // Something was free after all: ask again.
                 continue;
             };
-            let attempt = match on_busy {
-                OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await?,
-                OnBusy::Answer => GrantAttempt::Busy { retry_at },
-            };
+            let attempt = self.busy(asked_ttl, want, on_busy, retry_at).await?;
             return Ok(GrantAnswer { attempt, expired });
         }
         // Free credentials stayed locked by other transactions: ask soon.
@@ -409,11 +403,23 @@ impl Inner {
         let quota_free: Option<i64> = busy.column(8, "quota allows")?;
         let quota_free = quota_free.filter(|&at| at != i64::MAX).map(from_ms);
         retry_at = earliest(retry_at, quota_free);
-        let attempt = match on_busy {
-            OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await?,
-            OnBusy::Answer => GrantAttempt::Busy { retry_at },
-        };
+        let attempt = self.busy(asked_ttl, want, on_busy, retry_at).await?;
         Ok(GrantAnswer { attempt, expired })
+    }
+
+    /// Nothing was free for `want`: a ticket in the store's line, or the
+    /// answer busy, as the caller asked.
+    async fn busy(
+        self: &Arc<Self>,
+        asked_ttl: Option<Duration>,
+        want: &Want,
+        on_busy: OnBusy,
+        retry_at: Option<SystemTime>,
+    ) -> Result<GrantAttempt> {
+        match on_busy {
+            OnBusy::TakeTicket => self.take_ticket(asked_ttl, want, retry_at).await,
+            OnBusy::Answer => Ok(GrantAttempt::Busy { retry_at }),
+        }
     }
 
     /// From a row of `busy_for` (or `busy_units`): fails when the

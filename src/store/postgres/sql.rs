@@ -183,10 +183,8 @@ impl Sql {
             "(SELECT true FROM {credentials} WHERE pool = $1 AND {usable} AND NOT {held_here}
               ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL"
         );
-        let any_enabled = format!(
-            "(SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
-              ORDER BY id LIMIT 1) IS NOT NULL"
-        );
+        let any_enabled = any_enabled(&credentials);
+        let why_for = why_busy_for(&credentials, &leases, &limits);
         // No newcomer takes a credential while a ticket for the same waits
         // in line (one for a scope or a name waits for what this one may
         // not need).
@@ -463,14 +461,7 @@ impl Sql {
                                           AND name IS NOT DISTINCT FROM $3)
                         AND NOT {held_c}
                       ORDER BY last_used_at NULLS FIRST, id LIMIT 1) IS NOT NULL,
-                     (SELECT min(cooling_until) FROM {credentials}
-                      WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
-                     (SELECT min(expires_at) FROM {leases}
-                      WHERE pool = $1 AND expires_at IS NOT NULL),
-                     (SELECT min(blocked_until) FROM {limits}
-                      WHERE pool = $1 AND scope = $2 AND blocked_until > {NOW}),
-                     $3::text IS NULL OR EXISTS (SELECT 1 FROM {credentials} WHERE pool = $1 AND name = $3),
-                     (SELECT disabled_reason FROM {credentials} WHERE pool = $1 AND name = $3)"
+                     {why_for}"
             ),
             // The lowest ticket that a free credential may serve, then the
             // least recently used credential that serves it; both skip rows
@@ -587,19 +578,13 @@ impl Sql {
     pub(crate) fn busy_units(&self) -> String {
         let (credentials, leases, limits) = (&self.credentials, &self.leases, &self.limits);
         let schema = &self.schema;
+        let any_enabled = any_enabled(credentials);
+        let why_for = why_busy_for(credentials, leases, limits);
         format!(
             "SELECT
-                 (SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
-                  ORDER BY id LIMIT 1) IS NOT NULL,
+                 {any_enabled},
                  NULL::boolean,
-                 (SELECT min(cooling_until) FROM {credentials}
-                  WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
-                 (SELECT min(expires_at) FROM {leases}
-                  WHERE pool = $1 AND expires_at IS NOT NULL),
-                 (SELECT min(blocked_until) FROM {limits}
-                  WHERE pool = $1 AND scope = $2 AND blocked_until > {NOW}),
-                 $3::text IS NULL OR EXISTS (SELECT 1 FROM {credentials} WHERE pool = $1 AND name = $3),
-                 (SELECT disabled_reason FROM {credentials} WHERE pool = $1 AND name = $3),
+                 {why_for},
                  (SELECT max(least(c.capacity, coalesce(
                              (SELECT min(l.rate_count) FROM {limits} AS l
                               WHERE l.credential_id = c.id AND l.scope IN ('', $2)
@@ -952,6 +937,32 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
         // 5 -> 6: weighted grants, of several units at once.
         super::limits_schema::weighted(schema),
     ]
+}
+
+/// Whether any credential of pool `$1` is enabled: a scalar subquery in
+/// index order (see `free_now` in [`Sql::new`]).
+fn any_enabled(credentials: &str) -> String {
+    format!(
+        "(SELECT true FROM {credentials} WHERE pool = $1 AND disabled_reason IS NULL
+          ORDER BY id LIMIT 1) IS NOT NULL"
+    )
+}
+
+/// `$1` pool, `$2` scope, `$3` name (NULL: any). Why an ask for a scope or
+/// a name found nothing, columns 2 to 6 of `busy_for` and `busy_units`:
+/// when the next cool-down ends, the next lease expires and the scope's
+/// next block ends; whether the name is known, and why it is disabled.
+fn why_busy_for(credentials: &str, leases: &str, limits: &str) -> String {
+    format!(
+        "(SELECT min(cooling_until) FROM {credentials}
+          WHERE pool = $1 AND disabled_reason IS NULL AND cooling_until > {NOW}),
+         (SELECT min(expires_at) FROM {leases}
+          WHERE pool = $1 AND expires_at IS NOT NULL),
+         (SELECT min(blocked_until) FROM {limits}
+          WHERE pool = $1 AND scope = $2 AND blocked_until > {NOW}),
+         $3::text IS NULL OR EXISTS (SELECT 1 FROM {credentials} WHERE pool = $1 AND name = $3),
+         (SELECT disabled_reason FROM {credentials} WHERE pool = $1 AND name = $3)"
+    )
 }
 
 fn first_schema(schema: &str) -> String {
