@@ -576,6 +576,9 @@ pub struct CredentialInfo {
     /// Its quotas, scoped cool-downs and reported budgets, by scope (the
     /// scope of every scope first); empty when it has none.
     pub limits: Vec<ScopeLimit>,
+    /// The leases out now, oldest first: who holds each, since when,
+    /// until when.
+    pub leases: Vec<LeaseInfo>,
 }
 
 /// A credential as a store keeps it, without its secret: what
@@ -604,6 +607,51 @@ pub struct StoredCredential {
     pub created_at: SystemTime,
     /// Its limits by scope, as they are at the time it was read.
     pub limits: Vec<ScopeLimit>,
+    /// The leases out now, oldest first; expired ones left out (a store
+    /// that does not know them leaves this empty).
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// One lease out now, as [`Pool::list`](crate::Pool::list) shows it: who
+/// holds it and since when, so that a lease of a process that died can
+/// be told from a live one (and ended with [`Pool::revoke`](crate::Pool::revoke)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The process that holds it, as `<process id>@<host name>`, recorded
+    /// at the grant (or when a waiter claimed it); `None` for a lease
+    /// handed to another process's waiter that has not claimed it yet, or
+    /// granted by a build that did not record holders.
+    pub holder: Option<String>,
+    /// When it was granted.
+    pub acquired_at: SystemTime,
+    /// When it expires unless renewed; `None` for a lease without a TTL.
+    pub expires_at: Option<SystemTime>,
+    /// The units of capacity it holds.
+    pub units: u32,
+}
+
+impl LeaseInfo {
+    /// The holder this process records for its leases:
+    /// `<process id>@<host name>`.
+    pub fn this_process() -> &'static str {
+        crate::ids::this_process()
+    }
+
+    /// A lease held by `holder` since `acquired_at`.
+    pub fn new(
+        holder: Option<String>,
+        acquired_at: SystemTime,
+        expires_at: Option<SystemTime>,
+        units: u32,
+    ) -> Self {
+        Self {
+            holder,
+            acquired_at,
+            expires_at,
+            units,
+        }
+    }
 }
 
 impl CredentialInfo {
@@ -632,6 +680,7 @@ impl CredentialInfo {
             use_count: stored.use_count,
             created_at: stored.created_at,
             limits: stored.limits,
+            leases: stored.leases,
         }
     }
 }

@@ -1,6 +1,30 @@
 //! The values that name credentials and leases. A leaf: it imports nothing of the crate.
 
 use std::fmt;
+use std::sync::OnceLock;
+
+/// This process as a lease's holder: `<process id>@<host name>`, what
+/// `credpool list` shows so that a stale lease can be told from a live one.
+pub(crate) fn this_process() -> &'static str {
+    static HOLDER: OnceLock<String> = OnceLock::new();
+    HOLDER.get_or_init(|| format!("{}@{}", std::process::id(), host_name()))
+}
+
+/// The machine's host name, as well as std can tell it without a C call:
+/// the kernel's (Linux), else the shell's variables, else `localhost`.
+fn host_name() -> String {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let from_env = || {
+        ["HOSTNAME", "COMPUTERNAME"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok())
+    };
+    from_kernel
+        .or_else(from_env)
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
 
 /// The store's id of a credential: stable for the credential's life, never reused
 /// by a store for another credential.

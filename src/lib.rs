@@ -11,9 +11,9 @@ pub mod store;
 mod time;
 
 pub use credential::{
-    validate_name, Credential, CredentialChange, CredentialInfo, CredentialState, NewCredential,
-    PoolSummary, ReleaseOutcome, Secret, Stats, StoredCredential, MAX_CAPACITY, MAX_EXTRA_BYTES,
-    MAX_NAME_BYTES, MAX_SECRET_BYTES, MIN_LEASE_TTL,
+    validate_name, Credential, CredentialChange, CredentialInfo, CredentialState, LeaseInfo,
+    NewCredential, PoolSummary, ReleaseOutcome, Secret, Stats, StoredCredential, MAX_CAPACITY,
+    MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_SECRET_BYTES, MIN_LEASE_TTL,
 };
 pub use error::{Error, InvalidInput, Result};
 pub use ids::{CredentialId, LeaseId, LeaseToken, ParseTokenError};

@@ -1773,6 +1773,71 @@ fn weighted_acquire_from_the_shell() {
     usage_error(&run(&db, &["acquire", "--units", "many"]), "--units");
 }
 
+/// `list` and `show` say who holds each lease (process id and host), for
+/// how long and until when, and that its process has exited: also for a
+/// lease handed to a process that waited in the store's line.
+#[test]
+fn list_shows_who_holds_a_lease_and_whether_it_is_alive() {
+    let db = fresh_db("holders");
+    add_alice(&db, "s");
+    let holder_of = |db: &Path| -> String {
+        let leases = list_json(db)[0]["leases"].clone();
+        assert_eq!(leases.as_array().map(Vec::len), Some(1), "{leases}");
+        assert!(leases[0]["expires_at_ms"].as_u64() > leases[0]["acquired_at_ms"].as_u64());
+        leases[0]["holder"].as_str().unwrap_or_default().to_string()
+    };
+    let first = credpool(&db)
+        .args(["acquire", "--ttl", "1m", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    let lease: serde_json::Value =
+        serde_json::from_str(&text(&first.wait_with_output().unwrap().stdout)).unwrap();
+    let token = lease["token"].as_str().unwrap().to_string();
+    assert!(holder_of(&db).starts_with(&format!("{first_pid}@")));
+    let table = ok(&run(&db, &["list"]));
+    assert!(table.contains("HELD BY"), "{table}");
+    assert!(
+        table.contains(&format!("{first_pid}@")) && table.contains("(exited)"),
+        "{table}"
+    );
+    assert!(table.contains("expires in"), "{table}");
+    let shown = ok(&run(&db, &["show", "alice"]));
+    assert!(
+        shown.contains(&format!("lease:       {first_pid}@")),
+        "{shown}"
+    );
+
+    // A second process waits in the line; the release hands it the lease.
+    let second = credpool(&db)
+        .args(["acquire", "--ttl", "1m", "--wait", "30s", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second_pid = second.id();
+    let started = std::time::Instant::now();
+    while list_json(&db).is_empty()
+        || serde_json::from_str::<serde_json::Value>(&ok(&run(&db, &["stats", "--json"]))).unwrap()
+            ["waiters"]
+            != 1
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the second waits"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&run(&db, &["release", &token]));
+    let output = second.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stdout));
+    assert!(
+        holder_of(&db).starts_with(&format!("{second_pid}@")),
+        "the waiter's process holds the lease it was handed: {}",
+        holder_of(&db)
+    );
+}
+
 #[test]
 fn default_rates_are_set_shown_and_removed() {
     let db = fresh_db("default-rate");

@@ -244,18 +244,51 @@ async fn schema_version(schema: &str) -> i64 {
     i64::from(version)
 }
 
-/// What migration 4 -> 5 added (rate limits), taken out again.
 /// SQL that takes a current schema back to version 5 (before weighted
 /// grants); its trigger functions stay as version 6 left them, which its
 /// migration writes again.
 fn undo_version_6(schema: &str) -> String {
     format!(
-        "DROP FUNCTION \"{schema}\".grant_units, \"{schema}\".limit_blocked_for;
+        "{}
+         DROP FUNCTION \"{schema}\".grant_units, \"{schema}\".limit_blocked_for;
          ALTER TABLE \"{schema}\".leases DROP COLUMN units;
-         ALTER TABLE \"{schema}\".tickets DROP COLUMN units;"
+         ALTER TABLE \"{schema}\".tickets DROP COLUMN units;",
+        undo_version_7(schema)
     )
 }
 
+/// SQL that takes a current schema back to version 6 (before holders);
+/// `grant_units` stays as version 7 wrote it, which its migration writes
+/// again.
+fn undo_version_7(schema: &str) -> String {
+    format!("ALTER TABLE \"{schema}\".leases DROP COLUMN holder;")
+}
+
+/// A schema of version 6 is migrated when a store opens it: a lease held
+/// across the migration has no holder; the next records this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_schema_is_migrated_and_records_holders() {
+    let schema = fresh_schema("from_v6");
+    let pool = pool_in(&schema, &[]).await;
+    pool.add(NewCredential::new("kept", "s").capacity(2))
+        .await
+        .unwrap();
+    let _held_across = pool.acquire().await.unwrap().into_token();
+    drop(pool);
+    raw()
+        .await
+        .batch_execute(&format!(
+            "{} UPDATE \"{schema}\".schema_version SET version = 6;",
+            undo_version_7(&schema)
+        ))
+        .await
+        .unwrap();
+    let pool = Pool::new(open(&schema).await);
+    assert_eq!(schema_version(&schema).await, SCHEMA_VERSION);
+    conformance::holders_are_recorded_after_a_migration(&pool).await;
+}
+
+/// What migration 4 -> 5 added (rate limits), taken out again.
 fn undo_version_5(schema: &str) -> String {
     format!(
         "{}
@@ -1211,4 +1244,47 @@ async fn sslmode_require_connects_over_verified_tls() {
         "sslmode=prefer (the default) stays in the clear"
     );
     drop(clear);
+}
+
+/// A lease handed to another store's waiter (a process of its own, in
+/// effect) records no holder until that store claims it; the claim writes
+/// the claimer: for a plain grant and a weighted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_handed_to_another_store_records_its_claimer() {
+    let schema = fresh_schema("holders_handed");
+    let first = pool_in(&schema, &[]).await;
+    first
+        .add(NewCredential::new("only", "s").capacity(2))
+        .await
+        .unwrap();
+    let second = Pool::new(open(&schema).await);
+    let this_process = format!("{}@", std::process::id());
+    for units in [1, 2] {
+        let held = first.acquire_units(2).await.unwrap();
+        let waiter = tokio::spawn({
+            let second = second.clone();
+            async move {
+                second
+                    .acquire_units_timeout(units, Duration::from_secs(30))
+                    .await
+            }
+        });
+        common::until("the waiter queues", Duration::from_secs(10), || async {
+            first.stats().await.unwrap().waiters == 1
+        })
+        .await;
+        held.release().await.unwrap();
+        let handed = waiter.await.unwrap().unwrap();
+        let leases = first.list().await.unwrap()[0].leases.clone();
+        assert_eq!(leases.len(), 1, "{leases:?}");
+        assert_eq!(leases[0].units, units);
+        assert!(
+            leases[0]
+                .holder
+                .as_deref()
+                .is_some_and(|holder| holder.starts_with(&this_process)),
+            "{units} units: {leases:?}"
+        );
+        handed.release().await.unwrap();
+    }
 }

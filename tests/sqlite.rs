@@ -86,7 +86,8 @@ async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
     {
         let old = rusqlite::Connection::open(&path).unwrap();
         old.execute_batch(
-            "ALTER TABLE leases DROP COLUMN units;
+            "ALTER TABLE leases DROP COLUMN holder;
+             ALTER TABLE leases DROP COLUMN units;
              ALTER TABLE tickets DROP COLUMN units;
              PRAGMA user_version = 4;",
         )
@@ -99,6 +100,29 @@ async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
     conformance::weighted::weighted_grants_work_after_a_migration(&pool, token).await;
+}
+
+#[tokio::test]
+async fn a_version_5_file_is_migrated_and_records_holders() {
+    let path = fresh_path("from-v5");
+    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+    pool.add(NewCredential::new("kept", "s").capacity(2))
+        .await
+        .unwrap();
+    let _held_across = pool.acquire().await.unwrap().into_token();
+    pool.close();
+    drop(pool);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("ALTER TABLE leases DROP COLUMN holder; PRAGMA user_version = 5;")
+        .unwrap();
+    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    conformance::holders_are_recorded_after_a_migration(&pool).await;
 }
 
 #[tokio::test]

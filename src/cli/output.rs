@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credpool::store::Store;
-use credpool::{CredentialInfo, CredentialState, Pool, Stats};
+use credpool::{CredentialInfo, CredentialState, LeaseInfo, Pool, Stats};
 use serde_json::{json, Value};
 
 use super::Outcome;
@@ -323,6 +323,7 @@ pub(crate) async fn list<S: Store>(
         "NAME".to_string(),
         "STATE".into(),
         "HELD".into(),
+        "HELD BY".into(),
         "LAST USED".into(),
         "USES".into(),
         "NOTE".into(),
@@ -349,6 +350,7 @@ pub(crate) async fn list<S: Store>(
             shorten(&c.name),
             c.state.label().to_string(),
             format!("{}/{}", c.holders, c.capacity),
+            held_by(c, now),
             c.last_used_at
                 .map_or_else(|| "never".to_string(), |at| ago(now, at)),
             c.use_count.to_string(),
@@ -496,6 +498,9 @@ pub(crate) async fn show<S: Store>(
         CredentialState::Disabled { reason } => lines.push(("reason", printable(reason))),
         _ => {}
     }
+    for lease in &info.leases {
+        lines.push(("lease", lease_note(lease, now)));
+    }
     if !info.limits.is_empty() {
         lines.push(("limits", limits_note(&info, now)));
     }
@@ -546,6 +551,12 @@ fn info_json(c: &CredentialInfo) -> Value {
         "use_count": c.use_count,
         "created_at_ms": millis(c.created_at),
         "has_extra": c.has_extra,
+        "leases": c.leases.iter().map(|lease| json!({
+            "holder": lease.holder,
+            "acquired_at_ms": millis(lease.acquired_at),
+            "expires_at_ms": lease.expires_at.map(millis),
+            "units": lease.units,
+        })).collect::<Vec<_>>(),
         "limits": c.limits.iter().map(|limit| json!({
             "scope": limit.scope,
             "rate": limit.rate.map(|rate| rate.to_string()),
@@ -587,6 +598,62 @@ pub(crate) fn limits_note(c: &CredentialInfo, now: SystemTime) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Who holds a credential's oldest lease, for how long, until when
+/// (`4242@host-a for 12s, expires in 4m`), and how many more there are.
+fn held_by(c: &CredentialInfo, now: SystemTime) -> String {
+    let Some(first) = c.leases.first() else {
+        return String::new();
+    };
+    let mut text = lease_note(first, now);
+    if c.leases.len() > 1 {
+        text.push_str(&format!(" (+{} more)", c.leases.len() - 1));
+    }
+    text
+}
+
+/// One lease in a few words: `4242@host-a for 12s, expires in 4m`.
+fn lease_note(lease: &LeaseInfo, now: SystemTime) -> String {
+    let holder = match lease.holder.as_deref() {
+        None => "(handed to a waiter)".to_string(),
+        Some(holder) if has_exited(holder) => format!("{} (exited)", printable(holder)),
+        Some(holder) => printable(holder),
+    };
+    let held = match now.duration_since(lease.acquired_at) {
+        Ok(held) => span(held),
+        Err(_) => "0s".to_string(),
+    };
+    let expiry = lease.expires_at.map_or("no expiry".to_string(), |at| {
+        format!(
+            "expires in {}",
+            span(at.duration_since(now).unwrap_or_default())
+        )
+    });
+    let units = if lease.units > 1 {
+        format!(", {} units", lease.units)
+    } else {
+        String::new()
+    };
+    format!("{holder} for {held}, {expiry}{units}")
+}
+
+/// Whether a holder (`<process id>@<host name>`) is a process of this
+/// machine that is gone: what tells a dead worker's lease from a live one.
+/// Only where `/proc` tells (Linux); a process of another host is never
+/// said to be gone.
+fn has_exited(holder: &str) -> bool {
+    let Some((pid, host)) = holder.split_once('@') else {
+        return false;
+    };
+    let this_host = LeaseInfo::this_process()
+        .split_once('@')
+        .map_or("", |(_, host)| host);
+    let proc = std::path::Path::new("/proc");
+    host == this_host
+        && pid.parse::<u32>().is_ok()
+        && proc.join("self").exists()
+        && !proc.join(pid).exists()
 }
 
 fn millis(time: SystemTime) -> u64 {

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::credential::{
-    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome,
-    StateKind, Stats, StoredCredential,
+    Credential, CredentialChange, CredentialInfo, LeaseInfo, NewCredential, PoolSummary,
+    ReleaseOutcome, StateKind, Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
-use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::ids::{this_process, CredentialId, LeaseId, LeaseToken};
 use crate::limits::Limit;
 use crate::store::{
     Added, Admin, ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leases, OnBusy,
@@ -121,6 +121,7 @@ struct Slot {
 
 struct Holder {
     lease_id: LeaseId,
+    acquired_at: i64,
     expires_at: Option<i64>,
     units: u32,
 }
@@ -489,6 +490,7 @@ impl State {
         let units = want.units_asked();
         slot.holders.push(Holder {
             lease_id,
+            acquired_at: now,
             expires_at,
             units,
         });
@@ -784,6 +786,19 @@ impl State {
             use_count: slot.use_count,
             created_at: from_ms(slot.created_at),
             limits: slot.limits.iter().map(|limit| limit.info(now)).collect(),
+            leases: slot
+                .holders
+                .iter()
+                .filter(|holder| holder.expires_at.is_none_or(|at| at > now))
+                .map(|holder| {
+                    LeaseInfo::new(
+                        Some(this_process().to_owned()),
+                        from_ms(holder.acquired_at),
+                        holder.expires_at.map(from_ms),
+                        holder.units,
+                    )
+                })
+                .collect(),
         };
         CredentialInfo::new(stored, from_ms(now))
     }

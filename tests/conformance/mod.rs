@@ -76,6 +76,7 @@ macro_rules! conformance_suite {
             a_large_add_reports_its_progress,
             a_lower_capacity_does_not_count_expired_leases,
             stats_count_every_grant_in_uses,
+            list_shows_who_holds_each_lease_and_until_when,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1616,6 +1617,90 @@ pub async fn stats_count_every_grant_in_uses<F: Factory>(factory: &F) {
     let listed: u64 = pool.list().await.unwrap().iter().map(|c| c.use_count).sum();
     assert_eq!(stats.uses, listed);
     held.release().await.unwrap();
+}
+
+pub async fn list_shows_who_holds_each_lease_and_until_when<F: Factory>(factory: &F) {
+    let ttl = Duration::from_secs(60);
+    let pool = factory.pool(Some(ttl)).await;
+    pool.add(NewCredential::new("a", "s").capacity(3))
+        .await
+        .unwrap();
+    let leases_of_a = |pool: Pool<F::Store>| async move {
+        let listed = pool.list().await.unwrap();
+        listed[0].leases.clone()
+    };
+    assert!(leases_of_a(pool.clone()).await.is_empty());
+    let before = std::time::SystemTime::now() - Duration::from_millis(5);
+    let one = pool.acquire().await.unwrap();
+    let two = pool.acquire_units(2).await.unwrap();
+    let after = std::time::SystemTime::now() + Duration::from_millis(5);
+    let this_process = format!("{}@", std::process::id());
+    let leases = leases_of_a(pool.clone()).await;
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_eq!(
+        leases.iter().map(|lease| lease.units).collect::<Vec<_>>(),
+        [1, 2],
+        "oldest first, with their units: {leases:?}"
+    );
+    for lease in &leases {
+        let holder = lease.holder.as_deref().unwrap_or_default();
+        assert!(holder.starts_with(&this_process), "{lease:?}");
+        assert!(holder.len() > this_process.len(), "a host name: {lease:?}");
+        assert!(
+            lease.acquired_at >= before && lease.acquired_at <= after,
+            "{lease:?}"
+        );
+        let lives = lease
+            .expires_at
+            .expect("a lease with a TTL expires")
+            .duration_since(lease.acquired_at)
+            .unwrap();
+        assert!(lives.abs_diff(ttl) < Duration::from_secs(1), "{lease:?}");
+    }
+    // A lease handed to a waiter of this process is this process's too.
+    let waiter = queued_waiter(&pool).await;
+    one.release().await.unwrap();
+    let handed = within(Duration::from_secs(10), "the hand-off", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    let leases = leases_of_a(pool.clone()).await;
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert!(
+        leases[1]
+            .holder
+            .as_deref()
+            .is_some_and(|holder| holder.starts_with(&this_process)),
+        "{leases:?}"
+    );
+    two.release().await.unwrap();
+    handed.release().await.unwrap();
+    assert!(leases_of_a(pool.clone()).await.is_empty());
+}
+
+/// After a migration that added the holder of leases: a lease granted
+/// before it (of pool's only credential, of capacity 2 or more) has no
+/// holder, and the next one is this process's.
+pub async fn holders_are_recorded_after_a_migration<S: Store>(pool: &Pool<S>) {
+    let leases = pool.list().await.unwrap()[0].leases.clone();
+    assert_eq!(
+        leases.len(),
+        1,
+        "the lease held across the migration: {leases:?}"
+    );
+    assert_eq!(leases[0].holder, None);
+    let lease = pool.acquire().await.unwrap();
+    let leases = pool.list().await.unwrap()[0].leases.clone();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let this_process = format!("{}@", std::process::id());
+    assert!(
+        leases[1]
+            .holder
+            .as_deref()
+            .is_some_and(|holder| holder.starts_with(&this_process)),
+        "{leases:?}"
+    );
+    lease.release().await.unwrap();
 }
 
 /// A task that waits (up to 30 s) for a lease of `pool`, once the pool

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::credential::{
-    Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, Secret, StateKind,
-    Stats, StoredCredential,
+    Credential, CredentialChange, CredentialInfo, LeaseInfo, NewCredential, PoolSummary, Secret,
+    StateKind, Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
@@ -243,9 +243,12 @@ impl Inner {
         let conn = self.connections.get().await?;
         let list = self.sql.list();
         let pool: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pool];
-        let (rows, limits) =
-            tokio::join!(conn.client.query(&list, &pool), self.limits_of_pool(&conn));
-        let (rows, mut limits) = (rows?, limits?);
+        let (rows, limits, leases) = tokio::join!(
+            conn.client.query(&list, &pool),
+            self.limits_of_pool(&conn),
+            self.leases_of_pool(&conn)
+        );
+        let (rows, mut limits, mut leases) = (rows?, limits?, leases?);
         rows.iter()
             .map(|row| {
                 let id: i64 = row.column(0, "credentials.id")?;
@@ -271,10 +274,33 @@ impl Inner {
                         .iter()
                         .map(|limit| limit.info(now))
                         .collect(),
+                    leases: leases.remove(&id).unwrap_or_default(),
                 };
                 Ok(CredentialInfo::new(stored, from_ms(now)))
             })
             .collect()
+    }
+
+    /// The leases of the pool not past their expiry, by credential, oldest first.
+    async fn leases_of_pool(&self, conn: &Conn) -> Result<HashMap<i64, Vec<LeaseInfo>>> {
+        let rows = conn
+            .client
+            .query(&self.sql.leases_of_pool(), &[&self.pool])
+            .await?;
+        let mut leases: HashMap<i64, Vec<LeaseInfo>> = HashMap::new();
+        for row in rows {
+            leases
+                .entry(row.column(0, "leases.credential_id")?)
+                .or_default()
+                .push(LeaseInfo::new(
+                    row.column(1, "leases.holder")?,
+                    from_ms(row.column(2, "leases.acquired_at")?),
+                    row.column::<Option<i64>>(3, "leases.expires_at")?
+                        .map(from_ms),
+                    row.unsigned32(4, "leases.units")?,
+                ));
+        }
+        Ok(leases)
     }
 
     pub(super) async fn reveal(&self) -> Result<Vec<Credential>> {

@@ -60,7 +60,16 @@ pub(crate) async fn connect(config: &Config, tls: &Tls) -> Result<Client> {
         Tls::Off => driven(config, NoTls).await,
         Tls::On(rustls) => driven(config, rustls.clone()).await,
     };
-    connected.map_err(|error| tls.explain(error.into()))
+    let client = connected.map_err(|error| tls.explain(error.into()))?;
+    // The holder the leases granted on this connection record (the
+    // column's default, and the claims).
+    client
+        .execute(
+            "SELECT set_config('credpool.holder', $1, false)",
+            &[&crate::ids::this_process()],
+        )
+        .await?;
+    Ok(client)
 }
 
 impl std::fmt::Debug for Connections {

@@ -286,6 +286,7 @@ pub(crate) fn migration(schema: &str) -> String {
 /// allow several at once.
 pub(crate) fn weighted(schema: &str) -> String {
     let s = format!("\"{schema}\"");
+    let grant_units = grant_units(schema, false);
     format!(
         "ALTER TABLE {s}.leases ADD COLUMN units integer NOT NULL DEFAULT 1 CHECK (units >= 1);
          ALTER TABLE {s}.tickets ADD COLUMN units integer NOT NULL DEFAULT 1 CHECK (units >= 1);
@@ -347,7 +348,27 @@ pub(crate) fn weighted(schema: &str) -> String {
              RETURN NULL;
          END $$;
 
-         -- A weighted grant of `n` units for scope `sc` ('' the default)
+         {grant_units}"
+    )
+}
+
+/// `grant_units`, the weighted grant (see [`weighted`]). With `holder`
+/// (schema 7 on), it replaces the function of schema 6 and writes the
+/// lease's holder: this connection's for a newcomer, none for a lease
+/// handed to a ticket (its process writes itself at the claim).
+fn grant_units(schema: &str, holder: bool) -> String {
+    let s = format!("\"{schema}\"");
+    let (create, holder_column, holder_value) = if holder {
+        (
+            "CREATE OR REPLACE",
+            ", holder",
+            format!(", CASE WHEN tk IS NULL THEN {THIS_HOLDER} END"),
+        )
+    } else {
+        ("CREATE", "", String::new())
+    };
+    format!(
+        "-- A weighted grant of `n` units for scope `sc` ('' the default)
          -- and name `nm` (NULL: any), in pool `p`: the least recently used
          -- credential with `n` units free whose limits allow `n` grants.
          -- Each candidate is locked before its limits are read (a new
@@ -358,7 +379,7 @@ pub(crate) fn weighted(schema: &str) -> String {
          -- expiring at its claim deadline, `ttl` ms on), if it still waits;
          -- a row of NULLs when another transaction holds the ticket (it may
          -- be handing it units this one does not see yet: ask again).
-         CREATE FUNCTION {s}.grant_units(p text, ttl bigint, sc text, nm text, n integer,
+         {create} FUNCTION {s}.grant_units(p text, ttl bigint, sc text, nm text, n integer,
                                          tk bigint)
          RETURNS TABLE (id bigint, name text, secret text, extra text, capacity integer,
                         lease_id bigint, acquired_at bigint, expires_at bigint)
@@ -407,11 +428,11 @@ pub(crate) fn weighted(schema: &str) -> String {
                      cooling_until = NULL
                  WHERE c.id = cand.id;
                  INSERT INTO {s}.leases AS l (pool, credential_id, acquired_at, expires_at,
-                                               scope, limited, units)
+                                               scope, limited, units{holder_column})
                  VALUES (p, cand.id,
                          CASE WHEN tk IS NULL THEN at ELSE {CLOCK} + ttl END,
                          CASE WHEN tk IS NULL THEN at + ttl ELSE {CLOCK} + ttl END,
-                         nullif(sc, ''), cand.limited, n)
+                         nullif(sc, ''), cand.limited, n{holder_value})
                  RETURNING l.id, l.acquired_at, l.expires_at INTO granted;
                  IF tk IS NOT NULL THEN
                      UPDATE {s}.tickets AS t
@@ -426,5 +447,24 @@ pub(crate) fn weighted(schema: &str) -> String {
                  RETURN;
              END LOOP;
          END $$;"
+    )
+}
+
+/// The holder this connection grants for (`<process id>@<host name>`),
+/// set when it connects; NULL on a connection of a build before holders.
+pub(crate) const THIS_HOLDER: &str = "current_setting('credpool.holder', true)";
+
+/// 6 -> 7: who holds each lease, so that an operator can tell a dead
+/// process's lease from a live one. Statements that do not name the column
+/// write this connection's holder; hand-offs write none, and the claim
+/// writes the claimer.
+pub(crate) fn holders(schema: &str) -> String {
+    format!(
+        "-- The default comes apart, or the leases out now would get the
+         -- migrating connection's holder.
+         ALTER TABLE \"{schema}\".leases ADD COLUMN holder text;
+         ALTER TABLE \"{schema}\".leases ALTER COLUMN holder SET DEFAULT {THIS_HOLDER};
+         {}",
+        grant_units(schema, true)
     )
 }

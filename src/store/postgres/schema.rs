@@ -9,7 +9,7 @@ use super::sql::migrations;
 use crate::error::{Error, Result};
 
 /// The schema version this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Makes `schema` a credpool schema of the current version.
 pub(crate) async fn migrate(client: &mut Client, schema: &str, location: &str) -> Result<()> {

@@ -21,6 +21,7 @@ const NOW: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 const CLOCK: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 use super::batch::MAX_BATCH;
+use super::limits_schema::THIS_HOLDER;
 
 /// How a heartbeat ([`Sql::beat`]) meets the store's row.
 const ON_BEAT: &str = "ON CONFLICT (pool, owner) DO UPDATE SET expires_at = EXCLUDED.expires_at";
@@ -378,11 +379,13 @@ impl Sql {
                      RETURNING c.name
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
+                     INSERT INTO {leases}
+                         (pool, credential_id, acquired_at, expires_at, scope, limited, holder)
                      SELECT $3, freed.id,
                             {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN 0 ELSE $6::bigint END,
                             {CLOCK} + CASE WHEN next.id = ANY($7::bigint[]) THEN $9::bigint ELSE $6::bigint END,
-                            next.scope, freed.limited
+                            next.scope, freed.limited,
+                            CASE WHEN next.id = ANY($7::bigint[]) THEN {THIS_HOLDER} END
                      FROM freed, next
                      RETURNING id, acquired_at, expires_at
                  ),
@@ -494,9 +497,10 @@ impl Sql {
                      RETURNING c.id, c.limited
                  ),
                  leased AS (
-                     INSERT INTO {leases} (pool, credential_id, acquired_at, expires_at, scope, limited)
+                     INSERT INTO {leases}
+                         (pool, credential_id, acquired_at, expires_at, scope, limited, holder)
                      SELECT $1, marked.id, {CLOCK} + $2::bigint, {CLOCK} + $2::bigint,
-                            (SELECT scope FROM next), marked.limited
+                            (SELECT scope FROM next), marked.limited, NULL
                      FROM marked
                      RETURNING id, credential_id
                  ),
@@ -531,7 +535,9 @@ impl Sql {
                      RETURNING lease_id
                  ),
                  claimed AS (
-                     UPDATE {leases} SET expires_at = {CLOCK} + $2::bigint, acquired_at = {CLOCK}
+                     UPDATE {leases}
+                     SET expires_at = {CLOCK} + $2::bigint, acquired_at = {CLOCK},
+                         holder = {THIS_HOLDER}
                      WHERE id = (SELECT lease_id FROM mine) AND expires_at > {CLOCK}
                      RETURNING id, credential_id, acquired_at, expires_at, units
                  )
@@ -720,7 +726,9 @@ impl Sql {
                  RETURNING id, lease_id
              ),
              claimed AS (
-                 UPDATE {leases} AS l SET expires_at = {CLOCK} + $3::bigint, acquired_at = {CLOCK}
+                 UPDATE {leases} AS l
+                 SET expires_at = {CLOCK} + $3::bigint, acquired_at = {CLOCK},
+                     holder = {THIS_HOLDER}
                  FROM mine WHERE l.id = mine.lease_id AND l.expires_at > {CLOCK}
                  RETURNING mine.id AS ticket, l.id, l.credential_id, l.acquired_at, l.expires_at,
                            l.units
@@ -873,6 +881,15 @@ impl Sql {
         )
     }
 
+    /// `$1` pool. The leases not past their expiry, oldest first.
+    pub(crate) fn leases_of_pool(&self) -> String {
+        format!(
+            "SELECT credential_id, holder, acquired_at, expires_at, units FROM {}
+             WHERE pool = $1 AND (expires_at IS NULL OR expires_at > {NOW}) ORDER BY id",
+            self.leases
+        )
+    }
+
     /// `$1` pool.
     pub(crate) fn reveal(&self) -> String {
         format!(
@@ -936,6 +953,8 @@ pub(crate) fn migrations(schema: &str) -> Vec<String> {
         super::limits_schema::migration(schema),
         // 5 -> 6: weighted grants, of several units at once.
         super::limits_schema::weighted(schema),
+        // 6 -> 7: who holds each lease.
+        super::limits_schema::holders(schema),
     ]
 }
 

@@ -148,8 +148,8 @@ impl Hot {
                  WHERE id = ?1"
             }
             Hot::Record => {
-                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at, units)
-                 VALUES (?1, ?2, ?3, ?4, ?5)"
+                "INSERT INTO leases (pool, credential_id, acquired_at, expires_at, units, holder)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             }
             // A lease of one unit; a weighted one is ended by `release`
             // when this finds none.

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::credential::{Credential, ReleaseOutcome, Secret};
 use crate::error::Error;
-use crate::ids::{CredentialId, LeaseId, LeaseToken};
+use crate::ids::{this_process, CredentialId, LeaseId, LeaseToken};
 use crate::store::{ExpiredLease, Grant, GrantAttempt, Want};
 use crate::time::{duration_ms, earliest, from_ms};
 
@@ -259,18 +259,20 @@ pub(crate) fn lease(
     expires_at: Option<i64>,
 ) -> rusqlite::Result<Grant> {
     let now = ctx.now;
-    lease_dated(ctx, free, want, expires_at, now)
+    lease_dated(ctx, free, want, expires_at, now, Some(this_process()))
 }
 
-/// As [`lease`], the lease dated `acquired_at`: a lease handed to another
-/// process's ticket is dated at its claim deadline, the latest its waiter
-/// can first use it, and counts against quotas from then until claimed.
+/// As [`lease`], the lease dated `acquired_at` and held by `holder`: a
+/// lease handed to another process's ticket is dated at its claim
+/// deadline, the latest its waiter can first use it, and counts against
+/// quotas from then until claimed; its holder is written at the claim.
 pub(crate) fn lease_dated(
     ctx: &mut Ctx<'_>,
     free: Free,
     want: &Want,
     expires_at: Option<i64>,
     acquired_at: i64,
+    holder: Option<&str>,
 ) -> rusqlite::Result<Grant> {
     let (pool, now) = (ctx.pool, ctx.now);
     let Free {
@@ -286,8 +288,14 @@ pub(crate) fn lease_dated(
     if limited {
         limits::record_grant(ctx, id, want.scope_key(), acquired_at, units)?;
     }
-    ctx.statement(Hot::Record)?
-        .execute(params![pool, id, acquired_at, expires_at, units])?;
+    ctx.statement(Hot::Record)?.execute(params![
+        pool,
+        id,
+        acquired_at,
+        expires_at,
+        units,
+        holder
+    ])?;
     let lease_id = ctx.connection.last_insert_rowid();
     grant_of(
         ctx,

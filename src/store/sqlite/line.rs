@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension};
 
 use crate::credential::ReleaseOutcome;
-use crate::ids::LeaseToken;
+use crate::ids::{this_process, LeaseToken};
 use crate::store::{GrantAttempt, Seat, Want};
 
 use super::ctx::{Ctx, Failure, Hot};
@@ -115,7 +115,7 @@ pub(crate) fn serve(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
             }
             None => {
                 let deadline = ctx.now.saturating_add(ctx.ticket_ttl);
-                let grant = leases::lease_dated(ctx, free, &want, Some(deadline), deadline)?;
+                let grant = leases::lease_dated(ctx, free, &want, Some(deadline), deadline, None)?;
                 ctx.connection
                     .prepare_cached(
                         "UPDATE tickets SET lease_id = ?2, credential_id = ?3, expires_at = ?4
@@ -286,12 +286,13 @@ pub(crate) fn claim_handed(ctx: &mut Ctx<'_>) -> rusqlite::Result<()> {
         let row = ctx
             .connection
             .prepare_cached(
-                "UPDATE leases SET expires_at = ?2, acquired_at = ?3 WHERE id = ?1
+                "UPDATE leases SET expires_at = ?2, acquired_at = ?3, holder = ?4 WHERE id = ?1
                  RETURNING credential_id",
             )?
-            .query_row(params![lease_id, expires_at, ctx.now], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                params![lease_id, expires_at, ctx.now, this_process()],
+                |row| row.get::<_, i64>(0),
+            )
             .optional()?;
         ctx.connection
             .prepare_cached("DELETE FROM tickets WHERE id = ?1")?

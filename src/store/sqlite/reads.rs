@@ -8,6 +8,7 @@
 //! lease's release, say) has then committed, and expired leases have been
 //! reclaimed, so a read shows what a grant would see.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{params, OpenFlags};
 
 use crate::credential::{
-    Credential, CredentialInfo, PoolSummary, Secret, StateKind, Stats, StoredCredential,
+    Credential, CredentialInfo, LeaseInfo, PoolSummary, Secret, StateKind, Stats, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::ids::CredentialId;
@@ -107,6 +108,7 @@ fn list_in(
     now_ms: i64,
 ) -> rusqlite::Result<Vec<CredentialInfo>> {
     let mut limits = super::limits::of_pool(connection, pool)?;
+    let mut leases = leases_of_pool(connection, pool, now_ms)?;
     {
         {
             let mut statement = connection.prepare_cached(&format!(
@@ -136,12 +138,36 @@ fn list_in(
                         .iter()
                         .map(|limit| limit.info(now_ms))
                         .collect(),
+                    leases: leases.remove(&id).unwrap_or_default(),
                 };
                 Ok(CredentialInfo::new(stored, now))
             })?;
             rows.collect()
         }
     }
+}
+
+/// The leases of `pool` not past their expiry, by credential, oldest first.
+fn leases_of_pool(
+    connection: &rusqlite::Connection,
+    pool: &str,
+    now_ms: i64,
+) -> rusqlite::Result<HashMap<i64, Vec<LeaseInfo>>> {
+    let mut leases: HashMap<i64, Vec<LeaseInfo>> = HashMap::new();
+    let mut statement = connection.prepare_cached(
+        "SELECT credential_id, holder, acquired_at, expires_at, units FROM leases
+         WHERE pool = ?1 AND (expires_at IS NULL OR expires_at > ?2) ORDER BY id",
+    )?;
+    let mut rows = statement.query(params![pool, now_ms])?;
+    while let Some(row) = rows.next()? {
+        leases.entry(row.get(0)?).or_default().push(LeaseInfo::new(
+            row.get(1)?,
+            from_ms(row.get(2)?),
+            row.get::<_, Option<i64>>(3)?.map(from_ms),
+            row.get(4)?,
+        ));
+    }
+    Ok(leases)
 }
 
 impl Reader {

@@ -126,6 +126,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE leases ADD COLUMN units INTEGER NOT NULL DEFAULT 1 CHECK (units >= 1);
     ALTER TABLE tickets ADD COLUMN units INTEGER NOT NULL DEFAULT 1 CHECK (units >= 1);
     ",
+    // 5 -> 6: who holds a lease (`<process id>@<host name>`), so that an
+    // operator can tell a dead process's lease from a live one.
+    "
+    ALTER TABLE leases ADD COLUMN holder TEXT;
+    ",
 ];
 
 /// The store schema version this build writes, and the newest it reads.
