@@ -1971,3 +1971,166 @@ fn demo_keeps_to_its_rate() {
         serde_json::from_str(&ok(&run(&db, &["--pool", "demo", "list", "--json"]))).unwrap();
     assert_eq!(listed[0]["limits"][0]["rate"], "5/1s");
 }
+
+/// A JSON file of `count` accounts in aio-credentials-pool's format.
+fn accounts_file(db: &Path, count: usize) -> PathBuf {
+    let path = db.with_extension("accounts.json");
+    let accounts: Vec<serde_json::Value> = (0..count)
+        .map(|i| serde_json::json!({"username": format!("acct-{i}"), "password": format!("pw-{i}"), "cookie": null}))
+        .collect();
+    std::fs::write(&path, serde_json::to_vec(&accounts).unwrap()).unwrap();
+    path
+}
+
+/// Runs `credpool import FILE` into pool `big`, its stderr lines sent as
+/// they come, each with the time it came.
+fn import_in_background(
+    db: &Path,
+    file: &Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(std::time::Instant, String)>,
+) {
+    use std::io::BufRead;
+    let mut child = credpool(db)
+        .args(["--pool", "big", "import"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send((std::time::Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    (child, heard)
+}
+
+/// Waits (at most 60 s) for a line of the import that contains `text`.
+fn heard(
+    lines: &std::sync::mpsc::Receiver<(std::time::Instant, String)>,
+    text: &str,
+) -> std::time::Instant {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(60)) {
+            Ok((at, line)) if line.contains(text) => return at,
+            Ok(_) => {}
+            Err(error) => panic!("no line with {text:?} from the import: {error}"),
+        }
+    }
+}
+
+/// Another process's grants go on while a large import writes its
+/// entries: the import takes the write lock only for its last, short
+/// transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_go_on_during_a_large_import() {
+    const ENTRIES: usize = 200_000;
+    let db = fresh_db("import-stall");
+    let pool = Pool::new(SqliteStore::open(&db).await.unwrap());
+    pool.add(credpool::NewCredential::new("worker", "s"))
+        .await
+        .unwrap();
+    let file = accounts_file(&db, ENTRIES);
+    let granting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let grants = tokio::spawn({
+        let (pool, granting) = (pool.clone(), granting.clone());
+        async move {
+            let mut times = Vec::new();
+            while granting.load(std::sync::atomic::Ordering::Relaxed) {
+                let lease = pool.acquire().await.expect("a grant during the import");
+                lease.release().await.expect("a release during the import");
+                times.push(std::time::Instant::now());
+            }
+            times
+        }
+    });
+    let (writing, committing, child) = tokio::task::spawn_blocking(move || {
+        let (mut child, lines) = import_in_background(&db, &file);
+        let writing = heard(&lines, "read and checked");
+        let committing = heard(&lines, "committing");
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        (writing, committing, db)
+    })
+    .await
+    .unwrap();
+    granting.store(false, std::sync::atomic::Ordering::Relaxed);
+    let times = grants.await.unwrap();
+    // Grants in each third of the time it wrote (none would come while
+    // something held the write lock).
+    let third = (committing - writing) / 3;
+    for part in 0..3 {
+        let (from, to) = (writing + third * part, writing + third * (part + 1));
+        let during = times.iter().filter(|at| **at > from && **at < to).count();
+        assert!(
+            during > 0,
+            "no grant in part {} of 3 of the {:?} the import wrote its {ENTRIES} entries \
+             ({} grants in all)",
+            part + 1,
+            committing - writing,
+            times.len()
+        );
+    }
+    assert_eq!(list_json_of(&child, "big").len(), ENTRIES);
+}
+
+fn list_json_of(db: &Path, pool: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ok(&run(db, &["--pool", pool, "list", "--json"]))).unwrap()
+}
+
+/// An import killed half-way (SIGKILL, while it writes) leaves the store
+/// as it was: no entry of it, the other pools untouched, the file sound,
+/// and the same import then works.
+#[test]
+fn an_import_killed_half_way_leaves_the_store_as_it_was() {
+    const ENTRIES: usize = 50_000;
+    let db = fresh_db("import-killed");
+    add_alice(&db, "s");
+    let file = accounts_file(&db, ENTRIES);
+    let mut killed_while_writing = 0;
+    for delay_ms in [0, 20, 60, 150] {
+        let (mut child, lines) = import_in_background(&db, &file);
+        heard(&lines, "read and checked");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let committing = lines
+            .try_iter()
+            .any(|(_, line)| line.contains("committing"));
+        let imported = list_json_of(&db, "big").len();
+        if committing {
+            assert!(imported == 0 || imported == ENTRIES, "{imported} entries");
+        } else {
+            killed_while_writing += 1;
+            assert_eq!(imported, 0, "killed {delay_ms} ms into writing");
+        }
+        if imported == ENTRIES {
+            // Killed after its commit: all of it is there.
+            assert!(killed_while_writing > 0, "no kill landed while it wrote");
+            return;
+        }
+        let others = list_json(&db);
+        assert_eq!(others.len(), 1, "{others:?}");
+        assert_eq!(others[0]["name"], "alice");
+        let check: String = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+    assert!(killed_while_writing > 0, "no kill landed while it wrote");
+    let done = ok(&run(
+        &db,
+        &["--pool", "big", "import", file.to_str().unwrap()],
+    ));
+    assert!(done.contains(&format!("imported {ENTRIES}")), "{done}");
+}

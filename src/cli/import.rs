@@ -117,16 +117,25 @@ impl Input {
         });
         if chatty && bar.is_none() {
             progress(&format!(
-                "{label}: {total} entries read and checked in {:.1?}; writing them in one transaction…",
+                "{label}: {total} entries read and checked in {:.1?}; writing them \
+                 (none is visible before all are)…",
                 started.elapsed()
             ));
         }
         let moving = bar.clone();
+        let written_label = label.clone();
         let added = pool
-            .add_many_with_progress(credentials, skip_existing, move |written| {
-                if let Some(bar) = &moving {
+            .add_many_with_progress(credentials, skip_existing, move |written| match &moving {
+                Some(bar) => {
                     bar.set_position(written as u64);
+                    if written == total {
+                        bar.set_message(format!("{written_label}: committing"));
+                    }
                 }
+                None if chatty && written == total => progress(&format!(
+                    "{written_label}: {total} entries ready; committing them at once…"
+                )),
+                None => {}
             })
             .await;
         if let Some(bar) = &bar {

@@ -141,9 +141,11 @@ pub struct ExpiredLease {
 
 /// Told how many entries of a large [`Admin::add_many`] are written so far
 /// (not committed yet: the whole batch commits at once, or none of it). A
-/// store calls it now and then, from any thread, and once with the total;
-/// a batch tried again reports from the start again. Keep it cheap: the
-/// SQLite store calls it on its thread, holding the write lock.
+/// store calls it now and then, from any thread, and once with the total
+/// when only the commit is left; a batch tried again reports from the
+/// start again. Keep it cheap: it runs on the thread that writes (the
+/// SQLite store stages a large add on a thread of its own, holding no
+/// lock of the store's).
 #[derive(Clone)]
 pub struct Progress(Option<Arc<dyn Fn(usize) + Send + Sync>>);
 

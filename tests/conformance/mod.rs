@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
             a_lower_capacity_does_not_count_expired_leases,
             stats_count_every_grant_in_uses,
             list_shows_who_holds_each_lease_and_until_when,
+            a_large_add_keeps_every_field_and_is_all_or_nothing,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1676,6 +1677,104 @@ pub async fn list_shows_who_holds_each_lease_and_until_when<F: Factory>(factory:
     two.release().await.unwrap();
     handed.release().await.unwrap();
     assert!(leases_of_a(pool.clone()).await.is_empty());
+}
+
+/// A large add (an import: the SQLite store stages one beside its
+/// thread) keeps every field of every entry, as the memory store does, in
+/// input order; a name taken or repeated fails the whole add at the first
+/// entry that has it, or is skipped.
+pub async fn a_large_add_keeps_every_field_and_is_all_or_nothing<F: Factory>(factory: &F) {
+    const ENTRIES: usize = 12_000;
+    let search: credpool::Rate = "5/1m".parse().unwrap();
+    let every: credpool::Rate = "3/1m".parse().unwrap();
+    let default: credpool::Rate = "10/1h".parse().unwrap();
+    let entry = |i: usize| {
+        let mut credential = NewCredential::new(format!("bulk-{i}"), format!("secret-{i}"))
+            .capacity(1 + i as u32 % 3);
+        if i % 7 == 0 {
+            credential = credential.extra(format!("cookie-{i}"));
+        }
+        if i % 11 == 0 {
+            credential = credential.disabled(format!("banned {i}"));
+        }
+        if i % 13 == 0 {
+            credential = credential.rate_for("search", search);
+        }
+        if i % 17 == 0 {
+            credential = credential.rate(every);
+        }
+        credential
+    };
+    let model = Pool::in_memory();
+    let pool = factory.pool(None).await;
+    model
+        .set_default_rate(Some("search"), Some(default))
+        .await
+        .unwrap();
+    pool.set_default_rate(Some("search"), Some(default))
+        .await
+        .unwrap();
+    pool.add(NewCredential::new("bulk-7000", "there before"))
+        .await
+        .unwrap();
+
+    // Fails whole, naming the first entry whose name is taken or repeated.
+    let taken = pool.add_many((0..ENTRIES).map(entry)).await;
+    assert!(
+        matches!(&taken, Err(Error::DuplicateName { name, entry: Some(7000), .. }) if name == "bulk-7000"),
+        "{taken:?}"
+    );
+    let repeated = pool
+        .add_many(
+            (0..ENTRIES)
+                .map(|i| if i == 9000 { entry(100) } else { entry(i) })
+                .filter(|c| c.name() != "bulk-7000"),
+        )
+        .await;
+    assert!(
+        matches!(&repeated, Err(Error::DuplicateName { name, entry: Some(8999), .. }) if name == "bulk-100"),
+        "the second bulk-100 (entry 8999 once bulk-7000 is left out): {repeated:?}"
+    );
+    assert_eq!(pool.list().await.unwrap().len(), 1, "nothing was added");
+
+    // Skipping keeps the first of each name and the one already there.
+    let input = || (0..ENTRIES).map(|i| if i == 9000 { entry(100) } else { entry(i) });
+    let added = pool.add_many_skip_existing(input()).await.unwrap();
+    assert_eq!(added, ENTRIES - 2);
+    model
+        .add(NewCredential::new("bulk-7000", "there before"))
+        .await
+        .unwrap();
+    model.add_many_skip_existing(input()).await.unwrap();
+    let summary = |listed: Vec<credpool::CredentialInfo>| {
+        listed
+            .into_iter()
+            .map(|c| {
+                let limits: Vec<_> = c
+                    .limits
+                    .iter()
+                    .map(|limit| (limit.scope.clone(), limit.rate, limit.default))
+                    .collect();
+                (c.name, c.capacity, c.state, c.has_extra, limits)
+            })
+            .collect::<Vec<_>>()
+    };
+    let listed = summary(pool.list().await.unwrap());
+    assert_eq!(listed.len(), ENTRIES - 1);
+    let expected = summary(model.list().await.unwrap());
+    for (got, want) in listed.iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
+    assert_eq!(listed, expected);
+    let secrets: Vec<String> = pool
+        .reveal()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.secret().expose().to_string())
+        .collect();
+    assert_eq!(secrets[1], "secret-0");
+    assert_eq!(secrets[ENTRIES - 2], format!("secret-{}", ENTRIES - 1));
 }
 
 /// After a migration that added the holder of leases: a lease granted

@@ -190,11 +190,19 @@ fn change(
 
 /// The pool's default quotas, by scope.
 pub(crate) fn default_rates(ctx: &Ctx<'_>) -> rusqlite::Result<Vec<(String, Rate)>> {
-    ctx.connection
+    default_rates_in(ctx.connection, ctx.pool)
+}
+
+/// The default quotas of `pool`, by scope, read on any connection.
+pub(crate) fn default_rates_in(
+    connection: &Connection,
+    pool: &str,
+) -> rusqlite::Result<Vec<(String, Rate)>> {
+    connection
         .prepare_cached(
             "SELECT scope, rate_count, rate_window_ms FROM pool_rates WHERE pool = ?1 ORDER BY scope",
         )?
-        .query_map([ctx.pool], |row| {
+        .query_map([pool], |row| {
             Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
         })?
         .filter_map(|row| match row {

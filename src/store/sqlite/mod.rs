@@ -36,6 +36,7 @@ mod admin;
 #[doc(hidden)]
 pub mod ceiling;
 mod ctx;
+mod import;
 mod jobs;
 mod leases;
 mod limits;
@@ -181,6 +182,7 @@ impl Options<Sqlite> {
             busy_timeout,
             create: own.create,
         };
+        let importing = connection_options.clone();
         let thread = std::thread::Builder::new()
             .name(format!("credpool-sqlite-{pool}"))
             .spawn(move || match schema::open(&path, &connection_options) {
@@ -227,7 +229,18 @@ impl Options<Sqlite> {
             reader,
             settings,
             busy_timeout,
+            importing,
         })
+    }
+}
+
+/// Sets its flag when dropped: a large add whose caller stopped waiting
+/// stops before it commits.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -331,6 +344,8 @@ pub struct SqliteStore {
     reader: Reader,
     settings: StoreSettings,
     busy_timeout: Duration,
+    /// How a large add's own connection is set up (see [`import`]).
+    importing: ConnectionOptions,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -611,12 +626,37 @@ impl Admin for SqliteStore {
         on_duplicate: OnDuplicate,
         progress: Progress,
     ) -> Result<Added> {
-        self.call(move |ctx| {
-            let added = admin::add_many(ctx, &credentials, on_duplicate, &progress)?;
-            line::serve(ctx)?;
-            Ok(added)
+        if credentials.len() < import::STAGED_FROM {
+            return self
+                .call(move |ctx| {
+                    let added = admin::add_many(ctx, &credentials, on_duplicate, &progress)?;
+                    line::serve(ctx)?;
+                    Ok(added)
+                })
+                .await;
+        }
+        // Staged beside the store thread, on a connection of its own: the
+        // other processes' grants go on meanwhile (see [`import`]).
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let _cancel_when_dropped = CancelOnDrop(cancelled.clone());
+        let (path, options) = (self.channel.path.clone(), self.importing.clone());
+        let pool = self.settings.pool().to_string();
+        let added = tokio::task::spawn_blocking(move || {
+            import::add_staged(
+                &path,
+                &options,
+                &pool,
+                &credentials,
+                on_duplicate,
+                &progress,
+                &cancelled,
+            )
         })
         .await
+        .map_err(|_| unavailable(&self.channel.path))??;
+        // The new credentials go to the tickets waiting in the line.
+        self.call(|ctx| Ok(line::serve(ctx)?)).await?;
+        Ok(added)
     }
 
     async fn remove(&self, name: &str, force: bool) -> Result<()> {
