@@ -2134,3 +2134,51 @@ fn an_import_killed_half_way_leaves_the_store_as_it_was() {
     ));
     assert!(done.contains(&format!("imported {ENTRIES}")), "{done}");
 }
+
+/// `list` reads a pool a page at a time and writes as it goes: every
+/// format lists a pool of several pages whole and in order, the filters
+/// and `--limit` work across pages, and JSON is one valid array.
+#[test]
+fn list_reads_a_large_pool_a_page_at_a_time() {
+    const ENTRIES: usize = 2_500;
+    let db = fresh_db("paged-list");
+    let file = accounts_file(&db, ENTRIES);
+    ok(&run(&db, &["import", file.to_str().unwrap()]));
+    ok(&run(&db, &["disable", "acct-1500", "--reason", "banned"]));
+    let listed = list_json(&db);
+    assert_eq!(listed.len(), ENTRIES);
+    for (i, c) in listed.iter().enumerate() {
+        assert_eq!(c["name"], format!("acct-{i}"));
+    }
+    let lines = ok(&run(&db, &["list", "--ndjson"]));
+    assert_eq!(lines.lines().count(), ENTRIES);
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!(last["name"], format!("acct-{}", ENTRIES - 1));
+    let table = ok(&run(&db, &["list"]));
+    assert_eq!(
+        table.lines().count(),
+        ENTRIES + 1,
+        "a heading and a row each"
+    );
+    let disabled = ok(&run(&db, &["list", "--state", "disabled", "--json"]));
+    let disabled: Vec<serde_json::Value> = serde_json::from_str(&disabled).unwrap();
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(disabled[0]["name"], "acct-1500");
+    let limited = ok(&run(
+        &db,
+        &["list", "--name", "acct-2*", "--limit", "300", "--ndjson"],
+    ));
+    let names: Vec<String> = limited
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names.len(), 300);
+    assert_eq!(names[0], "acct-2");
+    assert_eq!(names[11], "acct-200", "acct-2, acct-20..29, then acct-200");
+    assert_eq!(names[299], "acct-2188", "then acct-2000 to acct-2188");
+}

@@ -261,7 +261,10 @@ fn undo_version_6(schema: &str) -> String {
 /// `grant_units` stays as version 7 wrote it, which its migration writes
 /// again.
 fn undo_version_7(schema: &str) -> String {
-    format!("ALTER TABLE \"{schema}\".leases DROP COLUMN holder;")
+    format!(
+        "ALTER TABLE \"{schema}\".leases DROP COLUMN holder;
+         DROP INDEX \"{schema}\".credentials_in_pool;"
+    )
 }
 
 /// A schema of version 6 is migrated when a store opens it: a lease held

@@ -87,6 +87,7 @@ async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
         let old = rusqlite::Connection::open(&path).unwrap();
         old.execute_batch(
             "ALTER TABLE leases DROP COLUMN holder;
+             DROP INDEX credentials_in_pool;
              ALTER TABLE leases DROP COLUMN units;
              ALTER TABLE tickets DROP COLUMN units;
              PRAGMA user_version = 4;",
@@ -114,7 +115,11 @@ async fn a_version_5_file_is_migrated_and_records_holders() {
     drop(pool);
     rusqlite::Connection::open(&path)
         .unwrap()
-        .execute_batch("ALTER TABLE leases DROP COLUMN holder; PRAGMA user_version = 5;")
+        .execute_batch(
+            "ALTER TABLE leases DROP COLUMN holder;
+             DROP INDEX credentials_in_pool;
+             PRAGMA user_version = 5;",
+        )
         .unwrap();
     let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
     let version: i64 = rusqlite::Connection::open(&path)

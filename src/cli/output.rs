@@ -219,19 +219,22 @@ enum SortKey {
 }
 
 impl Filter {
+    /// Whether a credential passes the state and name filters.
+    fn keeps(&self, c: &CredentialInfo) -> bool {
+        (self.state.is_empty()
+            || self
+                .state
+                .iter()
+                .any(|state| state.label() == c.state.label()))
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|glob| glob_matches(glob, &c.name))
+    }
+
     /// The credentials that pass, in the order asked for, at most `limit`.
     fn apply(&self, mut credentials: Vec<CredentialInfo>) -> Vec<CredentialInfo> {
-        credentials.retain(|c| {
-            (self.state.is_empty()
-                || self
-                    .state
-                    .iter()
-                    .any(|state| state.label() == c.state.label()))
-                && self
-                    .name
-                    .as_deref()
-                    .is_none_or(|glob| glob_matches(glob, &c.name))
-        });
+        credentials.retain(|c| self.keeps(c));
         match self.sort {
             None => {}
             Some(SortKey::Name) => credentials.sort_by(|a, b| a.name.cmp(&b.name)),
@@ -280,58 +283,138 @@ pub(crate) fn glob_matches(glob: &str, text: &str) -> bool {
     glob[g..].iter().all(|&c| c == '*')
 }
 
+/// How many credentials `list` reads from the store at a time.
+const PAGE: usize = 1_000;
+
 pub(crate) async fn list<S: Store>(
     pool: &Pool<S>,
     format: Format,
     show_secrets: bool,
     filter: &Filter,
 ) -> Outcome {
-    let credentials = filter.apply(pool.list().await?);
     let secrets: HashMap<String, (String, Option<String>)> = if show_secrets {
         make_stdout_private();
         revealed(pool).await?
     } else {
         HashMap::new()
     };
-    let json_row = |c: &CredentialInfo| {
-        let mut row = info_json(c);
-        if let Some((secret, extra)) = secrets.get(&c.name) {
-            row["secret"] = json!(secret);
-            row["extra"] = json!(extra);
+    let mut out = Listing::new(format, show_secrets, &secrets);
+    if filter.sort.is_some() {
+        // An order of its own: every credential is read first.
+        for c in filter.apply(pool.list().await?) {
+            out.row(&c);
         }
-        row
-    };
-    match format {
-        Format::Json => {
-            let rows: Vec<Value> = credentials.iter().map(json_row).collect();
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
-            );
-            return Ok(());
-        }
-        Format::Ndjson => {
-            for c in &credentials {
-                outln!("{}", json_row(c));
+    } else {
+        // In the order they were added: a page at a time, written as it
+        // comes, so that `list | head` stops reading at once.
+        let (mut after, mut left) = (None, filter.limit.unwrap_or(usize::MAX));
+        while left > 0 {
+            let page = pool.list_page(after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            if after.is_some_and(|after| last.id <= after) {
+                // A store that does not move on: stop rather than repeat.
+                break;
             }
-            return Ok(());
+            after = Some(last.id);
+            for c in page.iter().filter(|c| filter.keeps(c)).take(left) {
+                out.row(c);
+                left -= 1;
+            }
+            out.flush();
         }
-        Format::Table => {}
     }
-    let now = SystemTime::now();
-    let mut rows = vec![vec![
-        "NAME".to_string(),
-        "STATE".into(),
-        "HELD".into(),
-        "HELD BY".into(),
-        "LAST USED".into(),
-        "USES".into(),
-        "NOTE".into(),
-    ]];
-    if show_secrets {
-        rows[0].extend(["SECRET".to_string(), "EXTRA".into()]);
+    let listed = out.finish();
+    if listed == 0 && format == Format::Table {
+        if filter.is_set() {
+            outln!("(no credential in pool `{}` matches)", pool.name());
+        } else {
+            outln!("(no credentials in pool `{}`)", pool.name());
+        }
     }
-    for c in &credentials {
+    Ok(())
+}
+
+/// `list`'s output, written as the rows come: JSON (an array, indented as
+/// serde_json writes one), a JSON object a line, or a table whose columns
+/// are as wide as the widest cell of its first page of rows.
+struct Listing<'a> {
+    format: Format,
+    secrets: &'a HashMap<String, (String, Option<String>)>,
+    now: SystemTime,
+    /// Text not written yet.
+    text: String,
+    /// The table's rows until its widths are known.
+    rows: Vec<Vec<String>>,
+    widths: Option<Vec<usize>>,
+    listed: usize,
+}
+
+impl<'a> Listing<'a> {
+    fn new(
+        format: Format,
+        show_secrets: bool,
+        secrets: &'a HashMap<String, (String, Option<String>)>,
+    ) -> Self {
+        let mut heading = vec![
+            "NAME".to_string(),
+            "STATE".into(),
+            "HELD".into(),
+            "HELD BY".into(),
+            "LAST USED".into(),
+            "USES".into(),
+            "NOTE".into(),
+        ];
+        if show_secrets {
+            heading.extend(["SECRET".to_string(), "EXTRA".into()]);
+        }
+        Self {
+            format,
+            secrets,
+            now: SystemTime::now(),
+            text: String::new(),
+            rows: vec![heading],
+            widths: None,
+            listed: 0,
+        }
+    }
+
+    fn row(&mut self, c: &CredentialInfo) {
+        self.listed += 1;
+        match self.format {
+            Format::Json | Format::Ndjson => {
+                let mut row = info_json(c);
+                if let Some((secret, extra)) = self.secrets.get(&c.name) {
+                    row["secret"] = json!(secret);
+                    row["extra"] = json!(extra);
+                }
+                if self.format == Format::Ndjson {
+                    self.text.push_str(&row.to_string());
+                    self.text.push('\n');
+                } else {
+                    self.text
+                        .push_str(if self.listed == 1 { "[\n" } else { ",\n" });
+                    let pretty = serde_json::to_string_pretty(&row).unwrap_or_default();
+                    for (i, line) in pretty.lines().enumerate() {
+                        if i > 0 {
+                            self.text.push('\n');
+                        }
+                        self.text.push_str("  ");
+                        self.text.push_str(line);
+                    }
+                }
+            }
+            Format::Table => {
+                let row = self.table_row(c);
+                self.rows.push(row);
+                if self.widths.is_some() || self.rows.len() > PAGE {
+                    self.lay_out();
+                }
+            }
+        }
+    }
+
+    fn table_row(&self, c: &CredentialInfo) -> Vec<String> {
+        let now = self.now;
         let note = match &c.state {
             CredentialState::CoolingDown { until } => format!(
                 "cooling for {}",
@@ -356,21 +439,41 @@ pub(crate) async fn list<S: Store>(
             c.use_count.to_string(),
             note,
         ];
-        if let Some((secret, extra)) = secrets.get(&c.name) {
+        if let Some((secret, extra)) = self.secrets.get(&c.name) {
             row.push(printable(secret));
             row.push(extra.as_deref().map(printable).unwrap_or_default());
         }
-        rows.push(row);
+        row
     }
-    print_table(&rows);
-    if credentials.is_empty() {
-        if filter.is_set() {
-            outln!("(no credential in pool `{}` matches)", pool.name());
-        } else {
-            outln!("(no credentials in pool `{}`)", pool.name());
+
+    /// Writes the table's rows held so far, its widths fixed by the first.
+    fn lay_out(&mut self) {
+        let widths = self.widths.get_or_insert_with(|| widths_of(&self.rows));
+        for row in self.rows.drain(..) {
+            self.text.push_str(&table_line(&row, widths));
+            self.text.push('\n');
         }
     }
-    Ok(())
+
+    /// Writes what is held.
+    fn flush(&mut self) {
+        if !self.text.is_empty() {
+            crate::cli::write_stdout(format_args!("{}", self.text));
+            self.text.clear();
+        }
+    }
+
+    /// Writes the rest; returns how many credentials were listed.
+    fn finish(mut self) -> usize {
+        match self.format {
+            Format::Json if self.listed == 0 => self.text.push_str("[]\n"),
+            Format::Json => self.text.push_str("\n]\n"),
+            Format::Ndjson => {}
+            Format::Table => self.lay_out(),
+        }
+        self.flush();
+        self.listed
+    }
 }
 
 pub(crate) fn stats(stats: &Stats, as_json: bool) -> Outcome {
@@ -714,24 +817,34 @@ pub(crate) fn shorten(name: &str) -> String {
 /// Prints rows as a table, each column as wide as its widest cell on a
 /// terminal, so that columns line up after wide (CJK) names too.
 pub(crate) fn print_table(rows: &[Vec<String>]) {
-    let count = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..count)
-        .map(|i| rows.iter().map(|row| columns(&row[i])).max().unwrap_or(0))
-        .collect();
+    let widths = widths_of(rows);
     for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            if !line.is_empty() {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(
-                ' ',
-                width.saturating_sub(columns(cell)),
-            ));
-        }
-        outln!("{}", line.trim_end());
+        outln!("{}", table_line(row, &widths));
     }
+}
+
+/// How many columns each column of `rows` takes: its widest cell.
+fn widths_of(rows: &[Vec<String>]) -> Vec<usize> {
+    let count = rows.first().map_or(0, Vec::len);
+    (0..count)
+        .map(|i| rows.iter().map(|row| columns(&row[i])).max().unwrap_or(0))
+        .collect()
+}
+
+/// A table's row, each cell padded to its column's width.
+fn table_line(row: &[String], widths: &[usize]) -> String {
+    let mut line = String::new();
+    for (cell, width) in row.iter().zip(widths) {
+        if !line.is_empty() {
+            line.push_str("  ");
+        }
+        line.push_str(cell);
+        line.extend(std::iter::repeat_n(
+            ' ',
+            width.saturating_sub(columns(cell)),
+        ));
+    }
+    line.trim_end().to_string()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::credential::{
     validate_name, Credential, CredentialInfo, NewCredential, ReleaseOutcome, Secret, Stats,
 };
 use crate::error::{Error, Result};
-use crate::ids::LeaseToken;
+use crate::ids::{CredentialId, LeaseToken};
 use crate::store::memory::MemoryStore;
 use crate::store::{
     ExpiredLease, Grant, GrantAnswer, GrantAttempt, Granting, Leaving, OnBusy, OnDuplicate, Seat,
@@ -1313,6 +1313,42 @@ impl<S: Store> Pool<S> {
     pub async fn list(&self) -> Result<Vec<CredentialInfo>> {
         self.after_earlier_work().await;
         self.shared.store.list().await
+    }
+
+    /// At most `limit` credentials, without secrets, in the order they were
+    /// added (id order), after the credential `after` (`None`: from the
+    /// first): a large pool read a page at a time, each page's last id the
+    /// next one's `after`, without holding it all in memory. Each page is
+    /// read as it is then.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// pool.add_many((0..250).map(|i| NewCredential::new(format!("bot-{i}"), "key")))
+    ///     .await?;
+    /// let (mut after, mut seen) = (None, 0);
+    /// loop {
+    ///     let page = pool.list_page(after, 100).await?;
+    ///     let Some(last) = page.last() else { break };
+    ///     after = Some(last.id);
+    ///     seen += page.len();
+    /// }
+    /// assert_eq!(seen, 250);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`list`](Pool::list).
+    pub async fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
+        self.after_earlier_work().await;
+        self.shared.store.list_page(after, limit).await
     }
 
     /// Every credential with its secret and extra text, for an operator who

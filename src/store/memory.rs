@@ -1078,14 +1078,25 @@ impl Admin for MemoryStore {
     }
 
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        self.list_page(None, usize::MAX).await
+    }
+
+    async fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
         let now = now_ms();
         let mut state = self.lock();
         state.reclaim(now, &mut Vec::new());
+        let first = after.map_or(0, |after| (after.get() as usize).saturating_add(1));
         Ok(state
             .slots
             .iter()
             .enumerate()
+            .skip(first)
             .filter_map(|(index, slot)| Some(state.info(index, slot.as_ref()?, now)))
+            .take(limit)
             .collect())
     }
 

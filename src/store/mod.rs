@@ -16,7 +16,7 @@ use crate::credential::{
     Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::Result;
-use crate::ids::{LeaseId, LeaseToken};
+use crate::ids::{CredentialId, LeaseId, LeaseToken};
 
 mod line;
 pub mod memory;
@@ -496,6 +496,31 @@ pub trait Admin: Send + Sync + 'static {
     /// Dropping the future must change nothing, except that the store may
     /// have reclaimed expired leases, as a grant does.
     fn list(&self) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send;
+
+    /// At most `limit` credentials, without secrets, in id order, after
+    /// the credential `after` (from the first with `None`): a page of
+    /// [`list`](Admin::list), to read a large pool a piece at a time. The
+    /// default reads the whole list and keeps the page; a store of many
+    /// credentials reads only the page.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`list`](Admin::list).
+    fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<CredentialInfo>>> + Send {
+        async move {
+            Ok(self
+                .list()
+                .await?
+                .into_iter()
+                .filter(|credential| after.is_none_or(|after| credential.id > after))
+                .take(limit)
+                .collect())
+        }
+    }
 
     /// Every credential with its secret and extra text, in id order.
     ///

@@ -78,6 +78,7 @@ macro_rules! conformance_suite {
             stats_count_every_grant_in_uses,
             list_shows_who_holds_each_lease_and_until_when,
             a_large_add_keeps_every_field_and_is_all_or_nothing,
+            list_pages_cover_the_list_in_order,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1677,6 +1678,40 @@ pub async fn list_shows_who_holds_each_lease_and_until_when<F: Factory>(factory:
     two.release().await.unwrap();
     handed.release().await.unwrap();
     assert!(leases_of_a(pool.clone()).await.is_empty());
+}
+
+/// Pages of `list_page`, each after the last id of the one before, give
+/// the whole list in order, each credential once, and nothing past the end.
+pub async fn list_pages_cover_the_list_in_order<F: Factory>(factory: &F) {
+    let names: Vec<String> = (0..25).map(|i| format!("paged-{i}")).collect();
+    let pool = pool_with(
+        factory,
+        None,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    for gone in ["paged-0", "paged-9", "paged-10", "paged-24"] {
+        pool.remove(gone).await.unwrap();
+    }
+    let held = pool.acquire().await.unwrap();
+    let whole = pool.list().await.unwrap();
+    assert_eq!(whole.len(), 21);
+    let (mut after, mut paged) = (None, Vec::new());
+    loop {
+        let page = pool.list_page(after, 10).await.unwrap();
+        assert!(page.len() <= 10);
+        let Some(last) = page.last() else { break };
+        assert!(after.is_none_or(|after| last.id > after), "no page repeats");
+        after = Some(last.id);
+        paged.extend(page);
+        assert!(paged.len() <= whole.len(), "{paged:?}");
+    }
+    assert_eq!(paged, whole, "the pages, end to end, are the list");
+    assert!(pool.list_page(after, 10).await.unwrap().is_empty());
+    assert!(pool.list_page(None, 0).await.unwrap().is_empty());
+    let from_middle = pool.list_page(Some(whole[4].id), 3).await.unwrap();
+    assert_eq!(from_middle, whole[5..8].to_vec());
+    held.release().await.unwrap();
 }
 
 /// A large add (an import: the SQLite store stages one beside its

@@ -239,16 +239,28 @@ impl Inner {
         }
     }
 
-    pub(super) async fn list(&self) -> Result<Vec<CredentialInfo>> {
+    /// At most `limit` credentials after the one `after`, in id order.
+    pub(super) async fn list(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
         let conn = self.connections.get().await?;
-        let list = self.sql.list();
-        let pool: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pool];
-        let (rows, limits, leases) = tokio::join!(
-            conn.client.query(&list, &pool),
-            self.limits_of_pool(&conn),
-            self.leases_of_pool(&conn)
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = conn
+            .client
+            .query(&self.sql.list(), &[&self.pool, &after, &limit])
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(Vec::new());
+        };
+        let last: i64 = last.column(0, "credentials.id")?;
+        let (limits, leases) = tokio::join!(
+            self.limits_of_ids(&conn, after, last),
+            self.leases_of_ids(&conn, after, last)
         );
-        let (rows, mut limits, mut leases) = (rows?, limits?, leases?);
+        let (mut limits, mut leases) = (limits?, leases?);
         rows.iter()
             .map(|row| {
                 let id: i64 = row.column(0, "credentials.id")?;
@@ -281,11 +293,17 @@ impl Inner {
             .collect()
     }
 
-    /// The leases of the pool not past their expiry, by credential, oldest first.
-    async fn leases_of_pool(&self, conn: &Conn) -> Result<HashMap<i64, Vec<LeaseInfo>>> {
+    /// The leases of the pool's credentials with ids in `(after, last]` not
+    /// past their expiry, by credential, oldest first.
+    async fn leases_of_ids(
+        &self,
+        conn: &Conn,
+        after: i64,
+        last: i64,
+    ) -> Result<HashMap<i64, Vec<LeaseInfo>>> {
         let rows = conn
             .client
-            .query(&self.sql.leases_of_pool(), &[&self.pool])
+            .query(&self.sql.leases_of_ids(), &[&self.pool, &after, &last])
             .await?;
         let mut leases: HashMap<i64, Vec<LeaseInfo>> = HashMap::new();
         for row in rows {

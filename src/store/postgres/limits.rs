@@ -161,19 +161,26 @@ impl Inner {
         Ok(changed.max(0) as u64)
     }
 
-    /// Every credential's limits in the pool, by credential id, for `list`.
-    pub(super) async fn limits_of_pool(&self, conn: &Conn) -> Result<HashMap<i64, Vec<Limit>>> {
-        let pool: [&(dyn ToSql + Sync); 1] = [&self.pool];
+    /// The limits of the pool's credentials with ids in `(after, last]`, by
+    /// credential id, for `list`.
+    pub(super) async fn limits_of_ids(
+        &self,
+        conn: &Conn,
+        after: i64,
+        last: i64,
+    ) -> Result<HashMap<i64, Vec<Limit>>> {
+        let params: [&(dyn ToSql + Sync); 3] = [&self.pool, &after, &last];
         let rows = conn
             .client
             .query(
                 &format!(
                     "SELECT credential_id, scope, rate_count, rate_window_ms, log, until, remaining,
                             inherited
-                     FROM {} WHERE pool = $1 ORDER BY credential_id, scope",
+                     FROM {} WHERE pool = $1 AND credential_id > $2 AND credential_id <= $3
+                     ORDER BY credential_id, scope",
                     self.limits_table()
                 ),
-                &pool,
+                &params,
             )
             .await?;
         let mut limits: HashMap<i64, Vec<Limit>> = HashMap::new();

@@ -455,7 +455,8 @@ fn grant_units(schema: &str, holder: bool) -> String {
 pub(crate) const THIS_HOLDER: &str = "current_setting('credpool.holder', true)";
 
 /// 6 -> 7: who holds each lease, so that an operator can tell a dead
-/// process's lease from a live one. Statements that do not name the column
+/// process's lease from a live one; and an index to list a pool a page at
+/// a time. Statements that do not name the column
 /// write this connection's holder; hand-offs write none, and the claim
 /// writes the claimer.
 pub(crate) fn holders(schema: &str) -> String {
@@ -464,6 +465,9 @@ pub(crate) fn holders(schema: &str) -> String {
          -- migrating connection's holder.
          ALTER TABLE \"{schema}\".leases ADD COLUMN holder text;
          ALTER TABLE \"{schema}\".leases ALTER COLUMN holder SET DEFAULT {THIS_HOLDER};
+         -- A pool's credentials in the order they were added, a page at a
+         -- time (`list`).
+         CREATE INDEX credentials_in_pool ON \"{schema}\".credentials (pool, id);
          {}",
         grant_units(schema, true)
     )

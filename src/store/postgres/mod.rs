@@ -78,7 +78,7 @@ use crate::credential::{
     Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::{Error, InvalidInput, Result};
-use crate::ids::LeaseToken;
+use crate::ids::{CredentialId, LeaseToken};
 use crate::store::{
     Added, Admin, GrantAnswer, GrantAttempt, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate,
     Options, Progress, Receipt, StoreSettings, Want, DEFAULT_TICKET_TTL,
@@ -618,10 +618,18 @@ impl Admin for PostgresStore {
     }
 
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
+        self.list_page(None, usize::MAX).await
+    }
+
+    async fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
         let inner = self.inner.clone();
         self.run(async move {
             inner.reclaim(&*inner.connections.get().await?).await?;
-            inner.list().await
+            inner.list(after, limit).await
         })
         .await
     }

@@ -871,21 +871,25 @@ impl Sql {
         )
     }
 
-    /// `$1` pool. Every credential without its secret, and the server's time.
+    /// `$1` pool, `$2` the id after which, `$3` at most how many. The
+    /// credentials without their secrets, in id order, and the server's time.
     pub(crate) fn list(&self) -> String {
         format!(
             "SELECT id, name, capacity, holders, disabled_reason, cooling_until,
                     extra IS NOT NULL, last_used_at, use_count, created_at, {NOW}
-             FROM {} WHERE pool = $1 ORDER BY id",
+             FROM {} WHERE pool = $1 AND id > $2 ORDER BY id LIMIT $3",
             self.credentials
         )
     }
 
-    /// `$1` pool. The leases not past their expiry, oldest first.
-    pub(crate) fn leases_of_pool(&self) -> String {
+    /// `$1` pool, credential ids in `($2, $3]`. The leases not past their
+    /// expiry, oldest first.
+    pub(crate) fn leases_of_ids(&self) -> String {
         format!(
             "SELECT credential_id, holder, acquired_at, expires_at, units FROM {}
-             WHERE pool = $1 AND (expires_at IS NULL OR expires_at > {NOW}) ORDER BY id",
+             WHERE pool = $1 AND (expires_at IS NULL OR expires_at > {NOW})
+               AND credential_id > $2 AND credential_id <= $3
+             ORDER BY id",
             self.leases
         )
     }

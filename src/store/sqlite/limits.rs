@@ -308,16 +308,21 @@ pub(crate) fn reset(ctx: &Ctx<'_>, id: i64, scope: Option<&str>) -> rusqlite::Re
     Ok(changed)
 }
 
-/// Every credential's limits in `pool`, by credential id, for `list`.
-pub(crate) fn of_pool(
+/// The limits of the credentials of `pool` with ids in `(after, last]`, by
+/// credential id, for `list`.
+pub(crate) fn of_ids(
     connection: &Connection,
     pool: &str,
+    after: i64,
+    last: i64,
 ) -> rusqlite::Result<HashMap<i64, Vec<Limit>>> {
     let mut limits: HashMap<i64, Vec<Limit>> = HashMap::new();
     let mut statement = connection.prepare_cached(&format!(
-        "SELECT {COLUMNS}, credential_id FROM limits WHERE pool = ?1 ORDER BY credential_id, scope"
+        "SELECT {COLUMNS}, credential_id FROM limits
+         WHERE pool = ?1 AND credential_id > ?2 AND credential_id <= ?3
+         ORDER BY credential_id, scope"
     ))?;
-    let mut rows = statement.query([pool])?;
+    let mut rows = statement.query(params![pool, after, last])?;
     while let Some(row) = rows.next()? {
         limits.entry(row.get(7)?).or_default().push(limit_of(row)?);
     }

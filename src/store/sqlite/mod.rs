@@ -59,7 +59,7 @@ use crate::credential::{
     Credential, CredentialChange, CredentialInfo, NewCredential, PoolSummary, ReleaseOutcome, Stats,
 };
 use crate::error::{Error, Result};
-use crate::ids::LeaseToken;
+use crate::ids::{CredentialId, LeaseToken};
 use crate::store::{
     Added, Admin, GrantAnswer, Granting, Leases, Leaving, Line, OnBusy, OnDuplicate, Options,
     Progress, Receipt, StoreSettings, Want, DEFAULT_TICKET_TTL,
@@ -728,6 +728,15 @@ impl Admin for SqliteStore {
     async fn list(&self) -> Result<Vec<CredentialInfo>> {
         self.settle_for_read().await?;
         self.reader.list().await
+    }
+
+    async fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
+        self.settle_for_read().await?;
+        self.reader.list_page(after, limit).await
     }
 
     async fn reveal(&self) -> Result<Vec<Credential>> {

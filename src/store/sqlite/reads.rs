@@ -91,10 +91,21 @@ impl Reader {
     /// Every credential, without secrets, in id order; a lease past its
     /// expiry is not counted as a holder, reclaimed or not.
     pub(crate) async fn list(&self) -> Result<Vec<CredentialInfo>> {
-        self.read(|connection, pool, now_ms| {
-            // Two statements, one snapshot: a read transaction.
+        self.list_page(None, usize::MAX).await
+    }
+
+    /// At most `limit` credentials after the one `after`, as [`Reader::list`].
+    pub(crate) async fn list_page(
+        &self,
+        after: Option<CredentialId>,
+        limit: usize,
+    ) -> Result<Vec<CredentialInfo>> {
+        let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |connection, pool, now_ms| {
+            // Three statements, one snapshot: a read transaction.
             connection.execute_batch("BEGIN DEFERRED")?;
-            let listed = list_in(connection, pool, now_ms);
+            let listed = list_in(connection, pool, now_ms, after, limit);
             connection.execute_batch("COMMIT")?;
             listed
         })
@@ -102,63 +113,78 @@ impl Reader {
     }
 }
 
+/// The credentials of `pool` after the id `after`, at most `limit`, in id
+/// order, with their limits and live leases.
 fn list_in(
     connection: &rusqlite::Connection,
     pool: &str,
     now_ms: i64,
+    after: i64,
+    limit: i64,
 ) -> rusqlite::Result<Vec<CredentialInfo>> {
-    let mut limits = super::limits::of_pool(connection, pool)?;
-    let mut leases = leases_of_pool(connection, pool, now_ms)?;
-    {
-        {
-            let mut statement = connection.prepare_cached(&format!(
-                "{EXPIRED} SELECT id, name, capacity, holders - coalesce(expired.n, 0),
-                        disabled_reason, cooling_until,
-                        extra IS NOT NULL, last_used_at, use_count, created_at
-                 FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
-                 WHERE pool = ?1 ORDER BY id"
-            ))?;
-            let now = from_ms(now_ms);
-            let rows = statement.query_map(params![pool, now_ms], |row| {
-                let id: i64 = row.get(0)?;
-                let stored = StoredCredential {
-                    id: CredentialId::new(unsigned(id)?),
-                    name: row.get(1)?,
-                    capacity: row.get(2)?,
-                    holders: row.get(3)?,
-                    disabled_reason: row.get(4)?,
-                    cooling_until: row.get::<_, Option<i64>>(5)?.map(from_ms),
-                    has_extra: row.get(6)?,
-                    last_used_at: row.get::<_, Option<i64>>(7)?.map(from_ms),
-                    use_count: unsigned(row.get(8)?)?,
-                    created_at: from_ms(row.get(9)?),
-                    limits: limits
-                        .remove(&id)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|limit| limit.info(now_ms))
-                        .collect(),
-                    leases: leases.remove(&id).unwrap_or_default(),
-                };
-                Ok(CredentialInfo::new(stored, now))
-            })?;
-            rows.collect()
-        }
-    }
+    let mut statement = connection.prepare_cached(&format!(
+        "{EXPIRED} SELECT id, name, capacity, holders - coalesce(expired.n, 0),
+                disabled_reason, cooling_until,
+                extra IS NOT NULL, last_used_at, use_count, created_at
+         FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
+         WHERE pool = ?1 AND id > ?3 ORDER BY id LIMIT ?4"
+    ))?;
+    let rows = statement.query_map(params![pool, now_ms, after, limit], |row| {
+        Ok(StoredCredential {
+            id: CredentialId::new(unsigned(row.get(0)?)?),
+            name: row.get(1)?,
+            capacity: row.get(2)?,
+            holders: row.get(3)?,
+            disabled_reason: row.get(4)?,
+            cooling_until: row.get::<_, Option<i64>>(5)?.map(from_ms),
+            has_extra: row.get(6)?,
+            last_used_at: row.get::<_, Option<i64>>(7)?.map(from_ms),
+            use_count: unsigned(row.get(8)?)?,
+            created_at: from_ms(row.get(9)?),
+            limits: Vec::new(),
+            leases: Vec::new(),
+        })
+    })?;
+    let stored = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let Some(last) = stored.last().map(|c| c.id.get() as i64) else {
+        return Ok(Vec::new());
+    };
+    let mut limits = super::limits::of_ids(connection, pool, after, last)?;
+    let mut leases = leases_of_ids(connection, pool, now_ms, after, last)?;
+    let now = from_ms(now_ms);
+    Ok(stored
+        .into_iter()
+        .map(|mut stored| {
+            let id = stored.id.get() as i64;
+            stored.limits = limits
+                .remove(&id)
+                .unwrap_or_default()
+                .iter()
+                .map(|limit| limit.info(now_ms))
+                .collect();
+            stored.leases = leases.remove(&id).unwrap_or_default();
+            CredentialInfo::new(stored, now)
+        })
+        .collect())
 }
 
-/// The leases of `pool` not past their expiry, by credential, oldest first.
-fn leases_of_pool(
+/// The leases of `pool`'s credentials with ids in `(after, last]` not past
+/// their expiry, by credential, oldest first.
+fn leases_of_ids(
     connection: &rusqlite::Connection,
     pool: &str,
     now_ms: i64,
+    after: i64,
+    last: i64,
 ) -> rusqlite::Result<HashMap<i64, Vec<LeaseInfo>>> {
     let mut leases: HashMap<i64, Vec<LeaseInfo>> = HashMap::new();
     let mut statement = connection.prepare_cached(
         "SELECT credential_id, holder, acquired_at, expires_at, units FROM leases
-         WHERE pool = ?1 AND (expires_at IS NULL OR expires_at > ?2) ORDER BY id",
+         WHERE pool = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+           AND credential_id > ?3 AND credential_id <= ?4
+         ORDER BY id",
     )?;
-    let mut rows = statement.query(params![pool, now_ms])?;
+    let mut rows = statement.query(params![pool, now_ms, after, last])?;
     while let Some(row) = rows.next()? {
         leases.entry(row.get(0)?).or_default().push(LeaseInfo::new(
             row.get(1)?,

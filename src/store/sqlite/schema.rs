@@ -127,9 +127,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tickets ADD COLUMN units INTEGER NOT NULL DEFAULT 1 CHECK (units >= 1);
     ",
     // 5 -> 6: who holds a lease (`<process id>@<host name>`), so that an
-    // operator can tell a dead process's lease from a live one.
+    // operator can tell a dead process's lease from a live one; a pool's
+    // credentials in the order they were added, a page at a time (`list`).
     "
     ALTER TABLE leases ADD COLUMN holder TEXT;
+    CREATE INDEX credentials_in_pool ON credentials (pool, id);
     ",
 ];
 
