@@ -2182,3 +2182,54 @@ fn list_reads_a_large_pool_a_page_at_a_time() {
     assert_eq!(names[11], "acct-200", "acct-2, acct-20..29, then acct-200");
     assert_eq!(names[299], "acct-2188", "then acct-2000 to acct-2188");
 }
+
+/// The common flags have short forms: `-d` and `-p` (any command), `-j`,
+/// `-s`/`-n`/`-l` on list, `-c`, `-t`/`-w` on acquire, `-r`, `-f`, and
+/// `-i`/`-n` on watch.
+#[test]
+fn short_flags_for_the_common_ones() {
+    let db = fresh_db("short-flags");
+    let short = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_credpool"))
+            .env_remove("CREDPOOL_DB")
+            .arg("-d")
+            .arg(&db)
+            .args(["-p", "team"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        ok(&child.wait_with_output().unwrap())
+    };
+    short(&["add", "bot-1", "--secret-stdin", "-c", "3"], "s");
+    short(&["add", "bot-2", "--secret-stdin"], "s");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&short(
+        &["list", "-s", "available", "-n", "bot-*", "-l", "1", "-j"],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["name"], "bot-1");
+    assert_eq!(listed[0]["capacity"], 3, "-c set the capacity");
+    let lease: serde_json::Value = serde_json::from_str(&short(
+        &["acquire", "-n", "bot-2", "-t", "1m", "-w", "1s", "-j"],
+        "",
+    ))
+    .unwrap();
+    assert_eq!(lease["name"], "bot-2");
+    short(&["disable", "bot-1", "-r", "banned"], "");
+    short(&["remove", "bot-2", "-f"], "");
+    let left = list_json_of(&db, "team");
+    assert_eq!(left.len(), 1, "-p named the pool: {left:?}");
+    assert_eq!(left[0]["state"], "disabled");
+    assert!(short(&["watch", "-i", "100ms", "-n", "1"], "").contains("disabled 1"));
+}

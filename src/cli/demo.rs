@@ -14,18 +14,18 @@ use super::{Failure, Outcome, Place};
 #[derive(clap::Args, Debug)]
 pub(crate) struct DemoArgs {
     /// How many workers run at once.
-    #[arg(long, default_value_t = 300)]
+    #[arg(short, long, default_value_t = 300)]
     workers: usize,
     /// How many demo credentials to create when the pool is empty
     /// [default: 100].
-    #[arg(long)]
+    #[arg(short, long)]
     credentials: Option<usize>,
     /// How long one piece of work takes, in milliseconds: MIN..MAX.
     #[arg(long, default_value = "20..200", value_parser = parse_range)]
     work_ms: (u64, u64),
     /// Stop after this long, e.g. 30s, 10m or 2.5 (seconds) (default: run
     /// until Ctrl-C, SIGTERM or SIGHUP).
-    #[arg(long, value_parser = super::duration::parse, value_name = "DURATION")]
+    #[arg(short = 't', long, value_parser = super::duration::parse, value_name = "DURATION")]
     duration: Option<Duration>,
     /// How long a lease lives unless renewed: a killed demo's leases come
     /// back after this, e.g. 30s (default: the store's, 5 minutes on a

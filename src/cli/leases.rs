@@ -12,20 +12,20 @@ use super::{duration, Failure, Outcome};
 #[derive(clap::Args, Debug)]
 pub(crate) struct AcquireArgs {
     /// A credential that may serve this scope now (an endpoint, say).
-    #[arg(long)]
+    #[arg(short, long)]
     scope: Option<String>,
     /// This credential, and no other.
-    #[arg(long, value_name = "NAME")]
+    #[arg(short, long, value_name = "NAME")]
     name: Option<String>,
     /// Take this many units of one credential's capacity at once (a heavy
     /// job); they count as as many grants against its quotas.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(credpool::MAX_UNITS)), value_name = "N")]
     units: u32,
     /// How long the lease lives unless released first.
-    #[arg(long, default_value = "60s", value_parser = duration::parse_positive, value_name = "DURATION")]
+    #[arg(short, long, default_value = "60s", value_parser = duration::parse_positive, value_name = "DURATION")]
     pub(crate) ttl: Duration,
     /// How long to wait for a credential to come free [default: 0, not at all].
-    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(short, long, value_parser = duration::parse, value_name = "DURATION")]
     wait: Option<Duration>,
     /// Print JSON.
     #[arg(short, long)]

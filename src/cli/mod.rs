@@ -78,7 +78,7 @@ const GLOBAL: &str = "Global options (any command)";
 )]
 struct Args {
     /// The store file [default: $CREDPOOL_DB, else credpool.db].
-    #[arg(long, global = true, help_heading = GLOBAL, value_name = "PATH")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, value_name = "PATH")]
     db: Option<PathBuf>,
 
     /// A store in this process's memory instead of the file, for demo and
@@ -101,7 +101,7 @@ struct Args {
 
     /// The pool within the store [default: default; demo: demo, so that a
     /// demo never touches real credentials].
-    #[arg(long, global = true, help_heading = GLOBAL, value_name = "NAME")]
+    #[arg(short, long, global = true, help_heading = GLOBAL, value_name = "NAME")]
     pool: Option<String>,
 
     /// How long a waiter's ticket in the store's waiting line outlives its
@@ -151,7 +151,7 @@ enum Command {
         #[arg(long)]
         extra: Option<String>,
         /// How many workers may hold it at once.
-        #[arg(long, default_value_t = 1)]
+        #[arg(short, long, default_value_t = 1)]
         capacity: u32,
         /// A quota: at most N grants in any window of DURATION (400/15m),
         /// over every grant, or those of --scope.
@@ -240,7 +240,7 @@ enum Command {
         #[arg(long)]
         disabled: bool,
         /// Remove it even while leased; its holders' releases will fail.
-        #[arg(long)]
+        #[arg(short, long)]
         force: bool,
     },
 
@@ -250,7 +250,7 @@ enum Command {
         /// The credential's name.
         name: String,
         /// Why (shown by list).
-        #[arg(long)]
+        #[arg(short, long)]
         reason: String,
     },
 
@@ -266,7 +266,7 @@ enum Command {
         /// The credential's name.
         name: String,
         /// How many workers may hold it at once.
-        #[arg(long)]
+        #[arg(short, long)]
         capacity: Option<u32>,
         /// Read the new secret from stdin (asked without echo at a terminal).
         #[arg(long, conflicts_with_all = ["secret_env", "extra_stdin"])]
@@ -368,13 +368,13 @@ enum Command {
     #[command(after_help = "Example:\n  credpool watch --interval 500ms")]
     Watch {
         /// How often to refresh: 500ms, 2s, or seconds (at least 50ms).
-        #[arg(long, default_value = "1s", value_parser = duration::parse_positive, value_name = "DURATION")]
+        #[arg(short, long, default_value = "1s", value_parser = duration::parse_positive, value_name = "DURATION")]
         interval: Duration,
         /// The refresh interval in milliseconds (older spelling of --interval).
         #[arg(long, hide = true, conflicts_with = "interval")]
         interval_ms: Option<u64>,
         /// Stop after this many refreshes (default: until Ctrl-C).
-        #[arg(long)]
+        #[arg(short = 'n', long)]
         count: Option<u64>,
     },
 

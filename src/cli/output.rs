@@ -172,17 +172,17 @@ pub(crate) enum Format {
 pub(crate) struct Filter {
     /// Only credentials in these states (available, leased, cooling,
     /// disabled; several with commas).
-    #[arg(long, value_delimiter = ',', value_enum)]
+    #[arg(short, long, value_delimiter = ',', value_enum)]
     state: Vec<StateName>,
     /// Only names that match this pattern: `*` for any run of characters,
     /// `?` for one (quote it from the shell).
-    #[arg(long, value_name = "GLOB")]
+    #[arg(short, long, value_name = "GLOB")]
     name: Option<String>,
     /// The order [default: as added].
     #[arg(long, value_enum)]
     sort: Option<SortKey>,
     /// At most this many.
-    #[arg(long, value_name = "N")]
+    #[arg(short, long, value_name = "N")]
     limit: Option<usize>,
 }
 

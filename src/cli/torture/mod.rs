@@ -31,7 +31,7 @@ use super::{ChildPlace, Failure, Outcome, Place};
 #[derive(clap::Args, Debug)]
 pub(crate) struct TortureArgs {
     /// How long the workers run: 90s, 10m, 1h, or seconds.
-    #[arg(long, default_value = "10s", value_parser = super::duration::parse_positive, value_name = "DURATION")]
+    #[arg(short = 't', long, default_value = "10s", value_parser = super::duration::parse_positive, value_name = "DURATION")]
     duration: Duration,
     /// How many workers run at once (processes; tasks with --memory).
     #[arg(long, default_value_t = 4)]
