@@ -1105,6 +1105,33 @@ fn a_short_torture_run_finds_nothing_wrong() {
     common::assert_clean_torture_report(&report);
 }
 
+/// `credpool torture --faults` on a URL that asks for TLS: its fault
+/// injector connects as the store does (over TLS, the test CA trusted)
+/// and ends the workers' connections, and the checker finds nothing wrong.
+#[test]
+fn a_torture_run_over_tls_ends_connections() {
+    let ca = std::env::var("CREDPOOL_TEST_POSTGRES_CA")
+        .expect("CREDPOOL_TEST_POSTGRES_CA: run the tests through scripts/with-postgres.sh");
+    let schema = fresh_schema("torture_tls");
+    let secure = format!("{}?sslmode=require&sslrootcert={ca}", url());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .args(["--url", &secure, "--schema", &schema])
+        .args(["torture", "--faults", "--duration", "5", "--processes", "2"])
+        .args(["--tasks", "4", "--kill-every", "1", "--lease-ttl", "700ms"])
+        .env_remove("CREDPOOL_DB")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}\n{said}");
+    assert!(!said.contains("cannot reach"), "{said}");
+    assert!(
+        report.contains("connections ended by pg_terminate_backend"),
+        "the injector ended connections over TLS: {report}"
+    );
+    common::assert_clean_torture_report(&report);
+}
+
 /// Item 24 of the defects issue: a lease dropped on a thread without a
 /// runtime is released on the runtime the store was opened on, at once,
 /// not when its TTL runs out.

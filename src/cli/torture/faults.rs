@@ -120,14 +120,15 @@ pub(crate) async fn terminate_connections(
             .as_ref()
             .is_none_or(|client: &tokio_postgres::Client| client.is_closed())
         {
-            client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                Ok((client, connection)) => {
-                    tokio::spawn(connection);
-                    Some(client)
-                }
+            // Connected as the store is, over TLS when the URL asks.
+            let connected = match credpool::store::postgres::PostgresStore::options_url(&url) {
+                Ok(options) => options.connect().await,
+                Err(error) => Err(error),
+            };
+            client = match connected {
+                Ok(client) => Some(client),
                 Err(error) => {
-                    // The server may be restarting; but say so once, for a
-                    // URL this plain client cannot use (TLS settings, say).
+                    // The server may be restarting; say so once.
                     if !warned {
                         eprintln!(
                             "torture: the fault injector cannot reach the server to end \

@@ -166,6 +166,23 @@ impl Options<Postgres> {
         location(&self.own.config, &self.own.schema)
     }
 
+    /// A connection of the caller's own to the server, made as the
+    /// store's are (over TLS when `sslmode` asks, trusting the same
+    /// certificates), for SQL the store does not run: `credpool torture
+    /// --faults` ends the workers' connections on one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Postgres`] when the server cannot be reached, with the
+    /// fix when it is TLS's.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let tls = Tls::new(&self.own.config, self.own.root_certificates.as_deref())?;
+        let location = location(&self.own.config, &self.own.schema);
+        connections::connect(&self.own.config, &tls)
+            .await
+            .map_err(|error| at(&location, error))
+    }
+
     /// Connects, creates or migrates the schema, and starts listening.
     ///
     /// # Errors
