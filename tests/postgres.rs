@@ -1318,3 +1318,72 @@ async fn a_lease_handed_to_another_store_records_its_claimer() {
         handed.release().await.unwrap();
     }
 }
+
+/// Across processes on Postgres: a lease granted by one `credpool acquire`
+/// records that process, and a lease handed to another process waiting in
+/// the line records the waiter's process (its claim), not the releaser's.
+#[test]
+fn holders_across_processes() {
+    let schema = fresh_schema("holders_processes");
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_credpool"));
+        command
+            .args(["--url", &url(), "--schema", &schema])
+            .args(args)
+            .env_remove("CREDPOOL_DB")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let run = |args: &[&str]| {
+        let output = command(args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "credpool {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    let holder = || -> String {
+        let listed: serde_json::Value = serde_json::from_str(&run(&["list", "--json"])).unwrap();
+        let leases = &listed[0]["leases"];
+        assert_eq!(leases.as_array().map(Vec::len), Some(1), "{listed}");
+        leases[0]["holder"].as_str().unwrap_or_default().to_string()
+    };
+    run(&["init"]);
+    let mut add = command(&["add", "only", "--secret-env", "SECRET"]);
+    assert!(add.env("SECRET", "s").status().unwrap().success());
+    let first = command(&["acquire", "--ttl", "1m", "--json"])
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    let lease: serde_json::Value =
+        serde_json::from_slice(&first.wait_with_output().unwrap().stdout).unwrap();
+    assert!(holder().starts_with(&format!("{first_pid}@")));
+    let second = command(&["acquire", "--ttl", "1m", "--wait", "30s", "--json"])
+        .spawn()
+        .unwrap();
+    let second_pid = second.id();
+    let started = std::time::Instant::now();
+    loop {
+        let stats: serde_json::Value = serde_json::from_str(&run(&["stats", "--json"])).unwrap();
+        if stats["waiters"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the second waits"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run(&["release", lease["token"].as_str().unwrap()]);
+    let output = second.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(
+        holder().starts_with(&format!("{second_pid}@")),
+        "the waiter's process holds what it was handed: {}",
+        holder()
+    );
+}

@@ -130,6 +130,49 @@ async fn a_version_5_file_is_migrated_and_records_holders() {
     conformance::holders_are_recorded_after_a_migration(&pool).await;
 }
 
+/// A default quota set while a large import stages its entries (beside
+/// the store thread) reaches every imported credential, as it would have
+/// reached them had they been added first: the import stages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_quota_set_while_a_large_import_stages_reaches_it() {
+    let path = fresh_path("import-default");
+    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
+    let rate: credpool::Rate = "9/1h".parse().unwrap();
+    let runtime = tokio::runtime::Handle::current();
+    let setter = pool.clone();
+    let set = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set_once = set.clone();
+    let added = pool
+        .add_many_with_progress(
+            (0..20_000).map(|i| NewCredential::new(format!("bulk-{i}"), "s")),
+            false,
+            move |written| {
+                if written == 10_000 && !set_once.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    runtime
+                        .block_on(setter.set_default_rate(Some("search"), Some(rate)))
+                        .unwrap();
+                }
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, 20_000);
+    assert!(
+        set.load(std::sync::atomic::Ordering::Relaxed),
+        "set during staging"
+    );
+    let listed = pool.list().await.unwrap();
+    let without = listed
+        .iter()
+        .filter(|c| {
+            !c.limits
+                .iter()
+                .any(|limit| limit.scope.as_deref() == Some("search") && limit.default)
+        })
+        .count();
+    assert_eq!(without, 0, "every imported credential has the default");
+}
+
 #[tokio::test]
 async fn quota_state_survives_reopening() {
     let path = fresh_path("reopen-quota");

@@ -256,10 +256,20 @@ impl Inner {
             return Ok(Vec::new());
         };
         let last: i64 = last.column(0, "credentials.id")?;
-        let (limits, leases) = tokio::join!(
-            self.limits_of_ids(&conn, after, last),
-            self.leases_of_ids(&conn, after, last)
-        );
+        let mut held = false;
+        for row in &rows {
+            held |= row.unsigned32(3, "credentials.holders")? > 0;
+        }
+        // Leases are not indexed by credential: a page that holds none
+        // does not scan them.
+        let leases = async {
+            if held {
+                self.leases_of_ids(&conn, after, last).await
+            } else {
+                Ok(HashMap::new())
+            }
+        };
+        let (limits, leases) = tokio::join!(self.limits_of_ids(&conn, after, last), leases);
         let (mut limits, mut leases) = (limits?, leases?);
         rows.iter()
             .map(|row| {

@@ -451,8 +451,9 @@ fn grant_units(schema: &str, holder: bool) -> String {
 }
 
 /// The holder this connection grants for (`<process id>@<host name>`),
-/// set when it connects; NULL on a connection of a build before holders.
-pub(crate) const THIS_HOLDER: &str = "current_setting('credpool.holder', true)";
+/// set when it connects; NULL on a connection of a build before holders
+/// (or after a `RESET ALL`, which leaves it empty).
+pub(crate) const THIS_HOLDER: &str = "nullif(current_setting('credpool.holder', true), '')";
 
 /// 6 -> 7: who holds each lease, so that an operator can tell a dead
 /// process's lease from a live one; and an index to list a pool a page at

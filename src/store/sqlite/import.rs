@@ -53,51 +53,74 @@ pub(crate) fn add_staged(
     };
     let connection = schema::open(path, &options)?;
     let sql = |error: rusqlite::Error| schema::transaction_error(path, &error);
-    let staging = stage(
-        &connection,
-        pool,
-        credentials,
-        on_duplicate,
-        progress,
-        cancelled,
-    )
-    .map_err(sql)?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut skipped = staging.skipped.clone();
+    let duplicate = |entry: usize| Error::DuplicateName {
+        name: credentials[entry].name.clone(),
+        pool: pool.to_string(),
+        entry: Some(entry),
+    };
+    for attempt in 1..=ATTEMPTS {
+        // Read on their own, so that staging holds no snapshot of the
+        // store (which would keep its `-wal` from being checkpointed).
+        let defaults = default_rates_in(&connection, pool).map_err(sql)?;
+        let staging = stage(
+            &connection,
+            credentials,
+            &defaults,
+            on_duplicate,
+            progress,
+            cancelled,
+        )
+        .map_err(sql)?;
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(cancelled_error());
+        }
+        // The names the pool holds now, found without the write lock: a
+        // refusal, or skipped, and left out of the copy.
         let taken = names_taken(&connection, pool).map_err(sql)?;
         if on_duplicate == OnDuplicate::Fail {
-            let first_taken = taken.first().map(|(seq, _)| *seq);
+            let first_taken = taken.first().copied();
             let first = match (first_taken, staging.repeated) {
                 (Some(taken), Some(repeated)) => Some(taken.min(repeated)),
                 (taken, repeated) => taken.or(repeated),
             };
             if let Some(entry) = first {
-                return Err(Error::DuplicateName {
-                    name: credentials[entry].name.clone(),
-                    pool: pool.to_string(),
-                    entry: Some(entry),
-                });
+                return Err(duplicate(entry));
             }
-        } else {
-            skipped.extend(taken.iter().map(|(seq, _)| *seq));
-            skipped.sort_unstable();
         }
-        if cancelled.load(Ordering::Relaxed) {
-            return Err(Error::StoreUnavailable {
-                reason: "the import was cancelled before it was committed; nothing was added"
-                    .to_string(),
-            });
+        forget(&connection, &taken).map_err(sql)?;
+        match copy(
+            &connection,
+            pool,
+            &defaults,
+            on_duplicate,
+            attempt == ATTEMPTS,
+        )
+        .map_err(sql)?
+        {
+            Copied::Done { count, raced } => {
+                let mut skipped = staging.skipped;
+                skipped.extend(taken);
+                skipped.extend(raced);
+                skipped.sort_unstable();
+                return Ok(Added { count, skipped });
+            }
+            Copied::Taken(entry) => return Err(duplicate(entry)),
+            // Another process added a name or changed a default quota
+            // since: stage and check again.
+            Copied::Again => {}
         }
-        match copy(&connection, pool, &taken) {
-            Ok(count) => return Ok(Added { count, skipped }),
-            // A name checked free was added since: check again.
-            Err(rusqlite::Error::SqliteFailure(failure, _))
-                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    && attempt < ATTEMPTS => {}
-            Err(error) => return Err(sql(error)),
-        }
+    }
+    Err(Error::StoreUnavailable {
+        reason: format!(
+            "the import into pool `{pool}` was changed under {ATTEMPTS} times by other \
+             processes (names added, default quotas set); nothing was imported: try again"
+        ),
+    })
+}
+
+fn cancelled_error() -> Error {
+    Error::StoreUnavailable {
+        reason: "the import was cancelled before it was committed; nothing was added".to_string(),
     }
 }
 
@@ -114,8 +137,8 @@ struct Staging {
 /// transaction that locks nothing of the store's.
 fn stage(
     connection: &Connection,
-    pool: &str,
     credentials: &[NewCredential],
+    defaults: &[(String, crate::Rate)],
     on_duplicate: OnDuplicate,
     progress: &Progress,
     cancelled: &AtomicBool,
@@ -145,7 +168,6 @@ fn stage(
          BEGIN;",
     )?;
     let staged = (|| -> rusqlite::Result<Staging> {
-        let defaults = default_rates_in(connection, pool)?;
         let now = now_ms();
         let mut insert = connection.prepare(
             "INSERT INTO temp.staged (seq, name, secret, extra, capacity, disabled_reason, limited)
@@ -167,7 +189,7 @@ fn stage(
                 }
                 progress.report(index);
             }
-            let limits = limits_of(credential, &defaults, now);
+            let limits = limits_of(credential, defaults, now);
             let inserted = insert.execute(params![
                 index as i64,
                 credential.name,
@@ -204,10 +226,21 @@ fn stage(
         }
         Ok(staging)
     })();
-    connection.execute_batch(if staged.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-    let staging = staged?;
+    let staging = match staged {
+        Ok(staging) => {
+            connection.execute_batch("COMMIT")?;
+            staging
+        }
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            return Err(error);
+        }
+    };
     connection.execute_batch("CREATE INDEX temp.staged_limits_by_seq ON staged_limits (seq)")?;
-    progress.report(credentials.len());
+    let whole = staging.repeated.is_none() && !cancelled.load(Ordering::Relaxed);
+    if whole {
+        progress.report(credentials.len());
+    }
     Ok(staging)
 }
 
@@ -240,38 +273,119 @@ fn limits_of(
     limits
 }
 
-/// The staged entries (position, name) whose name the pool holds now, in
-/// input order: read without the write lock.
-fn names_taken(connection: &Connection, pool: &str) -> rusqlite::Result<Vec<(usize, String)>> {
+/// The staged entries whose name the pool holds now, by position, in
+/// input order.
+fn names_taken(connection: &Connection, pool: &str) -> rusqlite::Result<Vec<usize>> {
     let mut statement = connection.prepare(
-        "SELECT s.seq, s.name FROM temp.staged AS s
+        "SELECT s.seq FROM temp.staged AS s
          WHERE EXISTS (SELECT 1 FROM main.credentials AS c WHERE c.pool = ?1 AND c.name = s.name)
          ORDER BY s.seq",
     )?;
-    let rows = statement.query_map([pool], |row| {
-        Ok((row.get::<_, i64>(0)? as usize, row.get(1)?))
-    })?;
+    let rows = statement.query_map([pool], |row| Ok(row.get::<_, i64>(0)? as usize))?;
     rows.collect()
 }
 
-/// The one transaction that takes the write lock: copies the staged
-/// entries but those `taken` into the pool, with their limits; returns how
-/// many were added.
-fn copy(connection: &Connection, pool: &str, taken: &[(usize, String)]) -> rusqlite::Result<usize> {
-    connection.execute_batch("BEGIN IMMEDIATE")?;
-    let copied = (|| -> rusqlite::Result<usize> {
+/// Leaves the staged entries at `positions` out (TEMP tables only: no lock
+/// of the store's).
+fn forget(connection: &Connection, positions: &[usize]) -> rusqlite::Result<()> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    connection.execute_batch("BEGIN")?;
+    let forgotten = (|| -> rusqlite::Result<()> {
         let mut forget = connection.prepare("DELETE FROM temp.staged WHERE seq = ?1")?;
-        for (seq, _) in taken {
-            forget.execute([*seq as i64])?;
+        let mut forget_limits =
+            connection.prepare("DELETE FROM temp.staged_limits WHERE seq = ?1")?;
+        for &seq in positions {
+            forget.execute([seq as i64])?;
+            forget_limits.execute([seq as i64])?;
         }
+        Ok(())
+    })();
+    match forgotten {
+        Ok(()) => connection.execute_batch("COMMIT"),
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
+}
+
+/// What the copy did.
+enum Copied {
+    /// Committed: `count` added; `raced` the positions of names another
+    /// process added since they were checked (skipped).
+    Done { count: usize, raced: Vec<usize> },
+    /// Refused (duplicates fail): the entry at this position has a name
+    /// the pool holds, found under the write lock; nothing was changed.
+    Taken(usize),
+    /// Nothing was changed: a name was added or a default quota changed
+    /// since staging; stage and check again.
+    Again,
+}
+
+/// The one transaction that takes the write lock: copies the staged
+/// entries into the pool, with their limits, unless the pool's default
+/// quotas are no longer those staged with. A name another process added
+/// since it was checked is skipped, or (duplicates fail) asks for another
+/// attempt; on the `last` one the names are checked under the lock.
+fn copy(
+    connection: &Connection,
+    pool: &str,
+    defaults: &[(String, crate::Rate)],
+    on_duplicate: OnDuplicate,
+    last: bool,
+) -> rusqlite::Result<Copied> {
+    connection.execute_batch("BEGIN IMMEDIATE")?;
+    let copied = (|| -> rusqlite::Result<Copied> {
+        if default_rates_in(connection, pool)? != defaults {
+            return Ok(Copied::Again);
+        }
+        if on_duplicate == OnDuplicate::Fail && last {
+            if let Some(&entry) = names_taken(connection, pool)?.first() {
+                return Ok(Copied::Taken(entry));
+            }
+        }
+        let before: i64 = connection.query_row(
+            "SELECT coalesce(max(id), 0) FROM main.credentials",
+            [],
+            |row| row.get(0),
+        )?;
+        let staged: i64 =
+            connection.query_row("SELECT count(*) FROM temp.staged", [], |row| row.get(0))?;
         let now = now_ms();
         let count = connection.execute(
             "INSERT INTO main.credentials
                  (pool, name, secret, extra, capacity, created_at, disabled_reason, limited)
              SELECT ?1, name, secret, extra, capacity, ?2, disabled_reason, limited
-             FROM temp.staged ORDER BY seq",
-            params![pool, now],
-        )?;
+             FROM temp.staged AS s
+             WHERE ?3 = 0 OR NOT EXISTS (SELECT 1 FROM main.credentials AS c
+                                         WHERE c.pool = ?1 AND c.name = s.name)
+             ORDER BY seq",
+            params![pool, now, on_duplicate == OnDuplicate::Skip],
+        );
+        let count = match count {
+            Ok(count) => count,
+            Err(rusqlite::Error::SqliteFailure(failure, _))
+                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+            {
+                return Ok(Copied::Again);
+            }
+            Err(error) => return Err(error),
+        };
+        let raced = if (count as i64) < staged {
+            let mut statement = connection.prepare(
+                "SELECT s.seq FROM temp.staged AS s
+                 JOIN main.credentials AS c ON c.pool = ?1 AND c.name = s.name
+                 WHERE c.id <= ?2 ORDER BY s.seq",
+            )?;
+            let rows = statement.query_map(params![pool, before], |row| {
+                Ok(row.get::<_, i64>(0)? as usize)
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         connection.execute(
             "INSERT INTO main.limits (credential_id, scope, pool, rate_count, rate_window_ms, log,
                                       until, remaining, blocked_until, inherited)
@@ -279,18 +393,22 @@ fn copy(connection: &Connection, pool: &str, taken: &[(usize, String)]) -> rusql
                     l.until, l.remaining, NULL, l.inherited
              FROM temp.staged_limits AS l
              JOIN temp.staged AS s ON s.seq = l.seq
-             JOIN main.credentials AS c ON c.pool = ?1 AND c.name = s.name",
-            [pool],
+             JOIN main.credentials AS c ON c.pool = ?1 AND c.name = s.name AND c.id > ?2",
+            params![pool, before],
         )?;
-        Ok(count)
+        Ok(Copied::Done { count, raced })
     })();
     match copied {
-        Ok(count) => {
+        Ok(done @ Copied::Done { .. }) => {
             connection.execute_batch("COMMIT")?;
-            Ok(count)
+            Ok(done)
+        }
+        Ok(other) => {
+            connection.execute_batch("ROLLBACK")?;
+            Ok(other)
         }
         Err(error) => {
-            connection.execute_batch("ROLLBACK")?;
+            let _ = connection.execute_batch("ROLLBACK");
             Err(error)
         }
     }

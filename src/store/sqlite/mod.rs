@@ -635,6 +635,9 @@ impl Admin for SqliteStore {
                 })
                 .await;
         }
+        // A store whose thread has stopped takes no import, as the small
+        // path refuses it.
+        self.call(|_| Ok(())).await?;
         // Staged beside the store thread, on a connection of its own: the
         // other processes' grants go on meanwhile (see [`import`]).
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -654,8 +657,12 @@ impl Admin for SqliteStore {
         })
         .await
         .map_err(|_| unavailable(&self.channel.path))??;
-        // The new credentials go to the tickets waiting in the line.
-        self.call(|ctx| Ok(line::serve(ctx)?)).await?;
+        // The new credentials go to the tickets waiting in the line. The
+        // import is committed: a failure here must not say it was not (the
+        // line is served again at the next release or poll).
+        if let Err(error) = self.call(|ctx| Ok(line::serve(ctx)?)).await {
+            tracing::warn!(%error, "imported; serving the waiting line failed");
+        }
         Ok(added)
     }
 
