@@ -27,9 +27,15 @@ fn run(db: &Path, args: &[&str]) -> Output {
 }
 
 fn run_with_stdin(db: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut command = credpool(db);
+    command.args(args);
+    output_with_stdin(command, stdin)
+}
+
+/// Runs `command` with `stdin` as its standard input.
+fn output_with_stdin(mut command: Command, stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = credpool(db)
-        .args(args)
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -2190,25 +2196,14 @@ fn list_reads_a_large_pool_a_page_at_a_time() {
 fn short_flags_for_the_common_ones() {
     let db = fresh_db("short-flags");
     let short = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_credpool"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_credpool"));
+        command
             .env_remove("CREDPOOL_DB")
             .arg("-d")
             .arg(&db)
             .args(["-p", "team"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        ok(&child.wait_with_output().unwrap())
+            .args(args);
+        ok(&output_with_stdin(command, stdin))
     };
     short(&["add", "bot-1", "--secret-stdin", "-c", "3"], "s");
     short(&["add", "bot-2", "--secret-stdin"], "s");

@@ -94,13 +94,19 @@ async fn a_version_4_file_is_migrated_and_takes_weighted_grants() {
         )
         .unwrap();
     }
-    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
-    let version: i64 = rusqlite::Connection::open(&path)
+    let pool = migrated(&path).await;
+    conformance::weighted::weighted_grants_work_after_a_migration(&pool, token).await;
+}
+
+/// The store at `path` opened (so migrated) by this build, at its version.
+async fn migrated(path: &std::path::Path) -> Pool<SqliteStore> {
+    let pool = Pool::new(SqliteStore::open(path).await.unwrap());
+    let version: i64 = rusqlite::Connection::open(path)
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION);
-    conformance::weighted::weighted_grants_work_after_a_migration(&pool, token).await;
+    pool
 }
 
 #[tokio::test]
@@ -121,12 +127,7 @@ async fn a_version_5_file_is_migrated_and_records_holders() {
              PRAGMA user_version = 5;",
         )
         .unwrap();
-    let pool = Pool::new(SqliteStore::open(&path).await.unwrap());
-    let version: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(version, SCHEMA_VERSION);
+    let pool = migrated(&path).await;
     conformance::holders_are_recorded_after_a_migration(&pool).await;
 }
 

@@ -1668,13 +1668,7 @@ pub async fn list_shows_who_holds_each_lease_and_until_when<F: Factory>(factory:
         .unwrap();
     let leases = leases_of_a(pool.clone()).await;
     assert_eq!(leases.len(), 2, "{leases:?}");
-    assert!(
-        leases[1]
-            .holder
-            .as_deref()
-            .is_some_and(|holder| holder.starts_with(&this_process)),
-        "{leases:?}"
-    );
+    assert_held_by_this_process(&leases[1]);
     two.release().await.unwrap();
     handed.release().await.unwrap();
     assert!(leases_of_a(pool.clone()).await.is_empty());
@@ -1826,15 +1820,20 @@ pub async fn holders_are_recorded_after_a_migration<S: Store>(pool: &Pool<S>) {
     let lease = pool.acquire().await.unwrap();
     let leases = pool.list().await.unwrap()[0].leases.clone();
     assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_held_by_this_process(&leases[1]);
+    lease.release().await.unwrap();
+}
+
+/// Asserts that this process (`<pid>@<host>`) holds `lease`.
+#[track_caller]
+pub fn assert_held_by_this_process(lease: &credpool::LeaseInfo) {
     let this_process = format!("{}@", std::process::id());
     assert!(
-        leases[1]
-            .holder
-            .as_deref()
-            .is_some_and(|holder| holder.starts_with(&this_process)),
-        "{leases:?}"
+        lease.holder.as_deref().is_some_and(
+            |holder| holder.starts_with(&this_process) && holder.len() > this_process.len()
+        ),
+        "held by this process: {lease:?}"
     );
-    lease.release().await.unwrap();
 }
 
 /// A task that waits (up to 30 s) for a lease of `pool`, once the pool
