@@ -556,7 +556,7 @@ pub(crate) async fn show<S: Store>(
     show_secrets: bool,
 ) -> Outcome {
     credpool::validate_name(name)?;
-    let Some(info) = pool.list().await?.into_iter().find(|c| c.name == name) else {
+    let Some(info) = pool.info(name).await? else {
         return Err(format!("no credential named {name:?} in pool `{}`", pool.name()).into());
     };
     let revealed = if show_secrets {

@@ -1315,6 +1315,29 @@ impl<S: Store> Pool<S> {
         self.shared.store.list().await
     }
 
+    /// The credential named `name`, without its secret, as
+    /// [`list`](Pool::list) shows it; `None` when the pool has none of that
+    /// name. Reads the one credential, at any size of pool.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), credpool::Error> {
+    /// use credpool::{NewCredential, Pool};
+    /// let pool = Pool::in_memory();
+    /// pool.add(NewCredential::new("alice", "hunter2").capacity(2)).await?;
+    /// assert_eq!(pool.info("alice").await?.map(|c| c.capacity), Some(2));
+    /// assert!(pool.info("bob").await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`list`](Pool::list).
+    pub async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        self.after_earlier_work().await;
+        self.shared.store.info(name).await
+    }
+
     /// At most `limit` credentials, without secrets, in the order they were
     /// added (id order), after the credential `after` (`None`: from the
     /// first): a large pool read a page at a time, each page's last id the

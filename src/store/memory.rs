@@ -1100,6 +1100,16 @@ impl Admin for MemoryStore {
             .collect())
     }
 
+    async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.reclaim(now, &mut Vec::new());
+        Ok(state.index_of(name).and_then(|index| {
+            let slot = state.slots[index].as_ref()?;
+            Some(state.info(index, slot, now))
+        }))
+    }
+
     async fn reveal(&self) -> Result<Vec<Credential>> {
         let state = self.lock();
         Ok(state

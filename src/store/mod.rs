@@ -522,6 +522,24 @@ pub trait Admin: Send + Sync + 'static {
         }
     }
 
+    /// The credential named `name`, as [`list`](Admin::list) shows it, or
+    /// `None`. The default reads the whole list; a store of many
+    /// credentials reads the one.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`list`](Admin::list).
+    fn info(&self, name: &str) -> impl Future<Output = Result<Option<CredentialInfo>>> + Send {
+        let name = name.to_string();
+        async move {
+            Ok(self
+                .list()
+                .await?
+                .into_iter()
+                .find(|credential| credential.name == name))
+        }
+    }
+
     /// Every credential with its secret and extra text, in id order.
     ///
     /// # Cancel safety

@@ -79,6 +79,7 @@ macro_rules! conformance_suite {
             list_shows_who_holds_each_lease_and_until_when,
             a_large_add_keeps_every_field_and_is_all_or_nothing,
             list_pages_cover_the_list_in_order,
+            info_reads_one_credential_as_list_shows_it,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1672,6 +1673,38 @@ pub async fn list_shows_who_holds_each_lease_and_until_when<F: Factory>(factory:
     two.release().await.unwrap();
     handed.release().await.unwrap();
     assert!(leases_of_a(pool.clone()).await.is_empty());
+}
+
+/// `info(name)` gives the credential as `list` shows it (state, holders,
+/// leases, limits), and `None` for a name the pool does not hold.
+pub async fn info_reads_one_credential_as_list_shows_it<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_secs(60))).await;
+    let rate: credpool::Rate = "5/1m".parse().unwrap();
+    pool.add_many([
+        NewCredential::new("first", "s"),
+        NewCredential::new("quota", "s")
+            .capacity(2)
+            .rate_for("search", rate),
+        NewCredential::new("banned", "s").disabled("banned"),
+        NewCredential::new("last", "s"),
+    ])
+    .await
+    .unwrap();
+    pool.remove("first").await.unwrap();
+    let held = pool
+        .acquire_matching(&credpool::Want::scope("search").unwrap())
+        .await
+        .unwrap();
+    let listed = pool.list().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    for credential in &listed {
+        let info = pool.info(&credential.name).await.unwrap();
+        assert_eq!(info.as_ref(), Some(credential));
+    }
+    assert_eq!(pool.info("quota").await.unwrap().unwrap().leases.len(), 1);
+    assert_eq!(pool.info("first").await.unwrap(), None, "removed");
+    assert_eq!(pool.info("nobody").await.unwrap(), None);
+    held.release().await.unwrap();
 }
 
 /// Pages of `list_page`, each after the last id of the one before, give

@@ -252,9 +252,31 @@ impl Inner {
             .client
             .query(&self.sql.list(), &[&self.pool, &after, &limit])
             .await?;
-        let Some(last) = rows.last() else {
+        self.infos(&conn, rows).await
+    }
+
+    /// The credential named `name`, as `list` shows it.
+    pub(super) async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        let conn = self.connections.get().await?;
+        let rows = conn
+            .client
+            .query(&self.sql.list_named(), &[&self.pool, &name])
+            .await?;
+        Ok(self.infos(&conn, rows).await?.pop())
+    }
+
+    /// The credentials of `rows` (the columns of `list`, in id order),
+    /// with their limits and live leases.
+    async fn infos(
+        &self,
+        conn: &Conn,
+        rows: Vec<tokio_postgres::Row>,
+    ) -> Result<Vec<CredentialInfo>> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
             return Ok(Vec::new());
         };
+        // The limits and leases of the ids in `(after, last]`.
+        let after = first.column::<i64>(0, "credentials.id")? - 1;
         let last: i64 = last.column(0, "credentials.id")?;
         let mut held = false;
         for row in &rows {
@@ -264,12 +286,12 @@ impl Inner {
         // does not scan them.
         let leases = async {
             if held {
-                self.leases_of_ids(&conn, after, last).await
+                self.leases_of_ids(conn, after, last).await
             } else {
                 Ok(HashMap::new())
             }
         };
-        let (limits, leases) = tokio::join!(self.limits_of_ids(&conn, after, last), leases);
+        let (limits, leases) = tokio::join!(self.limits_of_ids(conn, after, last), leases);
         let (mut limits, mut leases) = (limits?, leases?);
         rows.iter()
             .map(|row| {

@@ -651,6 +651,15 @@ impl Admin for PostgresStore {
         .await
     }
 
+    async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        let (inner, name) = (self.inner.clone(), name.to_string());
+        self.run(async move {
+            inner.reclaim(&*inner.connections.get().await?).await?;
+            inner.info(&name).await
+        })
+        .await
+    }
+
     async fn reveal(&self) -> Result<Vec<Credential>> {
         let inner = self.inner.clone();
         self.run(async move { inner.reveal().await }).await

@@ -882,6 +882,16 @@ impl Sql {
         )
     }
 
+    /// `$1` pool, `$2` name. The credential of that name, as `list`.
+    pub(crate) fn list_named(&self) -> String {
+        format!(
+            "SELECT id, name, capacity, holders, disabled_reason, cooling_until,
+                    extra IS NOT NULL, last_used_at, use_count, created_at, {NOW}
+             FROM {} WHERE pool = $1 AND name = $2",
+            self.credentials
+        )
+    }
+
     /// `$1` pool, credential ids in `($2, $3]`. The leases not past their
     /// expiry, oldest first.
     pub(crate) fn leases_of_ids(&self) -> String {

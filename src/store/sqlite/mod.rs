@@ -746,6 +746,11 @@ impl Admin for SqliteStore {
         self.reader.list_page(after, limit).await
     }
 
+    async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        self.settle_for_read().await?;
+        self.reader.info(name).await
+    }
+
     async fn reveal(&self) -> Result<Vec<Credential>> {
         self.settle_for_read().await?;
         self.reader.reveal().await

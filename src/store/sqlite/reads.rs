@@ -105,31 +105,54 @@ impl Reader {
         self.read(move |connection, pool, now_ms| {
             // Three statements, one snapshot: a read transaction.
             connection.execute_batch("BEGIN DEFERRED")?;
-            let listed = list_in(connection, pool, now_ms, after, limit);
+            let listed = list_in(connection, pool, now_ms, Which::After { after, limit });
             connection.execute_batch("COMMIT")?;
             listed
         })
         .await
     }
+
+    /// The credential named `name`, as [`Reader::list`] shows it.
+    pub(crate) async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
+        let name = name.to_string();
+        self.read(move |connection, pool, now_ms| {
+            connection.execute_batch("BEGIN DEFERRED")?;
+            let listed = list_in(connection, pool, now_ms, Which::Named(&name));
+            connection.execute_batch("COMMIT")?;
+            Ok(listed?.pop())
+        })
+        .await
+    }
 }
 
-/// The credentials of `pool` after the id `after`, at most `limit`, in id
-/// order, with their limits and live leases.
+/// Which credentials `list_in` reads.
+enum Which<'a> {
+    /// At most `limit` after the id `after`, in id order.
+    After { after: i64, limit: i64 },
+    /// The one of this name.
+    Named(&'a str),
+}
+
+/// The credentials of `pool` that `which` asks for, in id order, with
+/// their limits and live leases.
 fn list_in(
     connection: &rusqlite::Connection,
     pool: &str,
     now_ms: i64,
-    after: i64,
-    limit: i64,
+    which: Which<'_>,
 ) -> rusqlite::Result<Vec<CredentialInfo>> {
+    let (filter, key, limit): (&str, rusqlite::types::Value, i64) = match which {
+        Which::After { after, limit } => ("id > ?3", after.into(), limit),
+        Which::Named(name) => ("name = ?3", name.to_string().into(), 1),
+    };
     let mut statement = connection.prepare_cached(&format!(
         "{EXPIRED} SELECT id, name, capacity, holders - coalesce(expired.n, 0),
                 disabled_reason, cooling_until,
                 extra IS NOT NULL, last_used_at, use_count, created_at
          FROM credentials LEFT JOIN expired ON expired.credential_id = credentials.id
-         WHERE pool = ?1 AND id > ?3 ORDER BY id LIMIT ?4"
+         WHERE pool = ?1 AND {filter} ORDER BY id LIMIT ?4"
     ))?;
-    let rows = statement.query_map(params![pool, now_ms, after, limit], |row| {
+    let rows = statement.query_map(params![pool, now_ms, key, limit], |row| {
         Ok(StoredCredential {
             id: CredentialId::new(unsigned(row.get(0)?)?),
             name: row.get(1)?,
@@ -146,9 +169,11 @@ fn list_in(
         })
     })?;
     let stored = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-    let Some(last) = stored.last().map(|c| c.id.get() as i64) else {
+    let (Some(first), Some(last)) = (stored.first(), stored.last()) else {
         return Ok(Vec::new());
     };
+    // The limits and leases of the ids in `(after, last]`.
+    let (after, last) = (first.id.get() as i64 - 1, last.id.get() as i64);
     let mut limits = super::limits::of_ids(connection, pool, after, last)?;
     // Leases are not indexed by credential: reading them scans the pool's
     // live leases, so a page that holds none skips it.
