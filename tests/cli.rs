@@ -2151,11 +2151,18 @@ fn list_reads_a_large_pool_a_page_at_a_time() {
     let file = accounts_file(&db, ENTRIES);
     ok(&run(&db, &["import", file.to_str().unwrap()]));
     ok(&run(&db, &["disable", "acct-1500", "--reason", "banned"]));
-    let listed = list_json(&db);
+    let printed = ok(&run(&db, &["list", "--json"]));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&printed).unwrap();
     assert_eq!(listed.len(), ENTRIES);
     for (i, c) in listed.iter().enumerate() {
         assert_eq!(c["name"], format!("acct-{i}"));
     }
+    assert!(
+        printed == format!("{}\n", serde_json::to_string_pretty(&listed).unwrap()),
+        "written a page at a time, the JSON is byte for byte serde_json's pretty array"
+    );
+    let empty = ok(&run(&db, &["--pool", "nothing-here", "list", "--json"]));
+    assert_eq!(empty, "[]\n");
     let lines = ok(&run(&db, &["list", "--ndjson"]));
     assert_eq!(lines.lines().count(), ENTRIES);
     let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
