@@ -111,16 +111,24 @@ impl Inner {
                 .iter()
                 .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect::<Result<_>>()?;
+            // Every quota in one statement, not one round trip each.
+            let (mut rows, mut scopes, mut counts, mut windows) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (position, credential) in credentials.iter().enumerate() {
                 if credential.rates.is_empty() || skipped_set.contains(&position) {
                     continue;
                 }
                 if let Some(&id) = ids.get(&credential.name) {
                     for (scope, rate) in &credential.rates {
-                        self.set_rate(&transaction, id, scope, Some(*rate)).await?;
+                        rows.push(id);
+                        scopes.push(scope.as_str());
+                        counts.push(rate.count() as i32);
+                        windows.push(rate.window_ms());
                     }
                 }
             }
+            self.set_rates(&transaction, &rows, &scopes, &counts, &windows)
+                .await?;
         }
         transaction.commit().await?;
         Ok(added)

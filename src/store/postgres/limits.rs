@@ -46,6 +46,33 @@ impl Inner {
         Ok(())
     }
 
+    /// Sets the quota of each credential `ids[i]` in `scopes[i]` to
+    /// `counts[i]` grants per `windows[i]` ms, in one statement.
+    pub(super) async fn set_rates(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        ids: &[i64],
+        scopes: &[&str],
+        counts: &[i32],
+        windows: &[i64],
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        client
+            .execute(
+                &format!(
+                    "SELECT \"{}\".set_rate(t.id, t.scope, t.n, t.w)
+                     FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::bigint[])
+                         AS t(id, scope, n, w)",
+                    self.schema
+                ),
+                &[&ids, &scopes, &counts, &windows],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// The pool's default quotas, by scope.
     pub(super) async fn default_rates(
         &self,
