@@ -752,10 +752,12 @@ fn has_exited(holder: &str) -> bool {
     let this_host = LeaseInfo::this_process()
         .split_once('@')
         .map_or("", |(_, host)| host);
+    // Whether this machine's `/proc` tells, looked up once for a whole list.
+    static PROC_TELLS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let proc = std::path::Path::new("/proc");
     host == this_host
         && pid.parse::<u32>().is_ok()
-        && proc.join("self").exists()
+        && *PROC_TELLS.get_or_init(|| proc.join("self").exists())
         && !proc.join(pid).exists()
 }
 
