@@ -13,6 +13,7 @@ mod duration;
 mod import;
 mod leases;
 mod output;
+mod serve;
 mod torture;
 mod watch;
 
@@ -395,6 +396,14 @@ enum Command {
     )]
     Demo(demo::DemoArgs),
 
+    /// Serve the pool over HTTP: a JSON API for workers in any language
+    /// (/v1/, documented at /v1/openapi.json), a live dashboard at /,
+    /// Prometheus metrics at /metrics. Loopback only unless tokens are set.
+    #[command(
+        after_help = "Examples:\n  credpool serve                                  # http://127.0.0.1:8080/\n  curl -s -X POST localhost:8080/v1/pools/default/leases -d '{\"wait\": \"10s\"}'\n  CREDPOOL_WORKER_TOKEN=... CREDPOOL_ADMIN_TOKEN=... credpool serve --listen 0.0.0.0:8080\n  credpool serve --auth-file /etc/credpool/tokens   # lines of `worker TOKEN` or `admin TOKEN`\n\nSIGINT or SIGTERM stop it: waiting requests get 503; leases are left to the store (or released, --memory)."
+    )]
+    Serve(serve::ServeArgs),
+
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  credpool completions bash > ~/.local/share/bash-completion/completions/credpool\n  credpool completions zsh > ~/.zfunc/_credpool\n  credpool completions fish > ~/.config/fish/completions/credpool.fish"
@@ -452,6 +461,7 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// Where the store is: the file of `--db`, or the database of `--url`.
+#[derive(Clone)]
 pub(crate) enum Place {
     File(PathBuf),
     Memory,
@@ -695,10 +705,13 @@ async fn run(args: Args) -> Outcome {
         (None, _) => "default",
     };
     if matches!(place, Place::Memory)
-        && !matches!(args.command, Command::Demo(_) | Command::Torture(_))
+        && !matches!(
+            args.command,
+            Command::Demo(_) | Command::Torture(_) | Command::Serve(_)
+        )
     {
         return Err(
-            "--memory keeps credentials only while a command runs: use it with demo or torture"
+            "--memory keeps credentials only while a command runs: use it with demo, torture or serve"
                 .into(),
         );
     }
@@ -761,6 +774,15 @@ async fn run(args: Args) -> Outcome {
             };
             with_pool!(&place, name, false, tuning, |pool| {
                 torture::worker(pool, worker_args).await
+            })
+        }
+        Command::Serve(serve_args) => {
+            let tuning = Tuning {
+                lease_ttl: Some(serve_args.lease_ttl),
+                ticket_ttl: args.ticket_ttl,
+            };
+            with_pool!(&place, name, true, tuning, |pool| {
+                serve::run(pool, &place, tuning, serve_args).await
             })
         }
         command => {
@@ -1003,7 +1025,8 @@ async fn execute<S: Store>(
         Command::Import { .. }
         | Command::Add { .. }
         | Command::Torture(_)
-        | Command::TortureWorker(_) => {
+        | Command::TortureWorker(_)
+        | Command::Serve(_) => {
             unreachable!("run opens the pool for these itself")
         }
         Command::Completions { .. } | Command::Man => {

@@ -636,7 +636,7 @@ pub(crate) async fn show<S: Store>(
     Ok(())
 }
 
-fn info_json(c: &CredentialInfo) -> Value {
+pub(crate) fn info_json(c: &CredentialInfo) -> Value {
     let (reason, until) = match &c.state {
         CredentialState::Disabled { reason } => (Some(reason.clone()), None),
         CredentialState::CoolingDown { until } => (None, Some(millis(*until))),

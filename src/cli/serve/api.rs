@@ -1,0 +1,879 @@
+//! The routes of `credpool serve` and their handlers.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use credpool::store::Want;
+use credpool::{Error, Limited, NewCredential, ReleaseOutcome};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::Role;
+use super::body::{self, duration, time};
+use super::{millis, App, Reopen};
+use crate::cli::output::{info_json, stats_json};
+
+/// Every route: method and path, as the OpenAPI document lists them (a
+/// test checks that it lists each).
+pub(crate) const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/v1/events"),
+    ("get", "/v1/pools"),
+    ("post", "/v1/pools/{pool}/leases"),
+    ("post", "/v1/pools/{pool}/leases/{token}/renew"),
+    ("post", "/v1/pools/{pool}/leases/{token}/release"),
+    ("delete", "/v1/pools/{pool}/leases/{token}"),
+    ("get", "/v1/pools/{pool}/stats"),
+    ("get", "/v1/pools/{pool}/credentials"),
+    ("post", "/v1/pools/{pool}/credentials"),
+    ("post", "/v1/pools/{pool}/import"),
+    ("get", "/v1/pools/{pool}/credentials/{name}"),
+    ("delete", "/v1/pools/{pool}/credentials/{name}"),
+    ("post", "/v1/pools/{pool}/credentials/{name}/disable"),
+    ("post", "/v1/pools/{pool}/credentials/{name}/enable"),
+    ("post", "/v1/pools/{pool}/credentials/{name}/revoke"),
+    ("post", "/v1/pools/{pool}/reset-locks"),
+];
+
+/// The OpenAPI document, kept in the repository and served as it is.
+pub(crate) const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// The dashboard: one page, its script and styles inside.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+pub(crate) fn router<S: Reopen>(app: Arc<App<S>>) -> Router {
+    let limit = app.max_body;
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/healthz", get(healthz::<S>))
+        .route("/metrics", get(super::metrics::scrape::<S>))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/v1/events", get(super::events::stream::<S>))
+        .route("/v1/pools", get(pools::<S>))
+        .route("/v1/pools/{pool}/leases", post(acquire::<S>))
+        .route("/v1/pools/{pool}/leases/{token}/renew", post(renew::<S>))
+        .route(
+            "/v1/pools/{pool}/leases/{token}/release",
+            post(release::<S>),
+        )
+        .route(
+            "/v1/pools/{pool}/leases/{token}",
+            delete(release_plain::<S>),
+        )
+        .route("/v1/pools/{pool}/stats", get(stats::<S>))
+        .route(
+            "/v1/pools/{pool}/credentials",
+            get(list::<S>).post(add::<S>),
+        )
+        .route("/v1/pools/{pool}/import", post(import::<S>))
+        .route(
+            "/v1/pools/{pool}/credentials/{name}",
+            get(show::<S>).delete(remove::<S>),
+        )
+        .route(
+            "/v1/pools/{pool}/credentials/{name}/disable",
+            post(disable::<S>),
+        )
+        .route(
+            "/v1/pools/{pool}/credentials/{name}/enable",
+            post(enable::<S>),
+        )
+        .route(
+            "/v1/pools/{pool}/credentials/{name}/revoke",
+            post(revoke::<S>),
+        )
+        .route("/v1/pools/{pool}/reset-locks", post(reset_locks::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            access_log::<S>,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+/// An error answer: a status and `{"error": CODE, "message": TEXT}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::warn!("{message}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
+    }
+
+    fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is stopping: try again on another, or when it is back",
+        )
+    }
+
+    fn unknown_lease(token: &str) -> Self {
+        // The token is the client's own; echoing a prefix helps it find
+        // which one, without putting it whole in a proxy's log.
+        let shown: String = token.chars().take(6).collect();
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_lease",
+            format!(
+                "no lease {shown}… in this pool on this server: it was released, passed its TTL \
+                 without a renew, or the server restarted; acquire a new one"
+            ),
+        )
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let (status, code) = match &error {
+            Error::NoCredentials { .. } => (StatusCode::CONFLICT, "no_credentials"),
+            Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Error::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
+            Error::LeaseLost { .. } => (StatusCode::GONE, "lease_lost"),
+            Error::Disabled { .. } => (StatusCode::CONFLICT, "disabled"),
+            Error::TooManyUnits { .. } => (StatusCode::CONFLICT, "too_many_units"),
+            Error::UnknownCredential { .. } => (StatusCode::NOT_FOUND, "unknown_credential"),
+            Error::DuplicateName { .. } => (StatusCode::CONFLICT, "duplicate_name"),
+            Error::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
+            Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            Error::ReleasePending { .. } => (StatusCode::ACCEPTED, "release_pending"),
+            _ => return ApiError::internal(error.to_string()),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+impl<S: Reopen> App<S> {
+    /// Checks the request's bearer token against the role it needs.
+    pub(crate) fn allow(&self, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
+        if self.tokens.is_open() {
+            return Ok(Role::Admin);
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server needs a token: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(role) = token.and_then(|token| self.tokens.role_of(token)) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the Authorization header holds no token this server knows: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        if role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role; the token given is a {} token",
+                    need.label(),
+                    role.label()
+                ),
+            ));
+        }
+        Ok(role)
+    }
+}
+
+/// Logs each request at debug level: method, route template, status and
+/// time. Never the path itself (it may hold a lease token) or a header.
+async fn access_log<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)".to_string(), |path| path.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    app.metrics.http_request(&method, &route, status);
+    tracing::debug!(%method, route, status, elapsed = ?started.elapsed(), "HTTP request");
+    response
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {method} {}: the API is listed at /v1/openapi.json",
+            uri.path().chars().take(200).collect::<String>()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served on this path: the API is listed at /v1/openapi.json"),
+    )
+}
+
+async fn healthz<S: Reopen>(State(app): State<Arc<App<S>>>) -> Answer {
+    if app.shutting_down() {
+        return Err(ApiError::shutting_down());
+    }
+    Ok(Json(json!({"ok": true})).into_response())
+}
+
+async fn pools<S: Reopen>(State(app): State<Arc<App<S>>>, headers: HeaderMap) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let pools = app.primary.pools().await?;
+    let mut list: Vec<Value> = pools
+        .iter()
+        .map(|pool| json!({"name": pool.name, "credentials": pool.credentials}))
+        .collect();
+    if !pools.iter().any(|pool| pool.name == app.primary.name()) {
+        list.insert(0, json!({"name": app.primary.name(), "credentials": 0}));
+    }
+    Ok(Json(json!({"served": app.primary.name(), "pools": list})).into_response())
+}
+
+/// The shortest TTL of an HTTP lease: a client must be able to renew in time.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// `POST /v1/pools/{pool}/leases`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AcquireRequest {
+    /// A credential that may serve this scope now.
+    scope: Option<String>,
+    /// This credential, and no other.
+    name: Option<String>,
+    /// Units of one credential's capacity.
+    units: Option<u32>,
+    /// How long the lease lives unless renewed.
+    #[serde(default, deserialize_with = "duration")]
+    ttl: Option<Duration>,
+    /// How long to wait for a credential to come free (a long-poll).
+    #[serde(default, deserialize_with = "duration")]
+    wait: Option<Duration>,
+}
+
+impl AcquireRequest {
+    fn want(&self) -> Result<Want, ApiError> {
+        let mut want = Want::any();
+        if let Some(scope) = &self.scope {
+            want = want.in_scope(scope).map_err(field("scope"))?;
+        }
+        if let Some(name) = &self.name {
+            want = want.named(name).map_err(field("name"))?;
+        }
+        if let Some(units) = self.units {
+            want = want.units(units).map_err(field("units"))?;
+        }
+        Ok(want)
+    }
+}
+
+/// Maps an error of one field of the request to a 400 that names it.
+fn field(name: &'static str) -> impl Fn(Error) -> ApiError {
+    move |error| ApiError::bad_request(format!("field `{name}`: {error}"))
+}
+
+fn at(time: SystemTime) -> Value {
+    json!(humantime::format_rfc3339_millis(time).to_string())
+}
+
+async fn acquire<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let request: AcquireRequest = body::optional(body)?;
+    let want = request.want()?;
+    let ttl = request.ttl.unwrap_or(app.lease_ttl);
+    if ttl > app.max_ttl {
+        return Err(ApiError::bad_request(format!(
+            "field `ttl`: {} is longer than this server allows ({}, credpool serve --max-ttl)",
+            humantime::format_duration(ttl),
+            humantime::format_duration(app.max_ttl)
+        )));
+    }
+    if ttl < MIN_TTL {
+        return Err(ApiError::bad_request(format!(
+            "field `ttl`: {} is shorter than an HTTP lease may live ({}): a renew could not arrive in time",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MIN_TTL)
+        )));
+    }
+    let wait = request.wait.unwrap_or_default();
+    if wait > app.max_wait {
+        return Err(ApiError::bad_request(format!(
+            "field `wait`: {} is longer than this server allows ({}, credpool serve --max-wait); \
+             wait less and ask again",
+            humantime::format_duration(wait),
+            humantime::format_duration(app.max_wait)
+        )));
+    }
+    if app.shutting_down() {
+        return Err(ApiError::shutting_down());
+    }
+    let pool = app.pool(&name).await?;
+    // A client that disconnects drops this future: the wait is undone by
+    // the pool, and a grant that came is released by the lease's drop.
+    let granted = tokio::select! {
+        granted = async {
+            if wait.is_zero() {
+                pool.try_acquire_matching(&want).await
+            } else {
+                match pool.acquire_matching_timeout(&want, wait).await {
+                    Err(Error::Timeout { .. }) => Ok(None),
+                    other => other.map(Some),
+                }
+            }
+        } => granted?,
+        () = app.until_shutdown() => return Err(ApiError::shutting_down()),
+    };
+    let Some(mut lease) = granted else {
+        let waited = if wait.is_zero() {
+            "now (add \"wait\": \"10s\" to wait for one)".to_string()
+        } else {
+            format!("within {}", humantime::format_duration(wait))
+        };
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "none_free",
+            format!(
+                "no credential in pool `{}` came free ({want}) {waited}",
+                pool.name()
+            ),
+        );
+        error.retry_after = Some(super::events::next_free_in(&pool, &want).await);
+        return Err(error);
+    };
+    if Some(ttl) != pool.lease_ttl() {
+        lease.renew_for(ttl).await?;
+    }
+    let credential = lease.credential();
+    let mut answer = json!({
+        "pool": pool.name(),
+        "name": credential.name(),
+        "secret": credential.secret().expose(),
+        "extra": credential.extra(),
+        "units": lease.units(),
+        "lease_id": lease.id().get(),
+        "acquired_at": at(lease.acquired_at()),
+        "ttl_seconds": ttl.as_secs_f64(),
+    });
+    if let Some(expires) = lease.expires_at() {
+        answer["expires_at"] = at(expires);
+        answer["expires_at_ms"] = json!(millis(expires));
+    }
+    let token = app.keep(pool.name(), lease);
+    answer["token"] = json!(token);
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+/// `POST …/renew`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    #[serde(default, deserialize_with = "duration")]
+    ttl: Option<Duration>,
+}
+
+async fn renew<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let request: RenewRequest = body::optional(body)?;
+    let ttl = request.ttl.unwrap_or(app.lease_ttl);
+    if ttl > app.max_ttl {
+        return Err(ApiError::bad_request(format!(
+            "field `ttl`: {} is longer than this server allows ({})",
+            humantime::format_duration(ttl),
+            humantime::format_duration(app.max_ttl)
+        )));
+    }
+    if ttl < MIN_TTL {
+        return Err(ApiError::bad_request(format!(
+            "field `ttl`: {} is shorter than an HTTP lease may live ({})",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MIN_TTL)
+        )));
+    }
+    let held = app
+        .held(&token)
+        .filter(|held| *held.pool == *pool)
+        .ok_or_else(|| ApiError::unknown_lease(&token))?;
+    let mut guard = held.lease.lock().await;
+    let Some(lease) = guard.as_mut() else {
+        return Err(ApiError::unknown_lease(&token));
+    };
+    match lease.renew_for(ttl).await {
+        Ok(()) => {
+            let expires = lease.expires_at();
+            held.expires_ms
+                .store(expires.map_or(u64::MAX, millis), Ordering::Relaxed);
+            let mut answer = json!({"renewed": true, "ttl_seconds": ttl.as_secs_f64()});
+            if let Some(expires) = expires {
+                answer["expires_at"] = at(expires);
+                answer["expires_at_ms"] = json!(millis(expires));
+            }
+            Ok(Json(answer).into_response())
+        }
+        Err(error @ Error::LeaseLost { .. }) => {
+            if let Some(lease) = guard.take() {
+                let _ = lease.into_token();
+            }
+            drop(guard);
+            app.take(&token);
+            Err(error.into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `POST …/release`: how the lease went.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReleaseRequest {
+    /// `success` (default), `cool-down`, `disable`.
+    outcome: Option<String>,
+    /// cool-down: for how long.
+    #[serde(default, rename = "for", deserialize_with = "duration")]
+    pause: Option<Duration>,
+    /// cool-down: until when (instead of `for`).
+    #[serde(default, deserialize_with = "time")]
+    until: Option<SystemTime>,
+    /// cool-down: only in this scope.
+    scope: Option<String>,
+    /// cool-down: requests left before `until` (as the API reported).
+    remaining: Option<u32>,
+    /// disable: why.
+    reason: Option<String>,
+}
+
+impl ReleaseRequest {
+    pub(crate) fn outcome(self) -> Result<ReleaseOutcome, ApiError> {
+        let outcome = self.outcome.as_deref().unwrap_or("success");
+        let cool_fields = self.pause.is_some()
+            || self.until.is_some()
+            || self.scope.is_some()
+            || self.remaining.is_some();
+        match outcome {
+            "success" => {
+                if cool_fields || self.reason.is_some() {
+                    return Err(ApiError::bad_request(
+                        "field `outcome`: `for`, `until`, `scope`, `remaining` and `reason` need \
+                         \"outcome\": \"cool-down\" or \"disable\"",
+                    ));
+                }
+                Ok(ReleaseOutcome::Success)
+            }
+            "cool-down" => {
+                if self.reason.is_some() {
+                    return Err(ApiError::bad_request(
+                        "field `reason`: only a disable has a reason",
+                    ));
+                }
+                let mut limited = match (self.pause, self.until) {
+                    (Some(pause), None) => {
+                        if self.scope.is_none() && self.remaining.is_none() {
+                            return Ok(ReleaseOutcome::CoolDown(pause));
+                        }
+                        Limited::after(pause)
+                    }
+                    (None, Some(until)) => Limited::until(until),
+                    (Some(_), Some(_)) => {
+                        return Err(ApiError::bad_request(
+                            "field `until`: give `for` or `until`, not both",
+                        ))
+                    }
+                    (None, None) => {
+                        return Err(ApiError::bad_request(
+                            "field `for`: a cool-down needs `for` (\"15m\", or seconds) or `until` (RFC 3339)",
+                        ))
+                    }
+                };
+                if let Some(scope) = &self.scope {
+                    limited = limited.scope(scope).map_err(field("scope"))?;
+                }
+                if let Some(remaining) = self.remaining {
+                    limited = limited.remaining(remaining);
+                }
+                Ok(ReleaseOutcome::Limited(limited))
+            }
+            "disable" => {
+                if cool_fields {
+                    return Err(ApiError::bad_request(
+                        "field `outcome`: a disable takes only a `reason`",
+                    ));
+                }
+                match self.reason {
+                    Some(reason) if !reason.trim().is_empty() => {
+                        Ok(ReleaseOutcome::Disable(reason))
+                    }
+                    _ => Err(ApiError::bad_request(
+                        "field `reason`: a disable needs a reason (\"banned by the site\")",
+                    )),
+                }
+            }
+            other => Err(ApiError::bad_request(format!(
+                "field `outcome`: unknown outcome {:?}: write success, cool-down or disable",
+                other.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+async fn release<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, token)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let request: ReleaseRequest = body::optional(body)?;
+    let outcome = request.outcome()?;
+    give_back(&app, &pool, &token, outcome).await
+}
+
+async fn release_plain<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, token)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    give_back(&app, &pool, &token, ReleaseOutcome::Success).await
+}
+
+async fn give_back<S: Reopen>(
+    app: &Arc<App<S>>,
+    pool: &str,
+    token: &str,
+    outcome: ReleaseOutcome,
+) -> Answer {
+    if app.held(token).is_none_or(|held| *held.pool != *pool) {
+        return Err(ApiError::unknown_lease(token));
+    }
+    let Some(held) = app.take(token) else {
+        return Err(ApiError::unknown_lease(token));
+    };
+    let Some(lease) = held.lease.lock().await.take() else {
+        return Err(ApiError::unknown_lease(token));
+    };
+    let label = outcome.label();
+    match lease.release_with(outcome).await {
+        Ok(()) => Ok(Json(json!({"released": true, "outcome": label})).into_response()),
+        Err(error @ Error::ReleasePending { .. }) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"released": "pending", "outcome": label, "message": error.to_string()})),
+        )
+            .into_response()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn stats<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let pool = app.pool(&name).await?;
+    let stats = pool.stats().await?;
+    let mut answer = stats_json(&stats);
+    answer["pool"] = json!(pool.name());
+    answer["http_leases"] = json!(app.http_leases(pool.name()));
+    Ok(Json(answer).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// Credentials after this id (the `next` of the page before).
+    after: Option<u64>,
+    /// At most this many (default 100, at most 1,000).
+    limit: Option<usize>,
+    /// Only those in this state.
+    state: Option<String>,
+}
+
+const STATES: [&str; 4] = ["available", "leased", "cooling-down", "disabled"];
+
+async fn list<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    if let Some(state) = &query.state {
+        if !STATES.contains(&state.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "parameter `state`: {state:?} is none of {}",
+                STATES.join(", ")
+            )));
+        }
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("parameter `limit`: give 1 to 1000"));
+    }
+    let pool = app.pool(&name).await?;
+    let after = query.after.map(credpool::CredentialId::new);
+    let page = pool.list_page(after, limit).await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|c| c.id.get()))
+        .flatten();
+    let credentials: Vec<Value> = page
+        .iter()
+        .filter(|c| {
+            query
+                .state
+                .as_deref()
+                .is_none_or(|state| c.state.label() == state)
+        })
+        .map(info_json)
+        .collect();
+    Ok(
+        Json(json!({"pool": pool.name(), "credentials": credentials, "next": next}))
+            .into_response(),
+    )
+}
+
+async fn show<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    app.allow(&headers, Role::Worker)?;
+    let pool = app.pool(&pool).await?;
+    match pool.info(&name).await? {
+        Some(info) => Ok(Json(info_json(&info)).into_response()),
+        None => Err(Error::UnknownCredential {
+            name: name.clone(),
+            pool: pool.name().to_string(),
+        }
+        .into()),
+    }
+}
+
+/// `POST /v1/pools/{pool}/credentials`: one credential.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRequest {
+    name: String,
+    secret: String,
+    extra: Option<String>,
+    capacity: Option<u32>,
+    /// Added disabled, with this reason.
+    disabled: Option<String>,
+}
+
+async fn add<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let request: AddRequest = body::required(body)?;
+    let mut credential = NewCredential::new(request.name, request.secret)
+        .maybe_extra(request.extra)
+        .capacity(request.capacity.unwrap_or(1));
+    if let Some(reason) = request.disabled {
+        credential = credential.disabled(reason);
+    }
+    let pool = app.pool(&pool).await?;
+    let name = credential.name().to_string();
+    pool.add(credential).await?;
+    Ok((StatusCode::CREATED, Json(json!({"added": name}))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    /// Keep credentials whose names exist and add the rest.
+    skip_existing: Option<bool>,
+}
+
+async fn import<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let skip = query.skip_existing.unwrap_or(false);
+    let bytes = body.map_err(|rejection| body::required::<Value>(Err(rejection)).unwrap_err())?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::bad_request("the body is not UTF-8 text"))?;
+    let credentials = crate::cli::import::parse(text, "the body", skip)
+        .map_err(|crate::cli::Failure(message)| ApiError::bad_request(message))?;
+    let pool = app.pool(&pool).await?;
+    let total = credentials.len();
+    let added = if skip {
+        pool.add_many_skip_existing(credentials).await?
+    } else {
+        pool.add_many(credentials).await?
+    };
+    Ok(Json(json!({"added": added, "skipped": total - added})).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// Remove it even while leased.
+    force: Option<bool>,
+}
+
+async fn remove<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let pool = app.pool(&pool).await?;
+    if query.force.unwrap_or(false) {
+        pool.remove_forced(&name).await?;
+    } else {
+        pool.remove(&name).await?;
+    }
+    Ok(Json(json!({"removed": name})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisableRequest {
+    reason: String,
+}
+
+async fn disable<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let request: DisableRequest = body::required(body)?;
+    let pool = app.pool(&pool).await?;
+    pool.disable(&name, request.reason).await?;
+    Ok(Json(json!({"disabled": name})).into_response())
+}
+
+async fn enable<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let pool = app.pool(&pool).await?;
+    pool.enable(&name).await?;
+    Ok(Json(json!({"enabled": name})).into_response())
+}
+
+async fn revoke<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path((pool, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let pool = app.pool(&pool).await?;
+    let ended = pool.revoke(&name).await?;
+    Ok(Json(json!({"revoked": name, "leases": ended})).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    name: Option<String>,
+    scope: Option<String>,
+}
+
+async fn reset_locks<S: Reopen>(
+    State(app): State<Arc<App<S>>>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    app.allow(&headers, Role::Admin)?;
+    let request: ResetRequest = body::optional(body)?;
+    let pool = app.pool(&pool).await?;
+    let reset = pool
+        .reset_limits(request.name.as_deref(), request.scope.as_deref())
+        .await?;
+    Ok(Json(json!({"reset": reset})).into_response())
+}

@@ -1,0 +1,186 @@
+//! Bearer tokens with roles: `worker` may lease, renew and release and read
+//! the pool (never a secret but its own lease's); `admin` may do anything.
+//! Tokens come from a file or the environment, never from argv; only their
+//! digests are kept, and a presented token is compared with each in
+//! constant time.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::Path;
+
+use crate::cli::Failure;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Role {
+    /// Lease, renew, release; read lists, stats and events.
+    Worker,
+    /// Everything: add, import, disable, enable, remove, reset locks.
+    Admin,
+}
+
+impl Role {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The tokens the server takes; none at all means no auth (loopback only).
+pub(crate) struct Tokens {
+    /// Two keyed digests of each token (so a token is not kept in memory
+    /// as given), with its role.
+    digests: Vec<([u64; 2], Role)>,
+    keys: [RandomState; 2],
+}
+
+/// Variables that may hold tokens, with the role they give.
+const VARIABLES: [(&str, Role); 2] = [
+    ("CREDPOOL_WORKER_TOKEN", Role::Worker),
+    ("CREDPOOL_ADMIN_TOKEN", Role::Admin),
+];
+
+/// Shorter tokens are refused: they could be guessed.
+const MIN_TOKEN: usize = 16;
+
+impl Tokens {
+    /// Reads the tokens of `--auth-file` and the environment.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, Failure> {
+        let mut tokens = Tokens {
+            digests: Vec::new(),
+            keys: [RandomState::new(), RandomState::new()],
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                Failure(format!(
+                    "{}: cannot read the auth file: {error}",
+                    path.display()
+                ))
+            })?;
+            if super::super::shared_mode(path) {
+                eprintln!(
+                    "warning: {} holds tokens and other users can read it: chmod 600 it",
+                    path.display()
+                );
+            }
+            for (index, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let at = format!("{}: line {}", path.display(), index + 1);
+                let mut words = line.split_whitespace();
+                let (Some(role), Some(token), None) = (words.next(), words.next(), words.next())
+                else {
+                    return Err(Failure(format!(
+                        "{at}: write one `ROLE TOKEN` a line (ROLE: worker or admin)"
+                    )));
+                };
+                let role = match role {
+                    "worker" => Role::Worker,
+                    "admin" => Role::Admin,
+                    other => {
+                        return Err(Failure(format!(
+                            "{at}: unknown role {other:?}: write worker or admin"
+                        )))
+                    }
+                };
+                tokens.add(token, role, &at)?;
+            }
+        }
+        for (variable, role) in VARIABLES {
+            if let Some(value) = super::super::from_env(variable) {
+                for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    tokens.add(token, role, &format!("${variable}"))?;
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    fn add(&mut self, token: &str, role: Role, at: &str) -> Result<(), Failure> {
+        if token.len() < MIN_TOKEN {
+            return Err(Failure(format!(
+                "{at}: a token must be at least {MIN_TOKEN} characters (one from \
+                 `head -c 24 /dev/urandom | base64` will do)"
+            )));
+        }
+        let digest = self.digest(token);
+        self.digests.push((digest, role));
+        Ok(())
+    }
+
+    fn digest(&self, token: &str) -> [u64; 2] {
+        [self.keys[0].hash_one(token), self.keys[1].hash_one(token)]
+    }
+
+    /// No tokens: every request may do everything (loopback only).
+    pub(crate) fn is_open(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// "auth: 2 worker and 1 admin tokens".
+    pub(crate) fn describe(&self) -> String {
+        let admins = self
+            .digests
+            .iter()
+            .filter(|(_, role)| *role == Role::Admin)
+            .count();
+        format!(
+            "bearer auth: {} worker and {admins} admin tokens",
+            self.digests.len() - admins
+        )
+    }
+
+    /// The role of a presented token, or `None`. Every digest is compared,
+    /// each in constant time, whatever matches.
+    pub(crate) fn role_of(&self, token: &str) -> Option<Role> {
+        let presented = self.digest(token);
+        let mut found: Option<Role> = None;
+        for (digest, role) in &self.digests {
+            let difference = (digest[0] ^ presented[0]) | (digest[1] ^ presented[1]);
+            let same = std::hint::black_box(difference) == 0;
+            if same {
+                found = found.max(Some(*role));
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_has_its_role_and_no_other() {
+        let mut tokens = Tokens {
+            digests: Vec::new(),
+            keys: [RandomState::new(), RandomState::new()],
+        };
+        assert!(tokens.is_open());
+        tokens
+            .add("worker-token-0123456789", Role::Worker, "test")
+            .unwrap();
+        tokens
+            .add("admin-token-0123456789", Role::Admin, "test")
+            .unwrap();
+        assert!(!tokens.is_open());
+        assert_eq!(
+            tokens.role_of("worker-token-0123456789"),
+            Some(Role::Worker)
+        );
+        assert_eq!(tokens.role_of("admin-token-0123456789"), Some(Role::Admin));
+        assert_eq!(tokens.role_of("worker-token-012345678"), None);
+        assert_eq!(tokens.role_of(""), None);
+        let short = tokens.add("short", Role::Admin, "here").unwrap_err();
+        assert!(short.0.contains("at least 16"), "{}", short.0);
+        assert!(
+            !short.0.contains("short\""),
+            "a token is never echoed: {}",
+            short.0
+        );
+    }
+}
