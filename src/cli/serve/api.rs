@@ -24,6 +24,7 @@ use crate::cli::output::{info_json, stats_json};
 
 /// Every route: method and path, as the OpenAPI document lists them (a
 /// test checks that it lists each).
+#[cfg(test)]
 pub(crate) const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/healthz"),
@@ -876,4 +877,113 @@ async fn reset_locks<S: Reopen>(
         .reset_limits(request.name.as_deref(), request.scope.as_deref())
         .await?;
     Ok(Json(json!({"reset": reset})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document lists every route with its method, and no other.
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let document: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, methods)| {
+                methods
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|methods| methods.keys())
+                    .map(move |method| (method.clone(), path.clone()))
+            })
+            .collect();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+
+    /// Random bodies never panic the parsing of a lease request or a
+    /// release outcome, and every refusal is a 400 that says why.
+    #[test]
+    fn random_bodies_are_parsed_or_refused_never_a_panic() {
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"scope\"",
+            "\"ttl\"",
+            "\"wait\"",
+            "\"units\"",
+            "\"outcome\"",
+            "\"for\"",
+            "\"until\"",
+            "\"reason\"",
+            "\"remaining\"",
+            "\"cool-down\"",
+            "\"disable\"",
+            "\"success\"",
+            "\"5m\"",
+            "\"\"",
+            "1",
+            "-1",
+            "1e400",
+            "0.5",
+            "null",
+            "true",
+            "\"2026-12-02T10:00:00Z\"",
+            "\"\\u0000\"",
+            "18446744073709551616",
+            " ",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut taken, mut refused) = (0, 0);
+        for _ in 0..50_000 {
+            let body: String = if rng.bool() {
+                (0..rng.usize(0..12))
+                    .map(|_| pieces[rng.usize(..pieces.len())])
+                    .collect()
+            } else {
+                let mut object = serde_json::Map::new();
+                for _ in 0..rng.usize(0..4) {
+                    let key = pieces[rng.usize(6..18)].trim_matches('"').to_string();
+                    let value = serde_json::from_str(pieces[rng.usize(..pieces.len())])
+                        .unwrap_or(Value::Null);
+                    object.insert(key, value);
+                }
+                Value::Object(object).to_string()
+            };
+            let bytes = Ok(Bytes::from(body.clone()));
+            match body::optional::<AcquireRequest>(bytes).and_then(|request| {
+                request.want()?;
+                Ok(request)
+            }) {
+                Ok(_) => taken += 1,
+                Err(error) => {
+                    assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+                    assert!(!error.message.is_empty());
+                    refused += 1;
+                }
+            }
+            let bytes = Ok(Bytes::from(body.clone()));
+            match body::optional::<ReleaseRequest>(bytes).and_then(ReleaseRequest::outcome) {
+                Ok(_) => taken += 1,
+                Err(error) => {
+                    assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            taken > 1_000 && refused > 1_000,
+            "{taken} taken, {refused} refused"
+        );
+    }
 }
