@@ -151,6 +151,13 @@ impl Drop for Server {
     }
 }
 
+/// A connector that sends small requests at once.
+fn nodelay() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
+}
+
 /// An HTTP/1.1 client with keep-alive.
 #[derive(Clone)]
 struct Http {
@@ -180,7 +187,7 @@ impl Reply {
 impl Http {
     fn new(server: &Server) -> Self {
         Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(nodelay()),
             base: server.url.clone(),
             token: None,
         }
@@ -1059,7 +1066,7 @@ fn two_hundred_clients_never_hold_a_credential_twice() {
         for client in 0..CLIENTS {
             // Each client its own connections, kept alive.
             let http = Http {
-                client: Client::builder(TokioExecutor::new()).build_http(),
+                client: Client::builder(TokioExecutor::new()).build(nodelay()),
                 ..http.clone()
             };
             let log = Arc::clone(&log);

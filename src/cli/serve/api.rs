@@ -99,12 +99,13 @@ pub(crate) fn router<S: Reopen>(app: Arc<App<S>>) -> Router {
             post(revoke::<S>),
         )
         .route("/v1/pools/{pool}/reset-locks", post(reset_locks::<S>))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
+        // After routing, so the log and the metrics see the route's template.
+        .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             access_log::<S>,
         ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(app)
 }

@@ -360,6 +360,13 @@ pub(crate) async fn run<S: Reopen>(
         eprintln!("credpool serve: {why}; answering waiting requests with 503 and stopping");
         let _ = stop.send(true);
     };
+    // Small answers go out at once, not after the peer's delayed ACK.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {error}");
+        }
+    });
     let served = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
