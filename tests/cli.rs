@@ -493,7 +493,7 @@ fn memory_is_refused_where_it_would_keep_nothing() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output.stderr).contains("use it with demo or torture"),
+        text(&output.stderr).contains("use it with demo, torture or serve"),
         "{}",
         text(&output.stderr)
     );
