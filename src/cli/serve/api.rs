@@ -632,7 +632,12 @@ async fn give_back<S: Reopen>(
         return Err(ApiError::unknown_lease(token));
     };
     let label = outcome.label();
-    match lease.release_with(outcome).await {
+    // In a task of its own: a client that hangs up mid-release must not
+    // turn a disable or a cool-down into a plain release (a dropped lease).
+    let released = tokio::spawn(lease.release_with(outcome))
+        .await
+        .map_err(|error| ApiError::internal(format!("the release failed: {error}")))?;
+    match released {
         Ok(()) => Ok(Json(json!({"released": true, "outcome": label})).into_response()),
         Err(error @ Error::ReleasePending { .. }) => Ok((
             StatusCode::ACCEPTED,

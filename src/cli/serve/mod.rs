@@ -245,26 +245,32 @@ impl<S: Reopen> App<S> {
     /// back (or will at the next grant), so nothing is released here.
     fn reap(&self) -> usize {
         let now = millis(SystemTime::now());
-        let expired: Vec<Arc<Held<S>>> = {
-            let mut leases = lock(&self.leases);
-            let tokens: Vec<String> = leases
-                .iter()
-                .filter(|(_, held)| held.expires_ms.load(Ordering::Relaxed) <= now)
-                .map(|(token, _)| token.clone())
-                .collect();
-            tokens
-                .iter()
-                .filter_map(|token| leases.remove(token))
-                .collect()
-        };
-        for held in &expired {
-            if let Ok(mut lease) = held.lease.try_lock() {
-                if let Some(lease) = lease.take() {
-                    let _ = lease.into_token();
-                }
+        let mut expired = Vec::new();
+        let mut leases = lock(&self.leases);
+        leases.retain(|_, held| {
+            if held.expires_ms.load(Ordering::Relaxed) > now {
+                return true;
             }
+            // A renew (or release) holds the lock: leave the entry to it and
+            // look again at the next tick. Dropping it here would drop the
+            // lease while the renew tells its client that it still holds it.
+            let Ok(mut lease) = held.lease.try_lock() else {
+                return true;
+            };
+            if held.expires_ms.load(Ordering::Relaxed) > now {
+                return true;
+            }
+            if let Some(lease) = lease.take() {
+                expired.push(lease);
+            }
+            false
+        });
+        drop(leases);
+        let forgotten = expired.len();
+        for lease in expired {
+            let _ = lease.into_token();
         }
-        expired.len()
+        forgotten
     }
 }
 
