@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::auth::Role;
 use super::body::{self, duration, time};
+use super::error::ApiError;
 use super::{millis, App, Reopen};
 use crate::cli::output::{info_json, stats_json};
 
@@ -110,137 +111,7 @@ pub(crate) fn router<S: Reopen>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
-/// An error answer: a status and `{"error": CODE, "message": TEXT}`.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-
-    pub(crate) fn internal(message: impl Into<String>) -> Self {
-        let message = message.into();
-        tracing::warn!("{message}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message)
-    }
-
-    fn shutting_down() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is stopping: try again on another, or when it is back",
-        )
-    }
-
-    fn unknown_lease(token: &str) -> Self {
-        // The token is the client's own; echoing a prefix helps it find
-        // which one, without putting it whole in a proxy's log.
-        let shown: String = token.chars().take(6).collect();
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "unknown_lease",
-            format!(
-                "no lease {shown}… in this pool on this server: it was released, passed its TTL \
-                 without a renew, or the server restarted; acquire a new one"
-            ),
-        )
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(error: Error) -> Self {
-        let (status, code) = match &error {
-            Error::NoCredentials { .. } => (StatusCode::CONFLICT, "no_credentials"),
-            Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            Error::Closed => (StatusCode::SERVICE_UNAVAILABLE, "closed"),
-            Error::LeaseLost { .. } => (StatusCode::GONE, "lease_lost"),
-            Error::Disabled { .. } => (StatusCode::CONFLICT, "disabled"),
-            Error::TooManyUnits { .. } => (StatusCode::CONFLICT, "too_many_units"),
-            Error::UnknownCredential { .. } => (StatusCode::NOT_FOUND, "unknown_credential"),
-            Error::DuplicateName { .. } => (StatusCode::CONFLICT, "duplicate_name"),
-            Error::InUse { .. } => (StatusCode::CONFLICT, "in_use"),
-            Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
-            Error::ReleasePending { .. } => (StatusCode::ACCEPTED, "release_pending"),
-            _ => return ApiError::internal(error.to_string()),
-        };
-        ApiError::new(status, code, error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
 type Answer = Result<Response, ApiError>;
-
-impl<S: Reopen> App<S> {
-    /// Checks the request's bearer token against the role it needs.
-    pub(crate) fn allow(&self, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
-        if self.tokens.is_open() {
-            return Ok(Role::Admin);
-        }
-        let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this server needs a token: send `Authorization: Bearer TOKEN`",
-            ));
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(role) = token.and_then(|token| self.tokens.role_of(token)) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the Authorization header holds no token this server knows: send `Authorization: Bearer TOKEN`",
-            ));
-        };
-        if role < need {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this needs the {} role; the token given is a {} token",
-                    need.label(),
-                    role.label()
-                ),
-            ));
-        }
-        Ok(role)
-    }
-}
 
 /// Logs each request at debug level: method, route template, status and
 /// time. Never the path itself (it may hold a lease token) or a header.
@@ -301,9 +172,6 @@ async fn pools<S: Reopen>(State(app): State<Arc<App<S>>>, headers: HeaderMap) ->
     Ok(Json(json!({"served": app.primary.name(), "pools": list})).into_response())
 }
 
-/// The shortest TTL of an HTTP lease: a client must be able to renew in time.
-const MIN_TTL: Duration = Duration::from_secs(1);
-
 /// `POST /v1/pools/{pool}/leases`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,21 +224,7 @@ async fn acquire<S: Reopen>(
     app.allow(&headers, Role::Worker)?;
     let request: AcquireRequest = body::optional(body)?;
     let want = request.want()?;
-    let ttl = request.ttl.unwrap_or(app.lease_ttl);
-    if ttl > app.max_ttl {
-        return Err(ApiError::bad_request(format!(
-            "field `ttl`: {} is longer than this server allows ({}, credpool serve --max-ttl)",
-            humantime::format_duration(ttl),
-            humantime::format_duration(app.max_ttl)
-        )));
-    }
-    if ttl < MIN_TTL {
-        return Err(ApiError::bad_request(format!(
-            "field `ttl`: {} is shorter than an HTTP lease may live ({}): a renew could not arrive in time",
-            humantime::format_duration(ttl),
-            humantime::format_duration(MIN_TTL)
-        )));
-    }
+    let ttl = app.ttl(request.ttl)?;
     let wait = request.wait.unwrap_or_default();
     if wait > app.max_wait {
         return Err(ApiError::bad_request(format!(
@@ -455,21 +309,7 @@ async fn renew<S: Reopen>(
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
     let request: RenewRequest = body::optional(body)?;
-    let ttl = request.ttl.unwrap_or(app.lease_ttl);
-    if ttl > app.max_ttl {
-        return Err(ApiError::bad_request(format!(
-            "field `ttl`: {} is longer than this server allows ({})",
-            humantime::format_duration(ttl),
-            humantime::format_duration(app.max_ttl)
-        )));
-    }
-    if ttl < MIN_TTL {
-        return Err(ApiError::bad_request(format!(
-            "field `ttl`: {} is shorter than an HTTP lease may live ({})",
-            humantime::format_duration(ttl),
-            humantime::format_duration(MIN_TTL)
-        )));
-    }
+    let ttl = app.ttl(request.ttl)?;
     let held = app
         .held(&token)
         .filter(|held| *held.pool == *pool)
@@ -682,7 +522,7 @@ async fn list<S: Reopen>(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let query = body::query(query)?;
     if let Some(state) = &query.state {
         if !STATES.contains(&state.as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -781,7 +621,7 @@ async fn import<S: Reopen>(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     app.allow(&headers, Role::Admin)?;
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let query = body::query(query)?;
     let skip = query.skip_existing.unwrap_or(false);
     let bytes = body.map_err(|rejection| body::required::<Value>(Err(rejection)).unwrap_err())?;
     let text = std::str::from_utf8(&bytes)
@@ -812,7 +652,7 @@ async fn remove<S: Reopen>(
     query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     app.allow(&headers, Role::Admin)?;
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let query = body::query(query)?;
     let pool = app.pool(&pool).await?;
     if query.force.unwrap_or(false) {
         pool.remove_forced(&name).await?;

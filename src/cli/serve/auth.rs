@@ -8,7 +8,16 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::path::Path;
 
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, StatusCode};
+
+use super::error::ApiError;
+use super::{App, Reopen};
 use crate::cli::Failure;
+
+/// The shortest TTL of an HTTP lease: a client must be able to renew in time.
+const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -147,6 +156,67 @@ impl Tokens {
             }
         }
         found
+    }
+}
+
+impl<S: Reopen> App<S> {
+    /// Checks the request's bearer token against the role it needs.
+    pub(crate) fn allow(&self, headers: &HeaderMap, need: Role) -> Result<Role, ApiError> {
+        if self.tokens.is_open() {
+            return Ok(Role::Admin);
+        }
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server needs a token: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(role) = token.and_then(|token| self.tokens.role_of(token)) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the Authorization header holds no token this server knows: send `Authorization: Bearer TOKEN`",
+            ));
+        };
+        if role < need {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role; the token given is a {} token",
+                    need.label(),
+                    role.label()
+                ),
+            ));
+        }
+        Ok(role)
+    }
+
+    /// The TTL a request asks for (the server's when none), if it is
+    /// one this server allows.
+    pub(crate) fn ttl(&self, asked: Option<Duration>) -> Result<Duration, ApiError> {
+        let ttl = asked.unwrap_or(self.lease_ttl);
+        if ttl > self.max_ttl {
+            return Err(ApiError::bad_request(format!(
+                "field `ttl`: {} is longer than this server allows ({}, credpool serve --max-ttl)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.max_ttl)
+            )));
+        }
+        if ttl < MIN_TTL {
+            return Err(ApiError::bad_request(format!(
+                "field `ttl`: {} is shorter than an HTTP lease may live ({}): a renew could not arrive in time",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MIN_TTL)
+            )));
+        }
+        Ok(ttl)
     }
 }
 

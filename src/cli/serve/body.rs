@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use super::api::ApiError;
+use super::error::ApiError;
 
 /// A body that may be empty (then every field takes its default).
 pub(crate) fn optional<T: DeserializeOwned + Default>(
@@ -116,4 +116,13 @@ pub(crate) fn time<'de, D: Deserializer<'de>>(reader: D) -> Result<Option<System
             .map(Some)
             .map_err(|error| D::Error::custom(format!("{text:?} is no time ({error}): give RFC 3339 text (\"2026-12-02T10:00:00Z\") or ms since 1970"))),
     }
+}
+
+/// A query string's parameters; a bad one is a 400 that names it.
+pub(crate) fn query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|axum::extract::Query(query)| query)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }

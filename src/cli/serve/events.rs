@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use super::api::ApiError;
 use super::auth::Role;
+use super::error::ApiError;
 use super::{lock, millis, App, Reopen};
 use crate::cli::output::stats_json;
 
@@ -47,7 +47,7 @@ pub(crate) async fn stream<S: Reopen>(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     app.allow(&headers, Role::Worker)?;
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let query = super::body::query(query)?;
     let name = query.pool.unwrap_or_else(|| app.primary.name().to_string());
     let pool = app.pool(&name).await?;
     let events = pool.subscribe();

@@ -18,8 +18,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use super::api::ApiError;
 use super::auth::Role;
+use super::error::ApiError;
 use super::{App, Reopen};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

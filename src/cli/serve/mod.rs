@@ -10,6 +10,7 @@
 mod api;
 mod auth;
 mod body;
+mod error;
 mod events;
 mod metrics;
 
@@ -160,7 +161,7 @@ impl LeaseKeys {
 impl<S: Reopen> App<S> {
     /// The pool a request names: 404 unless it is the one served or one
     /// the store holds.
-    pub(crate) async fn pool(self: &Arc<Self>, name: &str) -> Result<Pool<S>, api::ApiError> {
+    pub(crate) async fn pool(self: &Arc<Self>, name: &str) -> Result<Pool<S>, error::ApiError> {
         if name == self.primary.name() {
             return Ok(self.primary.clone());
         }
@@ -168,13 +169,13 @@ impl<S: Reopen> App<S> {
         if let Some(pool) = others.get(name) {
             return Ok(pool.clone());
         }
-        let pools = self.primary.pools().await.map_err(api::ApiError::from)?;
+        let pools = self.primary.pools().await.map_err(error::ApiError::from)?;
         let unknown = || {
             let mut names: Vec<String> = pools.iter().map(|p| format!("`{}`", p.name)).collect();
             if !pools.iter().any(|p| p.name == self.primary.name()) {
                 names.insert(0, format!("`{}`", self.primary.name()));
             }
-            api::ApiError::new(
+            error::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "unknown_pool",
                 format!(
@@ -189,7 +190,7 @@ impl<S: Reopen> App<S> {
         let tuning = self.tuning;
         let Some(pool) = S::reopen(&self.place, name, tuning)
             .await
-            .map_err(|Failure(message)| api::ApiError::internal(message))?
+            .map_err(|Failure(message)| error::ApiError::internal(message))?
         else {
             return Err(unknown());
         };
