@@ -1380,3 +1380,195 @@ fn holders_across_processes() {
         holder()
     );
 }
+
+/// One HTTP/1.1 request to `credpool serve` on a connection of its own:
+/// the status, the headers (lower case) and the body as JSON (`Null` when
+/// empty).
+fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String, serde_json::Value) {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\
+         authorization: Bearer {token}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = match body.trim() {
+        "" => serde_json::Value::Null,
+        text => serde_json::from_str(text).unwrap_or(serde_json::Value::String(text.into())),
+    };
+    (status, head.to_lowercase(), json)
+}
+
+/// `credpool serve --url` on Postgres: HTTP leases and the store's other
+/// processes share one pool (a lease held in this process makes an HTTP
+/// client wait, and its release reaches it through the store's line);
+/// admin routes write the store; an abandoned HTTP lease ends by its TTL;
+/// and SIGTERM leaves the leases to the store.
+#[test]
+fn serve_shares_a_postgres_pool_with_other_processes() {
+    use std::io::BufRead;
+    const WORKER: &str = "worker-token-for-postgres-0123";
+    const ADMIN: &str = "admin-token-for-postgres-0123";
+    let schema = fresh_schema("serve");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = rt.block_on(async {
+        let pool = Pool::new(open(&schema).await);
+        pool.add(NewCredential::new("one", "secret-one"))
+            .await
+            .unwrap();
+        pool
+    });
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_credpool"))
+        .args(["--url", &url(), "--schema", &schema])
+        .args(["serve", "--listen", "127.0.0.1:0", "--lease-ttl", "1m"])
+        .env("CREDPOOL_WORKER_TOKEN", WORKER)
+        .env("CREDPOOL_ADMIN_TOKEN", ADMIN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    let leases = "/v1/pools/default/leases".to_string();
+
+    // An HTTP lease is the store's: this process sees it, and waits for it.
+    let (status, _, lease) = http(&base, "POST", &leases, WORKER, Some(serde_json::json!({})));
+    assert_eq!(status, 201, "{lease}");
+    assert_eq!(lease["secret"], "secret-one");
+    let stats = rt.block_on(pool.stats()).unwrap();
+    assert_eq!((stats.leases, stats.available), (1, 0), "{stats:?}");
+    assert!(rt.block_on(pool.try_acquire()).unwrap().is_none());
+    let (status, headers, busy) = http(&base, "POST", &leases, WORKER, Some(serde_json::json!({})));
+    assert_eq!(
+        (status, busy["error"].as_str()),
+        (503, Some("none_free")),
+        "{busy}"
+    );
+    assert!(headers.contains("retry-after:"), "{headers}");
+    let token = lease["token"].as_str().unwrap();
+    let (status, _, _) = http(
+        &base,
+        "POST",
+        &format!("{leases}/{token}/release"),
+        WORKER,
+        Some(serde_json::json!({"outcome": "success"})),
+    );
+    assert_eq!(status, 200);
+
+    // A lease held here makes an HTTP client wait; its release here reaches
+    // the waiter in the server's process.
+    let held = rt.block_on(pool.acquire()).unwrap();
+    let waiter = {
+        let (base, leases) = (base.clone(), leases.clone());
+        std::thread::spawn(move || {
+            http(
+                &base,
+                "POST",
+                &leases,
+                WORKER,
+                Some(serde_json::json!({"wait": "20s", "ttl": 1})),
+            )
+        })
+    };
+    let started = std::time::Instant::now();
+    while rt.block_on(pool.stats()).unwrap().waiters == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the HTTP client waits"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(held.release()).unwrap();
+    let (status, _, handed) = waiter.join().unwrap();
+    assert_eq!(status, 201, "{handed}");
+    assert_eq!(handed["name"], "one");
+
+    // Nobody renews that one (TTL 1 s): it ends, and this process gets it.
+    let again = rt
+        .block_on(pool.acquire_timeout(Duration::from_secs(20)))
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let late = handed["token"].as_str().unwrap();
+    let (status, _, _) = http(
+        &base,
+        "POST",
+        &format!("{leases}/{late}/renew"),
+        WORKER,
+        None,
+    );
+    assert!(
+        status == 404 || status == 410,
+        "a lost lease is not renewed: {status}"
+    );
+    rt.block_on(again.release()).unwrap();
+
+    // Admin routes write the store; a worker may not use them.
+    let credentials = "/v1/pools/default/credentials";
+    let new = serde_json::json!({"name": "two", "secret": "secret-two"});
+    let (status, _, _) = http(&base, "POST", credentials, WORKER, Some(new.clone()));
+    assert_eq!(status, 403);
+    let (status, _, added) = http(&base, "POST", credentials, ADMIN, Some(new));
+    assert_eq!(status, 201, "{added}");
+    let (status, _, _) = http(
+        &base,
+        "POST",
+        &format!("{credentials}/one/disable"),
+        ADMIN,
+        Some(serde_json::json!({"reason": "banned"})),
+    );
+    assert_eq!(status, 200);
+    let listed = rt.block_on(pool.list()).unwrap();
+    let states: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|c| {
+            let disabled = matches!(&c.state, credpool::CredentialState::Disabled { reason } if reason == "banned");
+            (c.name.as_str(), disabled)
+        })
+        .collect();
+    assert_eq!(states, [("one", true), ("two", false)]);
+    let (status, _, list) = http(&base, "GET", credentials, WORKER, None);
+    assert_eq!(status, 200);
+    assert!(!list.to_string().contains("secret-two"), "{list}");
+
+    // SIGTERM: the server's lease is left to the store, until its TTL.
+    let (status, _, kept) = http(&base, "POST", &leases, WORKER, Some(serde_json::json!({})));
+    assert_eq!(
+        (status, kept["name"].as_str()),
+        (201, Some("two")),
+        "{kept}"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let output = server.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stats = rt.block_on(pool.stats()).unwrap();
+    assert_eq!(stats.leases, 1, "left to the store: {stats:?}");
+    assert!(rt.block_on(pool.try_acquire()).unwrap().is_none());
+}
