@@ -55,12 +55,17 @@ const VARIABLES: [(&str, Role); 2] = [
 const MIN_TOKEN: usize = 16;
 
 impl Tokens {
-    /// Reads the tokens of `--auth-file` and the environment.
-    pub(crate) fn load(file: Option<&Path>) -> Result<Self, Failure> {
-        let mut tokens = Tokens {
+    /// No tokens: no auth.
+    pub(crate) fn none() -> Self {
+        Tokens {
             digests: Vec::new(),
             keys: [RandomState::new(), RandomState::new()],
-        };
+        }
+    }
+
+    /// Reads the tokens of `--auth-file` and the environment.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, Failure> {
+        let mut tokens = Tokens::none();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|error| {
                 Failure(format!(

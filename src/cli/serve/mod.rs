@@ -159,6 +159,36 @@ impl LeaseKeys {
 }
 
 impl<S: Reopen> App<S> {
+    /// The state of a server of `pool`, which stops when `shutdown` turns true.
+    fn new(
+        pool: Pool<S>,
+        place: &Place,
+        tuning: Tuning,
+        args: &ServeArgs,
+        tokens: auth::Tokens,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let app = Arc::new(App {
+            place: place.clone(),
+            tuning,
+            primary: pool,
+            others: Default::default(),
+            leases: Default::default(),
+            metrics: metrics::Metrics::new(),
+            monitors: Default::default(),
+            shutdown,
+            lease_ttl: args.lease_ttl,
+            max_ttl: args.max_ttl.max(args.lease_ttl),
+            max_wait: args.max_wait,
+            max_body: args.max_body,
+            persistent: !matches!(place, Place::Memory),
+            lease_keys: LeaseKeys::new(),
+            tokens,
+        });
+        app.metrics.watch(&app.primary, app.shutdown.clone());
+        app
+    }
+
     /// The pool a request names: 404 unless it is the one served or one
     /// the store holds.
     pub(crate) async fn pool(self: &Arc<Self>, name: &str) -> Result<Pool<S>, error::ApiError> {
@@ -313,24 +343,7 @@ pub(crate) async fn run<S: Reopen>(
         .local_addr()
         .map_err(|error| Failure(format!("cannot listen on {}: {error}", args.listen)))?;
     let (stop, shutdown) = watch::channel(false);
-    let app = Arc::new(App {
-        place: place.clone(),
-        tuning,
-        primary: pool.clone(),
-        others: Default::default(),
-        leases: Default::default(),
-        metrics: metrics::Metrics::new(),
-        monitors: Default::default(),
-        shutdown,
-        lease_ttl: args.lease_ttl,
-        max_ttl: args.max_ttl.max(args.lease_ttl),
-        max_wait: args.max_wait,
-        max_body: args.max_body,
-        persistent: !matches!(place, Place::Memory),
-        lease_keys: LeaseKeys::new(),
-        tokens,
-    });
-    app.metrics.watch(&pool, app.shutdown.clone());
+    let app = App::new(pool.clone(), place, tuning, &args, tokens, shutdown);
     let reaper = {
         let app = Arc::clone(&app);
         tokio::spawn(async move {
@@ -416,4 +429,71 @@ async fn stop_signal() -> &'static str {
     }
     let _ = tokio::signal::ctrl_c().await;
     "interrupted"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's state over a memory pool of one credential, without a
+    /// listener.
+    fn app() -> (Arc<App<credpool::MemoryStore>>, watch::Sender<bool>) {
+        let pool = Pool::new(credpool::MemoryStore::new());
+        let args = ServeArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth_file: None,
+            lease_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(60),
+            max_body: 1024,
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let app = App::new(
+            pool,
+            &Place::Memory,
+            Tuning::default(),
+            &args,
+            auth::Tokens::none(),
+            shutdown,
+        );
+        (app, stop)
+    }
+
+    /// The reaper forgets an HTTP lease past its TTL, but never one a renew
+    /// (or release) is working on: it would drop the lease while the renew
+    /// tells its client that it still holds it. After the renew, the new
+    /// expiry keeps it.
+    #[tokio::test]
+    async fn the_reaper_never_drops_a_lease_a_renew_holds() {
+        let (app, _stop) = app();
+        let pool = app.primary.clone();
+        pool.add(credpool::NewCredential::new("c", "s"))
+            .await
+            .unwrap();
+        let lease = pool.acquire().await.unwrap();
+        let token = app.keep(pool.name(), lease);
+        let held = app.held(&token).unwrap();
+        // A renew takes the lock, and the TTL passes while it talks to the store.
+        let mut renewing = held.lease.lock().await;
+        held.expires_ms.store(0, Ordering::Relaxed);
+        for _ in 0..3 {
+            assert_eq!(app.reap(), 0, "nothing is forgotten while a renew works");
+            assert!(app.held(&token).is_some());
+        }
+        let renewed = renewing.as_mut().unwrap();
+        renewed.renew_for(Duration::from_secs(60)).await.unwrap();
+        let expires = renewed.expires_at().map_or(u64::MAX, millis);
+        held.expires_ms.store(expires, Ordering::Relaxed);
+        drop(renewing);
+        assert_eq!(app.reap(), 0, "the renewed lease is kept");
+        assert!(app.held(&token).is_some());
+        assert!(
+            pool.try_acquire().await.unwrap().is_none(),
+            "it is still held"
+        );
+        // Past its TTL, with nobody working on it, it is forgotten.
+        held.expires_ms.store(0, Ordering::Relaxed);
+        assert_eq!(app.reap(), 1);
+        assert!(app.held(&token).is_none());
+    }
 }
