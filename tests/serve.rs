@@ -870,6 +870,85 @@ fn a_client_that_hangs_up_while_it_waits_leaks_nothing() {
     });
 }
 
+/// An acquire may carry the release of the lease before it (a worker's
+/// loop in one round trip): the release comes first and stays done
+/// whatever the acquire answers; when it fails, nothing is acquired.
+#[test]
+fn a_release_can_ride_on_the_next_acquire() {
+    let db = store_with("riding", 1, 1);
+    let server = Server::start(&db, &[], &[]);
+    runtime().block_on(async {
+        let http = Http::new(&server);
+        let leases = |http: Http| async move {
+            http.get("/v1/pools/default/stats").await.json()["leases"].clone()
+        };
+        let first = http.acquire(json!({})).await.json();
+        let first_token = first["token"].as_str().unwrap().to_string();
+        // One credential: the second lease is only there if the first went back.
+        let second = http
+            .acquire(json!({"release": {"token": first_token}}))
+            .await;
+        assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
+        let second = second.json();
+        assert_eq!(second["released"], json!({"released": true, "outcome": "success"}));
+        assert_ne!(second["token"], first["token"]);
+        assert!(second["lease_id"].as_u64() > first["lease_id"].as_u64());
+        let renew = format!("/v1/pools/default/leases/{first_token}/renew");
+        assert_eq!(http.post(&renew, json!({})).await.code(), "unknown_lease");
+        // A release that fails acquires nothing: the lease held stays held.
+        for (body, code) in [
+            (json!({"release": {"token": first_token}}), "unknown_lease"),
+            (json!({"release": {"token": "0123456789abcdef0123456789abcdef"}}), "unknown_lease"),
+        ] {
+            let reply = http.acquire(body).await;
+            assert_eq!((reply.status, reply.code()), (StatusCode::NOT_FOUND, code.to_string()));
+            assert_eq!(leases(http.clone()).await, 1);
+        }
+        let second_token = second["token"].as_str().unwrap();
+        // Bad release fields are a 400 naming them inside `release`, and
+        // change nothing.
+        for (body, field) in [
+            (json!({"release": {}}), "release.token"),
+            (json!({"release": {"token": second_token, "outcome": "maybe"}}), "release.outcome"),
+            (json!({"release": {"token": second_token, "outcome": "cool-down"}}), "release.for"),
+            (json!({"release": {"token": second_token, "for": "x"}}), "release.for"),
+            (json!({"release": {"token": second_token, "colour": 1}}), "colour"),
+            (json!({"release": "later"}), "release"),
+        ] {
+            let reply = http.acquire(body.clone()).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {}", reply.text);
+            assert!(reply.text.contains(field), "{body}: {}", reply.text);
+            assert_eq!(leases(http.clone()).await, 1, "{body}");
+        }
+        // A token in a plain release's body is refused: it is in the path.
+        let path = format!("/v1/pools/default/leases/{second_token}/release");
+        let reply = http.post(&path, json!({"token": second_token})).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+        // A release with a cool-down, and nothing free after it: 503, and the
+        // release is done (the credential cools down, no lease is out).
+        let reply = http
+            .acquire(json!({"release": {"token": second_token, "outcome": "cool-down", "for": "1s"}}))
+            .await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "none_free"),
+            "{}",
+            reply.text
+        );
+        assert!(reply.text.contains("was released"), "{}", reply.text);
+        let stats = http.get("/v1/pools/default/stats").await.json();
+        assert_eq!((stats["leases"].clone(), stats["cooling_down"].clone()), (json!(0), json!(1)), "{stats}");
+        // A disable rides too: then no credential is left to acquire.
+        let third = http.acquire(json!({"wait": "10s"})).await.json();
+        let reply = http
+            .acquire(json!({"release": {"token": third["token"], "outcome": "disable", "reason": "banned"}}))
+            .await;
+        assert_eq!(reply.code(), "no_credentials", "{}", reply.text);
+        let stats = http.get("/v1/pools/default/stats").await.json();
+        assert_eq!((stats["leases"].clone(), stats["disabled"].clone()), (json!(0), json!(1)), "{stats}");
+    });
+}
+
 #[test]
 fn a_lease_nobody_renews_is_lost_after_its_ttl() {
     let db = store_with("abandoned", 1, 1);
@@ -1073,8 +1152,27 @@ fn two_hundred_clients_never_hold_a_credential_twice() {
             tasks.push(tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(client as u64);
                 let (mut grants, mut cut) = (0u64, 0u64);
+                // Odd clients release each lease with their next acquire.
+                let riding = client % 2 == 1;
+                let mut unreleased: Option<String> = None;
+                let release = |token: String| {
+                    let http = http.clone();
+                    async move {
+                        let path = format!("/v1/pools/default/leases/{token}/release");
+                        let released = http.post(&path, json!({})).await;
+                        assert_eq!(released.status, StatusCode::OK, "{}", released.text);
+                    }
+                };
                 while Instant::now() < deadline {
-                    let reply = if rng.u8(..10) == 0 {
+                    let hang_up = rng.u8(..10) == 0;
+                    if hang_up {
+                        // A hang-up never carries a release: the client
+                        // could not know whether it was made.
+                        if let Some(token) = unreleased.take() {
+                            release(token).await;
+                        }
+                    }
+                    let reply = if hang_up {
                         // A hang-up while waiting: a short TTL, so a grant
                         // that raced the hang-up comes back soon.
                         let wait = Duration::from_millis(rng.u64(1..30));
@@ -1087,7 +1185,21 @@ fn two_hundred_clients_never_hold_a_credential_twice() {
                             }
                         }
                     } else {
-                        http.acquire(json!({"wait": "5s", "ttl": "30s"})).await
+                        let mut ask = json!({"wait": "5s", "ttl": "30s"});
+                        let rides = unreleased.take();
+                        if let Some(token) = &rides {
+                            ask["release"] = json!({"token": token});
+                        }
+                        let reply = http.acquire(ask).await;
+                        if rides.is_some() && reply.status == StatusCode::CREATED {
+                            assert_eq!(
+                                reply.json()["released"]["released"],
+                                true,
+                                "{}",
+                                reply.text
+                            );
+                        }
+                        reply
                     };
                     if reply.status == StatusCode::SERVICE_UNAVAILABLE {
                         continue;
@@ -1098,15 +1210,16 @@ fn two_hundred_clients_never_hold_a_credential_twice() {
                     log.start(lease["name"].as_str().unwrap(), CAPACITY, id);
                     tokio::time::sleep(Duration::from_micros(rng.u64(0..2000))).await;
                     log.end(id);
-                    let token = lease["token"].as_str().unwrap();
-                    let released = http
-                        .post(
-                            &format!("/v1/pools/default/leases/{token}/release"),
-                            json!({}),
-                        )
-                        .await;
-                    assert_eq!(released.status, StatusCode::OK, "{}", released.text);
+                    let token = lease["token"].as_str().unwrap().to_string();
+                    if riding {
+                        unreleased = Some(token);
+                    } else {
+                        release(token).await;
+                    }
                     grants += 1;
+                }
+                if let Some(token) = unreleased {
+                    release(token).await;
                 }
                 (grants, cut)
             }));

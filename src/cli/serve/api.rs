@@ -188,6 +188,9 @@ pub(crate) struct AcquireRequest {
     /// How long to wait for a credential to come free (a long-poll).
     #[serde(default, deserialize_with = "duration")]
     wait: Option<Duration>,
+    /// A lease of this pool to release first (its `token`, and how it
+    /// went): a worker's loop in one round trip.
+    release: Option<ReleaseRequest>,
 }
 
 impl AcquireRequest {
@@ -234,10 +237,32 @@ async fn acquire<S: Reopen>(
             humantime::format_duration(app.max_wait)
         )));
     }
+    let release = match request.release {
+        Some(mut release) => {
+            let token = release.token.take().ok_or_else(|| {
+                ApiError::bad_request(
+                    "field `release.token`: give the token of the lease to release first",
+                )
+            })?;
+            // Its fields are inside `release`: say so.
+            let outcome = release.outcome().map_err(|mut error| {
+                error.message = error.message.replacen("field `", "field `release.", 1);
+                error
+            })?;
+            Some((token, outcome))
+        }
+        None => None,
+    };
     if app.shutting_down() {
         return Err(ApiError::shutting_down());
     }
     let pool = app.pool(&name).await?;
+    // The release first: when it fails (an unknown or lost lease), nothing
+    // is acquired; once it is done, whatever follows, it stays done.
+    let released = match release {
+        Some((token, outcome)) => Some(give_back(&app, pool.name(), &token, outcome).await?),
+        None => None,
+    };
     // A client that disconnects drops this future: the wait is undone by
     // the pool, and a grant that came is released by the lease's drop.
     let granted = tokio::select! {
@@ -259,11 +284,15 @@ async fn acquire<S: Reopen>(
         } else {
             format!("within {}", humantime::format_duration(wait))
         };
+        let and_released = match released {
+            Some(_) => " (the lease in `release` was released)",
+            None => "",
+        };
         let mut error = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "none_free",
             format!(
-                "no credential in pool `{}` came free ({want}) {waited}",
+                "no credential in pool `{}` came free ({want}) {waited}{and_released}",
                 pool.name()
             ),
         );
@@ -287,6 +316,9 @@ async fn acquire<S: Reopen>(
     if let Some(expires) = lease.expires_at() {
         answer["expires_at"] = at(expires);
         answer["expires_at_ms"] = json!(millis(expires));
+    }
+    if let Some(released) = released {
+        answer["released"] = released.json();
     }
     let token = app.keep(pool.name(), lease);
     answer["token"] = json!(token);
@@ -346,6 +378,9 @@ async fn renew<S: Reopen>(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReleaseRequest {
+    /// The lease's token: only in an acquire's `release` (a release names
+    /// it in its path).
+    token: Option<String>,
     /// `success` (default), `cool-down`, `disable`.
     outcome: Option<String>,
     /// cool-down: for how long.
@@ -443,8 +478,13 @@ async fn release<S: Reopen>(
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
     let request: ReleaseRequest = body::optional(body)?;
+    if request.token.is_some() {
+        return Err(ApiError::bad_request(
+            "field `token`: a release names its lease in the path (POST …/leases/{token}/release)",
+        ));
+    }
     let outcome = request.outcome()?;
-    give_back(&app, &pool, &token, outcome).await
+    Ok(give_back(&app, &pool, &token, outcome).await?.answer())
 }
 
 async fn release_plain<S: Reopen>(
@@ -453,15 +493,49 @@ async fn release_plain<S: Reopen>(
     headers: HeaderMap,
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
-    give_back(&app, &pool, &token, ReleaseOutcome::Success).await
+    Ok(give_back(&app, &pool, &token, ReleaseOutcome::Success)
+        .await?
+        .answer())
 }
 
+/// A release's result: done, or kept to be committed later.
+enum Released {
+    Done {
+        outcome: &'static str,
+    },
+    Pending {
+        outcome: &'static str,
+        message: String,
+    },
+}
+
+impl Released {
+    fn json(&self) -> Value {
+        match self {
+            Released::Done { outcome } => json!({"released": true, "outcome": outcome}),
+            Released::Pending { outcome, message } => {
+                json!({"released": "pending", "outcome": outcome, "message": message})
+            }
+        }
+    }
+
+    /// The answer to a release request: 200, or 202 when pending.
+    fn answer(self) -> Response {
+        let status = match self {
+            Released::Done { .. } => StatusCode::OK,
+            Released::Pending { .. } => StatusCode::ACCEPTED,
+        };
+        (status, Json(self.json())).into_response()
+    }
+}
+
+/// Releases the lease under `token` in `pool` with `outcome`.
 async fn give_back<S: Reopen>(
     app: &Arc<App<S>>,
     pool: &str,
     token: &str,
     outcome: ReleaseOutcome,
-) -> Answer {
+) -> Result<Released, ApiError> {
     if app.held(token).is_none_or(|held| *held.pool != *pool) {
         return Err(ApiError::unknown_lease(token));
     }
@@ -478,12 +552,11 @@ async fn give_back<S: Reopen>(
         .await
         .map_err(|error| ApiError::internal(format!("the release failed: {error}")))?;
     match released {
-        Ok(()) => Ok(Json(json!({"released": true, "outcome": label})).into_response()),
-        Err(error @ Error::ReleasePending { .. }) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"released": "pending", "outcome": label, "message": error.to_string()})),
-        )
-            .into_response()),
+        Ok(()) => Ok(Released::Done { outcome: label }),
+        Err(error @ Error::ReleasePending { .. }) => Ok(Released::Pending {
+            outcome: label,
+            message: error.to_string(),
+        }),
         Err(error) => Err(error.into()),
     }
 }
