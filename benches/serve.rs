@@ -1,6 +1,7 @@
 //! `credpool serve` against the in-process pool on the same kind of SQLite
 //! file, in the same run: acquire + release pairs over HTTP/1.1 on
-//! loopback, with 64 keep-alive clients and with one.
+//! loopback, with 64 keep-alive clients and with one; each release in a
+//! request of its own, or riding on the next acquire.
 //!
 //! `cargo bench --bench serve`
 
@@ -100,11 +101,44 @@ async fn http_pair(client: &HttpClient, base: &str) {
     let response = client.request(acquire).await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    // The token is the only field we need: find it without a JSON parse
-    // (what a thin client would do; the server's work is what is timed).
-    let text = std::str::from_utf8(&body).unwrap();
+    release(client, base, token_of(&body)).await;
+}
+
+/// `pairs` acquire + release pairs over HTTP, each release riding on the
+/// next acquire (`"release": {"token": …}`): one round trip a pair, and one
+/// release at the end.
+async fn http_riding_pairs(client: &HttpClient, base: &str, pairs: usize) {
+    let mut held: Option<String> = None;
+    for _ in 0..pairs {
+        let body = match &held {
+            Some(token) => format!(r#"{{"wait": "10s", "release": {{"token": "{token}"}}}}"#),
+            None => r#"{"wait": "10s"}"#.to_string(),
+        };
+        let acquire = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{base}/v1/pools/default/leases"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(acquire).await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        held = Some(token_of(&body).to_string());
+    }
+    if let Some(token) = held {
+        release(client, base, &token).await;
+    }
+}
+
+/// The token of an acquire's answer, found without a JSON parse (what a
+/// thin client would do; the server's work is what is timed).
+fn token_of(body: &[u8]) -> &str {
+    let text = std::str::from_utf8(body).unwrap();
     let at = text.find("\"token\":\"").unwrap() + 9;
-    let token = &text[at..at + 32];
+    &text[at..at + 32]
+}
+
+async fn release(client: &HttpClient, base: &str, token: &str) {
     let release = Request::builder()
         .method(Method::DELETE)
         .uri(format!("{base}/v1/pools/default/leases/{token}"))
@@ -159,6 +193,14 @@ fn bench(c: &mut Criterion) {
             }))
         })
     });
+    group.bench_function("http_64_keep_alive_clients_release_riding", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(time_tasks(iterations, 64, |index| {
+                let (client, base) = (clients[index].clone(), Arc::clone(&base));
+                async move { http_riding_pairs(&client, &base, PAIRS_PER_TASK).await }
+            }))
+        })
+    });
     group.finish();
 
     let mut group = c.benchmark_group("serve/one_client_pair");
@@ -182,6 +224,15 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iterations {
                     http_pair(&client, &base).await;
                 }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("http_release_riding", |b| {
+        b.iter_custom(|iterations| {
+            runtime.block_on(async {
+                let started = Instant::now();
+                http_riding_pairs(&client, &base, iterations as usize).await;
                 started.elapsed()
             })
         })
