@@ -1433,16 +1433,28 @@ fn serve_shares_a_postgres_pool_with_other_processes() {
             .unwrap();
         pool
     });
+    /// Kills the server when a check fails before its stop.
+    struct Killed(Option<std::process::Child>);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let errors = common::fresh_path("postgres-tests", &format!("{schema}-stderr"));
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_credpool"))
         .args(["--url", &url(), "--schema", &schema])
         .args(["serve", "--listen", "127.0.0.1:0", "--lease-ttl", "1m"])
         .env("CREDPOOL_WORKER_TOKEN", WORKER)
         .env("CREDPOOL_ADMIN_TOKEN", ADMIN)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&errors).unwrap())
         .spawn()
         .unwrap();
     let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut server = Killed(Some(server));
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     let base = first
@@ -1558,15 +1570,16 @@ fn serve_shares_a_postgres_pool_with_other_processes() {
         (201, Some("two")),
         "{kept}"
     );
+    let mut child = server.0.take().unwrap();
     std::process::Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let output = server.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     assert!(
-        output.status.success(),
+        status.success(),
         "{}",
-        String::from_utf8_lossy(&output.stderr)
+        std::fs::read_to_string(&errors).unwrap_or_default()
     );
     let stats = rt.block_on(pool.stats()).unwrap();
     assert_eq!(stats.leases, 1, "left to the store: {stats:?}");

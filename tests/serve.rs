@@ -876,6 +876,18 @@ fn a_client_that_hangs_up_while_it_waits_leaks_nothing() {
 #[test]
 fn a_release_can_ride_on_the_next_acquire() {
     let db = store_with("riding", 1, 1);
+    let other = db.with_extension("other.json");
+    std::fs::write(&other, r#"[{"name": "o", "secret": "s"}]"#).unwrap();
+    let imported = credpool(&db)
+        .args(["--pool", "other", "import"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     let server = Server::start(&db, &[], &[]);
     runtime().block_on(async {
         let http = Http::new(&server);
@@ -905,6 +917,13 @@ fn a_release_can_ride_on_the_next_acquire() {
             assert_eq!(leases(http.clone()).await, 1);
         }
         let second_token = second["token"].as_str().unwrap();
+        // A lease of another pool is not released through this one.
+        let reply = http
+            .post("/v1/pools/other/leases", json!({"release": {"token": second_token}}))
+            .await;
+        assert_eq!((reply.status, reply.code().as_str()), (StatusCode::NOT_FOUND, "unknown_lease"), "{}", reply.text);
+        let other_stats = http.get("/v1/pools/other/stats").await.json();
+        assert_eq!((leases(http.clone()).await, other_stats["leases"].clone()), (json!(1), json!(0)));
         // Bad release fields are a 400 naming them inside `release`, and
         // change nothing.
         for (body, field) in [
@@ -927,7 +946,7 @@ fn a_release_can_ride_on_the_next_acquire() {
         // A release with a cool-down, and nothing free after it: 503, and the
         // release is done (the credential cools down, no lease is out).
         let reply = http
-            .acquire(json!({"release": {"token": second_token, "outcome": "cool-down", "for": "1s"}}))
+            .acquire(json!({"release": {"token": second_token, "outcome": "cool-down", "for": "3s"}}))
             .await;
         assert_eq!(
             (reply.status, reply.code().as_str()),
@@ -936,6 +955,7 @@ fn a_release_can_ride_on_the_next_acquire() {
             reply.text
         );
         assert!(reply.text.contains("was released"), "{}", reply.text);
+        assert_eq!(reply.json()["released"]["released"], true, "{}", reply.text);
         let stats = http.get("/v1/pools/default/stats").await.json();
         assert_eq!((stats["leases"].clone(), stats["cooling_down"].clone()), (json!(0), json!(1)), "{stats}");
         // A disable rides too: then no credential is left to acquire.
@@ -944,6 +964,7 @@ fn a_release_can_ride_on_the_next_acquire() {
             .acquire(json!({"release": {"token": third["token"], "outcome": "disable", "reason": "banned"}}))
             .await;
         assert_eq!(reply.code(), "no_credentials", "{}", reply.text);
+        assert_eq!(reply.json()["released"]["outcome"], "disable", "{}", reply.text);
         let stats = http.get("/v1/pools/default/stats").await.json();
         assert_eq!((stats["leases"].clone(), stats["disabled"].clone()), (json!(0), json!(1)), "{stats}");
     });

@@ -218,6 +218,26 @@ fn at(time: SystemTime) -> Value {
     json!(humantime::format_rfc3339_millis(time).to_string())
 }
 
+impl AcquireRequest {
+    /// The lease to release first, with how it went (`release`).
+    fn release(&mut self) -> Result<Option<(String, ReleaseOutcome)>, ApiError> {
+        let Some(mut release) = self.release.take() else {
+            return Ok(None);
+        };
+        let token = release.token.take().ok_or_else(|| {
+            ApiError::bad_request(
+                "field `release.token`: give the token of the lease to release first",
+            )
+        })?;
+        // Its fields are inside `release`: say so.
+        let outcome = release.outcome().map_err(|mut error| {
+            error.message = error.message.replacen("field `", "field `release.", 1);
+            error
+        })?;
+        Ok(Some((token, outcome)))
+    }
+}
+
 async fn acquire<S: Reopen>(
     State(app): State<Arc<App<S>>>,
     Path(name): Path<String>,
@@ -225,7 +245,7 @@ async fn acquire<S: Reopen>(
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
-    let request: AcquireRequest = body::optional(body)?;
+    let mut request: AcquireRequest = body::optional(body)?;
     let want = request.want()?;
     let ttl = app.ttl(request.ttl)?;
     let wait = request.wait.unwrap_or_default();
@@ -237,40 +257,40 @@ async fn acquire<S: Reopen>(
             humantime::format_duration(app.max_wait)
         )));
     }
-    let release = match request.release {
-        Some(mut release) => {
-            let token = release.token.take().ok_or_else(|| {
-                ApiError::bad_request(
-                    "field `release.token`: give the token of the lease to release first",
-                )
-            })?;
-            // Its fields are inside `release`: say so.
-            let outcome = release.outcome().map_err(|mut error| {
-                error.message = error.message.replacen("field `", "field `release.", 1);
-                error
-            })?;
-            Some((token, outcome))
-        }
-        None => None,
-    };
+    let release = request.release()?;
     if app.shutting_down() {
         return Err(ApiError::shutting_down());
     }
     let pool = app.pool(&name).await?;
-    // The release first: when it fails (an unknown or lost lease), nothing
-    // is acquired; once it is done, whatever follows, it stays done.
-    let released = match release {
-        Some((token, outcome)) => Some(give_back(&app, pool.name(), &token, outcome).await?),
-        None => None,
+    // The release first: when it fails, nothing is acquired; once it is
+    // made, it stays made whatever follows, and every answer says so.
+    let Some((token, outcome)) = release else {
+        return grant(&app, &pool, &want, ttl, wait, None).await;
     };
+    let released = give_back(&app, pool.name(), &token, outcome).await?;
+    grant(&app, &pool, &want, ttl, wait, Some(&released))
+        .await
+        .map_err(|error| error.released(released.json()))
+}
+
+/// The acquire itself: a lease for `want` within `wait`, kept with a TTL of
+/// `ttl`; `released` is the release that came before it, if any.
+async fn grant<S: Reopen>(
+    app: &Arc<App<S>>,
+    pool: &credpool::Pool<S>,
+    want: &Want,
+    ttl: Duration,
+    wait: Duration,
+    released: Option<&Released>,
+) -> Answer {
     // A client that disconnects drops this future: the wait is undone by
     // the pool, and a grant that came is released by the lease's drop.
     let granted = tokio::select! {
         granted = async {
             if wait.is_zero() {
-                pool.try_acquire_matching(&want).await
+                pool.try_acquire_matching(want).await
             } else {
-                match pool.acquire_matching_timeout(&want, wait).await {
+                match pool.acquire_matching_timeout(want, wait).await {
                     Err(Error::Timeout { .. }) => Ok(None),
                     other => other.map(Some),
                 }
@@ -285,7 +305,10 @@ async fn acquire<S: Reopen>(
             format!("within {}", humantime::format_duration(wait))
         };
         let and_released = match released {
-            Some(_) => " (the lease in `release` was released)",
+            Some(Released::Done { .. }) => " (the lease in `release` was released)",
+            Some(Released::Pending { .. }) => {
+                " (the release of the lease in `release` is pending: it is kept and committed later)"
+            }
             None => "",
         };
         let mut error = ApiError::new(
@@ -296,7 +319,7 @@ async fn acquire<S: Reopen>(
                 pool.name()
             ),
         );
-        error.retry_after = Some(super::events::next_free_in(&pool, &want).await);
+        error.retry_after = Some(super::events::next_free_in(pool, want).await);
         return Err(error);
     };
     if Some(ttl) != pool.lease_ttl() {
@@ -542,15 +565,19 @@ async fn give_back<S: Reopen>(
     let Some(held) = app.take(token) else {
         return Err(ApiError::unknown_lease(token));
     };
-    let Some(lease) = held.lease.lock().await.take() else {
+    let label = outcome.label();
+    // In a task of its own, from the wait for a renew's lock on: a client
+    // that hangs up mid-release must not turn a disable or a cool-down
+    // into a plain release (a lease dropped with its entry).
+    let released = tokio::spawn(async move {
+        let lease = held.lease.lock().await.take()?;
+        Some(lease.release_with(outcome).await)
+    })
+    .await
+    .map_err(|error| ApiError::internal(format!("the release failed: {error}")))?;
+    let Some(released) = released else {
         return Err(ApiError::unknown_lease(token));
     };
-    let label = outcome.label();
-    // In a task of its own: a client that hangs up mid-release must not
-    // turn a disable or a cool-down into a plain release (a dropped lease).
-    let released = tokio::spawn(lease.release_with(outcome))
-        .await
-        .map_err(|error| ApiError::internal(format!("the release failed: {error}")))?;
     match released {
         Ok(()) => Ok(Released::Done { outcome: label }),
         Err(error @ Error::ReleasePending { .. }) => Ok(Released::Pending {
@@ -838,6 +865,9 @@ mod tests {
             ",",
             ":",
             "\"scope\"",
+            "\"release\"",
+            "\"token\"",
+            "{\"token\": \"abc\", \"outcome\": \"disable\"}",
             "\"ttl\"",
             "\"wait\"",
             "\"units\"",
@@ -872,7 +902,7 @@ mod tests {
             } else {
                 let mut object = serde_json::Map::new();
                 for _ in 0..rng.usize(0..4) {
-                    let key = pieces[rng.usize(6..18)].trim_matches('"').to_string();
+                    let key = pieces[rng.usize(6..21)].trim_matches('"').to_string();
                     let value = serde_json::from_str(pieces[rng.usize(..pieces.len())])
                         .unwrap_or(Value::Null);
                     object.insert(key, value);
@@ -880,8 +910,9 @@ mod tests {
                 Value::Object(object).to_string()
             };
             let bytes = Ok(Bytes::from(body.clone()));
-            match body::optional::<AcquireRequest>(bytes).and_then(|request| {
+            match body::optional::<AcquireRequest>(bytes).and_then(|mut request| {
                 request.want()?;
+                request.release()?;
                 Ok(request)
             }) {
                 Ok(_) => taken += 1,

@@ -1,5 +1,6 @@
 //! The answer of a request that fails: a status and
-//! `{"error": CODE, "message": TEXT}`, from any of the handlers.
+//! `{"error": CODE, "message": TEXT}` (with `released` when an acquire
+//! released a lease before it failed), from any of the handlers.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,9 @@ pub(crate) struct ApiError {
     code: &'static str,
     pub(crate) message: String,
     pub(crate) retry_after: Option<u64>,
+    /// For an acquire that released a lease first: how that went (the
+    /// release stays made whatever the acquire answers).
+    released: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -23,7 +27,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            released: None,
         }
+    }
+
+    /// Says in the answer that a release was made before this failed.
+    pub(crate) fn released(mut self, released: serde_json::Value) -> Self {
+        self.released = Some(released);
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -81,11 +92,11 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(released) = self.released {
+            body["released"] = released;
+        }
+        let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
