@@ -8,6 +8,8 @@
 //! `scripts/with-postgres.sh cargo bench --features postgres --bench limits`
 //! the Postgres store too (1,000 and 100,000 credentials).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use credpool::store::sqlite::SqliteStore;
@@ -100,11 +102,7 @@ fn postgres(c: &mut Criterion) {
         eprintln!("limits/postgres: CREDPOOL_TEST_POSTGRES_URL is not set; skipped");
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_workers();
     let mut group = c.benchmark_group("limits/postgres");
     group.throughput(Throughput::Elements(1));
     for size in [1_000, 100_000] {

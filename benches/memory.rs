@@ -54,11 +54,7 @@ fn one_task(c: &mut Criterion) {
 
 /// Runs `TASKS` tasks doing `PAIRS_PER_TASK` acquire+release pairs each.
 fn contended(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_workers();
     let mut group = c.benchmark_group("memory/64_tasks_8_credentials");
     group.throughput(Throughput::Elements((TASKS * PAIRS_PER_TASK) as u64));
     group.sample_size(20);

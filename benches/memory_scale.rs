@@ -54,14 +54,6 @@ fn credentials(count: usize) -> impl Iterator<Item = NewCredential> {
     (0..count).map(|i| NewCredential::new(format!("account-{i:07}"), "0123456789abcdef"))
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Acquire + release by one task, at three pool sizes.
 fn pair_by_size(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     let mut group = c.benchmark_group("memory_scale/one_task_pair");
@@ -204,7 +196,7 @@ fn postgres_waiters(runtime: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    let runtime = runtime();
+    let runtime = common::two_workers();
     let mut criterion = Criterion::default()
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))

@@ -264,11 +264,7 @@ fn scale(c: &mut Criterion, runtime: &Runtime, schemas: &mut Vec<String>) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::two_workers();
     let mut criterion = Criterion::default()
         .measurement_time(Duration::from_secs(5))
         .warm_up_time(Duration::from_secs(1))

@@ -28,14 +28,6 @@ use common::{tasks_doing_pairs, time_tasks, Holding};
 const PAIRS_PER_TASK: usize = 200;
 const CREDENTIALS: usize = 64;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn store(path: &Path) -> Pool<SqliteStore> {
     let pool = Pool::new(SqliteStore::open(path).await.unwrap());
     pool.add_many((0..CREDENTIALS).map(|i| NewCredential::new(format!("account-{i}"), "secret")))
@@ -151,7 +143,7 @@ async fn release(client: &HttpClient, base: &str, token: &str) {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = runtime();
+    let runtime = common::two_workers();
     let pool = runtime.block_on(store(&dir.path().join("in-process.db")));
     let served = dir.path().join("served.db");
     drop(runtime.block_on(store(&served)));

@@ -98,17 +98,9 @@ fn one_task(c: &mut Criterion) {
     group.finish();
 }
 
-fn two_worker_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn contended(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = two_worker_runtime();
+    let runtime = common::two_workers();
     for (tasks, credentials) in [(64usize, 64usize), (64, 8)] {
         let mut group =
             c.benchmark_group(format!("sqlite/{tasks}_tasks_{credentials}_credentials"));
@@ -184,7 +176,7 @@ async fn sixty_four_tasks(pool: &Pool<SqliteStore>, iterations: u64) -> Duration
 /// file and granting the first lease.
 fn scale(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = two_worker_runtime();
+    let runtime = common::two_workers();
     let mut largest = None;
     for count in [1_000usize, 100_000, 1_000_000] {
         let path = dir.path().join(format!("scale-{count}.db"));

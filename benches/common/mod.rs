@@ -1,11 +1,21 @@
-//! What the benches share: timing rounds of tasks, and tasks doing acquire +
-//! release pairs on a pool. Each bench uses part of it.
+//! What the benches share: the runtime, timing rounds of tasks, and tasks
+//! doing acquire + release pairs on a pool. Each bench uses part of it.
 #![allow(dead_code)]
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use credpool::{Pool, Store};
+
+/// A runtime of two workers, as many as the machines of BENCHMARKS.md have
+/// cores.
+pub fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 /// Times `iterations` rounds of `tasks` tasks, each running `task(index)` to
 /// its end.
