@@ -80,6 +80,7 @@ macro_rules! conformance_suite {
             a_large_add_keeps_every_field_and_is_all_or_nothing,
             list_pages_cover_the_list_in_order,
             info_reads_one_credential_as_list_shows_it,
+            a_list_is_one_snapshot_while_leases_change,
         );
     };
     (@tests $factory:expr; $($name:ident),* $(,)?) => {
@@ -1885,4 +1886,52 @@ async fn queued_waiter<S: Store>(
     })
     .await;
     waiter
+}
+
+/// `list` reads the credentials, their limits and their leases in one
+/// snapshot: while tasks take and give back leases, every credential it
+/// shows holds exactly the units of the leases it shows.
+pub async fn a_list_is_one_snapshot_while_leases_change<F: Factory>(factory: &F) {
+    let pool = factory.pool(Some(Duration::from_secs(600))).await;
+    pool.add_many((0..4).map(|i| NewCredential::new(format!("c{i}"), "s").capacity(2)))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let lease = pool.acquire().await.unwrap();
+                    tokio::task::yield_now().await;
+                    lease.release().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut torn = Vec::new();
+    let mut busy = 0;
+    for _ in 0..300 {
+        for info in pool.list().await.unwrap() {
+            let units: u32 = info.leases.iter().map(|lease| lease.units).sum();
+            busy += usize::from(info.holders > 0);
+            if units != info.holders {
+                torn.push((info.name.clone(), info.holders, units));
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(
+        busy > 100,
+        "the leases changed under the lists: {busy} busy rows"
+    );
+    assert!(
+        torn.is_empty(),
+        "{} torn rows (name, holders, units of the leases shown), first {:?}",
+        torn.len(),
+        &torn[..torn.len().min(5)]
+    );
 }

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tokio_postgres::GenericClient;
+
 use crate::credential::{
     Credential, CredentialChange, CredentialInfo, LeaseInfo, NewCredential, PoolSummary, Secret,
     StateKind, Stats, StoredCredential,
@@ -253,31 +255,36 @@ impl Inner {
         after: Option<CredentialId>,
         limit: usize,
     ) -> Result<Vec<CredentialInfo>> {
-        let conn = self.connections.get().await?;
         let after = after.map_or(0, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = conn
-            .client
+        let mut reader = self.connections.reader().await?;
+        let snapshot = snapshot(&mut reader).await?;
+        let rows = snapshot
             .query(&self.sql.list(), &[&self.pool, &after, &limit])
             .await?;
-        self.infos(&conn, rows).await
+        let infos = self.infos(&snapshot, rows).await?;
+        snapshot.commit().await?;
+        Ok(infos)
     }
 
     /// The credential named `name`, as `list` shows it.
     pub(super) async fn info(&self, name: &str) -> Result<Option<CredentialInfo>> {
-        let conn = self.connections.get().await?;
-        let rows = conn
-            .client
+        let mut reader = self.connections.reader().await?;
+        let snapshot = snapshot(&mut reader).await?;
+        let rows = snapshot
             .query(&self.sql.list_named(), &[&self.pool, &name])
             .await?;
-        Ok(self.infos(&conn, rows).await?.pop())
+        let infos = self.infos(&snapshot, rows).await?;
+        snapshot.commit().await?;
+        Ok(infos.into_iter().next())
     }
 
     /// The credentials of `rows` (the columns of `list`, in id order),
-    /// with their limits and live leases.
+    /// with their limits and live leases, read by `client` (in the same
+    /// snapshot as the rows).
     async fn infos(
         &self,
-        conn: &Conn,
+        client: &(impl GenericClient + Sync),
         rows: Vec<tokio_postgres::Row>,
     ) -> Result<Vec<CredentialInfo>> {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -294,12 +301,12 @@ impl Inner {
         // does not scan them.
         let leases = async {
             if held {
-                self.leases_of_ids(conn, after, last).await
+                self.leases_of_ids(client, after, last).await
             } else {
                 Ok(HashMap::new())
             }
         };
-        let (limits, leases) = tokio::join!(self.limits_of_ids(conn, after, last), leases);
+        let (limits, leases) = tokio::join!(self.limits_of_ids(client, after, last), leases);
         let (mut limits, mut leases) = (limits?, leases?);
         rows.iter()
             .map(|row| {
@@ -337,12 +344,11 @@ impl Inner {
     /// past their expiry, by credential, oldest first.
     async fn leases_of_ids(
         &self,
-        conn: &Conn,
+        client: &(impl GenericClient + Sync),
         after: i64,
         last: i64,
     ) -> Result<HashMap<i64, Vec<LeaseInfo>>> {
-        let rows = conn
-            .client
+        let rows = client
             .query(&self.sql.leases_of_ids(), &[&self.pool, &after, &last])
             .await?;
         let mut leases: HashMap<i64, Vec<LeaseInfo>> = HashMap::new();
@@ -411,4 +417,15 @@ impl Inner {
         stats.scope_blocked = blocked.unsigned(0, "a count")?;
         Ok(stats)
     }
+}
+
+/// A read-only transaction of one snapshot (repeatable read) on the
+/// reader connection: its statements see the store as it was at the first.
+async fn snapshot(client: &mut tokio_postgres::Client) -> Result<tokio_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }

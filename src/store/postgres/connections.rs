@@ -4,7 +4,8 @@
 //! Every operation of the store is one statement in its own transaction, so
 //! a connection is shared, not checked out: tokio-postgres pipelines the
 //! statements of concurrent callers on it. A connection found closed is
-//! replaced on its next use.
+//! replaced on its next use. Reads of several statements that must see one
+//! snapshot take the store's one reader connection in turn.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,6 +88,11 @@ pub(crate) struct Connections {
     sql: Arc<Sql>,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// The connection of the reads that take several statements in one
+    /// snapshot (a page of `list`: credentials, limits, leases), which a
+    /// shared connection cannot give: its transaction would take in the
+    /// statements of others. Opened on first use.
+    reader: tokio::sync::Mutex<Option<Client>>,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +120,26 @@ impl Connections {
             sql,
             slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
+            reader: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// The connection for reads of several statements in one snapshot,
+    /// the caller's alone until it drops the guard; (re)opened when it is
+    /// not open.
+    pub(crate) async fn reader(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>> {
+        let mut reader = self.reader.lock().await;
+        let client = match reader.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => {
+                let client = connect(&self.config, &self.tls).await?;
+                client.batch_execute("SET jit = off").await?;
+                client
+            }
+        };
+        Ok(tokio::sync::MutexGuard::map(reader, |reader| {
+            reader.insert(client)
+        }))
     }
 
     /// A connection, taken in turn; opened (again) if it is not open.

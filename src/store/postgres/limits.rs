@@ -192,13 +192,12 @@ impl Inner {
     /// credential id, for `list`.
     pub(super) async fn limits_of_ids(
         &self,
-        conn: &Conn,
+        client: &(impl tokio_postgres::GenericClient + Sync),
         after: i64,
         last: i64,
     ) -> Result<HashMap<i64, Vec<Limit>>> {
         let params: [&(dyn ToSql + Sync); 3] = [&self.pool, &after, &last];
-        let rows = conn
-            .client
+        let rows = client
             .query(
                 &format!(
                     "SELECT credential_id, scope, rate_count, rate_window_ms, log, until, remaining,
