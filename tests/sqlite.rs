@@ -569,6 +569,21 @@ fn child_process_entry() {
                 processes::hold_units_and_hang(Pool::new(store)).await;
             }
             "fill-disk" => child_fill_disk(&child.store).await,
+            "plain-sqlite-names" => {
+                // What any SQLite program does: open, read, close. Closing
+                // the last connection of every process checkpoints the
+                // file and deletes its `-wal`.
+                let connection = rusqlite::Connection::open(&child.store).unwrap();
+                let names: String = connection
+                    .query_row(
+                        "SELECT group_concat(name, ',') FROM (SELECT name FROM credentials ORDER BY id)",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                connection.close().unwrap();
+                println!("names: {names}");
+            }
             "open-at" => {
                 // STORE is `PATH START_NS`: open at that instant, add one credential.
                 let (path, start) = child.store.split_once(' ').unwrap();
@@ -994,9 +1009,10 @@ async fn a_waiter_that_leaves_after_the_hand_off_gives_the_credential_back_at_on
     );
     waiter.abort();
     let started = std::time::Instant::now();
-    let lease = a.acquire_timeout(Duration::from_secs(2)).await.unwrap();
+    // Well within the claim deadline (20 s), with room for a loaded machine.
+    let lease = a.acquire_timeout(Duration::from_secs(10)).await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "given back when its waiter left, not at the claim deadline"
     );
     lease.release().await.unwrap();
@@ -1687,4 +1703,76 @@ async fn a_newer_version_in_the_wal_is_refused() {
         "{error:?}"
     );
     drop(newer);
+}
+
+/// Whether this process holds a POSIX lock on the file at `path`, as
+/// `/proc/locks` lists them (SQLite holds one while a connection is open).
+#[cfg(target_os = "linux")]
+fn this_process_locks(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(path).unwrap().ino();
+    let pid = std::process::id().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 5
+                && fields[4] == pid
+                && fields[5].rsplit(':').next() == Some(&inode.to_string())
+        })
+}
+
+/// Opening a second store (another pool) on a file this process has open
+/// keeps the process's SQLite locks on it. Were they dropped (closing any
+/// other descriptor of the file drops every POSIX lock of the process on
+/// it), another process's plain SQLite connection would think, as it
+/// closes, that it was the last one: it would checkpoint and delete the
+/// `-wal` that this process goes on writing, and those writes would be lost.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_an_open_file_keeps_the_locks_and_loses_nothing() {
+    let db = common::fresh_path("sqlite-tests", "second-store");
+    let store = db.to_str().unwrap();
+    let first = Pool::new(SqliteStore::options(&db).pool("a").open().await.unwrap());
+    first.add(NewCredential::new("before", "s")).await.unwrap();
+    assert!(this_process_locks(&db), "an open store holds a lock");
+    let second = Pool::new(SqliteStore::options(&db).pool("b").open().await.unwrap());
+    assert!(
+        this_process_locks(&db),
+        "still, after a second store opened"
+    );
+    second.add(NewCredential::new("other", "s")).await.unwrap();
+    // Refused files, and a third store that fails to open, drop nothing either.
+    for refused in ["not-there/x.db", "/dev/null"] {
+        assert!(SqliteStore::options(refused)
+            .create(false)
+            .open()
+            .await
+            .is_err());
+    }
+    let third = SqliteStore::options(&db).pool("c").open().await.unwrap();
+    drop(third);
+    assert!(
+        this_process_locks(&db),
+        "still, after a third store came and went"
+    );
+    for expected in ["names: before,other", "names: before,other,after,later"] {
+        if expected.ends_with("later") {
+            first.add(NewCredential::new("after", "s")).await.unwrap();
+            second.add(NewCredential::new("later", "s")).await.unwrap();
+        }
+        let child = processes::spawn_child("plain-sqlite-names", store, None);
+        let child = processes::wait_for_line(child, expected).await;
+        processes::wait_all(vec![child]).await;
+        assert!(this_process_locks(&db));
+    }
+    let names: Vec<String> = first
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["before", "after"]);
 }

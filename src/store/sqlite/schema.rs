@@ -1,7 +1,6 @@
 //! Opening a store file: refusing what is not ours, creating, migrating.
 
 use std::fs::OpenOptions;
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -205,7 +204,13 @@ pub(crate) fn open(path: &Path, options: &ConnectionOptions) -> Result<Connectio
         check_parent(path)?;
         create_whole(path, options)?;
     }
-    check_header(path)?;
+    // No `File::open` of the store here, to read its header: closing any
+    // descriptor of a file drops every POSIX lock this process holds on
+    // it, SQLite's too, when another store of this process has it open.
+    // Another process closing its last connection would then take this
+    // one's WAL for its own, checkpoint it and delete it under our writes.
+    // SQLite reads the header below, through its own descriptors, and
+    // refuses a file that is not a database.
     let version = match inspect_without_writing(path).and_then(|seen| verdict(path, seen)) {
         Ok(SCHEMA_VERSION) => SCHEMA_VERSION,
         // The immutable look reads the main file only. While another process
@@ -397,24 +402,6 @@ fn make_private(path: &Path) -> Result<()> {
                 .map_err(|error| io_error(path, error))?;
             tracing::warn!(path = %path.display(), "the file was readable by other users; made it private (mode 0600) before writing secrets to it");
         }
-    }
-    Ok(())
-}
-
-/// Refuses a file that does not start with SQLite's header.
-fn check_header(path: &Path) -> Result<()> {
-    let mut file = std::fs::File::open(path).map_err(|error| io_error(path, error))?;
-    let meta = file.metadata().map_err(|error| io_error(path, error))?;
-    refuse_unless_regular(path, &meta)?;
-    if meta.len() == 0 {
-        return Ok(());
-    }
-    let mut header = [0u8; 16];
-    let read = file
-        .read(&mut header)
-        .map_err(|error| io_error(path, error))?;
-    if read < 16 || &header != b"SQLite format 3\0" {
-        return Err(not_a_store(path, "not a SQLite database"));
     }
     Ok(())
 }
