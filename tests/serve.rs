@@ -970,6 +970,61 @@ fn a_release_can_ride_on_the_next_acquire() {
     });
 }
 
+/// A server whose stdout and stderr readers went away (`credpool serve |
+/// head -n1`, to read the address) goes on serving, logs and all, and
+/// stops on SIGTERM as ever.
+#[test]
+fn a_server_whose_output_is_closed_goes_on_serving() {
+    let db = store_with("closed-output", 1, 1);
+    let mut child = credpool(&db)
+        .args(["-vv", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // Both readers are gone now: every later write meets a closed pipe.
+    drop(child.stderr.take());
+    let url = first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let server = Server {
+        child: None,
+        url,
+        stdout: Default::default(),
+    };
+    runtime().block_on(async {
+        let http = Http::new(&server);
+        for _ in 0..20 {
+            let lease = http.acquire(json!({"wait": "5s"})).await;
+            assert_eq!(lease.status, StatusCode::CREATED, "{}", lease.text);
+            let token = lease.json()["token"].as_str().unwrap().to_string();
+            let path = format!("/v1/pools/default/leases/{token}/release");
+            assert_eq!(http.post(&path, json!({})).await.status, StatusCode::OK);
+        }
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("credpool serve did not stop within 20 s of SIGTERM with its output closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn a_lease_nobody_renews_is_lost_after_its_ttl() {
     let db = store_with("abandoned", 1, 1);

@@ -139,19 +139,19 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
             }
         });
         pool.add_many_skip_existing(demo).await?;
-        eprintln!(
+        errln!(
             "created {credentials} demo credentials in {} (remove them to start over)",
             place.describe()
         );
     } else {
         if let Some(asked) = args.credentials {
-            eprintln!(
+            errln!(
                 "--credentials {asked} is ignored: the pool has {} credentials already \
                  (remove them, or pick another pool with --pool)",
                 before.total
             );
         }
-        eprintln!(
+        errln!(
             "using the {} credentials in {}",
             before.total,
             place.describe()
@@ -164,11 +164,13 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
         }
     }
     if let Some(rate) = args.rate {
-        eprintln!("quota: {rate} on every credential");
+        errln!("quota: {rate} on every credential");
     }
-    eprintln!(
+    errln!(
         "{} workers, work {}..{} ms; Ctrl-C, SIGTERM or SIGHUP stops gracefully",
-        args.workers, args.work_ms.0, args.work_ms.1
+        args.workers,
+        args.work_ms.0,
+        args.work_ms.1
     );
 
     let (stop, stopped) = watch::channel(false);
@@ -221,7 +223,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: DemoArgs) 
 
     let reporter = tokio::spawn(report(pool.clone(), counters.clone(), stopped.clone()));
     let reason = wait_for_stop(args.duration).await;
-    eprintln!("\n{reason}: stopping; every worker returns what it holds…");
+    errln!("\n{reason}: stopping; every worker returns what it holds…");
     let _ = stop.send(true);
     pool.close();
 
@@ -320,9 +322,9 @@ async fn report<S: Store>(
             }
         };
         if terminal {
-            eprint!("\r\x1b[2K{line}");
+            errput!("\r\x1b[2K{line}");
         } else {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     }
 }

@@ -179,9 +179,9 @@ fn read(file: &str) -> std::io::Result<String> {
 /// A progress line on stderr, rewritten in place on a terminal.
 fn progress(line: &str) {
     if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K{line}");
+        errput!("\r\x1b[2K{line}");
     } else if !line.is_empty() {
-        eprintln!("{line}");
+        errln!("{line}");
     }
 }
 

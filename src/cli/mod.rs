@@ -8,6 +8,21 @@ macro_rules! outln {
     };
 }
 
+/// Writes a line to stderr, like `eprintln!`, but a stderr that cannot be
+/// written (closed) is no panic: the line is dropped.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// As [`errln!`], without the newline (a progress line).
+macro_rules! errput {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stderr(format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod duration;
 mod import;
@@ -61,9 +76,16 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to standard output: {error}");
+        errln!("error: cannot write to standard output: {error}");
         std::process::exit(1);
     }
+}
+
+/// Writes to stderr; a failure (stderr closed) drops the text.
+pub(crate) fn write_stderr(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr.write_fmt(text).and_then(|()| stderr.flush());
 }
 
 /// The heading under which every command's help lists the options that
@@ -433,7 +455,7 @@ pub(crate) fn main() -> ExitCode {
             let command = <Args as clap::CommandFactory>::command();
             let mut page = Vec::new();
             if let Err(error) = clap_mangen::Man::new(command).render(&mut page) {
-                eprintln!("error: cannot write the manual page: {error}");
+                errln!("error: cannot write the manual page: {error}");
                 return ExitCode::FAILURE;
             }
             write_stdout(format_args!("{}", String::from_utf8_lossy(&page)));
@@ -447,14 +469,14 @@ pub(crate) fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            errln!("error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            eprintln!("error: {message}");
+            errln!("error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -579,7 +601,7 @@ impl Place {
         }
         let store = options.open().await?;
         if shared_before && !shared_mode(path) {
-            eprintln!(
+            errln!(
                 "note: {} was readable by other users; credpool made it private (mode 0600) before writing secrets to it",
                 path.display()
             );
@@ -685,7 +707,7 @@ fn start_logging(verbose: u8, quiet: bool) {
     };
     let filter = match std::env::var("RUST_LOG") {
         Ok(wanted) if !wanted.trim().is_empty() => EnvFilter::try_new(&wanted).unwrap_or_else(|error| {
-            eprintln!("warning: RUST_LOG={wanted:?} is not a log filter ({error}); write e.g. RUST_LOG=credpool=debug");
+            errln!("warning: RUST_LOG={wanted:?} is not a log filter ({error}); write e.g. RUST_LOG=credpool=debug");
             EnvFilter::new(default)
         }),
         _ => EnvFilter::new(default),
@@ -694,6 +716,10 @@ fn start_logging(verbose: u8, quiet: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr closed) is dropped; the
+        // default reports it with `eprintln!`, which panics on a closed
+        // stderr, in whatever task logged: a server would drop requests.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -818,7 +844,7 @@ async fn empty_pool_note<S: Store>(pool: &Pool<S>) -> Outcome {
         .map(|other| format!("`{}` ({})", other.name, other.credentials))
         .collect();
     if !others.is_empty() {
-        eprintln!(
+        errln!(
             "note: pool `{}` is empty; this store holds {}: pick one with --pool NAME",
             pool.name(),
             others.join(", ")

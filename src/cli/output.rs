@@ -115,11 +115,11 @@ fn make_stdout_private() {
         };
         if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
             match std::fs::set_permissions(stdout, std::fs::Permissions::from_mode(0o600)) {
-                Ok(()) => eprintln!(
+                Ok(()) => errln!(
                     "note: the file standard output goes to was readable by others; \
                      credpool made it private (mode 0600) before writing secrets to it"
                 ),
-                Err(error) => eprintln!(
+                Err(error) => errln!(
                     "warning: the file standard output goes to is readable by others, and \
                      credpool could not make it private ({error}): secrets follow"
                 ),

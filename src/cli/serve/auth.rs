@@ -74,7 +74,7 @@ impl Tokens {
                 ))
             })?;
             if super::super::shared_mode(path) {
-                eprintln!(
+                errln!(
                     "warning: {} holds tokens and other users can read it: chmod 600 it",
                     path.display()
                 );

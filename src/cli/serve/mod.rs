@@ -7,6 +7,23 @@
 //! renewing loses its lease, and one that disconnects while it waits leaks
 //! nothing (the wait is dropped, which the pool undoes).
 
+/// Prints a line of the server's own to stdout. Unlike the other commands'
+/// output, a reader that went away (`credpool serve | head -n1`, to read
+/// the address) is no reason to stop: the server goes on serving.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::serve::print_ignoring_errors(
+            &mut std::io::stdout(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )
+    };
+}
+
+/// Writes `text` and flushes; a failure (a closed pipe) is ignored.
+pub(crate) fn print_ignoring_errors(out: &mut impl std::io::Write, text: std::fmt::Arguments<'_>) {
+    let _ = out.write_fmt(text).and_then(|()| out.flush());
+}
+
 mod api;
 mod auth;
 mod body;
@@ -366,18 +383,18 @@ pub(crate) async fn run<S: Reopen>(
     } else {
         app.tokens.describe()
     };
-    outln!(
+    say!(
         "credpool serve: listening on http://{address} (pool `{}` of {}; {auth_note}; lease TTL {})",
         pool.name(),
         place.describe(),
         humantime::format_duration(args.lease_ttl)
     );
-    outln!("  dashboard http://{address}/   API http://{address}/v1/   metrics http://{address}/metrics");
+    say!("  dashboard http://{address}/   API http://{address}/v1/   metrics http://{address}/metrics");
     let router = api::router(Arc::clone(&app));
     let signalled = async move {
         let why = stop_signal().await;
         tracing::info!("{why}: stopping");
-        eprintln!("credpool serve: {why}; answering waiting requests with 503 and stopping");
+        errln!("credpool serve: {why}; answering waiting requests with 503 and stopping");
         let _ = stop.send(true);
     };
     // Small answers go out at once, not after the peer's delayed ACK.
@@ -408,9 +425,9 @@ pub(crate) async fn run<S: Reopen>(
         }
     }
     if app.persistent {
-        outln!("credpool serve: stopped; {count} HTTP leases left to the store until their TTL");
+        say!("credpool serve: stopped; {count} HTTP leases left to the store until their TTL");
     } else {
-        outln!("credpool serve: stopped; {count} HTTP leases released");
+        say!("credpool serve: stopped; {count} HTTP leases released");
     }
     served.map_err(|error| Failure(format!("the server failed: {error}")))
 }

@@ -130,7 +130,7 @@ pub(crate) async fn terminate_connections(
                 Err(error) => {
                     // The server may be restarting; say so once.
                     if !warned {
-                        eprintln!(
+                        errln!(
                             "torture: the fault injector cannot reach the server to end \
                              connections ({error}); it tries again"
                         );
@@ -180,7 +180,7 @@ pub(crate) async fn restart_server(
             Ok(Ok(status)) if status.success() => {
                 injected.restarts.fetch_add(1, Ordering::Relaxed);
             }
-            _ => eprintln!("torture: the restart command failed"),
+            _ => errln!("torture: the restart command failed"),
         }
     }
 }

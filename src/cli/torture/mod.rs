@@ -234,7 +234,7 @@ pub(crate) async fn run<S: Store>(pool: Pool<S>, place: &Place, args: TortureArg
     for _ in 0..args.processes {
         running.push(workers.spawn()?);
     }
-    eprintln!(
+    errln!(
         "torture: {} {} x {} tasks on {} credentials in pool `{}` of {}, for {:?} (seed {seed})",
         args.processes,
         if workers.in_process {
