@@ -1062,6 +1062,17 @@ fn a_lease_nobody_renews_is_lost_after_its_ttl() {
             "{}",
             late.text
         );
+        // The server counts the lease it forgot.
+        common::until("the lost lease is counted", Duration::from_secs(10), || {
+            let http = http.clone();
+            async move {
+                http.get("/metrics")
+                    .await
+                    .text
+                    .contains("credpool_http_leases_lost_total{pool=\"default\"} 1")
+            }
+        })
+        .await;
         // A lease renewed in time is kept past its first TTL.
         let token = next.json()["token"].as_str().unwrap().to_string();
         for _ in 0..4 {

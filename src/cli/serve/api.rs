@@ -390,7 +390,9 @@ async fn renew<S: Reopen>(
                 let _ = lease.into_token();
             }
             drop(guard);
-            app.take(&token);
+            if app.take(&token).is_some() {
+                app.metrics.http_leases_lost(&pool, 1);
+            }
             Err(error.into())
         }
         Err(error) => Err(error.into()),
@@ -584,7 +586,12 @@ async fn give_back<S: Reopen>(
             outcome: label,
             message: error.to_string(),
         }),
-        Err(error) => Err(error.into()),
+        Err(error) => {
+            if matches!(error, Error::LeaseLost { .. }) {
+                app.metrics.http_leases_lost(pool, 1);
+            }
+            Err(error.into())
+        }
     }
 }
 

@@ -60,6 +60,7 @@ pub(crate) struct Metrics {
     leases: Family<PoolLabel, Gauge>,
     waiters: Family<PoolLabel, Gauge>,
     http_leases: Family<PoolLabel, Gauge>,
+    http_leases_lost: Family<PoolLabel, Counter>,
     requests: Family<RequestLabel, Counter>,
 }
 
@@ -82,6 +83,7 @@ impl Metrics {
             leases: Family::default(),
             waiters: Family::default(),
             http_leases: Family::default(),
+            http_leases_lost: Family::default(),
             requests: Family::default(),
             registry: Registry::default(),
         };
@@ -135,6 +137,12 @@ impl Metrics {
             "credpool_http_leases",
             "Leases this server holds for HTTP clients",
             metrics.http_leases.clone(),
+        );
+        registry.register(
+            "credpool_http_leases_lost",
+            "HTTP leases whose TTL passed without a renew (the store takes each back, and counts it \
+             in credpool_expiries, when it next reclaims)",
+            metrics.http_leases_lost.clone(),
         );
         registry.register(
             "credpool_http_requests",
@@ -197,6 +205,15 @@ impl Metrics {
                 }
             }
         });
+    }
+
+    /// Counts the HTTP leases of `pool` forgotten when their TTL passed.
+    pub(crate) fn http_leases_lost(&self, pool: &str, count: u64) {
+        self.http_leases_lost
+            .get_or_create(&PoolLabel {
+                pool: pool.to_string(),
+            })
+            .inc_by(count);
     }
 
     pub(crate) fn http_request(&self, method: &Method, route: &str, status: u16) {

@@ -309,14 +309,20 @@ impl<S: Reopen> App<S> {
                 return true;
             }
             if let Some(lease) = lease.take() {
-                expired.push(lease);
+                expired.push((Arc::clone(&held.pool), lease));
             }
             false
         });
         drop(leases);
         let forgotten = expired.len();
-        for lease in expired {
+        let mut by_pool: HashMap<Arc<str>, u64> = HashMap::new();
+        for (pool, lease) in expired {
+            *by_pool.entry(pool).or_default() += 1;
             let _ = lease.into_token();
+        }
+        for (pool, count) in by_pool {
+            tracing::info!(%pool, count, "HTTP leases passed their TTL without a renew");
+            self.metrics.http_leases_lost(&pool, count);
         }
         forgotten
     }
@@ -368,10 +374,7 @@ pub(crate) async fn run<S: Reopen>(
             while !app.shutting_down() {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let forgotten = app.reap();
-                        if forgotten > 0 {
-                            tracing::info!(forgotten, "HTTP leases passed their TTL without a renew");
-                        }
+                        app.reap();
                     }
                     () = app.until_shutdown() => {}
                 }
