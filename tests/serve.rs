@@ -958,6 +958,12 @@ fn a_release_can_ride_on_the_next_acquire() {
         assert_eq!(reply.json()["released"]["released"], true, "{}", reply.text);
         let stats = http.get("/v1/pools/default/stats").await.json();
         assert_eq!((stats["leases"].clone(), stats["cooling_down"].clone()), (json!(0), json!(1)), "{stats}");
+        for state in ["cooling", "cooling-down"] {
+            let listed = http.get(&format!("/v1/pools/default/credentials?state={state}")).await.json();
+            assert_eq!(listed["credentials"][0]["name"], "c0", "{state}: {listed}");
+        }
+        let listed = http.get("/v1/pools/default/credentials?state=available").await.json();
+        assert_eq!(listed["credentials"], json!([]), "{listed}");
         // A disable rides too: then no credential is left to acquire.
         let third = http.acquire(json!({"wait": "10s"})).await.json();
         let reply = http

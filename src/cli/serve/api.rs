@@ -620,7 +620,9 @@ struct ListQuery {
     state: Option<String>,
 }
 
-const STATES: [&str; 4] = ["available", "leased", "cooling-down", "disabled"];
+/// The states a list may be filtered by, as the credentials' `state` says
+/// them (`cooling-down`, as the CLI writes it, is taken for `cooling`).
+const STATES: [&str; 4] = ["available", "leased", "cooling", "disabled"];
 
 async fn list<S: Reopen>(
     State(app): State<Arc<App<S>>>,
@@ -629,11 +631,14 @@ async fn list<S: Reopen>(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     app.allow(&headers, Role::Worker)?;
-    let query = body::query(query)?;
+    let mut query = body::query(query)?;
+    if query.state.as_deref() == Some("cooling-down") {
+        query.state = Some("cooling".into());
+    }
     if let Some(state) = &query.state {
         if !STATES.contains(&state.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "parameter `state`: {state:?} is none of {}",
+                "parameter `state`: {state:?} is none of {} (or cooling-down)",
                 STATES.join(", ")
             )));
         }
