@@ -578,6 +578,26 @@ fn bad_requests_get_a_400_that_names_the_field() {
             "{}",
             add.text
         );
+        // A secret or extra of the wrong type is refused without quoting it.
+        for body in [
+            json!({"name": "x", "secret": 12345}),
+            json!({"name": "x", "secret": 1234.5678}),
+            json!({"name": "x", "secret": "s", "extra": 987654}),
+            json!({"name": "x", "secret": ["hunter2"]}),
+        ] {
+            let add = http
+                .post("/v1/pools/default/credentials", body.clone())
+                .await;
+            assert_eq!(add.status, StatusCode::BAD_REQUEST, "{body}");
+            for shown in ["12345", "1234.5678", "987654", "hunter2"] {
+                assert!(!add.text.contains(shown), "{body}: {}", add.text);
+            }
+            assert!(
+                add.text.contains("secret") || add.text.contains("extra"),
+                "{}",
+                add.text
+            );
+        }
         let list = http.get("/v1/pools/default/credentials?limit=0").await;
         assert_eq!(list.status, StatusCode::BAD_REQUEST);
         let list = http.get("/v1/pools/default/credentials?state=asleep").await;

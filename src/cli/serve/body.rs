@@ -52,13 +52,22 @@ fn received(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 }
 
 /// Parses JSON; an error names the field (`units: invalid type…`) and where.
+/// Fields whose values a parse error never quotes.
+const SECRET_FIELDS: [&str; 2] = ["secret", "extra"];
+
 pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut reader = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut reader).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
+        let leaf = path.rsplit('.').next().unwrap_or_default();
         let message = if path == "." || path.is_empty() {
             format!("invalid JSON body: {inner}")
+        } else if SECRET_FIELDS.iter().any(|field| leaf.starts_with(field)) {
+            // serde's message quotes the value it found: not for a secret.
+            format!(
+                "invalid JSON body: field `{path}`: give a string (the value is not shown here, as it may be secret)"
+            )
         } else {
             format!("invalid JSON body: field `{path}`: {inner}")
         };
