@@ -772,6 +772,18 @@ fn a_server_beyond_loopback_needs_tokens() {
         err.contains("at least 16") && !err.contains("short"),
         "{err}"
     );
+    // A file of comments only would mean no auth: refused, even on loopback.
+    std::fs::write(&file, "# tokens to come\n\n").unwrap();
+    let out = credpool(&db)
+        .args(["serve", "--auth-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds no tokens"),
+        "{err}"
+    );
     std::fs::write(&file, "worker worker-token-0123456789abcdef\n").unwrap();
     let mut command = credpool(&db);
     command

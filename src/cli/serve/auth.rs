@@ -79,6 +79,7 @@ impl Tokens {
                     path.display()
                 );
             }
+            let before = tokens.digests.len();
             for (index, line) in text.lines().enumerate() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if line.is_empty() {
@@ -102,6 +103,14 @@ impl Tokens {
                     }
                 };
                 tokens.add(token, role, &at)?;
+            }
+            // Asked for auth and given none: never serve without it.
+            if tokens.digests.len() == before {
+                return Err(Failure(format!(
+                    "{}: the auth file holds no tokens, so the server would run without auth: \
+                     write one `ROLE TOKEN` a line (ROLE: worker or admin)",
+                    path.display()
+                )));
             }
         }
         for (variable, role) in VARIABLES {
