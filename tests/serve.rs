@@ -1063,6 +1063,35 @@ fn a_server_whose_output_is_closed_goes_on_serving() {
     assert!(status.success(), "{status:?}");
 }
 
+/// TTLs of thousands of years, where an operator allows them, are answered
+/// (the time written as the latest RFC 3339 has), never a dropped reply.
+#[test]
+fn the_longest_ttls_are_answered() {
+    let db = store_with("longest-ttl", 1, 1);
+    let server = Server::start(
+        &db,
+        &["--lease-ttl", "99999999999h", "--max-ttl", "99999999999h"],
+        &[],
+    );
+    runtime().block_on(async {
+        let http = Http::new(&server);
+        let lease = http.acquire(json!({})).await;
+        assert_eq!(lease.status, StatusCode::CREATED, "{}", lease.text);
+        assert_eq!(
+            lease.json()["expires_at"],
+            "9999-12-31T23:59:59.000Z",
+            "{}",
+            lease.text
+        );
+        let token = lease.json()["token"].as_str().unwrap().to_string();
+        let renew = format!("/v1/pools/default/leases/{token}/renew");
+        let renewed = http.post(&renew, json!({"ttl": "9999999999h"})).await;
+        assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text);
+        let release = format!("/v1/pools/default/leases/{token}/release");
+        assert_eq!(http.post(&release, json!({})).await.status, StatusCode::OK);
+    });
+}
+
 #[test]
 fn a_lease_nobody_renews_is_lost_after_its_ttl() {
     let db = store_with("abandoned", 1, 1);

@@ -85,3 +85,26 @@ mod tests {
         assert_eq!(parse_positive("1s"), Ok(Duration::from_secs(1)));
     }
 }
+
+/// The latest time RFC 3339 can write (9999-12-31T23:59:59Z); humantime
+/// panics on a later one.
+const LATEST_WRITABLE: Duration = Duration::from_secs(253_402_300_799);
+
+/// `time` in RFC 3339 with milliseconds; a time past year 9999 (a TTL of
+/// thousands of years) is written as the latest there is, never a panic.
+pub(crate) fn rfc3339(time: std::time::SystemTime) -> String {
+    let latest = std::time::UNIX_EPOCH + LATEST_WRITABLE;
+    humantime::format_rfc3339_millis(time.min(latest)).to_string()
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_times_are_written_not_panicked_on() {
+        let far = std::time::SystemTime::now() + Duration::from_secs(u64::MAX / 4);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -92,7 +92,7 @@ pub(crate) async fn acquire<S: Store>(pool: &Pool<S>, args: AcquireArgs) -> Outc
     };
     let credential = lease.credential().clone();
     let units = lease.units();
-    let expires = lease.expires_at().map(humantime::format_rfc3339_millis);
+    let expires = lease.expires_at().map(super::duration::rfc3339);
     let token = lease.into_token();
     if args.json {
         let mut object = serde_json::json!({

@@ -215,7 +215,7 @@ fn field(name: &'static str) -> impl Fn(Error) -> ApiError {
 }
 
 fn at(time: SystemTime) -> Value {
-    json!(humantime::format_rfc3339_millis(time).to_string())
+    json!(super::super::duration::rfc3339(time))
 }
 
 impl AcquireRequest {
