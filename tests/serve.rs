@@ -1089,6 +1089,10 @@ fn the_longest_ttls_are_answered() {
         assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text);
         let release = format!("/v1/pools/default/leases/{token}/release");
         assert_eq!(http.post(&release, json!({})).await.status, StatusCode::OK);
+        // Bare seconds as text, as on the command line.
+        let lease = http.acquire(json!({"ttl": "2.5", "wait": "1"})).await;
+        assert_eq!(lease.status, StatusCode::CREATED, "{}", lease.text);
+        assert_eq!(lease.json()["ttl_seconds"], 2.5, "{}", lease.text);
     });
 }
 

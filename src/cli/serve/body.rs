@@ -97,15 +97,10 @@ pub(crate) fn duration<'de, D: Deserializer<'de>>(reader: D) -> Result<Option<Du
                 ))
             })
         }
-        Some(Written::Text(text)) => {
-            humantime::parse_duration(text.trim())
-                .map(Some)
-                .map_err(|error| {
-                    D::Error::custom(format!(
-                        "{text:?} is no duration ({error}): give seconds (1.5) or text (\"90s\")"
-                    ))
-                })
-        }
+        // The command line's one format: humantime text or bare seconds ("2.5").
+        Some(Written::Text(text)) => super::super::duration::parse(&text)
+            .map(Some)
+            .map_err(D::Error::custom),
     }
 }
 
