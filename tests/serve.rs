@@ -598,6 +598,24 @@ fn bad_requests_get_a_400_that_names_the_field() {
                 add.text
             );
         }
+        // axum's own refusals are JSON too.
+        for path in [
+            "/v1/pools/%FF/stats",
+            "/v1/pools/default/leases/%C3%28/renew",
+        ] {
+            let reply = http.send(Method::POST, path, "{}").await;
+            let reply = if reply.status == StatusCode::METHOD_NOT_ALLOWED {
+                http.get(path).await
+            } else {
+                reply
+            };
+            assert_eq!(
+                (reply.status, reply.code()),
+                (StatusCode::BAD_REQUEST, "bad_request".to_string()),
+                "{path}: {}",
+                reply.text
+            );
+        }
         let list = http.get("/v1/pools/default/credentials?limit=0").await;
         assert_eq!(list.status, StatusCode::BAD_REQUEST);
         let list = http.get("/v1/pools/default/credentials?state=asleep").await;

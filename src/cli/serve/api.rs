@@ -108,7 +108,32 @@ pub(crate) fn router<S: Reopen>(app: Arc<App<S>>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
+}
+
+/// Makes the plain-text answers of axum's own extractors (a path segment
+/// that is not UTF-8, say) JSON errors like every other: every error of
+/// the API is `{"error", "message"}`.
+async fn json_rejections(response: Response) -> Response {
+    let is_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"text/plain"));
+    if !response.status().is_client_error() || !is_text {
+        return response;
+    }
+    let status = response.status();
+    let text = match axum::body::to_bytes(response.into_body(), 4096).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "bad_request"
+    };
+    ApiError::new(status, code, text.trim().to_string()).into_response()
 }
 
 type Answer = Result<Response, ApiError>;
