@@ -598,6 +598,12 @@ fn bad_requests_get_a_400_that_names_the_field() {
                 add.text
             );
         }
+        // A POST's fields go in its body: a query string is refused, not ignored.
+        let reply = http
+            .post("/v1/pools/default/leases?wait=10s", json!({}))
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+        assert!(reply.text.contains("query string"), "{}", reply.text);
         // axum's own refusals are JSON too.
         for path in [
             "/v1/pools/%FF/stats",

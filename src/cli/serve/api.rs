@@ -105,11 +105,25 @@ pub(crate) fn router<S: Reopen>(app: Arc<App<S>>) -> Router {
             Arc::clone(&app),
             access_log::<S>,
         ))
+        .route_layer(axum::middleware::from_fn(no_query_on_post))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(json_rejections))
         .with_state(app)
+}
+
+/// Refuses a query string on a POST: its fields go in the JSON body, and a
+/// `?wait=10s` taken silently would not wait.
+async fn no_query_on_post(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST && request.uri().query().is_some() {
+        return ApiError::bad_request(
+            "a POST takes its fields in the JSON body, not in the query string \
+             (write {\"wait\": \"10s\"}, not ?wait=10s): see /v1/openapi.json",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Makes the plain-text answers of axum's own extractors (a path segment
