@@ -1087,6 +1087,33 @@ fn a_server_whose_output_is_closed_goes_on_serving() {
     assert!(status.success(), "{status:?}");
 }
 
+/// TTL settings that no request could live with are refused at the start.
+#[test]
+fn ttl_settings_that_cannot_work_are_refused() {
+    let db = store_with("ttl-settings", 1, 1);
+    for (args, says) in [
+        (
+            ["--lease-ttl", "500ms", "--max-ttl", "1h"],
+            "--lease-ttl 500ms",
+        ),
+        (
+            ["--lease-ttl", "60s", "--max-ttl", "10s"],
+            "--max-ttl 10s is shorter",
+        ),
+    ] {
+        let out = credpool(&db)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// TTLs of thousands of years, where an operator allows them, are answered
 /// (the time written as the latest RFC 3339 has), never a dropped reply.
 #[test]

@@ -17,7 +17,7 @@ use super::{App, Reopen};
 use crate::cli::Failure;
 
 /// The shortest TTL of an HTTP lease: a client must be able to renew in time.
-const MIN_TTL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -350,6 +350,20 @@ pub(crate) async fn run<S: Reopen>(
     tuning: Tuning,
     args: ServeArgs,
 ) -> Outcome {
+    if args.lease_ttl < auth::MIN_TTL {
+        return Err(Failure(format!(
+            "--lease-ttl {}: an HTTP lease lives at least {}, so that a renew can arrive in time",
+            humantime::format_duration(args.lease_ttl),
+            humantime::format_duration(auth::MIN_TTL)
+        )));
+    }
+    if args.max_ttl < args.lease_ttl {
+        return Err(Failure(format!(
+            "--max-ttl {} is shorter than --lease-ttl {}: raise --max-ttl, or lower --lease-ttl",
+            humantime::format_duration(args.max_ttl),
+            humantime::format_duration(args.lease_ttl)
+        )));
+    }
     let tokens = auth::Tokens::load(args.auth_file.as_deref())?;
     if !args.listen.ip().is_loopback() && tokens.is_open() {
         return Err(Failure(format!(
