@@ -354,8 +354,13 @@ async fn grant<S: Reopen>(
             StatusCode::SERVICE_UNAVAILABLE,
             "none_free",
             format!(
-                "no credential in pool `{}` came free ({want}) {waited}{and_released}",
-                pool.name()
+                "no credential in pool `{}` came free{} {waited}{and_released}",
+                pool.name(),
+                if want.is_any() {
+                    String::new()
+                } else {
+                    format!(" for {want}")
+                }
             ),
         );
         error.retry_after = Some(super::events::next_free_in(pool, want).await);
