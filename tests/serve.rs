@@ -775,39 +775,31 @@ fn a_server_beyond_loopback_needs_tokens() {
         "# tokens\nworker worker-token-0123456789abcdef\nboss x\n",
     )
     .unwrap();
-    let out = credpool(&db)
-        .args(["serve", "--listen", "0.0.0.0:0", "--auth-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    // What a server started with the auth file (and `listen`) says as it fails.
+    let refused = |listen: &str| {
+        let out = credpool(&db)
+            .args(["serve", "--listen", listen, "--auth-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("0.0.0.0:0");
     assert!(
         err.contains("line 3") && err.contains("unknown role \"boss\""),
         "{err}"
     );
     std::fs::write(&file, "worker worker-token-0123456789abcdef\nadmin short\n").unwrap();
-    let out = credpool(&db)
-        .args(["serve", "--auth-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("127.0.0.1:0");
     assert!(
         err.contains("at least 16") && !err.contains("short"),
         "{err}"
     );
     // A file of comments only would mean no auth: refused, even on loopback.
     std::fs::write(&file, "# tokens to come\n\n").unwrap();
-    let out = credpool(&db)
-        .args(["serve", "--auth-file"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("holds no tokens"),
-        "{err}"
-    );
+    let err = refused("127.0.0.1:0");
+    assert!(err.contains("holds no tokens"), "{err}");
     std::fs::write(&file, "worker worker-token-0123456789abcdef\n").unwrap();
     let mut command = credpool(&db);
     command
