@@ -77,15 +77,11 @@ impl Server {
         let mut lines = BufReader::new(stdout);
         let mut first = String::new();
         lines.read_line(&mut first).unwrap();
-        let url = first
-            .split_whitespace()
-            .find(|word| word.starts_with("http://"))
-            .unwrap_or_else(|| {
-                let mut err = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-                panic!("no address in {first:?}; stderr: {err}")
-            })
-            .to_string();
+        let url = address_in(&first).unwrap_or_else(|| {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("no address in {first:?}; stderr: {err}")
+        });
         let rest = Arc::new(std::sync::Mutex::new(first));
         let keep = Arc::clone(&rest);
         std::thread::spawn(move || {
@@ -128,18 +124,29 @@ impl Server {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "credpool serve did not stop within 20 s of SIGTERM"
-            );
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("credpool serve did not stop within 20 s of SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut err = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
         std::thread::sleep(Duration::from_millis(100));
         let out = self.stdout.lock().unwrap().clone();
         (status.success(), out, err)
     }
+}
+
+/// The address in the first line `credpool serve` prints.
+fn address_in(first: &str) -> Option<String> {
+    first
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .map(str::to_string)
 }
 
 impl Drop for Server {
@@ -1042,13 +1049,9 @@ fn a_server_whose_output_is_closed_goes_on_serving() {
         .unwrap();
     // Both readers are gone now: every later write meets a closed pipe.
     drop(child.stderr.take());
-    let url = first
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    let server = Server {
-        child: None,
+    let url = address_in(&first).unwrap();
+    let mut server = Server {
+        child: Some(child),
         url,
         stdout: Default::default(),
     };
@@ -1062,21 +1065,8 @@ fn a_server_whose_output_is_closed_goes_on_serving() {
             assert_eq!(http.post(&path, json!({})).await.status, StatusCode::OK);
         }
     });
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("credpool serve did not stop within 20 s of SIGTERM with its output closed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    let (stopped, _, _) = server.stop();
+    assert!(stopped, "exit 0 after SIGTERM with its output closed");
 }
 
 /// TTL settings that no request could live with are refused at the start.
