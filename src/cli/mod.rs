@@ -83,9 +83,12 @@ pub(crate) fn write_stdout(text: std::fmt::Arguments<'_>) {
 
 /// Writes to stderr; a failure (stderr closed) drops the text.
 pub(crate) fn write_stderr(text: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_fmt(text).and_then(|()| stderr.flush());
+    write_quietly(&mut std::io::stderr().lock(), text);
+}
+
+/// Writes `text` to `out` and flushes; a failure (a closed pipe) drops it.
+pub(crate) fn write_quietly(out: &mut impl std::io::Write, text: std::fmt::Arguments<'_>) {
+    let _ = out.write_fmt(text).and_then(|()| out.flush());
 }
 
 /// The heading under which every command's help lists the options that

@@ -233,6 +233,24 @@ pub(crate) struct AcquireRequest {
 }
 
 impl AcquireRequest {
+    /// The lease to release first, with how it went (`release`).
+    fn release(&mut self) -> Result<Option<(String, ReleaseOutcome)>, ApiError> {
+        let Some(mut release) = self.release.take() else {
+            return Ok(None);
+        };
+        let token = release.token.take().ok_or_else(|| {
+            ApiError::bad_request(
+                "field `release.token`: give the token of the lease to release first",
+            )
+        })?;
+        // Its fields are inside `release`: say so.
+        let outcome = release.outcome().map_err(|mut error| {
+            error.message = error.message.replacen("field `", "field `release.", 1);
+            error
+        })?;
+        Ok(Some((token, outcome)))
+    }
+
     fn want(&self) -> Result<Want, ApiError> {
         let mut want = Want::any();
         if let Some(scope) = &self.scope {
@@ -255,26 +273,6 @@ fn field(name: &'static str) -> impl Fn(Error) -> ApiError {
 
 fn at(time: SystemTime) -> Value {
     json!(super::super::duration::rfc3339(time))
-}
-
-impl AcquireRequest {
-    /// The lease to release first, with how it went (`release`).
-    fn release(&mut self) -> Result<Option<(String, ReleaseOutcome)>, ApiError> {
-        let Some(mut release) = self.release.take() else {
-            return Ok(None);
-        };
-        let token = release.token.take().ok_or_else(|| {
-            ApiError::bad_request(
-                "field `release.token`: give the token of the lease to release first",
-            )
-        })?;
-        // Its fields are inside `release`: say so.
-        let outcome = release.outcome().map_err(|mut error| {
-            error.message = error.message.replacen("field `", "field `release.", 1);
-            error
-        })?;
-        Ok(Some((token, outcome)))
-    }
 }
 
 async fn acquire<S: Reopen>(
@@ -434,7 +432,7 @@ async fn renew<S: Reopen>(
                 let _ = lease.into_token();
             }
             drop(guard);
-            if app.take(&token).is_some() {
+            if app.take(&pool, &token).is_some() {
                 app.metrics.http_leases_lost(&pool, 1);
             }
             Err(error.into())
@@ -605,10 +603,7 @@ async fn give_back<S: Reopen>(
     token: &str,
     outcome: ReleaseOutcome,
 ) -> Result<Released, ApiError> {
-    if app.held(token).is_none_or(|held| *held.pool != *pool) {
-        return Err(ApiError::unknown_lease(token));
-    }
-    let Some(held) = app.take(token) else {
+    let Some(held) = app.take(pool, token) else {
         return Err(ApiError::unknown_lease(token));
     };
     let label = outcome.label();

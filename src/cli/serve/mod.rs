@@ -12,16 +12,11 @@
 /// the address) is no reason to stop: the server goes on serving.
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::cli::serve::print_ignoring_errors(
-            &mut std::io::stdout(),
+        $crate::cli::write_quietly(
+            &mut std::io::stdout().lock(),
             format_args!("{}\n", format_args!($($arg)*)),
         )
     };
-}
-
-/// Writes `text` and flushes; a failure (a closed pipe) is ignored.
-pub(crate) fn print_ignoring_errors(out: &mut impl std::io::Write, text: std::fmt::Arguments<'_>) {
-    let _ = out.write_fmt(text).and_then(|()| out.flush());
 }
 
 mod api;
@@ -195,7 +190,7 @@ impl<S: Reopen> App<S> {
             monitors: Default::default(),
             shutdown,
             lease_ttl: args.lease_ttl,
-            max_ttl: args.max_ttl.max(args.lease_ttl),
+            max_ttl: args.max_ttl,
             max_wait: args.max_wait,
             max_body: args.max_body,
             persistent: !matches!(place, Place::Memory),
@@ -272,9 +267,15 @@ impl<S: Reopen> App<S> {
         lock(&self.leases).get(token).cloned()
     }
 
-    /// Takes the lease under `token` out of the books (a release).
-    fn take(&self, token: &str) -> Option<Arc<Held<S>>> {
-        lock(&self.leases).remove(token)
+    /// Takes the lease under `token` of `pool` out of the books (a
+    /// release), in one look at them; `None` when this server holds no such
+    /// lease of that pool.
+    fn take(&self, pool: &str, token: &str) -> Option<Arc<Held<S>>> {
+        let mut leases = lock(&self.leases);
+        if leases.get(token).is_none_or(|held| *held.pool != *pool) {
+            return None;
+        }
+        leases.remove(token)
     }
 
     /// Whether a shutdown has begun.
